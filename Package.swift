@@ -1,0 +1,110 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+/// One settings array for every target, as Hummingbird does.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "Eventline",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "EventStore", targets: ["EventStore"]),
+        .library(name: "PostgresClient", targets: ["PostgresClient"]),
+        .library(name: "LZ4", targets: ["LZ4"]),
+        .library(name: "EmbeddedServers", targets: ["EmbeddedServers"]),
+        .executable(name: "eventctl", targets: ["eventctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // C libraries from Debian's -dev packages.
+        .systemLibrary(
+            name: "CLibPQ",
+            pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]
+        ),
+        .systemLibrary(
+            name: "CLZ4",
+            pkgConfig: "liblz4",
+            providers: [.apt(["liblz4-dev"])]
+        ),
+
+        // Safe layers over the C libraries.
+        .target(
+            name: "PostgresClient",
+            dependencies: [
+                "CLibPQ",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(name: "LZ4", dependencies: ["CLZ4"], swiftSettings: swiftSettings),
+
+        // The event log.
+        .target(
+            name: "EventStore",
+            dependencies: [
+                "PostgresClient",
+                "LZ4",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // Private PostgreSQL and Redis servers for tests, `eventctl dev` and benchmarks.
+        .target(name: "EmbeddedServers", swiftSettings: swiftSettings),
+        // Shared test helpers: a fresh database per test on the private server.
+        .target(
+            name: "EventlineTestSupport",
+            dependencies: ["EmbeddedServers", "PostgresClient", "EventStore"],
+            path: "Tests/Support",
+            swiftSettings: swiftSettings
+        ),
+
+        .executableTarget(
+            name: "eventctl",
+            dependencies: [
+                "EventStore",
+                "PostgresClient",
+                "EmbeddedServers",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        .executableTarget(
+            name: "eventline-bench",
+            dependencies: ["EventStore", "PostgresClient", "EmbeddedServers"],
+            path: "Benchmarks/AppendBenchmark",
+            swiftSettings: swiftSettings
+        ),
+
+        .testTarget(
+            name: "PostgresClientTests",
+            dependencies: ["PostgresClient", "EventlineTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(name: "LZ4Tests", dependencies: ["LZ4"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "EventStoreTests",
+            dependencies: ["EventStore", "PostgresClient", "EventlineTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "EmbeddedServersTests",
+            dependencies: ["EmbeddedServers"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "EventCtlTests",
+            dependencies: ["eventctl", "EventStore", "PostgresClient", "EventlineTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

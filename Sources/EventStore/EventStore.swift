@@ -1,0 +1,231 @@
+import Foundation
+import Logging
+import PostgresClient
+
+/// Settings for an `EventStore`; every field but the database URL has a default.
+public struct EventStoreConfiguration: Sendable {
+    /// Any connection string libpq accepts (URL, `key=value`, several hosts).
+    public var databaseURL: String
+    /// Connections for reads (the log writer and each subscription have their own).
+    public var poolSize: Int = 10
+    /// How long a read waits for a free pooled connection.
+    public var acquireTimeout: Duration = .seconds(10)
+    /// Event data longer than this many bytes is stored LZ4-compressed.
+    public var compressionThreshold: Int = 512
+    /// The most events one group commit writes.
+    public var maxBatchEvents: Int = 2000
+    /// The most events one append may carry.
+    public var maxEventsPerAppend: Int = 1000
+    /// The largest event data accepted, in bytes.
+    public var maxEventDataSize: Int = 8 * 1024 * 1024
+    /// How often a live subscription re-reads when no NOTIFY arrives.
+    public var subscriptionPollInterval: Duration = .seconds(1)
+    /// Events a subscription reads per page (and so holds at most).
+    public var subscriptionBatchSize: Int = 500
+
+    public init(databaseURL: String) {
+        self.databaseURL = databaseURL
+    }
+}
+
+/// The event log: appends with optimistic concurrency through a group-committing log writer,
+/// reads of streams and of the whole log, and subscriptions that never skip an event.
+///
+/// ```swift
+/// let store = EventStore(.init(databaseURL: "postgres://localhost/bank"), logger: logger)
+/// let result = try await store.append(
+///     to: "account-42", expected: .noStream,
+///     events: [NewEvent(type: "AccountOpened", data: Data(#"{"owner":"Ada"}"#.utf8))])
+/// for try await event in store.subscribe(after: 0) { print(event.position, event.type) }
+/// await store.shutdown()
+/// ```
+public final class EventStore: Sendable {
+    public let configuration: EventStoreConfiguration
+    let pool: PostgresConnectionPool
+    private let writer: LogWriter
+    let logger: Logger
+
+    public init(_ configuration: EventStoreConfiguration, logger: Logger = Logger(label: "eventline.store")) {
+        self.configuration = configuration
+        self.logger = logger
+        self.pool = PostgresConnectionPool(.init(
+            conninfo: configuration.databaseURL, size: configuration.poolSize,
+            acquireTimeout: configuration.acquireTimeout, name: "eventline-read"))
+        self.writer = LogWriter(
+            conninfo: configuration.databaseURL, maxBatchEvents: configuration.maxBatchEvents, logger: logger)
+    }
+
+    /// Lets queued appends commit, then closes every connection. Later calls fail with `.shutdown`.
+    public func shutdown() async {
+        await writer.shutdown()
+        pool.close()
+    }
+
+    /// Group-commit counters: batches written, appends and events in them.
+    public var writerStatistics: (batches: Int, appends: Int, events: Int) {
+        let stats = writer.statistics
+        return (stats.batches, stats.appends, stats.events)
+    }
+
+    /// Read-pool use, for metrics.
+    public var poolStatistics: PostgresConnectionPool.Statistics { pool.statistics }
+
+    // MARK: - Appending
+
+    /// Appends `events` to `stream` if its version satisfies `expected`, atomically.
+    ///
+    /// Returns the new version and each event's position once the events are committed. Fails
+    /// with `.wrongExpectedVersion` (carrying the current version) and writes nothing when the
+    /// expectation does not hold. Re-appending the same event ids at the same versions succeeds
+    /// again without writing (`wasAlreadyAppended`); an id used elsewhere fails with
+    /// `.duplicateEventId`. Invalid names and events fail before any SQL runs.
+    public func append(to stream: String, expected: ExpectedVersion = .any, events: [NewEvent]) async throws -> AppendResult {
+        let name = try StreamName(stream)
+        return try await append(to: name, expected: expected, events: events)
+    }
+
+    /// Appends to a validated stream name; see `append(to:expected:events:)`.
+    public func append(to stream: StreamName, expected: ExpectedVersion = .any, events: [NewEvent]) async throws -> AppendResult {
+        let prepared = try prepare(stream, expected: expected, events: events)
+        return try await writer.append(prepared)
+    }
+
+    private func prepare(_ stream: StreamName, expected: ExpectedVersion, events: [NewEvent]) throws(EventStoreError) -> PreparedAppend {
+        if case .exact(let version) = expected, version < 0 {
+            throw .invalidArgument("the expected version must be 0 or more, got \(version)")
+        }
+        guard !events.isEmpty else { throw .invalidEvent("an append needs at least one event", stream: stream.rawValue) }
+        guard events.count <= configuration.maxEventsPerAppend else {
+            throw .invalidEvent(
+                "an append may carry at most \(configuration.maxEventsPerAppend) events, got \(events.count)",
+                stream: stream.rawValue)
+        }
+        var seen = Set<UUID>()
+        var prepared: [PreparedEvent] = []
+        prepared.reserveCapacity(events.count)
+        for (index, event) in events.enumerated() {
+            let label = "event \(index + 1)"
+            if let problem = EventTypeName.problem(with: event.type) {
+                throw .invalidEvent("\(label): \(problem)", stream: stream.rawValue)
+            }
+            guard seen.insert(event.id).inserted else {
+                throw .invalidEvent("\(label): event id \(event.id.uuidString.lowercased()) appears twice in the append", stream: stream.rawValue)
+            }
+            guard event.data.count <= configuration.maxEventDataSize else {
+                throw .invalidEvent(
+                    "\(label): data is \(event.data.count) bytes, more than the limit of \(configuration.maxEventDataSize)",
+                    stream: stream.rawValue)
+            }
+            guard JSONCheck.isJSON(event.data) else {
+                throw .invalidEvent("\(label): data is not valid JSON", stream: stream.rawValue)
+            }
+            guard JSONCheck.isJSONObject(event.metadata) else {
+                throw .invalidEvent("\(label): metadata is not a JSON object", stream: stream.rawValue)
+            }
+            let (stored, codec) = PayloadCodec.encode(event.data, threshold: configuration.compressionThreshold)
+            prepared.append(PreparedEvent(
+                id: event.id, idWasGiven: event.idWasGiven, type: event.type, storedData: stored, codec: codec.rawValue,
+                metadata: event.metadata))
+        }
+        return PreparedAppend(stream: stream, expected: expected, events: prepared)
+    }
+
+    // MARK: - Reading
+
+    static let eventColumns = "position, stream, version, event_id, type, data, codec, metadata, recorded_at"
+
+    static func decodeEvents(_ result: PostgresResult) throws -> [RecordedEvent] {
+        try result.rows.map { row in
+            RecordedEvent(
+                position: try row.decode(0), stream: try row.decode(1), version: try row.decode(2),
+                id: try row.decode(3), type: try row.decode(4),
+                data: try PayloadCodec.decode(try row.decode(5, as: Data.self), codec: Int16(try row.decode(6, as: Int.self))),
+                metadata: try row.decode(7), recordedAt: try row.decode(8))
+        }
+    }
+
+    /// Reads up to `limit` events of `stream` starting at version `from` (default: the first
+    /// event forward, the last event backward). A stream with no events gives an empty array.
+    public func readStream(
+        _ stream: String, from: Int? = nil, direction: ReadDirection = .forward, limit: Int = 100
+    ) async throws -> [RecordedEvent] {
+        let name = try StreamName(stream).rawValue
+        guard limit > 0 && limit <= 10_000 else { throw EventStoreError.invalidArgument("the limit must be between 1 and 10000, got \(limit)") }
+        if let from, from < 0 { throw EventStoreError.invalidArgument("from must be 0 or more, got \(from)") }
+        let query: SQLQuery
+        switch direction {
+        case .forward:
+            query = "SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE stream = \(name) AND version >= \(from ?? 1) ORDER BY version LIMIT \(limit)"
+        case .backward:
+            query = "SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE stream = \(name) AND version <= \(from ?? Int(Int64.max)) ORDER BY version DESC LIMIT \(limit)"
+        }
+        return try await translatingErrors(stream: name) {
+            try await pool.withConnection { conn in try Self.decodeEvents(conn.query(query)) }
+        }
+    }
+
+    /// Reads up to `limit` events of the whole log after `position`, in position order, keeping
+    /// those that match `filter`.
+    public func readAll(after position: Int = 0, limit: Int = 1000, filter: EventFilter = .all) async throws -> [RecordedEvent] {
+        guard limit > 0 && limit <= 10_000 else { throw EventStoreError.invalidArgument("the limit must be between 1 and 10000, got \(limit)") }
+        guard position >= 0 else { throw EventStoreError.invalidArgument("the position must be 0 or more, got \(position)") }
+        let query: SQLQuery = """
+            SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events
+            WHERE position > \(position)
+              AND (\(filter.category)::text IS NULL OR category = \(filter.category))
+              AND (\(filter.types)::text[] IS NULL OR type = ANY(\(filter.types)))
+            ORDER BY position LIMIT \(limit)
+            """
+        return try await translatingErrors {
+            try await pool.withConnection { conn in try Self.decodeEvents(conn.query(query)) }
+        }
+    }
+
+    /// The stream's version: its number of events, 0 when it has none.
+    public func streamVersion(_ stream: String) async throws -> Int {
+        let name = try StreamName(stream).rawValue
+        return try await translatingErrors(stream: name) {
+            try await pool.withConnection { conn in
+                try conn.query("SELECT version FROM eventline.streams WHERE name = \(name)").first?.decode(0, as: Int.self) ?? 0
+            }
+        }
+    }
+
+    /// The position of the last committed event, 0 for an empty log.
+    public func headPosition() async throws -> Int {
+        try await translatingErrors {
+            try await pool.withConnection { conn in
+                try conn.query("SELECT position FROM eventline.log_head").first?.decode(0, as: Int.self) ?? 0
+            }
+        }
+    }
+
+    /// A count of streams and the log head, for `eventctl status`.
+    public func summary() async throws -> (head: Int, streams: Int) {
+        try await translatingErrors {
+            try await pool.withConnection { conn in
+                let row = try conn.query("SELECT (SELECT position FROM eventline.log_head), (SELECT count(*) FROM eventline.streams)").first
+                return (try row?.decode(0, as: Int?.self) ?? 0, try row?.decode(1, as: Int.self) ?? 0)
+            }
+        }
+    }
+
+    // MARK: - Subscribing
+
+    /// Every event after `position` (matching `filter`), in position order, exactly once:
+    /// first from the table, then live as events are committed. See `EventSubscription`.
+    public func subscribe(after position: Int = 0, filter: EventFilter = .all) -> EventSubscription {
+        EventSubscription(store: self, after: position, filter: filter)
+    }
+}
+
+/// Cheap JSON validity checks for payloads.
+enum JSONCheck {
+    static func isJSON(_ data: Data) -> Bool {
+        (try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])) != nil
+    }
+
+    static func isJSONObject(_ data: Data) -> Bool {
+        (try? JSONSerialization.jsonObject(with: data, options: [])) is [String: Any]
+    }
+}

@@ -1,0 +1,135 @@
+import Foundation
+
+/// An event to append: id (generated when not given), type, JSON data and JSON-object metadata.
+public struct NewEvent: Sendable, Hashable {
+    /// The event's id; a retried append with the same ids is recognised and not written twice.
+    public var id: UUID
+    /// Whether the caller chose the id (only such ids can make a retry idempotent).
+    public var idWasGiven: Bool
+    /// The event type, for example `MoneyDeposited`.
+    public var type: String
+    /// The event's JSON document (UTF-8).
+    public var data: Data
+    /// A JSON object: correlation and causation ids, command id, user, and anything else.
+    public var metadata: Data
+
+    /// An event from raw JSON. `metadata`, when given, must be a JSON object.
+    public init(id: UUID? = nil, type: String, data: Data, metadata: Data? = nil) {
+        self.id = id ?? UUID()
+        self.idWasGiven = id != nil
+        self.type = type
+        self.data = data
+        self.metadata = metadata ?? Data("{}".utf8)
+    }
+
+    /// An event whose data is `payload` encoded as JSON, with metadata fields.
+    public init(
+        id: UUID? = nil, type: String, payload: some Encodable, correlationId: String? = nil,
+        causationId: String? = nil, metadata extra: [String: JSONValue] = [:]
+    ) throws {
+        var fields = extra
+        if let correlationId { fields[MetadataKey.correlationId] = .string(correlationId) }
+        if let causationId { fields[MetadataKey.causationId] = .string(causationId) }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        self.init(id: id, type: type, data: try encoder.encode(payload), metadata: try encoder.encode(fields))
+    }
+}
+
+/// Well-known metadata keys.
+public enum MetadataKey {
+    public static let correlationId = "correlationId"
+    public static let causationId = "causationId"
+    public static let commandId = "commandId"
+    public static let user = "user"
+}
+
+/// An event as stored in the log.
+public struct RecordedEvent: Sendable, Hashable {
+    /// Its place in the log: 1, 2, 3 … with no holes; position order is commit order.
+    public var position: Int
+    /// The stream it belongs to.
+    public var stream: String
+    /// Its version within the stream (the first event has version 1).
+    public var version: Int
+    public var id: UUID
+    public var type: String
+    /// The JSON document, decompressed.
+    public var data: Data
+    /// The metadata JSON object.
+    public var metadata: Data
+    /// When the log writer committed it (the database's clock).
+    public var recordedAt: Date
+
+    public init(
+        position: Int, stream: String, version: Int, id: UUID, type: String, data: Data, metadata: Data, recordedAt: Date
+    ) {
+        self.position = position
+        self.stream = stream
+        self.version = version
+        self.id = id
+        self.type = type
+        self.data = data
+        self.metadata = metadata
+        self.recordedAt = recordedAt
+    }
+
+    /// The stream's category (the part before the first `-`).
+    public var category: String { String(stream.prefix { $0 != "-" }) }
+
+    /// Decodes the data as `T`.
+    public func decode<T: Decodable>(_ type: T.Type, decoder: JSONDecoder = JSONDecoder()) throws -> T {
+        try decoder.decode(type, from: data)
+    }
+
+    /// The metadata as a dictionary.
+    public func metadataFields() throws -> [String: JSONValue] {
+        try JSONDecoder().decode([String: JSONValue].self, from: metadata)
+    }
+}
+
+/// One appended event's place.
+public struct AppendedEvent: Sendable, Hashable {
+    public var id: UUID
+    public var type: String
+    public var version: Int
+    public var position: Int
+}
+
+/// The outcome of a successful append.
+public struct AppendResult: Sendable, Hashable {
+    /// The stream appended to.
+    public var stream: String
+    /// The stream's version after the append (its last event's version).
+    public var version: Int
+    /// The log position of the append's last event.
+    public var position: Int
+    /// Each event's version and position, in order.
+    public var events: [AppendedEvent]
+    /// When the events were committed.
+    public var recordedAt: Date
+    /// True when every event was already in the stream from an earlier, identical append and
+    /// nothing was written this time.
+    public var wasAlreadyAppended: Bool
+}
+
+/// Which events a log read returns.
+public struct EventFilter: Sendable, Hashable {
+    /// Only events whose stream is in this category.
+    public var category: String?
+    /// Only events of these types (nil: all types).
+    public var types: [String]?
+
+    public init(category: String? = nil, types: [String]? = nil) {
+        self.category = category
+        self.types = types
+    }
+
+    /// Every event.
+    public static let all = EventFilter()
+}
+
+/// The order of a stream read.
+public enum ReadDirection: String, Sendable, Hashable {
+    case forward, backward
+}

@@ -1,0 +1,373 @@
+import Foundation
+import Logging
+import PostgresClient
+import Synchronization
+
+/// An event ready for the log: validated, its data encoded for storage.
+struct PreparedEvent: Sendable {
+    var id: UUID
+    var idWasGiven: Bool
+    var type: String
+    var storedData: Data
+    var codec: Int16
+    var metadata: Data
+}
+
+/// An append ready for the log writer.
+struct PreparedAppend: Sendable {
+    var stream: StreamName
+    var expected: ExpectedVersion
+    var events: [PreparedEvent]
+}
+
+/// Where an already-written event id sits in the log.
+private struct ExistingEvent {
+    var stream: String
+    var version: Int
+    var position: Int
+    var type: String
+    var recordedAt: Date
+}
+
+/// The single writer of the event log in this process (DESIGN.md, "The log").
+///
+/// Appends queue here; a dedicated connection thread takes everything that queued while the
+/// previous batch committed and writes it as one transaction: lock the log head row, read the
+/// streams' versions, decide each append's outcome, insert, move the head, NOTIFY, COMMIT. The
+/// head lock serialises writers of every process, so positions are dense and commit-ordered.
+/// A conflict fails only its own append; a statement that fails for one append makes the batch
+/// retry its appends one by one, so each keeps its own outcome.
+final class LogWriter: Sendable {
+    private struct Pending {
+        var append: PreparedAppend
+        var continuation: CheckedContinuation<AppendResult, any Error>
+    }
+
+    private struct State {
+        var pending: [Pending] = []
+        var writing = false
+        var closed = false
+    }
+
+    /// Counters for metrics and benchmarks.
+    struct Statistics: Sendable, Equatable {
+        var batches = 0
+        var appends = 0
+        var events = 0
+    }
+
+    static let notificationChannel = "eventline_events"
+    private static let maxRowsPerInsert = 1000
+
+    private let connection: DedicatedConnection
+    private let state = Mutex(State())
+    private let counters = Mutex(Statistics())
+    private let maxBatchEvents: Int
+    private let logger: Logger
+
+    init(conninfo: String, maxBatchEvents: Int, logger: Logger) {
+        self.connection = DedicatedConnection(conninfo: conninfo, name: "eventline-log-writer")
+        self.maxBatchEvents = max(1, maxBatchEvents)
+        self.logger = logger
+    }
+
+    var statistics: Statistics { counters.withLock { $0 } }
+
+    /// Queues `append` for the next group commit and waits for its own outcome.
+    func append(_ append: PreparedAppend) async throws -> AppendResult {
+        try await withCheckedThrowingContinuation { continuation in
+            let startDraining = state.withLock { state -> Bool? in
+                if state.closed { return nil }
+                state.pending.append(Pending(append: append, continuation: continuation))
+                if state.writing { return false }
+                state.writing = true
+                return true
+            }
+            switch startDraining {
+            case nil:
+                continuation.resume(throwing: EventStoreError(code: .shutdown, message: "the event store is shut down"))
+            case true?:
+                if !connection.enqueue({ [self] in self.drain() }) { failPending() }
+            case false?:
+                break
+            }
+        }
+    }
+
+    /// Refuses new appends, lets queued ones commit, then closes the writer's connection.
+    func shutdown() async {
+        state.withLock { $0.closed = true }
+        // The drain job runs before this one on the same thread, so queued appends finish first.
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            if !connection.enqueue({ continuation.resume() }) { continuation.resume() }
+        }
+        connection.shutdown()
+        failPending()
+    }
+
+    private func failPending() {
+        let pending = state.withLock { state -> [Pending] in
+            defer { state.pending = []; state.writing = false }
+            return state.pending
+        }
+        for item in pending {
+            item.continuation.resume(throwing: EventStoreError(code: .shutdown, message: "the event store is shut down"))
+        }
+    }
+
+    /// Runs on the writer thread until the queue is empty.
+    private func drain() {
+        while true {
+            let batch = state.withLock { state -> [Pending] in
+                guard !state.pending.isEmpty else {
+                    state.writing = false
+                    return []
+                }
+                var events = 0
+                var count = 0
+                for item in state.pending {
+                    if count > 0 && events + item.append.events.count > maxBatchEvents { break }
+                    events += item.append.events.count
+                    count += 1
+                }
+                defer { state.pending.removeFirst(count) }
+                return Array(state.pending.prefix(count))
+            }
+            if batch.isEmpty { return }
+            let outcomes = write(batch.map(\.append), attempt: 1)
+            for (item, outcome) in zip(batch, outcomes) {
+                item.continuation.resume(with: outcome)
+            }
+        }
+    }
+
+    // MARK: - One batch
+
+    /// Why a batch did not commit.
+    private enum BatchFailure: Error {
+        /// The connection failed before anything could have been committed.
+        case beforeCommit(PostgresError)
+        /// A statement failed and the transaction rolled back.
+        case statement(PostgresError)
+        /// The connection broke after the writes were sent: the commit may or may not have happened.
+        case uncertain(PostgresError, firstPosition: Int, firstId: UUID, planned: [Result<AppendResult, any Error>])
+    }
+
+    private func write(_ appends: [PreparedAppend], attempt: Int) -> [Result<AppendResult, any Error>] {
+        do {
+            let outcomes = try connection.withConnectionOnThread { conn in try writeBatch(appends, on: conn) }
+            return outcomes
+        } catch BatchFailure.statement(let error) {
+            if appends.count > 1 {
+                // Find the append the statement failed for; every other append still commits.
+                return appends.flatMap { write([$0], attempt: attempt) }
+            }
+            logger.warning("append failed", metadata: ["stream.name": "\(appends[0].stream)", "error": "\(error)"])
+            return [.failure(EventStoreError.database(error, stream: appends[0].stream.rawValue))]
+        } catch BatchFailure.beforeCommit(let error) {
+            if attempt < 2 { return write(appends, attempt: attempt + 1) }
+            return appends.map { .failure(EventStoreError.database(error, stream: $0.stream.rawValue)) }
+        } catch BatchFailure.uncertain(let error, let firstPosition, let firstId, let planned) {
+            return resolveUncertainCommit(
+                appends, error: error, firstPosition: firstPosition, firstId: firstId, planned: planned, attempt: attempt)
+        } catch let error as PostgresError {
+            // Opening the connection failed.
+            if attempt < 2 { return write(appends, attempt: attempt + 1) }
+            return appends.map { .failure(EventStoreError.database(error, stream: $0.stream.rawValue)) }
+        } catch {
+            return appends.map { _ in .failure(error) }
+        }
+    }
+
+    /// After a connection broke during COMMIT: the batch committed exactly when its first event
+    /// sits at the position planned for it.
+    private func resolveUncertainCommit(
+        _ appends: [PreparedAppend], error: PostgresError, firstPosition: Int, firstId: UUID,
+        planned: [Result<AppendResult, any Error>], attempt: Int
+    ) -> [Result<AppendResult, any Error>] {
+        let committed: Bool? = try? connection.withConnectionOnThread { conn in
+            let row = try conn.query("SELECT event_id FROM eventline.events WHERE position = \(firstPosition)").first
+            return try row?.decode(0, as: UUID.self) == firstId
+        }
+        switch committed {
+        case true?:
+            logger.notice("commit confirmed after the connection broke", metadata: ["log.position": "\(firstPosition)"])
+            return planned
+        case false? where attempt < 2:
+            return write(appends, attempt: attempt + 1)
+        default:
+            return zip(appends, planned).map { append, outcome in
+                // Outcomes decided before writing (conflicts, idempotent replays) stand.
+                if case .success(let result) = outcome, !result.wasAlreadyAppended {
+                    return .failure(EventStoreError(
+                        code: .commitOutcomeUnknown,
+                        message: "the database connection broke during commit (\(error.message)); retry with the same event ids",
+                        stream: append.stream.rawValue, underlying: error))
+                }
+                return outcome
+            }
+        }
+    }
+
+    private func writeBatch(_ appends: [PreparedAppend], on conn: PostgresConnection) throws -> [Result<AppendResult, any Error>] {
+        // Phase 1, one round trip: lock the head, then read what the decisions need.
+        let streams = Array(Set(appends.map(\.stream.rawValue)))
+        let givenIds = appends.flatMap { $0.events.filter(\.idWasGiven).map(\.id) }
+        var reads: [SQLQuery] = [
+            "BEGIN",
+            "SELECT position, clock_timestamp() FROM eventline.log_head FOR UPDATE",
+            "SELECT name, version FROM eventline.streams WHERE name = ANY(\(streams))",
+        ]
+        if !givenIds.isEmpty {
+            reads.append(
+                "SELECT event_id, stream, version, position, type, recorded_at FROM eventline.events WHERE event_id = ANY(\(givenIds))")
+        }
+        let readResults: [PostgresResult]
+        do {
+            readResults = try conn.pipeline(reads).map { try $0.get() }
+        } catch let error as PostgresError {
+            conn.rollbackQuietly()
+            throw error.code == .connectionClosed ? BatchFailure.beforeCommit(error) : BatchFailure.statement(error)
+        }
+        guard let headRow = readResults[1].first else {
+            conn.rollbackQuietly()
+            throw BatchFailure.statement(PostgresError(
+                code: .server, message: "eventline.log_head has no row; run eventctl migrate"))
+        }
+        let head = try headRow.decode(0, as: Int.self)
+        let now = try headRow.decode(1, as: Date.self)
+        var versions: [String: Int] = [:]
+        for row in readResults[2].rows {
+            versions[try row.decode(0, as: String.self)] = try row.decode(1, as: Int.self)
+        }
+        var existing: [UUID: ExistingEvent] = [:]
+        if readResults.count > 3 {
+            for row in readResults[3].rows {
+                existing[try row.decode(0, as: UUID.self)] = ExistingEvent(
+                    stream: try row.decode(1), version: try row.decode(2), position: try row.decode(3),
+                    type: try row.decode(4), recordedAt: try row.decode(5))
+            }
+        }
+
+        // Decide each append in order, as if they ran one after another.
+        var outcomes: [Result<AppendResult, any Error>] = []
+        var rows: [(position: Int, stream: StreamName, version: Int, event: PreparedEvent)] = []
+        var nextPosition = head + 1
+        for append in appends {
+            let stream = append.stream.rawValue
+            let current = versions[stream] ?? 0
+            if let replay = idempotentOutcome(append, existing: existing, current: current) {
+                outcomes.append(replay)
+                continue
+            }
+            guard append.expected.isSatisfied(by: current) else {
+                outcomes.append(.failure(EventStoreError.wrongExpectedVersion(stream, expected: append.expected, current: current)))
+                continue
+            }
+            var appended: [AppendedEvent] = []
+            for (offset, event) in append.events.enumerated() {
+                let version = current + offset + 1
+                rows.append((nextPosition, append.stream, version, event))
+                appended.append(AppendedEvent(id: event.id, type: event.type, version: version, position: nextPosition))
+                if event.idWasGiven {
+                    existing[event.id] = ExistingEvent(
+                        stream: stream, version: version, position: nextPosition, type: event.type, recordedAt: now)
+                }
+                nextPosition += 1
+            }
+            versions[stream] = current + append.events.count
+            outcomes.append(.success(AppendResult(
+                stream: stream, version: current + append.events.count, position: nextPosition - 1, events: appended,
+                recordedAt: now, wasAlreadyAppended: false)))
+        }
+
+        guard let firstRow = rows.first else {
+            // Nothing to write: release the head lock.
+            conn.rollbackQuietly()
+            return outcomes
+        }
+
+        // Phase 2, one round trip: insert, move the streams and the head, notify, commit.
+        var writes: [SQLQuery] = []
+        var start = 0
+        while start < rows.count {
+            let chunk = rows[start..<min(start + Self.maxRowsPerInsert, rows.count)]
+            var insert = SQLQuery(unsafeSQL:
+                "INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at) VALUES ")
+            for (index, row) in chunk.enumerated() {
+                let values = [
+                    insert.bind(row.position), insert.bind(row.stream.rawValue), insert.bind(row.version),
+                    insert.bind(row.event.id), insert.bind(row.event.type), insert.bind(row.event.storedData),
+                    insert.bind(row.event.codec), insert.bind(PostgresJSONB(row.event.metadata)), insert.bind(now),
+                ]
+                insert.append(unsafeSQL: (index == 0 ? "(" : ", (") + values.joined(separator: ", ") + ")")
+            }
+            writes.append(insert)
+            start += Self.maxRowsPerInsert
+        }
+        var upsert = SQLQuery(unsafeSQL:
+            "INSERT INTO eventline.streams AS s (name, category, version, last_position, created_at, updated_at) VALUES ")
+        var lastRows: [String: (stream: StreamName, position: Int)] = [:]
+        for row in rows { lastRows[row.stream.rawValue] = (row.stream, row.position) }
+        // Sorted, so that writers of several processes lock stream rows in one order.
+        for (index, (name, last)) in lastRows.sorted(by: { $0.key < $1.key }).enumerated() {
+            let values = [
+                upsert.bind(name), upsert.bind(last.stream.category), upsert.bind(versions[name]!),
+                upsert.bind(last.position), upsert.bind(now), upsert.bind(now),
+            ]
+            upsert.append(unsafeSQL: (index == 0 ? "(" : ", (") + values.joined(separator: ", ") + ")")
+        }
+        upsert.append(unsafeSQL: """
+             ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, \
+            last_position = EXCLUDED.last_position, updated_at = EXCLUDED.updated_at
+            """)
+        writes.append(upsert)
+        let newHead = nextPosition - 1
+        writes.append("UPDATE eventline.log_head SET position = \(newHead)")
+        writes.append("SELECT pg_notify(\(Self.notificationChannel), \(String(newHead)))")
+        writes.append("COMMIT")
+
+        let writeResults: [Result<PostgresResult, PostgresError>]
+        do {
+            writeResults = try conn.pipeline(writes)
+        } catch let error as PostgresError {
+            throw BatchFailure.uncertain(error, firstPosition: firstRow.position, firstId: firstRow.event.id, planned: outcomes)
+        }
+        for result in writeResults {
+            if case .failure(let error) = result { throw BatchFailure.statement(error) }
+        }
+        counters.withLock { counters in
+            counters.batches += 1
+            counters.appends += appends.count
+            counters.events += rows.count
+        }
+        return outcomes
+    }
+
+    /// The outcome of an append whose given event ids are already in the log, or nil when none is.
+    private func idempotentOutcome(
+        _ append: PreparedAppend, existing: [UUID: ExistingEvent], current: Int
+    ) -> Result<AppendResult, any Error>? {
+        let stream = append.stream.rawValue
+        let found = append.events.map { $0.idWasGiven ? existing[$0.id] : nil }
+        guard let firstIndex = found.firstIndex(where: { $0 != nil }), let first = found[firstIndex] else { return nil }
+        let stored = found.compactMap { $0 }
+        let sameStreamInOrder = stored.count == found.count
+            && stored.enumerated().allSatisfy { offset, event in
+                event.stream == stream && event.version == stored[0].version + offset
+            }
+        guard sameStreamInOrder, let start = stored.first, let last = stored.last else {
+            return .failure(EventStoreError.duplicateEventId(
+                append.events[firstIndex].id, stream: stream, existingStream: first.stream))
+        }
+        guard append.expected.isSatisfied(by: start.version - 1) else {
+            return .failure(EventStoreError.wrongExpectedVersion(stream, expected: append.expected, current: current))
+        }
+        let events = zip(append.events, stored).map { event, stored in
+            AppendedEvent(id: event.id, type: stored.type, version: stored.version, position: stored.position)
+        }
+        return .success(AppendResult(
+            stream: stream, version: last.version, position: last.position, events: events, recordedAt: last.recordedAt,
+            wasAlreadyAppended: true))
+    }
+}

@@ -1,0 +1,66 @@
+/// A validated stream name of the form `category-id` (the category is the part before the first
+/// `-`, as in message-db). Checked before any SQL runs.
+public struct StreamName: Sendable, Hashable, CustomStringConvertible, ExpressibleByStringLiteral {
+    /// The longest name accepted, in UTF-8 bytes.
+    public static let maxLength = 255
+
+    /// The full name.
+    public let rawValue: String
+
+    /// Validates `rawValue`: not empty, at most 255 UTF-8 bytes, no control characters, no
+    /// leading `-` (the category must not be empty), no surrounding whitespace.
+    public init(_ rawValue: String) throws(EventStoreError) {
+        if let problem = Self.problem(with: rawValue) {
+            throw .invalidStreamName(rawValue, reason: problem)
+        }
+        self.rawValue = rawValue
+    }
+
+    /// A literal name; a literal that is not a valid name is a programming error.
+    public init(stringLiteral value: String) {
+        do {
+            try self.init(value)
+        } catch {
+            preconditionFailure("invalid stream name literal \(value): \(error)")
+        }
+    }
+
+    /// The part before the first `-` (the whole name when it has none).
+    public var category: String {
+        String(rawValue.prefix { $0 != "-" })
+    }
+
+    /// The part after the first `-` (empty when there is none).
+    public var id: String {
+        guard let dash = rawValue.firstIndex(of: "-") else { return "" }
+        return String(rawValue[rawValue.index(after: dash)...])
+    }
+
+    public var description: String { rawValue }
+
+    /// Why `name` is not a valid stream name, or nil when it is.
+    public static func problem(with name: String) -> String? {
+        if name.isEmpty { return "the name is empty" }
+        if name.utf8.count > maxLength { return "the name is longer than \(maxLength) bytes" }
+        if name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0.value == 0x7F }) {
+            return "the name contains a control character"
+        }
+        if name.hasPrefix("-") { return "the category (the part before the first '-') is empty" }
+        if name.first!.isWhitespace || name.last!.isWhitespace { return "the name starts or ends with whitespace" }
+        return nil
+    }
+}
+
+/// Validates event type names: not empty, at most 200 bytes, no control characters or whitespace.
+enum EventTypeName {
+    static let maxLength = 200
+
+    static func problem(with type: String) -> String? {
+        if type.isEmpty { return "the event type is empty" }
+        if type.utf8.count > maxLength { return "the event type is longer than \(maxLength) bytes" }
+        if type.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0.properties.isWhitespace }) {
+            return "the event type contains whitespace or a control character"
+        }
+        return nil
+    }
+}

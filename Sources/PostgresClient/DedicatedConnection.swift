@@ -1,0 +1,127 @@
+import Foundation
+
+/// A thread that runs submitted jobs in order. libpq calls block, so each connection gets one of
+/// these: blocking never happens on Swift's cooperative pool or a NIO event loop.
+final class BlockingWorker: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var jobs: [() -> Void] = []
+    private var stopping = false
+
+    init(name: String) {
+        let thread = Thread { [self] in self.loop() }
+        thread.name = name
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    /// Queues a job; returns false once the worker is stopping.
+    func submit(_ job: @escaping () -> Void) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        guard !stopping else { return false }
+        jobs.append(job)
+        condition.signal()
+        return true
+    }
+
+    /// Lets queued jobs finish, then ends the thread.
+    func stop() {
+        condition.lock()
+        stopping = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    private func loop() {
+        while true {
+            condition.lock()
+            while jobs.isEmpty && !stopping { condition.wait() }
+            if jobs.isEmpty && stopping {
+                condition.unlock()
+                return
+            }
+            let batch = jobs
+            jobs.removeAll(keepingCapacity: true)
+            condition.unlock()
+            for job in batch { job() }
+        }
+    }
+}
+
+/// One PostgreSQL connection with a thread of its own. `run` executes a synchronous closure on
+/// that thread. The connection opens on first use; a connection found broken (before or after a
+/// job) is discarded and the next job opens a fresh one, so callers never see a stale session.
+public final class DedicatedConnection: @unchecked Sendable {
+    private let worker: BlockingWorker
+    private let conninfo: String
+    // Touched only on the worker thread.
+    private var connection: PostgresConnection?
+    private var onConnect: (@Sendable (PostgresConnection) throws -> Void)?
+
+    /// A connection to `conninfo` (opened lazily). `onConnect` runs after every (re)connect, for
+    /// session settings such as LISTEN or `SET`.
+    public init(
+        conninfo: String, name: String = "eventline-pg",
+        onConnect: (@Sendable (PostgresConnection) throws -> Void)? = nil
+    ) {
+        self.conninfo = conninfo
+        self.worker = BlockingWorker(name: name)
+        self.onConnect = onConnect
+    }
+
+    deinit {
+        worker.stop()
+    }
+
+    /// Runs `body` with the live connection on this connection's thread and returns its value.
+    public func run<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            let accepted = worker.submit { [self] in
+                continuation.resume(with: Result { try self.withConnectionOnThread(body) })
+            }
+            if !accepted {
+                continuation.resume(throwing: PostgresError(code: .poolClosed, message: "the connection was shut down"))
+            }
+        }
+    }
+
+    /// Queues `job` to run on this connection's thread; returns false after `shutdown()`.
+    /// Inside the job, use `withConnectionOnThread` to reach the connection.
+    public func enqueue(_ job: @escaping @Sendable () -> Void) -> Bool {
+        worker.submit(job)
+    }
+
+    /// Runs `body` with the live connection (opening or replacing it as needed). Call it only
+    /// from a job running on this connection's thread (`enqueue`).
+    public func withConnectionOnThread<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
+        let connection = try liveConnection()
+        defer {
+            if !connection.isOpen {
+                self.connection = nil
+            } else if connection.inTransaction {
+                // A body that left a transaction open must not leak it to the next user.
+                connection.rollbackQuietly()
+            }
+        }
+        return try body(connection)
+    }
+
+    private func liveConnection() throws -> PostgresConnection {
+        if let connection, connection.probeIdle() { return connection }
+        connection?.close()
+        connection = nil
+        let fresh = try PostgresConnection(conninfo: conninfo)
+        try onConnect?(fresh)
+        connection = fresh
+        return fresh
+    }
+
+    /// Closes the connection and ends the thread after queued jobs finish.
+    public func shutdown() {
+        _ = worker.submit { [self] in
+            self.connection?.close()
+            self.connection = nil
+        }
+        worker.stop()
+    }
+}

@@ -1,0 +1,437 @@
+import CLibPQ
+import Foundation
+
+/// A synchronous libpq connection. Every call blocks, so a connection is used only on its own
+/// dedicated thread (see `PostgresConnectionPool` and `PostgresListener`), never on Swift's
+/// cooperative pool or an event loop. Not Sendable: it stays on the thread that owns it.
+public final class PostgresConnection {
+    private var handle: OpaquePointer?
+
+    /// Opens a connection with any string libpq accepts: a `postgres://` URL, `key=value` conninfo,
+    /// several hosts with `target_session_attrs`. Unset settings come from the PG* environment.
+    public init(conninfo: String) throws {
+        let conn = PQconnectdb(conninfo)
+        guard let conn, PQstatus(conn) == CONNECTION_OK else {
+            let message = conn.map { Self.trimmed(PQerrorMessage($0)) } ?? "out of memory"
+            if let conn { PQfinish(conn) }
+            throw PostgresError(code: .connectionFailed, message: "cannot connect to PostgreSQL: \(message)")
+        }
+        handle = conn
+        // Our binds send timestamps as binary and we decode binary results; pin the session so that
+        // text renderings (errors, COPY) are stable whatever the server's defaults.
+        _ = try? execute(unsafeSQL: "SET client_encoding = 'UTF8'")
+    }
+
+    deinit {
+        close()
+    }
+
+    /// Closes the connection; calling it again does nothing.
+    public func close() {
+        if let handle {
+            PQfinish(handle)
+            self.handle = nil
+        }
+    }
+
+    /// Whether the connection is open and healthy as far as libpq knows.
+    public var isOpen: Bool {
+        guard let handle else { return false }
+        return PQstatus(handle) == CONNECTION_OK
+    }
+
+    /// Whether a transaction block is open (idle in transaction or failed).
+    public var inTransaction: Bool {
+        guard let handle else { return false }
+        let status = PQtransactionStatus(handle)
+        return status == PQTRANS_INTRANS || status == PQTRANS_INERROR || status == PQTRANS_ACTIVE
+    }
+
+    /// The server's process id for this session.
+    public var backendPID: Int32 {
+        guard let handle else { return 0 }
+        return PQbackendPID(handle)
+    }
+
+    /// The socket descriptor, for polling.
+    public var socket: Int32 {
+        guard let handle else { return -1 }
+        return PQsocket(handle)
+    }
+
+    /// Checks an idle connection without a round trip: a server that closed the session (restart,
+    /// `pg_terminate_backend`) has left an error and EOF on the socket, which this reads.
+    /// Returns false when the connection is no longer usable.
+    public func probeIdle() -> Bool {
+        guard let handle, PQstatus(handle) == CONNECTION_OK else { return false }
+        var descriptor = pollfd(fd: PQsocket(handle), events: Int16(POLLIN), revents: 0)
+        let ready = poll(&descriptor, 1, 0)
+        if ready > 0 {
+            if PQconsumeInput(handle) == 0 { return false }
+            // Drop anything unsolicited (notices, stray notifications) so the next query starts clean.
+            while let notify = PQnotifies(handle) { PQfreemem(notify) }
+        }
+        return PQstatus(handle) == CONNECTION_OK
+    }
+
+    /// Re-establishes a broken connection with the same settings.
+    public func reset() throws {
+        guard let handle else {
+            throw PostgresError(code: .connectionClosed, message: "the connection was closed")
+        }
+        PQreset(handle)
+        guard PQstatus(handle) == CONNECTION_OK else {
+            throw PostgresError(
+                code: .connectionFailed, message: "cannot reconnect to PostgreSQL: \(Self.trimmed(PQerrorMessage(handle)))")
+        }
+    }
+
+    // MARK: - Statements
+
+    /// Runs one statement with bound parameters and returns its rows (binary format).
+    @discardableResult
+    public func query(_ query: SQLQuery) throws -> PostgresResult {
+        let conn = try liveHandle(for: query.sql)
+        let result = try withParameters(query) { count, types, values, lengths, formats in
+            PQexecParams(conn, query.sql, count, types, values, lengths, formats, 1)
+        }
+        return try check(result, sql: query.sql)
+    }
+
+    /// Runs one statement and returns the number of rows it affected.
+    @discardableResult
+    public func execute(_ query: SQLQuery) throws -> Int {
+        try self.query(query).affectedRows
+    }
+
+    /// Runs SQL text that may hold several statements (a migration file) with the simple query
+    /// protocol. The caller vouches that the text holds no untrusted input.
+    public func execute(unsafeSQL sql: String) throws {
+        let conn = try liveHandle(for: sql)
+        var last: OpaquePointer? = nil
+        // PQexec returns only the last result; errors stop the script and are reported by it.
+        last = PQexec(conn, sql)
+        _ = try check(last, sql: sql)
+    }
+
+    /// Runs `body` in a transaction: COMMIT when it returns, ROLLBACK when it throws.
+    public func transaction<T>(
+        isolation: String? = nil, _ body: (PostgresConnection) throws -> T
+    ) throws -> T {
+        if let isolation {
+            try execute(unsafeSQL: "BEGIN ISOLATION LEVEL \(isolation)")
+        } else {
+            try execute(unsafeSQL: "BEGIN")
+        }
+        let value: T
+        do {
+            value = try body(self)
+        } catch {
+            rollbackQuietly()
+            throw error
+        }
+        try execute(unsafeSQL: "COMMIT")
+        return value
+    }
+
+    /// Rolls back an open transaction, ignoring errors (the connection may already be gone).
+    public func rollbackQuietly() {
+        guard let handle, PQstatus(handle) == CONNECTION_OK, inTransaction else { return }
+        if let result = PQexec(handle, "ROLLBACK") { PQclear(result) }
+    }
+
+    // MARK: - Pipeline mode
+
+    /// Sends several statements in libpq's pipeline mode, one round trip for all of them, and
+    /// returns each one's outcome. After the first failure the server skips the rest, which then
+    /// report `PostgresError` with SQLSTATE nil and code `.server` "skipped". A transaction block
+    /// opened in the pipeline and left failed is rolled back.
+    public func pipeline(_ queries: [SQLQuery]) throws -> [Result<PostgresResult, PostgresError>] {
+        let conn = try liveHandle(for: queries.first?.sql ?? "")
+        guard PQenterPipelineMode(conn) == 1 else {
+            throw PostgresError(code: .protocolViolation, message: "cannot enter pipeline mode: \(Self.trimmed(PQerrorMessage(conn)))")
+        }
+        defer { _ = PQexitPipelineMode(conn) }
+        for query in queries {
+            let sent = try withParameters(query) { count, types, values, lengths, formats in
+                PQsendQueryParams(conn, query.sql, count, types, values, lengths, formats, 1)
+            }
+            guard sent == 1 else { throw connectionError(sql: query.sql) }
+        }
+        guard PQpipelineSync(conn) == 1 else { throw connectionError(sql: "") }
+
+        var outcomes: [Result<PostgresResult, PostgresError>] = []
+        outcomes.reserveCapacity(queries.count)
+        for query in queries {
+            guard let result = PQgetResult(conn) else { throw connectionError(sql: query.sql) }
+            let status = PQresultStatus(result)
+            if status == PGRES_PIPELINE_ABORTED {
+                PQclear(result)
+                outcomes.append(.failure(PostgresError(
+                    code: .server, message: "skipped after an earlier error in the pipeline", query: query.sql)))
+            } else {
+                do {
+                    outcomes.append(.success(try check(result, sql: query.sql)))
+                } catch let error as PostgresError {
+                    if error.code == .connectionClosed { throw error }
+                    outcomes.append(.failure(error))
+                }
+            }
+            // Each statement's results end with a NULL.
+            while let extra = PQgetResult(conn) { PQclear(extra) }
+        }
+        // The sync point.
+        guard let sync = PQgetResult(conn) else { throw connectionError(sql: "") }
+        let syncStatus = PQresultStatus(sync)
+        PQclear(sync)
+        guard syncStatus == PGRES_PIPELINE_SYNC else {
+            throw PostgresError(code: .protocolViolation, message: "expected the pipeline sync point")
+        }
+        if PQtransactionStatus(conn) == PQTRANS_INERROR { rollbackQuietly() }
+        return outcomes
+    }
+
+    // MARK: - COPY
+
+    /// Runs `COPY (…) TO STDOUT` and hands each chunk (one row in text or CSV format) to `body`.
+    /// COPY takes no bind parameters, so interpolated values are inlined as literals escaped by
+    /// libpq (`PQescapeLiteral`). Returns the number of rows copied.
+    @discardableResult
+    public func copyOut(_ query: SQLQuery, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Int {
+        let conn = try liveHandle(for: query.sql)
+        let sql = try inlineLiterals(query)
+        guard let start = PQexec(conn, sql) else { throw connectionError(sql: sql) }
+        let startStatus = PQresultStatus(start)
+        if startStatus != PGRES_COPY_OUT {
+            _ = try check(start, sql: sql)
+            throw PostgresError(code: .protocolViolation, message: "the statement is not COPY … TO STDOUT", query: sql)
+        }
+        PQclear(start)
+        var rows = 0
+        var bodyError: (any Error)? = nil
+        while true {
+            var buffer: UnsafeMutablePointer<CChar>? = nil
+            let length = PQgetCopyData(conn, &buffer, 0)
+            if length > 0, let buffer {
+                if bodyError == nil {
+                    do {
+                        try body(UnsafeRawBufferPointer(start: buffer, count: Int(length)))
+                    } catch {
+                        // Keep draining so the connection stays usable, then rethrow.
+                        bodyError = error
+                    }
+                }
+                rows += 1
+                PQfreemem(buffer)
+            } else if length == -1 {
+                break
+            } else {
+                throw connectionError(sql: sql)
+            }
+        }
+        guard let end = PQgetResult(conn) else { throw connectionError(sql: sql) }
+        _ = try check(end, sql: sql)
+        while let extra = PQgetResult(conn) { PQclear(extra) }
+        if let bodyError { throw bodyError }
+        return rows
+    }
+
+    // MARK: - LISTEN / NOTIFY
+
+    /// Starts listening on `channel` (quoted as an identifier).
+    public func listen(_ channel: String) throws {
+        try execute(unsafeSQL: "LISTEN \(quoteIdentifier(channel))")
+    }
+
+    /// Waits up to `timeout` for notifications and returns those received (possibly none).
+    /// Throws when the connection breaks.
+    public func waitForNotifications(timeout: Duration) throws -> [PostgresNotification] {
+        let conn = try liveHandle(for: "")
+        var received = drainNotifications(conn)
+        if !received.isEmpty { return received }
+        var descriptor = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
+        let milliseconds = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let ready = poll(&descriptor, 1, milliseconds)
+        if ready < 0 && errno != EINTR {
+            throw PostgresError(code: .connectionClosed, message: "poll failed: \(String(cString: strerror(errno)))")
+        }
+        if ready > 0 {
+            guard PQconsumeInput(conn) == 1 else { throw connectionError(sql: "") }
+            received = drainNotifications(conn)
+        }
+        guard PQstatus(conn) == CONNECTION_OK else { throw connectionError(sql: "") }
+        return received
+    }
+
+    private func drainNotifications(_ conn: OpaquePointer) -> [PostgresNotification] {
+        var received: [PostgresNotification] = []
+        while let notify = PQnotifies(conn) {
+            received.append(PostgresNotification(
+                channel: String(cString: notify.pointee.relname),
+                payload: String(cString: notify.pointee.extra),
+                pid: notify.pointee.be_pid))
+            PQfreemem(notify)
+        }
+        return received
+    }
+
+    // MARK: - Internals
+
+    private func liveHandle(for sql: String) throws -> OpaquePointer {
+        guard let handle else {
+            throw PostgresError(code: .connectionClosed, message: "the connection was closed", query: sql)
+        }
+        guard PQstatus(handle) == CONNECTION_OK else {
+            throw PostgresError(code: .connectionClosed, message: "the connection to PostgreSQL is broken", query: sql)
+        }
+        return handle
+    }
+
+    private func connectionError(sql: String) -> PostgresError {
+        let message = handle.map { Self.trimmed(PQerrorMessage($0)) } ?? "the connection was closed"
+        return PostgresError(
+            code: .connectionClosed, message: message.isEmpty ? "the connection to PostgreSQL was lost" : message,
+            query: sql.isEmpty ? nil : sql)
+    }
+
+    /// Turns a result into rows or a `PostgresError`; frees failed results.
+    private func check(_ result: OpaquePointer?, sql: String) throws -> PostgresResult {
+        guard let result else { throw connectionError(sql: sql) }
+        switch PQresultStatus(result) {
+        case PGRES_TUPLES_OK, PGRES_COMMAND_OK, PGRES_EMPTY_QUERY, PGRES_SINGLE_TUPLE:
+            return PostgresResult(handle: result, sql: sql)
+        default:
+            let field = { (code: UInt8) -> String? in
+                guard let value = PQresultErrorField(result, Int32(code)) else { return nil }
+                return String(cString: value)
+            }
+            let sqlState = field(UInt8(ascii: "C"))
+            var error = PostgresError(
+                code: .server,
+                message: field(UInt8(ascii: "M")) ?? Self.trimmed(PQresultErrorMessage(result)),
+                sqlState: sqlState,
+                detail: field(UInt8(ascii: "D")),
+                hint: field(UInt8(ascii: "H")),
+                constraint: field(UInt8(ascii: "n")),
+                query: sql)
+            PQclear(result)
+            if sqlState == nil, let handle, PQstatus(handle) != CONNECTION_OK {
+                error.code = .connectionClosed
+                if error.message.isEmpty { error.message = "the connection to PostgreSQL was lost" }
+            }
+            throw error
+        }
+    }
+
+    /// Lays the binds out as the C arrays libpq wants, valid for the duration of `body`.
+    private func withParameters<R>(
+        _ query: SQLQuery,
+        _ body: (
+            Int32, UnsafePointer<Oid>?, UnsafePointer<UnsafePointer<CChar>?>?, UnsafePointer<Int32>?,
+            UnsafePointer<Int32>?
+        ) throws -> R
+    ) throws -> R {
+        let binds = query.binds
+        guard binds.count <= 65535 else {
+            throw PostgresError(
+                code: .invalidParameter, message: "a statement takes at most 65535 parameters, got \(binds.count)",
+                query: query.sql)
+        }
+        if binds.isEmpty { return try body(0, nil, nil, nil, nil) }
+        // One contiguous buffer; text values are NUL-terminated as libpq requires.
+        var storage: [UInt8] = []
+        var offsets: [Int?] = []
+        var lengths: [Int32] = []
+        var types: [Oid] = []
+        var formats: [Int32] = []
+        for bind in binds {
+            types.append(bind.oid)
+            formats.append(bind.format)
+            guard let bytes = bind.bytes else {
+                offsets.append(nil)
+                lengths.append(0)
+                continue
+            }
+            guard bytes.count < Int(Int32.max) else {
+                throw PostgresError(code: .invalidParameter, message: "a parameter is larger than 2 GiB", query: query.sql)
+            }
+            if bind.format == 0 && bytes.contains(0) {
+                throw PostgresError(
+                    code: .invalidParameter, message: "a text parameter contains a NUL character", query: query.sql)
+            }
+            offsets.append(storage.count)
+            lengths.append(Int32(bytes.count))
+            storage.append(contentsOf: bytes)
+            if bind.format == 0 { storage.append(0) }
+        }
+        storage.append(0)  // never an empty buffer, so baseAddress is never nil
+        return try storage.withUnsafeBufferPointer { buffer in
+            let base = UnsafeRawPointer(buffer.baseAddress!).assumingMemoryBound(to: CChar.self)
+            let values: [UnsafePointer<CChar>?] = offsets.map { $0.map { base + $0 } }
+            return try values.withUnsafeBufferPointer { values in
+                try body(Int32(binds.count), types, values.baseAddress, lengths, formats)
+            }
+        }
+    }
+
+    /// Renders binds as escaped literals for statements that cannot take parameters (COPY).
+    private func inlineLiterals(_ query: SQLQuery) throws -> String {
+        guard !query.binds.isEmpty else { return query.sql }
+        let conn = try liveHandle(for: query.sql)
+        var literals: [String] = []
+        for bind in query.binds {
+            guard let bytes = bind.bytes else {
+                literals.append("NULL")
+                continue
+            }
+            if bind.format == 1 {
+                guard bind.oid == PostgresOID.bytea else {
+                    throw PostgresError(
+                        code: .invalidParameter, message: "only text and bytea values can be inlined into COPY",
+                        query: query.sql)
+                }
+                literals.append("'\\x" + bytes.map { String(format: "%02x", $0) }.joined() + "'::bytea")
+                continue
+            }
+            if bytes.contains(0) {
+                throw PostgresError(code: .invalidParameter, message: "a text parameter contains a NUL character")
+            }
+            guard let escaped = bytes.withUnsafeBufferPointer({ buffer in
+                buffer.withMemoryRebound(to: CChar.self) { PQescapeLiteral(conn, $0.baseAddress, buffer.count) }
+            }) else {
+                throw PostgresError(code: .invalidParameter, message: Self.trimmed(PQerrorMessage(conn)))
+            }
+            literals.append(String(cString: escaped))
+            PQfreemem(escaped)
+        }
+        // One pass over the text, so that a literal that itself contains "$2" is never rewritten.
+        var sql = ""
+        var scalars = query.sql.unicodeScalars[...]
+        while let scalar = scalars.popFirst() {
+            guard scalar == "$" else {
+                sql.unicodeScalars.append(scalar)
+                continue
+            }
+            let digits = scalars.prefix { ("0"..."9").contains($0) }
+            if let number = Int(String(String.UnicodeScalarView(digits))), number >= 1, number <= literals.count {
+                sql += literals[number - 1]
+                scalars = scalars.dropFirst(digits.count)
+            } else {
+                sql.unicodeScalars.append(scalar)
+            }
+        }
+        return sql
+    }
+
+    static func trimmed(_ message: UnsafePointer<CChar>?) -> String {
+        guard let message else { return "" }
+        return String(cString: message).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
+
+/// A notification received on a LISTEN channel.
+public struct PostgresNotification: Sendable, Hashable {
+    public var channel: String
+    public var payload: String
+    public var pid: Int32
+}

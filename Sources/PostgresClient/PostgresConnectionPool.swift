@@ -1,0 +1,183 @@
+import Foundation
+import Synchronization
+
+/// An async pool of PostgreSQL connections, each with its own thread.
+///
+/// ```swift
+/// let pool = PostgresConnectionPool(.init(conninfo: "postgres://localhost/app", size: 8))
+/// let head = try await pool.withConnection { conn in
+///     try conn.query("SELECT position FROM eventline.log_head").first?.decode(0, as: Int.self)
+/// }
+/// ```
+/// At most `size` connections are open; a caller that finds none free waits up to
+/// `acquireTimeout` and then gets `PostgresError.poolTimeout`. Connections open lazily; a broken
+/// one is discarded and replaced on its next use.
+public final class PostgresConnectionPool: Sendable {
+    /// Pool settings; every field has a default.
+    public struct Configuration: Sendable {
+        /// Any connection string libpq accepts.
+        public var conninfo: String
+        /// The most connections open at once.
+        public var size: Int
+        /// How long a caller waits for a free connection.
+        public var acquireTimeout: Duration
+        /// Thread name prefix, for debuggers and `top -H`.
+        public var name: String
+
+        public init(conninfo: String, size: Int = 10, acquireTimeout: Duration = .seconds(10), name: String = "eventline-pool") {
+            self.conninfo = conninfo
+            self.size = max(1, size)
+            self.acquireTimeout = acquireTimeout
+            self.name = name
+        }
+    }
+
+    /// A point-in-time view of the pool, for metrics.
+    public struct Statistics: Sendable, Equatable {
+        public var size: Int
+        public var open: Int
+        public var idle: Int
+        public var waiting: Int
+    }
+
+    private struct Waiter {
+        var id: Int
+        var continuation: CheckedContinuation<DedicatedConnection, any Error>
+        var timer: Task<Void, Never>?
+    }
+
+    private struct State {
+        var idle: [DedicatedConnection] = []
+        var open = 0
+        var waiters: [Waiter] = []
+        var nextID = 0
+        var closed = false
+    }
+
+    public let configuration: Configuration
+    private let state = Mutex(State())
+
+    public init(_ configuration: Configuration) {
+        self.configuration = configuration
+    }
+
+    /// Runs `body` with a pooled connection on that connection's thread.
+    public func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        let connection = try await acquire()
+        do {
+            let value = try await connection.run(body)
+            release(connection)
+            return value
+        } catch {
+            release(connection)
+            throw error
+        }
+    }
+
+    /// Runs `body` in a transaction on a pooled connection: COMMIT when it returns, ROLLBACK when it throws.
+    public func withTransaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        try await withConnection { conn in try conn.transaction(body) }
+    }
+
+    /// Current use of the pool.
+    public var statistics: Statistics {
+        state.withLock { state in
+            Statistics(size: configuration.size, open: state.open, idle: state.idle.count, waiting: state.waiters.count)
+        }
+    }
+
+    /// Fails waiting callers, closes idle connections, and closes the others as they come back.
+    public func close() {
+        let (idle, waiters) = state.withLock { state -> ([DedicatedConnection], [Waiter]) in
+            state.closed = true
+            defer { state.idle = []; state.waiters = [] }
+            state.open -= state.idle.count
+            return (state.idle, state.waiters)
+        }
+        for waiter in waiters {
+            waiter.timer?.cancel()
+            waiter.continuation.resume(throwing: PostgresError(code: .poolClosed, message: "the connection pool was closed"))
+        }
+        for connection in idle { connection.shutdown() }
+    }
+
+    private func acquire() async throws -> DedicatedConnection {
+        let id = state.withLock { state -> Int in
+            state.nextID += 1
+            return state.nextID
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<DedicatedConnection, any Error>) in
+                enum Decision { case reuse(DedicatedConnection), create, closed, wait }
+                let decision = state.withLock { state -> Decision in
+                    if state.closed { return .closed }
+                    if let connection = state.idle.popLast() { return .reuse(connection) }
+                    if state.open < configuration.size {
+                        state.open += 1
+                        return .create
+                    }
+                    state.waiters.append(Waiter(id: id, continuation: continuation, timer: nil))
+                    return .wait
+                }
+                switch decision {
+                case .reuse(let connection):
+                    continuation.resume(returning: connection)
+                case .create:
+                    continuation.resume(returning: DedicatedConnection(
+                        conninfo: configuration.conninfo, name: "\(configuration.name)-\(id)"))
+                case .closed:
+                    continuation.resume(throwing: PostgresError(code: .poolClosed, message: "the connection pool was closed"))
+                case .wait:
+                    let timeout = configuration.acquireTimeout
+                    let timer = Task { [weak self] in
+                        try? await Task.sleep(for: timeout)
+                        guard !Task.isCancelled else { return }
+                        self?.failWaiter(id, PostgresError(
+                            code: .poolTimeout,
+                            message: "no database connection became free within \(timeout) (pool size \(self?.configuration.size ?? 0))"))
+                    }
+                    state.withLock { state in
+                        if let index = state.waiters.firstIndex(where: { $0.id == id }) {
+                            state.waiters[index].timer = timer
+                        } else {
+                            timer.cancel()
+                        }
+                    }
+                }
+            }
+        } onCancel: {
+            failWaiter(id, CancellationError())
+        }
+    }
+
+    private func failWaiter(_ id: Int, _ error: any Error) {
+        let waiter = state.withLock { state -> Waiter? in
+            guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+            return state.waiters.remove(at: index)
+        }
+        waiter?.timer?.cancel()
+        waiter?.continuation.resume(throwing: error)
+    }
+
+    private func release(_ connection: DedicatedConnection) {
+        enum Decision { case handTo(Waiter), keep, shutdown }
+        let decision = state.withLock { state -> Decision in
+            if state.closed {
+                state.open -= 1
+                return .shutdown
+            }
+            if !state.waiters.isEmpty { return .handTo(state.waiters.removeFirst()) }
+            state.idle.append(connection)
+            return .keep
+        }
+        switch decision {
+        case .handTo(let waiter):
+            waiter.timer?.cancel()
+            waiter.continuation.resume(returning: connection)
+        case .keep:
+            break
+        case .shutdown:
+            connection.shutdown()
+        }
+    }
+}

@@ -1,0 +1,108 @@
+import ArgumentParser
+import EmbeddedServers
+import EventStore
+import Foundation
+
+struct Dev: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start a private PostgreSQL, migrate it, and run until interrupted (or run a short demo).")
+
+    @OptionGroup var migrations: MigrationOptions
+    @Flag(help: "Run a short demo (appends, a conflict, a read, status), then stop.") var demo = false
+    @Option(help: "The port for the private PostgreSQL (default: a free one).") var port: Int?
+
+    func run() async throws {
+        try await CLI.run {
+            let loaded = try migrations.load()
+            Swift.print("starting a private PostgreSQL…")
+            let server = try await EmbeddedPostgres.start(.init(port: port))
+            defer { server.stop() }
+            let url = server.url()
+            try await Migrator(databaseURL: url, migrations: loaded).migrate()
+            Swift.print("PostgreSQL \(server.host):\(server.port) is ready and migrated.")
+            Swift.print("  export EVENTLINE_DATABASE_URL='\(url)'")
+            if demo {
+                try await Demo.run(databaseURL: url)
+                Swift.print("")
+                Swift.print("$ eventctl status")
+                try await StatusReport.print(databaseURL: url, migrations: loaded)
+                return
+            }
+            Swift.print("Press Ctrl-C to stop (the database is deleted).")
+            await Signals.wait(for: [SIGINT, SIGTERM])
+            Swift.print("stopping")
+        }
+    }
+}
+
+/// A short walk through the event store, printed as the equivalent eventctl commands.
+enum Demo {
+    static func run(databaseURL: String) async throws {
+        let store = EventStore(EventStoreConfiguration(databaseURL: databaseURL), logger: CLI.logger)
+        let stream = "account-\(Int.random(in: 1000...9999))"
+        func show(_ command: String) { Swift.print("\n$ eventctl \(command)") }
+
+        show("append \(stream) --type AccountOpened --data '{\"owner\":\"Ada\",\"currency\":\"EUR\"}' --expected-version no-stream")
+        var result = try await store.append(
+            to: stream, expected: .noStream,
+            events: [NewEvent(type: "AccountOpened", data: Data(#"{"owner":"Ada","currency":"EUR"}"#.utf8))])
+        Swift.print("appended AccountOpened to \(stream): version \(result.version), position \(result.position)")
+
+        for amount in [5000, 2500] {
+            show("append \(stream) --type MoneyDeposited --data '{\"amount\":\(amount)}' --expected-version \(result.version)")
+            result = try await store.append(
+                to: stream, expected: .exact(result.version),
+                events: [NewEvent(type: "MoneyDeposited", data: Data(#"{"amount":\#(amount)}"#.utf8))])
+            Swift.print("appended MoneyDeposited to \(stream): version \(result.version), position \(result.position)")
+        }
+
+        show("append \(stream) --type MoneyWithdrawn --data '{\"amount\":100}' --expected-version 1   # stale")
+        do {
+            _ = try await store.append(
+                to: stream, expected: .exact(1), events: [NewEvent(type: "MoneyWithdrawn", data: Data(#"{"amount":100}"#.utf8))])
+            Swift.print("unexpected: the stale append succeeded")
+        } catch let error as EventStoreError where error.code == .wrongExpectedVersion {
+            Swift.print("eventctl: error: \(error.message)   (exit code 3)")
+        }
+
+        show("read \(stream)")
+        for event in try await store.readStream(stream) { Swift.print(EventPrinter.line(event, json: false)) }
+        await store.shutdown()
+    }
+}
+
+/// Waits for a signal without the default action (which would skip cleanup).
+enum Signals {
+    static func wait(for signals: [Int32]) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let once = OnceFlag()
+            var sources: [any DispatchSourceSignal] = []
+            for number in signals {
+                signal(number, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+                source.setEventHandler {
+                    if once.set() { continuation.resume() }
+                }
+                source.resume()
+                sources.append(source)
+            }
+            Signals.keep(sources)
+        }
+    }
+
+    private nonisolated(unsafe) static var retained: [any DispatchSourceSignal] = []
+    private static func keep(_ sources: [any DispatchSourceSignal]) { retained = sources }
+}
+
+/// True the first time only.
+final class OnceFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var done = false
+    func set() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if done { return false }
+        done = true
+        return true
+    }
+}

@@ -1,0 +1,90 @@
+import ArgumentParser
+import EventStore
+import Foundation
+import Logging
+
+/// The database to work on.
+struct DatabaseOptions: ParsableArguments {
+    @Option(name: .customLong("database-url"), help: "libpq connection string (default: $EVENTLINE_DATABASE_URL).")
+    var databaseURLOption: String?
+
+    var databaseURL: String {
+        get throws {
+            if let url = databaseURLOption ?? ProcessInfo.processInfo.environment["EVENTLINE_DATABASE_URL"], !url.isEmpty {
+                return url
+            }
+            throw CLIError("no database: pass --database-url or set EVENTLINE_DATABASE_URL")
+        }
+    }
+
+    func validate() throws {
+        if let url = databaseURLOption, url.trimmingCharacters(in: .whitespaces).isEmpty {
+            throw ValidationError("--database-url is empty")
+        }
+    }
+
+    /// Opens an event store with a small pool, enough for one command.
+    func openStore() throws -> EventStore {
+        var configuration = EventStoreConfiguration(databaseURL: try databaseURL)
+        configuration.poolSize = 2
+        configuration.acquireTimeout = .seconds(15)
+        return EventStore(configuration, logger: CLI.logger)
+    }
+}
+
+/// Where the SQL migrations are.
+struct MigrationOptions: ParsableArguments {
+    @Option(name: .customLong("migrations-dir"), help: "Directory of NNNN_name.sql files (default: $EVENTLINE_MIGRATIONS_DIR or ./Schemas/migrations).")
+    var directory: String?
+
+    func load() throws -> [Migration] {
+        guard let path = directory ?? ProcessInfo.processInfo.environment["EVENTLINE_MIGRATIONS_DIR"] ?? Migration.defaultDirectory() else {
+            throw CLIError("cannot find Schemas/migrations: pass --migrations-dir or set EVENTLINE_MIGRATIONS_DIR")
+        }
+        return try Migration.load(from: path)
+    }
+}
+
+/// An error for people: printed as one line.
+struct CLIError: Error, CustomStringConvertible {
+    var description: String
+    var exitCode: Int32 = 1
+    init(_ description: String, exitCode: Int32 = 1) {
+        self.description = description
+        self.exitCode = exitCode
+    }
+}
+
+enum CLI {
+    static let logger: Logger = {
+        var logger = Logger(label: "eventctl")
+        let level = ProcessInfo.processInfo.environment["EVENTLINE_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:))
+        logger.logLevel = level ?? .warning
+        return logger
+    }()
+
+    /// Runs a command body: any error becomes one line on stderr and a non-zero exit, never a trace.
+    static func run(_ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let error as CLIError {
+            fail(error.description, code: error.exitCode)
+        } catch let error as EventStoreError {
+            fail(error.message, code: error.code == .wrongExpectedVersion ? 3 : 1)
+        } catch let error as ValidationError {
+            throw error
+        } catch let error as ExitCode {
+            throw error
+        } catch is CancellationError {
+            throw ExitCode(130)
+        } catch {
+            fail("\(error)", code: 1)
+        }
+    }
+
+    static func fail(_ message: String, code: Int32) -> Never {
+        let line = message.replacingOccurrences(of: "\n", with: " ")
+        FileHandle.standardError.write(Data("eventctl: error: \(line)\n".utf8))
+        exit(code)
+    }
+}

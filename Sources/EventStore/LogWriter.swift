@@ -66,7 +66,10 @@ final class LogWriter: Sendable {
     private let logger: Logger
 
     init(conninfo: String, maxBatchEvents: Int, logger: Logger) {
-        self.connection = DedicatedConnection(conninfo: conninfo, name: "eventline-log-writer")
+        self.connection = DedicatedConnection(conninfo: conninfo, name: "eventline-log-writer") { conn in
+            // Named, so that operators can find the writer's session in pg_stat_activity.
+            try conn.execute(unsafeSQL: "SET application_name = 'eventline-log-writer'")
+        }
         self.maxBatchEvents = max(1, maxBatchEvents)
         self.logger = logger
     }
@@ -227,7 +230,7 @@ final class LogWriter: Sendable {
             readResults = try conn.pipeline(reads).map { try $0.get() }
         } catch let error as PostgresError {
             conn.rollbackQuietly()
-            throw error.code == .connectionClosed ? BatchFailure.beforeCommit(error) : BatchFailure.statement(error)
+            throw error.isConnectionError ? BatchFailure.beforeCommit(error) : BatchFailure.statement(error)
         }
         guard let headRow = readResults[1].first else {
             conn.rollbackQuietly()
@@ -334,7 +337,11 @@ final class LogWriter: Sendable {
             throw BatchFailure.uncertain(error, firstPosition: firstRow.position, firstId: firstRow.event.id, planned: outcomes)
         }
         for result in writeResults {
-            if case .failure(let error) = result { throw BatchFailure.statement(error) }
+            guard case .failure(let error) = result else { continue }
+            if error.isConnectionError {
+                throw BatchFailure.uncertain(error, firstPosition: firstRow.position, firstId: firstRow.event.id, planned: outcomes)
+            }
+            throw BatchFailure.statement(error)
         }
         counters.withLock { counters in
             counters.batches += 1

@@ -6,9 +6,16 @@ final class BlockingWorker: @unchecked Sendable {
     private let condition = NSCondition()
     private var jobs: [() -> Void] = []
     private var stopping = false
+    static let nameKey = "eventline.worker"
+
+    /// The name of the worker running the calling code, or nil on any other thread.
+    static var currentName: String? { Thread.current.threadDictionary[nameKey] as? String }
 
     init(name: String) {
-        let thread = Thread { [self] in self.loop() }
+        let thread = Thread { [self] in
+            Thread.current.threadDictionary[BlockingWorker.nameKey] = name
+            self.loop()
+        }
         thread.name = name
         thread.stackSize = 1 << 20
         thread.start()
@@ -72,6 +79,10 @@ public final class DedicatedConnection: @unchecked Sendable {
     deinit {
         worker.stop()
     }
+
+    /// The name of the dedicated connection thread running the calling code, or nil when the
+    /// caller is on any other thread (the cooperative pool, an event loop).
+    public static var currentThreadName: String? { BlockingWorker.currentName }
 
     /// Runs `body` with the live connection on this connection's thread and returns its value.
     public func run<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {

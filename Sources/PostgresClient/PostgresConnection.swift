@@ -65,11 +65,14 @@ public final class PostgresConnection {
     public func probeIdle() -> Bool {
         guard let handle, PQstatus(handle) == CONNECTION_OK else { return false }
         var descriptor = pollfd(fd: PQsocket(handle), events: Int16(POLLIN), revents: 0)
-        let ready = poll(&descriptor, 1, 0)
-        if ready > 0 {
+        // A killed session sends an error and then closes: read until the socket is quiet, so
+        // that the EOF is seen too.
+        for _ in 0..<8 {
+            guard poll(&descriptor, 1, 0) > 0 else { break }
             if PQconsumeInput(handle) == 0 { return false }
             // Drop anything unsolicited (notices, stray notifications) so the next query starts clean.
             while let notify = PQnotifies(handle) { PQfreemem(notify) }
+            if PQstatus(handle) != CONNECTION_OK { return false }
         }
         return PQstatus(handle) == CONNECTION_OK
     }
@@ -151,7 +154,8 @@ public final class PostgresConnection {
         guard PQenterPipelineMode(conn) == 1 else {
             throw PostgresError(code: .protocolViolation, message: "cannot enter pipeline mode: \(Self.trimmed(PQerrorMessage(conn)))")
         }
-        defer { _ = PQexitPipelineMode(conn) }
+        var inPipeline = true
+        defer { if inPipeline { _ = PQexitPipelineMode(conn) } }
         for query in queries {
             let sent = try withParameters(query) { count, types, values, lengths, formats in
                 PQsendQueryParams(conn, query.sql, count, types, values, lengths, formats, 1)
@@ -179,14 +183,18 @@ public final class PostgresConnection {
             }
             // Each statement's results end with a NULL.
             while let extra = PQgetResult(conn) { PQclear(extra) }
+            if PQstatus(conn) != CONNECTION_OK { throw connectionError(sql: query.sql) }
         }
         // The sync point.
         guard let sync = PQgetResult(conn) else { throw connectionError(sql: "") }
         let syncStatus = PQresultStatus(sync)
         PQclear(sync)
         guard syncStatus == PGRES_PIPELINE_SYNC else {
+            if PQstatus(conn) != CONNECTION_OK { throw connectionError(sql: "") }
             throw PostgresError(code: .protocolViolation, message: "expected the pipeline sync point")
         }
+        _ = PQexitPipelineMode(conn)
+        inPipeline = false
         if PQtransactionStatus(conn) == PQTRANS_INERROR { rollbackQuietly() }
         return outcomes
     }

@@ -123,8 +123,13 @@ public final class PostgresConnectionPool: Sendable {
                 case .reuse(let connection):
                     continuation.resume(returning: connection)
                 case .create:
+                    let applicationName = configuration.name
                     continuation.resume(returning: DedicatedConnection(
-                        conninfo: configuration.conninfo, name: "\(configuration.name)-\(id)"))
+                        conninfo: configuration.conninfo, name: "\(configuration.name)-\(id)"
+                    ) { conn in
+                        // Named after the pool, so that its sessions can be told apart in pg_stat_activity.
+                        try conn.execute("SELECT set_config('application_name', \(applicationName), false)")
+                    })
                 case .closed:
                     continuation.resume(throwing: PostgresError(code: .poolClosed, message: "the connection pool was closed"))
                 case .wait:

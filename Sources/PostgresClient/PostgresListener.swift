@@ -46,6 +46,7 @@ public enum PostgresListener {
             if connection == nil {
                 do {
                     let fresh = try PostgresConnection(conninfo: conninfo)
+                    try fresh.execute(unsafeSQL: "SET application_name = 'eventline-listen'")
                     for channel in channels { try fresh.listen(channel) }
                     connection = fresh
                     backoff = 0.05

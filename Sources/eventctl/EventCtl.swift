@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// `eventctl`: the one executable of Eventline.
 @main
@@ -15,4 +16,25 @@ struct EventCtl: AsyncParsableCommand {
             Migrate.self, Append.self, Read.self, Tail.self, Status.self, Dev.self,
         ]
     )
+
+    /// Parses and runs, printing any argument error as one line (not the usage text) on stderr.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var command = command as? any AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                print(fullMessage(for: error))  // --help and --version
+                Foundation.exit(0)
+            }
+            let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            FileHandle.standardError.write(Data("eventctl: error: \(message) (see eventctl --help)\n".utf8))
+            Foundation.exit(code.rawValue)
+        }
+    }
 }

@@ -14,6 +14,10 @@ public struct EventStoreConfiguration: Sendable {
     public var compressionThreshold: Int = 512
     /// The most events one group commit writes.
     public var maxBatchEvents: Int = 2000
+    /// After a group commit, how long the log writer may wait for the appenders it just
+    /// answered to come back before it writes the next group (it stops waiting as soon as they
+    /// have). Zero writes whatever is queued at once.
+    public var groupCommitWindow: Duration = .microseconds(500)
     /// The most events one append may carry.
     public var maxEventsPerAppend: Int = 1000
     /// The largest event data accepted, in bytes.
@@ -52,7 +56,8 @@ public final class EventStore: Sendable {
             conninfo: configuration.databaseURL, size: configuration.poolSize,
             acquireTimeout: configuration.acquireTimeout, name: "eventline-read"))
         self.writer = LogWriter(
-            conninfo: configuration.databaseURL, maxBatchEvents: configuration.maxBatchEvents, logger: logger)
+            conninfo: configuration.databaseURL, maxBatchEvents: configuration.maxBatchEvents,
+            groupWindow: configuration.groupCommitWindow, logger: logger)
     }
 
     /// Lets queued appends commit, then closes every connection. Later calls fail with `.shutdown`.

@@ -61,11 +61,15 @@ final class LogWriter: Sendable {
 
     private let connection: DedicatedConnection
     private let state = Mutex(State())
+    /// Signalled on every arrival, so the writer can wait for a group to gather.
+    private let arrivals = NSCondition()
+    private let groupWindow: Duration
     private let counters = Mutex(Statistics())
     private let maxBatchEvents: Int
     private let logger: Logger
 
-    init(conninfo: String, maxBatchEvents: Int, logger: Logger) {
+    init(conninfo: String, maxBatchEvents: Int, groupWindow: Duration, logger: Logger) {
+        self.groupWindow = groupWindow
         self.connection = DedicatedConnection(conninfo: conninfo, name: "eventline-log-writer") { conn in
             // Named, so that operators can find the writer's session in pg_stat_activity.
             try conn.execute(unsafeSQL: "SET application_name = 'eventline-log-writer'")
@@ -92,7 +96,9 @@ final class LogWriter: Sendable {
             case true?:
                 if !connection.enqueue({ [self] in self.drain() }) { failPending() }
             case false?:
-                break
+                arrivals.lock()
+                arrivals.signal()
+                arrivals.unlock()
             }
         }
     }
@@ -118,9 +124,25 @@ final class LogWriter: Sendable {
         }
     }
 
+    /// Waits up to the group window until `target` appends are queued. The appenders of the
+    /// batch just committed usually come straight back with their next append; without this
+    /// wait they would trail the appends that queued meanwhile by one batch, and under load the
+    /// appenders would settle into two half-size groups that commit alternately.
+    private func gather(target: Int) {
+        guard groupWindow > .zero, target > 1 else { return }
+        let deadline = Date(timeIntervalSinceNow: Double(groupWindow.components.attoseconds) / 1e18 + Double(groupWindow.components.seconds))
+        arrivals.lock()
+        defer { arrivals.unlock() }
+        while state.withLock({ $0.pending.count }) < target, arrivals.wait(until: deadline) {}
+    }
+
     /// Runs on the writer thread until the queue is empty.
     private func drain() {
+        var returning = 0
         while true {
+            if returning > 1 {
+                gather(target: state.withLock { $0.pending.count } + returning)
+            }
             let batch = state.withLock { state -> [Pending] in
                 guard !state.pending.isEmpty else {
                     state.writing = false
@@ -141,6 +163,7 @@ final class LogWriter: Sendable {
             for (item, outcome) in zip(batch, outcomes) {
                 item.continuation.resume(with: outcome)
             }
+            returning = batch.count
         }
     }
 
@@ -216,14 +239,18 @@ final class LogWriter: Sendable {
         // Phase 1, one round trip: lock the head, then read what the decisions need.
         let streams = Array(Set(appends.map(\.stream.rawValue)))
         let givenIds = appends.flatMap { $0.events.filter(\.idWasGiven).map(\.id) }
+        // Every statement of a batch has fixed text and is prepared once per session: rows
+        // travel as binary arrays, so planning costs nothing per batch.
         var reads: [SQLQuery] = [
             "BEGIN",
-            "SELECT position, clock_timestamp() FROM eventline.log_head FOR UPDATE",
-            "SELECT name, version FROM eventline.streams WHERE name = ANY(\(streams))",
+            SQLQuery("SELECT position, clock_timestamp() FROM eventline.log_head FOR UPDATE").prepared(),
+            SQLQuery("SELECT name, version FROM eventline.streams WHERE name = ANY(\(PostgresBinaryArray(text: streams)))").prepared(),
         ]
         if !givenIds.isEmpty {
-            reads.append(
-                "SELECT event_id, stream, version, position, type, recorded_at FROM eventline.events WHERE event_id = ANY(\(givenIds))")
+            reads.append(SQLQuery("""
+                SELECT event_id, stream, version, position, type, recorded_at FROM eventline.events
+                WHERE event_id = ANY(\(PostgresBinaryArray(uuid: givenIds)))
+                """).prepared())
         }
         let readResults: [PostgresResult]
         do {
@@ -295,39 +322,33 @@ final class LogWriter: Sendable {
         var start = 0
         while start < rows.count {
             let chunk = rows[start..<min(start + Self.maxRowsPerInsert, rows.count)]
-            var insert = SQLQuery(unsafeSQL:
-                "INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at) VALUES ")
-            for (index, row) in chunk.enumerated() {
-                let values = [
-                    insert.bind(row.position), insert.bind(row.stream.rawValue), insert.bind(row.version),
-                    insert.bind(row.event.id), insert.bind(row.event.type), insert.bind(row.event.storedData),
-                    insert.bind(row.event.codec), insert.bind(PostgresJSONB(row.event.metadata)), insert.bind(now),
-                ]
-                insert.append(unsafeSQL: (index == 0 ? "(" : ", (") + values.joined(separator: ", ") + ")")
-            }
-            writes.append(insert)
+            writes.append(SQLQuery("""
+                INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at)
+                SELECT position, stream, version, event_id, type, data, codec, metadata, \(now)
+                FROM unnest(\(PostgresBinaryArray(int8: chunk.map(\.position))), \(PostgresBinaryArray(text: chunk.map(\.stream.rawValue))),
+                            \(PostgresBinaryArray(int8: chunk.map(\.version))), \(PostgresBinaryArray(uuid: chunk.map(\.event.id))),
+                            \(PostgresBinaryArray(text: chunk.map(\.event.type))), \(PostgresBinaryArray(bytea: chunk.map(\.event.storedData))),
+                            \(PostgresBinaryArray(int2: chunk.map(\.event.codec))), \(PostgresBinaryArray(jsonb: chunk.map(\.event.metadata))))
+                     AS batch (position, stream, version, event_id, type, data, codec, metadata)
+                """).prepared())
             start += Self.maxRowsPerInsert
         }
-        var upsert = SQLQuery(unsafeSQL:
-            "INSERT INTO eventline.streams AS s (name, category, version, last_position, created_at, updated_at) VALUES ")
         var lastRows: [String: (stream: StreamName, position: Int)] = [:]
         for row in rows { lastRows[row.stream.rawValue] = (row.stream, row.position) }
         // Sorted, so that writers of several processes lock stream rows in one order.
-        for (index, (name, last)) in lastRows.sorted(by: { $0.key < $1.key }).enumerated() {
-            let values = [
-                upsert.bind(name), upsert.bind(last.stream.category), upsert.bind(versions[name]!),
-                upsert.bind(last.position), upsert.bind(now), upsert.bind(now),
-            ]
-            upsert.append(unsafeSQL: (index == 0 ? "(" : ", (") + values.joined(separator: ", ") + ")")
-        }
-        upsert.append(unsafeSQL: """
-             ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, \
-            last_position = EXCLUDED.last_position, updated_at = EXCLUDED.updated_at
-            """)
-        writes.append(upsert)
+        let touched = lastRows.sorted { $0.key < $1.key }
+        writes.append(SQLQuery("""
+            INSERT INTO eventline.streams AS s (name, category, version, last_position, created_at, updated_at)
+            SELECT name, category, version, last_position, \(now), \(now)
+            FROM unnest(\(PostgresBinaryArray(text: touched.map(\.key))), \(PostgresBinaryArray(text: touched.map(\.value.stream.category))),
+                        \(PostgresBinaryArray(int8: touched.map { versions[$0.key]! })), \(PostgresBinaryArray(int8: touched.map(\.value.position))))
+                 AS batch (name, category, version, last_position)
+            ON CONFLICT (name) DO UPDATE
+            SET version = EXCLUDED.version, last_position = EXCLUDED.last_position, updated_at = EXCLUDED.updated_at
+            """).prepared())
         let newHead = nextPosition - 1
-        writes.append("UPDATE eventline.log_head SET position = \(newHead)")
-        writes.append("SELECT pg_notify(\(Self.notificationChannel), \(String(newHead)))")
+        writes.append(SQLQuery("UPDATE eventline.log_head SET position = \(newHead)").prepared())
+        writes.append(SQLQuery("SELECT pg_notify(\(Self.notificationChannel), \(String(newHead)))").prepared())
         writes.append("COMMIT")
 
         let writeResults: [Result<PostgresResult, PostgresError>]

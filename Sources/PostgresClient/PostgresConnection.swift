@@ -6,6 +6,8 @@ import Foundation
 /// cooperative pool or an event loop. Not Sendable: it stays on the thread that owns it.
 public final class PostgresConnection {
     private var handle: OpaquePointer?
+    /// Statements prepared on this session: SQL text → statement name.
+    private var preparedStatements: [String: String] = [:]
 
     /// Opens a connection with any string libpq accepts: a `postgres://` URL, `key=value` conninfo,
     /// several hosts with `target_session_attrs`. Unset settings come from the PG* environment.
@@ -83,6 +85,7 @@ public final class PostgresConnection {
             throw PostgresError(code: .connectionClosed, message: "the connection was closed")
         }
         PQreset(handle)
+        preparedStatements = [:]  // a new session has none
         guard PQstatus(handle) == CONNECTION_OK else {
             throw PostgresError(
                 code: .connectionFailed, message: "cannot reconnect to PostgreSQL: \(Self.trimmed(PQerrorMessage(handle)))")
@@ -95,10 +98,31 @@ public final class PostgresConnection {
     @discardableResult
     public func query(_ query: SQLQuery) throws -> PostgresResult {
         let conn = try liveHandle(for: query.sql)
+        if query.isPrepared {
+            let name = try prepare(query)
+            let result = try withParameters(query) { count, _, values, lengths, formats in
+                PQexecPrepared(conn, name, count, values, lengths, formats, 1)
+            }
+            return try check(result, sql: query.sql)
+        }
         let result = try withParameters(query) { count, types, values, lengths, formats in
             PQexecParams(conn, query.sql, count, types, values, lengths, formats, 1)
         }
         return try check(result, sql: query.sql)
+    }
+
+    /// Prepares `query` on this session once and returns its statement name.
+    private func prepare(_ query: SQLQuery) throws -> String {
+        if let name = preparedStatements[query.sql] { return name }
+        let conn = try liveHandle(for: query.sql)
+        let name = "eventline_\(preparedStatements.count + 1)"
+        let types = query.binds.map { Oid($0.oid) }
+        let result = types.withUnsafeBufferPointer { types in
+            PQprepare(conn, name, query.sql, Int32(types.count), types.baseAddress)
+        }
+        _ = try check(result, sql: query.sql)
+        preparedStatements[query.sql] = name
+        return name
     }
 
     /// Runs one statement and returns the number of rows it affected.
@@ -151,14 +175,20 @@ public final class PostgresConnection {
     /// opened in the pipeline and left failed is rolled back.
     public func pipeline(_ queries: [SQLQuery]) throws -> [Result<PostgresResult, PostgresError>] {
         let conn = try liveHandle(for: queries.first?.sql ?? "")
+        // Statements prepared for the first time are prepared before the pipeline starts.
+        var names: [String?] = []
+        for query in queries { names.append(query.isPrepared ? try prepare(query) : nil) }
         guard PQenterPipelineMode(conn) == 1 else {
             throw PostgresError(code: .protocolViolation, message: "cannot enter pipeline mode: \(Self.trimmed(PQerrorMessage(conn)))")
         }
         var inPipeline = true
         defer { if inPipeline { _ = PQexitPipelineMode(conn) } }
-        for query in queries {
+        for (query, name) in zip(queries, names) {
             let sent = try withParameters(query) { count, types, values, lengths, formats in
-                PQsendQueryParams(conn, query.sql, count, types, values, lengths, formats, 1)
+                if let name {
+                    return PQsendQueryPrepared(conn, name, count, values, lengths, formats, 1)
+                }
+                return PQsendQueryParams(conn, query.sql, count, types, values, lengths, formats, 1)
             }
             guard sent == 1 else { throw connectionError(sql: query.sql) }
         }

@@ -41,6 +41,16 @@ public struct SQLQuery: Sendable, Hashable, ExpressibleByStringInterpolation, Cu
     public private(set) var sql: String
     /// The bound values, in placeholder order.
     public private(set) var binds: [PostgresBind]
+    /// Whether a connection keeps this statement prepared and reuses its plan (for statements
+    /// whose text never changes and that run often).
+    public private(set) var isPrepared = false
+
+    /// This statement, marked to be prepared once per connection and reused.
+    public func prepared() -> SQLQuery {
+        var copy = self
+        copy.isPrepared = true
+        return copy
+    }
 
     /// A statement from text that is not a compile-time literal. The caller vouches that it holds
     /// no untrusted input.

@@ -168,7 +168,7 @@ struct PostgresClientTests {
     @Test("the pool never opens more than its size, and a caller waiting past the timeout gets poolTimeout")
     func poolLimits() async throws {
         let database = try await TestDatabase.create("pool")
-        let pool = PostgresConnectionPool(.init(conninfo: database.url, size: 3, acquireTimeout: .milliseconds(300)))
+        let pool = PostgresConnectionPool(.init(conninfo: database.url, size: 3, acquireTimeout: .seconds(30)))
         defer { pool.close() }
         let gauge = Gauge()
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -186,12 +186,16 @@ struct PostgresClientTests {
         #expect(gauge.peak == 3)
         #expect(pool.statistics.open == 3)
 
-        // Hold every connection; the next caller times out.
-        let holders = (0..<3).map { _ in Task { try await pool.withConnection { conn in _ = try conn.query("SELECT pg_sleep(1)") } } }
-        try await Task.sleep(for: .milliseconds(100))
-        let error = await #expect(throws: PostgresError.self) { try await pool.withConnection { _ in 1 } }
+        // Hold the only connection of a small pool; the next caller times out.
+        let small = PostgresConnectionPool(.init(conninfo: database.url, size: 1, acquireTimeout: .milliseconds(200)))
+        defer { small.close() }
+        let holding = Gauge()
+        let holder = Task { try await small.withConnection { conn in holding.enter(); _ = try conn.query("SELECT pg_sleep(2)") } }
+        try await eventually("the holder has the connection") { holding.peak == 1 }
+        let error = await #expect(throws: PostgresError.self) { try await small.withConnection { _ in 1 } }
         #expect(error?.code == .poolTimeout)
-        for holder in holders { try await holder.value }
+        #expect(small.statistics.waiting == 0)
+        try await holder.value
     }
 
     @Test("a pooled connection whose session was killed is replaced transparently")

@@ -1,0 +1,44 @@
+# Eventline — the two commands that matter: `make test` and `make run`.
+SWIFT ?= swift
+# What the build, the tests and `make run` need from Debian.
+PACKAGES := pkg-config libpq-dev liblz4-dev lz4 postgresql redis-server
+BENCH_SECONDS ?= 20
+
+.PHONY: deps build test run bench clean
+
+## deps: install the Debian packages that are missing (as root), or name them.
+deps:
+	@missing=""; \
+	for package in $(PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing"; \
+	    echo "install them with: sudo apt-get install -y$$missing"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+## test: every test, against a private PostgreSQL (and Redis) started by the test support.
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+## run: a private PostgreSQL, migrated, a short demo, and `eventctl status`.
+run: build
+	$(SWIFT) run --skip-build eventctl dev --demo
+
+## bench: group commit against raw PostgreSQL (pgbench) on one private server.
+bench: deps
+	$(SWIFT) build -c release --product eventline-bench
+	$(SWIFT) run -c release --skip-build eventline-bench --seconds $(BENCH_SECONDS)
+
+clean:
+	rm -rf .build

@@ -1,0 +1,354 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+import Synchronization
+
+/// A private PostgreSQL server in a temporary directory, listening on 127.0.0.1 with trust
+/// authentication. It is stopped and its directory deleted by `stop()`, at process exit, or by
+/// a watchdog within seconds of this process being killed; it never outlives the process.
+public final class EmbeddedPostgres: Sendable {
+    /// How to start a server; every field has a default suited to tests.
+    public struct Options: Sendable {
+        /// Server settings passed as `-c key=value`, applied over `EmbeddedPostgres.defaultSettings`.
+        /// `listen_addresses` and `unix_socket_directories` are always 127.0.0.1 and the private
+        /// directory, whatever is given here, because `host` and `url` promise them.
+        public var settings: [String: String]
+        /// The superuser role initdb creates; it connects without a password.
+        public var superuser: String
+        /// The TCP port, or nil to pick a free one (and retry with another on a clash).
+        public var port: Int?
+        /// How long initdb plus server start-up may take before `start` fails.
+        public var startTimeout: Duration
+
+        /// Options with the given overrides; the defaults start a fresh server on a free port.
+        public init(
+            settings: [String: String] = [:],
+            superuser: String = "eventline",
+            port: Int? = nil,
+            startTimeout: Duration = .seconds(60)
+        ) {
+            self.settings = settings
+            self.superuser = superuser
+            self.port = port
+            self.startTimeout = startTimeout
+        }
+    }
+
+    /// The settings every server starts with unless `Options.settings` overrides them; fsync
+    /// and synchronous commit stay on so benchmarks measure durable commits.
+    public static let defaultSettings: [String: String] = [
+        "max_connections": "200",
+        "shared_buffers": "128MB",
+        "synchronous_commit": "on",
+        "fsync": "on",
+        "log_min_messages": "warning",
+    ]
+
+    /// The TCP port the server accepts connections on.
+    public let port: Int
+    /// The address the server listens on: always "127.0.0.1".
+    public let host: String
+    /// The superuser role; trust authentication, so no password.
+    public let superuser: String
+    /// The cluster's data directory (inside `directory`).
+    public let dataDirectory: String
+    /// The private temporary directory holding the data, the Unix socket and `logFile`;
+    /// it no longer exists once `stop()` returns.
+    public let directory: String
+    /// The server's combined stdout and stderr.
+    public let logFile: String
+    /// The directory of the PostgreSQL binaries used; the matching `psql` lives here.
+    public let binDirectory: String
+    /// The postmaster's pid.
+    public let processIdentifier: Int32
+
+    /// The process we spawned: the postmaster itself, or runuser standing in front of it.
+    private let childPID: Int32
+    private let watchdog: Watchdog
+    private let registration = Mutex<UInt64?>(nil)
+    private let stopped = Mutex(false)
+
+    private init(
+        port: Int, superuser: String, directory: String, dataDirectory: String, logFile: String,
+        binDirectory: String, processIdentifier: Int32, childPID: Int32, watchdog: Watchdog
+    ) {
+        self.port = port
+        self.host = "127.0.0.1"
+        self.superuser = superuser
+        self.directory = directory
+        self.dataDirectory = dataDirectory
+        self.logFile = logFile
+        self.binDirectory = binDirectory
+        self.processIdentifier = processIdentifier
+        self.childPID = childPID
+        self.watchdog = watchdog
+    }
+
+    /// A libpq URL for `database` as the superuser, e.g. `postgresql://eventline@127.0.0.1:5433/postgres`.
+    public func url(database: String = "postgres") -> String {
+        let user = superuser.addingPercentEncoding(withAllowedCharacters: .urlUserAllowed) ?? superuser
+        let name = database.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? database
+        return "postgresql://\(user)@\(host):\(port)/\(name)"
+    }
+
+    /// Whether `stop()` has been called.
+    public var isStopped: Bool { stopped.withLock { $0 } }
+
+    /// Initialises a fresh cluster and starts a server on it; returns once it accepts
+    /// connections, or throws with an install hint or the tail of the server's log.
+    public static func start(_ options: Options = .init()) async throws -> EmbeddedPostgres {
+        try await onDedicatedThread("EmbeddedPostgres.start") { try startBlocking(options) }
+    }
+
+    /// Stops the server (fast shutdown: SIGINT, then SIGKILL after 10 s), waits for it to exit
+    /// and deletes `directory`. Calling it again does nothing.
+    public func stop() {
+        let first = stopped.withLock { stopped -> Bool in
+            defer { stopped = true }
+            return !stopped
+        }
+        guard first else { return }
+        if let id = registration.withLock({ $0 }) { RunningServers.unregister(id) }
+        watchdog.cancel()
+        ChildProcess.terminate(childPID, signal: SIGINT, grace: .seconds(10), target: processIdentifier)
+        ServerFiles.remove(directory)
+    }
+
+    private static let sharedServer = ProcessWideInstance<EmbeddedPostgres>()
+
+    /// The one server of this process, started with default options by the first caller;
+    /// concurrent callers all get the same instance. It runs until the process exits, so do
+    /// not `stop()` it.
+    public static func shared() async throws -> EmbeddedPostgres {
+        try await sharedServer.get { try await EmbeddedPostgres.start() }
+    }
+
+    /// The server tests should use: `EVENTLINE_TEST_DATABASE_URL` when it is set and not
+    /// empty (CI with a service database), otherwise `shared().url()`.
+    public static func testServerURL(
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) async throws -> String {
+        if let url = environmentOverride("EVENTLINE_TEST_DATABASE_URL", in: environment) { return url }
+        return try await shared().url()
+    }
+
+    // MARK: - Starting
+
+    private static func startBlocking(_ options: Options) throws -> EmbeddedPostgres {
+        let deadline = ContinuousClock.now + options.startTimeout
+        let baseEnvironment = ProcessInfo.processInfo.environment
+        let binaries = try PostgresBinaries.locate(environment: baseEnvironment)
+        let account = try UnprivilegedAccount.forCurrentProcess()
+
+        let directory = try ServerFiles.makeTemporaryDirectory(prefix: "eventline-pg")
+        let environment = ServerFiles.childEnvironment(baseEnvironment, home: account == nil ? nil : directory)
+        let watchdog: Watchdog
+        do {
+            watchdog = try Watchdog.start(directory: directory, signal: "INT", environment: environment)
+        } catch {
+            ServerFiles.remove(directory)
+            throw error
+        }
+        var started = false
+        defer {
+            if !started {
+                watchdog.cancel()
+                ServerFiles.remove(directory)
+            }
+        }
+        if let account { try account.take(directory) }
+
+        let dataDirectory = directory + "/data"
+        let initdbLog = directory + "/initdb.log"
+        let initdbCommand = [
+            binaries.initdb, "-D", dataDirectory, "-U", options.superuser, "--auth=trust",
+            "--encoding=UTF8", "--locale=C", "--no-sync",
+        ]
+        let initdb = try account?.wrap(initdbCommand, environment: environment) ?? initdbCommand
+        let initdbPID = try ChildProcess.spawn(
+            initdb[0], Array(initdb.dropFirst()), environment: environment,
+            workingDirectory: directory, outputPath: initdbLog
+        )
+        try Watchdog.recordChild(initdbPID, in: directory)
+        let remaining = deadline - ContinuousClock.now
+        guard let initdbExit = ChildProcess.wait(initdbPID, timeout: max(remaining, .zero)) else {
+            ChildProcess.terminate(initdbPID, signal: SIGKILL, grace: .seconds(5))
+            throw EmbeddedServerError(
+                "initdb did not finish within \(formatted(options.startTimeout)); output tail:\n\(ServerFiles.tail(initdbLog))"
+            )
+        }
+        guard initdbExit == .exited(0) else {
+            throw EmbeddedServerError(
+                "initdb failed (\(initdbExit)); output tail:\n\(ServerFiles.tail(initdbLog))"
+            )
+        }
+
+        var settings = defaultSettings.merging(options.settings) { _, override in override }
+        settings["listen_addresses"] = "127.0.0.1"
+        settings["unix_socket_directories"] = directory
+
+        let logFile = directory + "/postgres.log"
+        let attempts = options.port == nil ? 3 : 1
+        for attempt in 1...attempts {
+            let port = try options.port ?? FreePort.pick()
+            var command = [binaries.postgres, "-D", dataDirectory, "-p", String(port)]
+            for key in settings.keys.sorted() {
+                command += ["-c", "\(key)=\(settings[key]!)"]
+            }
+            command = try account?.wrap(command, environment: environment) ?? command
+            let pid = try ChildProcess.spawn(
+                command[0], Array(command.dropFirst()), environment: environment,
+                workingDirectory: directory, outputPath: logFile
+            )
+            do {
+                try Watchdog.recordChild(pid, in: directory)
+            } catch {
+                ChildProcess.terminate(pid, signal: SIGKILL, grace: .seconds(5))
+                throw error
+            }
+
+            switch waitUntilReady(
+                pid: pid, port: port, superuser: options.superuser, dataDirectory: dataDirectory,
+                pgIsReady: binaries.pgIsReady, environment: environment, deadline: deadline
+            ) {
+            case .ready:
+                let postmaster = postmasterPID(dataDirectory) ?? pid
+                if postmaster != pid {
+                    do {
+                        try Watchdog.recordChild(postmaster, in: directory)
+                    } catch {
+                        ChildProcess.terminate(pid, signal: SIGINT, grace: .seconds(10), target: postmaster)
+                        throw error
+                    }
+                }
+                started = true
+                let server = EmbeddedPostgres(
+                    port: port, superuser: options.superuser, directory: directory,
+                    dataDirectory: dataDirectory, logFile: logFile, binDirectory: binaries.directory,
+                    processIdentifier: postmaster, childPID: pid, watchdog: watchdog
+                )
+                let id = RunningServers.register { server.stop() }
+                server.registration.withLock { $0 = id }
+                return server
+            case .exited(let exit):
+                let log = ServerFiles.tail(logFile)
+                let portClash = log.contains("Address already in use")
+                    || log.contains("could not create any TCP/IP sockets")
+                if portClash && attempt < attempts { continue }
+                throw EmbeddedServerError("PostgreSQL exited during start-up (\(exit)); log tail:\n\(log)")
+            case .timedOut:
+                ChildProcess.terminate(pid, signal: SIGINT, grace: .seconds(5), target: postmasterPID(dataDirectory))
+                throw EmbeddedServerError(
+                    "PostgreSQL did not become ready within \(formatted(options.startTimeout)); log tail:\n\(ServerFiles.tail(logFile))"
+                )
+            }
+        }
+        throw EmbeddedServerError("PostgreSQL could not find a free port after \(attempts) attempts")
+    }
+
+    private enum Readiness {
+        case ready
+        case exited(ChildExit)
+        case timedOut
+    }
+
+    private static func waitUntilReady(
+        pid: pid_t, port: Int, superuser: String, dataDirectory: String, pgIsReady: String?,
+        environment: [String: String], deadline: ContinuousClock.Instant
+    ) -> Readiness {
+        while ContinuousClock.now < deadline {
+            if let exit = ChildProcess.poll(pid) { return .exited(exit) }
+            // postmaster.pid says "ready" only for the server started on this data directory,
+            // so a stranger that grabbed the port between our pick and our bind is not mistaken
+            // for ours.
+            if postmasterReports(ready: dataDirectory), LoopbackSocket.accepts(port: port) {
+                guard let pgIsReady else { return .ready }
+                let probe = try? ChildProcess.run(
+                    pgIsReady,
+                    ["-q", "-h", "127.0.0.1", "-p", String(port), "-U", superuser, "-d", "postgres", "-t", "2"],
+                    environment: environment,
+                    deadline: min(deadline, ContinuousClock.now + .seconds(5))
+                )
+                if probe == .exited(0) { return .ready }
+            }
+            usleep(50_000)
+        }
+        return .timedOut
+    }
+
+    private static func postmasterReports(ready dataDirectory: String) -> Bool {
+        let lines = postmasterPIDFile(dataDirectory)
+        return lines.count > 7 && lines[7].trimmingCharacters(in: .whitespaces) == "ready"
+    }
+
+    /// The postmaster's own pid, which differs from the one we spawned when runuser sits in between.
+    private static func postmasterPID(_ dataDirectory: String) -> pid_t? {
+        postmasterPIDFile(dataDirectory).first.flatMap { pid_t($0.trimmingCharacters(in: .whitespaces)) }
+    }
+
+    private static func postmasterPIDFile(_ dataDirectory: String) -> [Substring] {
+        guard let contents = try? String(contentsOfFile: dataDirectory + "/postmaster.pid", encoding: .utf8) else {
+            return []
+        }
+        return contents.split(separator: "\n", omittingEmptySubsequences: false)
+    }
+}
+
+/// Where initdb, postgres and pg_isready come from.
+struct PostgresBinaries: Sendable {
+    let directory: String
+    let initdb: String
+    let postgres: String
+    let pgIsReady: String?
+
+    static let installHint =
+        "initdb not found: install the postgresql package (apt-get install -y postgresql), "
+        + "or set EVENTLINE_PG_BIN to the directory holding initdb and postgres"
+
+    /// `EVENTLINE_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin` with initdb, else PATH.
+    static func locate(environment: [String: String]) throws -> PostgresBinaries {
+        if let override = environmentOverride("EVENTLINE_PG_BIN", in: environment) {
+            guard let found = inDirectory(override, environment: environment) else {
+                throw EmbeddedServerError(
+                    "EVENTLINE_PG_BIN=\(override) does not contain executable initdb and postgres"
+                )
+            }
+            return found
+        }
+        let root = "/usr/lib/postgresql"
+        let versions = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        let newestFirst = versions.sorted { versionKey($0).lexicographicallyPrecedes(versionKey($1)) }.reversed()
+        for version in newestFirst {
+            if let found = inDirectory("\(root)/\(version)/bin", environment: environment) { return found }
+        }
+        if let initdb = Executables.find("initdb", environment: environment),
+            let found = inDirectory((initdb as NSString).deletingLastPathComponent, environment: environment)
+        {
+            return found
+        }
+        throw EmbeddedServerError(installHint)
+    }
+
+    private static func inDirectory(_ directory: String, environment: [String: String]) -> PostgresBinaries? {
+        let initdb = directory + "/initdb"
+        let postgres = directory + "/postgres"
+        guard Executables.isExecutable(initdb), Executables.isExecutable(postgres) else { return nil }
+        let besideUs = directory + "/pg_isready"
+        let pgIsReady = Executables.isExecutable(besideUs)
+            ? besideUs : Executables.find("pg_isready", environment: environment)
+        return PostgresBinaries(directory: directory, initdb: initdb, postgres: postgres, pgIsReady: pgIsReady)
+    }
+
+    /// "9.6" < "15" < "16": compare numerically, component by component.
+    private static func versionKey(_ name: String) -> [Int] {
+        name.split(separator: ".").map { Int($0) ?? -1 }
+    }
+}
+
+func formatted(_ duration: Duration) -> String {
+    let seconds = duration.seconds
+    return seconds == seconds.rounded() ? "\(Int(seconds)) s" : String(format: "%.1f s", seconds)
+}

@@ -43,17 +43,9 @@ CREATE INDEX events_type_position ON eventline.events (type, position);
 -- Payloads are compressed by the writer already; PostgreSQL's own compression would only cost time.
 ALTER TABLE eventline.events ALTER COLUMN data SET STORAGE EXTERNAL;
 
--- One row per stream: its version (number of events) and last position, kept by the log writer
--- in the same transaction as the events.
-CREATE TABLE eventline.streams (
-    name           text        PRIMARY KEY,
-    category       text        NOT NULL,
-    version        bigint      NOT NULL CHECK (version > 0),
-    last_position  bigint      NOT NULL,
-    created_at     timestamptz NOT NULL,
-    updated_at     timestamptz NOT NULL
-);
-CREATE INDEX streams_category ON eventline.streams (category);
+-- Each stream's first event marks the stream: counting or listing streams reads this small index.
+-- A stream's version is max(version) of its events, found through events_stream_version_key.
+CREATE INDEX events_streams ON eventline.events (category, stream) WHERE version = 1;
 
 -- The log is append-only: rows are never updated or deleted.
 CREATE FUNCTION eventline.forbid_event_changes() RETURNS trigger

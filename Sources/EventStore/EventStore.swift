@@ -22,6 +22,10 @@ public struct EventStoreConfiguration: Sendable {
     public var maxEventsPerAppend: Int = 1000
     /// The largest event data accepted, in bytes.
     public var maxEventDataSize: Int = 8 * 1024 * 1024
+    /// The most bytes (stored data and metadata) one append may carry.
+    public var maxAppendBytes: Int = 32 * 1024 * 1024
+    /// The most bytes of event data a subscription page holds (at least one event).
+    public var subscriptionPageBytes: Int = 16 * 1024 * 1024
     /// How often a live subscription re-reads when no NOTIFY arrives.
     public var subscriptionPollInterval: Duration = .seconds(1)
     /// Events a subscription reads per page (and so holds at most).
@@ -108,6 +112,7 @@ public final class EventStore: Sendable {
         var seen = Set<UUID>()
         var prepared: [PreparedEvent] = []
         prepared.reserveCapacity(events.count)
+        var byteCount = 0
         for (index, event) in events.enumerated() {
             let label = "event \(index + 1)"
             if let problem = EventTypeName.problem(with: event.type) {
@@ -129,10 +134,15 @@ public final class EventStore: Sendable {
             }
             let (stored, codec) = PayloadCodec.encode(event.data, threshold: configuration.compressionThreshold)
             prepared.append(PreparedEvent(
-                id: event.id, idWasGiven: event.idWasGiven, type: event.type, storedData: stored, codec: codec.rawValue,
-                metadata: event.metadata))
+                id: event.id, type: event.type, storedData: stored, codec: codec.rawValue, metadata: event.metadata))
+            byteCount += stored.count + event.metadata.count
         }
-        return PreparedAppend(stream: stream, expected: expected, events: prepared)
+        guard byteCount <= configuration.maxAppendBytes else {
+            throw .invalidEvent(
+                "the append's events hold \(byteCount) bytes, more than the limit of \(configuration.maxAppendBytes)",
+                stream: stream.rawValue)
+        }
+        return PreparedAppend(stream: stream, expected: expected, events: prepared, byteCount: byteCount)
     }
 
     // MARK: - Reading
@@ -170,16 +180,25 @@ public final class EventStore: Sendable {
     }
 
     /// Reads up to `limit` events of the whole log after `position`, in position order, keeping
-    /// those that match `filter`.
-    public func readAll(after position: Int = 0, limit: Int = 1000, filter: EventFilter = .all) async throws -> [RecordedEvent] {
+    /// those that match `filter`. With `maxBytes`, the page stops once it holds that much event
+    /// data (it always holds at least one event).
+    public func readAll(
+        after position: Int = 0, limit: Int = 1000, filter: EventFilter = .all, maxBytes: Int? = nil
+    ) async throws -> [RecordedEvent] {
         guard limit > 0 && limit <= 10_000 else { throw EventStoreError.invalidArgument("the limit must be between 1 and 10000, got \(limit)") }
         guard position >= 0 else { throw EventStoreError.invalidArgument("the position must be 0 or more, got \(position)") }
         let query: SQLQuery = """
-            SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events
-            WHERE position > \(position)
-              AND (\(filter.category)::text IS NULL OR category = \(filter.category))
-              AND (\(filter.types)::text[] IS NULL OR type = ANY(\(filter.types)))
-            ORDER BY position LIMIT \(limit)
+            SELECT \(unsafeSQL: Self.eventColumns) FROM (
+                SELECT \(unsafeSQL: Self.eventColumns),
+                       sum(length(data)) OVER (ORDER BY position) - length(data) AS bytes_before
+                FROM eventline.events
+                WHERE position > \(position)
+                  AND (\(filter.category)::text IS NULL OR category = \(filter.category))
+                  AND (\(filter.types)::text[] IS NULL OR type = ANY(\(filter.types)))
+                ORDER BY position LIMIT \(limit)
+            ) page
+            WHERE \(maxBytes)::bigint IS NULL OR bytes_before < \(maxBytes)
+            ORDER BY position
             """
         return try await translatingErrors {
             try await pool.withConnection { conn in try Self.decodeEvents(conn.query(query)) }
@@ -191,7 +210,7 @@ public final class EventStore: Sendable {
         let name = try StreamName(stream).rawValue
         return try await translatingErrors(stream: name) {
             try await pool.withConnection { conn in
-                try conn.query("SELECT version FROM eventline.streams WHERE name = \(name)").first?.decode(0, as: Int.self) ?? 0
+                try conn.query("SELECT max(version) FROM eventline.events WHERE stream = \(name)").first?.decode(0, as: Int?.self) ?? 0
             }
         }
     }
@@ -209,7 +228,9 @@ public final class EventStore: Sendable {
     public func summary() async throws -> (head: Int, streams: Int) {
         try await translatingErrors {
             try await pool.withConnection { conn in
-                let row = try conn.query("SELECT (SELECT position FROM eventline.log_head), (SELECT count(*) FROM eventline.streams)").first
+                let row = try conn.query("""
+                    SELECT (SELECT position FROM eventline.log_head), (SELECT count(*) FROM eventline.events WHERE version = 1)
+                    """).first
                 return (try row?.decode(0, as: Int?.self) ?? 0, try row?.decode(1, as: Int.self) ?? 0)
             }
         }

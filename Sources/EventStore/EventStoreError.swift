@@ -100,7 +100,10 @@ public struct EventStoreError: Error, Sendable, CustomStringConvertible {
 
     /// Wraps a database error, as `unavailable` when the database cannot be reached.
     static func database(_ error: PostgresError, stream: String? = nil) -> Self {
-        if error.isConnectionError || error.code == .poolTimeout || error.code == .poolClosed {
+        if error.code == .poolClosed {
+            return EventStoreError(code: .shutdown, message: "the event store is shut down", stream: stream, underlying: error)
+        }
+        if error.isConnectionError || error.code == .poolTimeout {
             return EventStoreError(
                 code: .unavailable, message: "the database is unavailable: \(error.message)", stream: stream,
                 underlying: error)

@@ -10,8 +10,8 @@ import PostgresClient
 /// pass an event that commits later. The sequence reads pages from the table until it is caught
 /// up, then waits for the log writer's NOTIFY (or the poll interval, should a notification be
 /// lost) and reads again. It pulls: it holds at most one page, so a slow consumer never makes
-/// memory grow. A dropped connection is reopened with backoff; the sequence ends only when the
-/// consuming task is cancelled (it then returns nil) or a non-connection error is thrown.
+/// memory grow. A dropped connection is reopened with backoff; the sequence ends (returns nil)
+/// when the consuming task is cancelled or the store shuts down, and throws on any other error.
 public struct EventSubscription: AsyncSequence, Sendable {
     public typealias Element = RecordedEvent
 
@@ -63,7 +63,12 @@ public struct EventSubscription: AsyncSequence, Sendable {
                 let events: [RecordedEvent]
                 do {
                     events = try await store.readAll(
-                        after: position, limit: store.configuration.subscriptionBatchSize, filter: filter)
+                        after: position, limit: store.configuration.subscriptionBatchSize, filter: filter,
+                        maxBytes: store.configuration.subscriptionPageBytes)
+                } catch is CancellationError {
+                    return nil
+                } catch let error as EventStoreError where error.code == .shutdown {
+                    return nil
                 } catch let error as EventStoreError where error.code == .unavailable {
                     store.logger.warning("subscription read failed; retrying", metadata: ["error": "\(error.message)"])
                     try? await Task.sleep(for: backoff)

@@ -4,8 +4,6 @@ import Foundation
 public struct NewEvent: Sendable, Hashable {
     /// The event's id; a retried append with the same ids is recognised and not written twice.
     public var id: UUID
-    /// Whether the caller chose the id (only such ids can make a retry idempotent).
-    public var idWasGiven: Bool
     /// The event type, for example `MoneyDeposited`.
     public var type: String
     /// The event's JSON document (UTF-8).
@@ -16,7 +14,6 @@ public struct NewEvent: Sendable, Hashable {
     /// An event from raw JSON. `metadata`, when given, must be a JSON object.
     public init(id: UUID? = nil, type: String, data: Data, metadata: Data? = nil) {
         self.id = id ?? UUID()
-        self.idWasGiven = id != nil
         self.type = type
         self.data = data
         self.metadata = metadata ?? Data("{}".utf8)
@@ -75,7 +72,7 @@ public struct RecordedEvent: Sendable, Hashable {
     }
 
     /// The stream's category (the part before the first `-`).
-    public var category: String { String(stream.prefix { $0 != "-" }) }
+    public var category: String { StreamName.category(of: stream) }
 
     /// Decodes the data as `T`.
     public func decode<T: Decodable>(_ type: T.Type, decoder: JSONDecoder = JSONDecoder()) throws -> T {

@@ -6,7 +6,6 @@ import Synchronization
 /// An event ready for the log: validated, its data encoded for storage.
 struct PreparedEvent: Sendable {
     var id: UUID
-    var idWasGiven: Bool
     var type: String
     var storedData: Data
     var codec: Int16
@@ -18,6 +17,8 @@ struct PreparedAppend: Sendable {
     var stream: StreamName
     var expected: ExpectedVersion
     var events: [PreparedEvent]
+    /// The stored size of the events' data and metadata, to bound groups by bytes.
+    var byteCount: Int
 }
 
 /// Where an already-written event id sits in the log.
@@ -58,6 +59,9 @@ final class LogWriter: Sendable {
 
     static let notificationChannel = "eventline_events"
     private static let maxRowsPerInsert = 1000
+    /// Bounds one INSERT's payload (PostgreSQL refuses messages over 1 GB) and one group's.
+    private static let maxBytesPerInsert = 16 << 20
+    private static let maxBytesPerBatch = 64 << 20
 
     private let connection: DedicatedConnection
     private let state = Mutex(State())
@@ -73,6 +77,9 @@ final class LogWriter: Sendable {
         self.connection = DedicatedConnection(conninfo: conninfo, name: "eventline-log-writer") { conn in
             // Named, so that operators can find the writer's session in pg_stat_activity.
             try conn.execute(unsafeSQL: "SET application_name = 'eventline-log-writer'")
+            // The writer never idles inside a transaction; if its process hangs there, the server
+            // ends the session so the head lock does not block every other writer.
+            try conn.execute(unsafeSQL: "SET idle_in_transaction_session_timeout = '15s'")
         }
         self.maxBatchEvents = max(1, maxBatchEvents)
         self.logger = logger
@@ -149,10 +156,16 @@ final class LogWriter: Sendable {
                     return []
                 }
                 var events = 0
+                var bytes = 0
                 var count = 0
                 for item in state.pending {
-                    if count > 0 && events + item.append.events.count > maxBatchEvents { break }
+                    if count > 0
+                        && (events + item.append.events.count > maxBatchEvents || bytes + item.append.byteCount > Self.maxBytesPerBatch)
+                    {
+                        break
+                    }
                     events += item.append.events.count
+                    bytes += item.append.byteCount
                     count += 1
                 }
                 defer { state.pending.removeFirst(count) }
@@ -176,7 +189,8 @@ final class LogWriter: Sendable {
         /// A statement failed and the transaction rolled back.
         case statement(PostgresError)
         /// The connection broke after the writes were sent: the commit may or may not have happened.
-        case uncertain(PostgresError, firstPosition: Int, firstId: UUID, planned: [Result<AppendResult, any Error>])
+        case uncertain(
+            PostgresError, firstPosition: Int, firstId: UUID, session: Int32, planned: [Result<AppendResult, any Error>])
     }
 
     private func write(_ appends: [PreparedAppend], attempt: Int) -> [Result<AppendResult, any Error>] {
@@ -193,9 +207,10 @@ final class LogWriter: Sendable {
         } catch BatchFailure.beforeCommit(let error) {
             if attempt < 2 { return write(appends, attempt: attempt + 1) }
             return appends.map { .failure(EventStoreError.database(error, stream: $0.stream.rawValue)) }
-        } catch BatchFailure.uncertain(let error, let firstPosition, let firstId, let planned) {
+        } catch BatchFailure.uncertain(let error, let firstPosition, let firstId, let session, let planned) {
             return resolveUncertainCommit(
-                appends, error: error, firstPosition: firstPosition, firstId: firstId, planned: planned, attempt: attempt)
+                appends, error: error, firstPosition: firstPosition, firstId: firstId, session: session, planned: planned,
+                attempt: attempt)
         } catch let error as PostgresError {
             // Opening the connection failed.
             if attempt < 2 { return write(appends, attempt: attempt + 1) }
@@ -206,14 +221,26 @@ final class LogWriter: Sendable {
     }
 
     /// After a connection broke during COMMIT: the batch committed exactly when its first event
-    /// sits at the position planned for it.
+    /// sits at the position planned for it. The broken session may still be alive on the server
+    /// with its COMMIT in flight, so the check first ends it, then takes the head lock, which is
+    /// granted only once that transaction has finished one way or the other.
     private func resolveUncertainCommit(
-        _ appends: [PreparedAppend], error: PostgresError, firstPosition: Int, firstId: UUID,
+        _ appends: [PreparedAppend], error: PostgresError, firstPosition: Int, firstId: UUID, session: Int32,
         planned: [Result<AppendResult, any Error>], attempt: Int
     ) -> [Result<AppendResult, any Error>] {
         let committed: Bool? = try? connection.withConnectionOnThread { conn in
-            let row = try conn.query("SELECT event_id FROM eventline.events WHERE position = \(firstPosition)").first
-            return try row?.decode(0, as: UUID.self) == firstId
+            let results = try conn.pipeline([
+                """
+                SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                WHERE pid = \(Int(session))::int AND pid <> pg_backend_pid() AND application_name = 'eventline-log-writer'
+                """,
+                "BEGIN ISOLATION LEVEL READ COMMITTED",
+                "SET LOCAL lock_timeout = '30s'",
+                "SELECT 1 FROM eventline.log_head FOR UPDATE",
+                "SELECT event_id FROM eventline.events WHERE position = \(firstPosition)",
+                "ROLLBACK",
+            ])
+            return try results[4].get().first?.decode(0, as: UUID.self) == firstId
         }
         switch committed {
         case true?:
@@ -221,37 +248,55 @@ final class LogWriter: Sendable {
             return planned
         case false? where attempt < 2:
             return write(appends, attempt: attempt + 1)
-        default:
-            return zip(appends, planned).map { append, outcome in
-                // Outcomes decided before writing (conflicts, idempotent replays) stand.
-                if case .success(let result) = outcome, !result.wasAlreadyAppended {
-                    return .failure(EventStoreError(
-                        code: .commitOutcomeUnknown,
-                        message: "the database connection broke during commit (\(error.message)); retry with the same event ids",
-                        stream: append.stream.rawValue, underlying: error))
-                }
-                return outcome
+        case false?:
+            // Definitely not written; the database is not answering well enough to try again now.
+            return failWritten(appends, planned) { append in
+                EventStoreError.database(error, stream: append.stream.rawValue)
             }
+        case nil:
+            return failWritten(appends, planned) { append in
+                EventStoreError(
+                    code: .commitOutcomeUnknown,
+                    message: "the database connection broke during commit (\(error.message)); retry with the same event ids",
+                    stream: append.stream.rawValue, underlying: error)
+            }
+        }
+    }
+
+    /// Replaces the outcomes of appends that were to be written by `failure`; outcomes decided
+    /// before writing (conflicts, idempotent replays) stand.
+    private func failWritten(
+        _ appends: [PreparedAppend], _ planned: [Result<AppendResult, any Error>],
+        _ failure: (PreparedAppend) -> EventStoreError
+    ) -> [Result<AppendResult, any Error>] {
+        zip(appends, planned).map { append, outcome in
+            if case .success(let result) = outcome, !result.wasAlreadyAppended { return .failure(failure(append)) }
+            return outcome
         }
     }
 
     private func writeBatch(_ appends: [PreparedAppend], on conn: PostgresConnection) throws -> [Result<AppendResult, any Error>] {
         // Phase 1, one round trip: lock the head, then read what the decisions need.
         let streams = Array(Set(appends.map(\.stream.rawValue)))
-        let givenIds = appends.flatMap { $0.events.filter(\.idWasGiven).map(\.id) }
+        // Every id is looked up, generated ones too: a hit can only be a retry of the same event.
+        let ids = appends.flatMap { $0.events.map(\.id) }
         // Every statement of a batch has fixed text and is prepared once per session: rows
         // travel as binary arrays, so planning costs nothing per batch.
         var reads: [SQLQuery] = [
-            "BEGIN",
+            // Pinned, whatever the server's default: under REPEATABLE READ a second process's
+            // writer would fail with a serialization error every time the head moved.
+            "BEGIN ISOLATION LEVEL READ COMMITTED",
             SQLQuery("SELECT position, clock_timestamp() FROM eventline.log_head FOR UPDATE").prepared(),
-            SQLQuery("SELECT name, version FROM eventline.streams WHERE name = ANY(\(PostgresBinaryArray(text: streams)))").prepared(),
+            // Read after the head lock is held: each statement sees every batch committed before.
+            SQLQuery("""
+                SELECT name, (SELECT max(version) FROM eventline.events WHERE stream = name)
+                FROM unnest(\(PostgresBinaryArray(text: streams))) AS batch (name)
+                """).prepared(),
         ]
-        if !givenIds.isEmpty {
-            reads.append(SQLQuery("""
-                SELECT event_id, stream, version, position, type, recorded_at FROM eventline.events
-                WHERE event_id = ANY(\(PostgresBinaryArray(uuid: givenIds)))
-                """).prepared())
-        }
+        reads.append(SQLQuery("""
+            SELECT event_id, stream, version, position, type, recorded_at FROM eventline.events
+            WHERE event_id = ANY(\(PostgresBinaryArray(uuid: ids)))
+            """).prepared())
         let readResults: [PostgresResult]
         do {
             readResults = try conn.pipeline(reads).map { try $0.get() }
@@ -268,15 +313,13 @@ final class LogWriter: Sendable {
         let now = try headRow.decode(1, as: Date.self)
         var versions: [String: Int] = [:]
         for row in readResults[2].rows {
-            versions[try row.decode(0, as: String.self)] = try row.decode(1, as: Int.self)
+            versions[try row.decode(0, as: String.self)] = try row.decode(1, as: Int?.self) ?? 0
         }
         var existing: [UUID: ExistingEvent] = [:]
-        if readResults.count > 3 {
-            for row in readResults[3].rows {
-                existing[try row.decode(0, as: UUID.self)] = ExistingEvent(
-                    stream: try row.decode(1), version: try row.decode(2), position: try row.decode(3),
-                    type: try row.decode(4), recordedAt: try row.decode(5))
-            }
+        for row in readResults[3].rows {
+            existing[try row.decode(0, as: UUID.self)] = ExistingEvent(
+                stream: try row.decode(1), version: try row.decode(2), position: try row.decode(3),
+                type: try row.decode(4), recordedAt: try row.decode(5))
         }
 
         // Decide each append in order, as if they ran one after another.
@@ -299,10 +342,8 @@ final class LogWriter: Sendable {
                 let version = current + offset + 1
                 rows.append((nextPosition, append.stream, version, event))
                 appended.append(AppendedEvent(id: event.id, type: event.type, version: version, position: nextPosition))
-                if event.idWasGiven {
-                    existing[event.id] = ExistingEvent(
-                        stream: stream, version: version, position: nextPosition, type: event.type, recordedAt: now)
-                }
+                existing[event.id] = ExistingEvent(
+                    stream: stream, version: version, position: nextPosition, type: event.type, recordedAt: now)
                 nextPosition += 1
             }
             versions[stream] = current + append.events.count
@@ -317,11 +358,19 @@ final class LogWriter: Sendable {
             return outcomes
         }
 
-        // Phase 2, one round trip: insert, move the streams and the head, notify, commit.
+        // Phase 2, one round trip: insert, move the head, notify, commit.
         var writes: [SQLQuery] = []
         var start = 0
         while start < rows.count {
-            let chunk = rows[start..<min(start + Self.maxRowsPerInsert, rows.count)]
+            var end = start + 1
+            var bytes = rows[start].event.storedData.count
+            while end < rows.count && end - start < Self.maxRowsPerInsert
+                && bytes + rows[end].event.storedData.count <= Self.maxBytesPerInsert
+            {
+                bytes += rows[end].event.storedData.count
+                end += 1
+            }
+            let chunk = rows[start..<end]
             writes.append(SQLQuery("""
                 INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at)
                 SELECT position, stream, version, event_id, type, data, codec, metadata, \(now)
@@ -331,36 +380,29 @@ final class LogWriter: Sendable {
                             \(PostgresBinaryArray(int2: chunk.map(\.event.codec))), \(PostgresBinaryArray(jsonb: chunk.map(\.event.metadata))))
                      AS batch (position, stream, version, event_id, type, data, codec, metadata)
                 """).prepared())
-            start += Self.maxRowsPerInsert
+            start = end
         }
-        var lastRows: [String: (stream: StreamName, position: Int)] = [:]
-        for row in rows { lastRows[row.stream.rawValue] = (row.stream, row.position) }
-        // Sorted, so that writers of several processes lock stream rows in one order.
-        let touched = lastRows.sorted { $0.key < $1.key }
-        writes.append(SQLQuery("""
-            INSERT INTO eventline.streams AS s (name, category, version, last_position, created_at, updated_at)
-            SELECT name, category, version, last_position, \(now), \(now)
-            FROM unnest(\(PostgresBinaryArray(text: touched.map(\.key))), \(PostgresBinaryArray(text: touched.map(\.value.stream.category))),
-                        \(PostgresBinaryArray(int8: touched.map { versions[$0.key]! })), \(PostgresBinaryArray(int8: touched.map(\.value.position))))
-                 AS batch (name, category, version, last_position)
-            ON CONFLICT (name) DO UPDATE
-            SET version = EXCLUDED.version, last_position = EXCLUDED.last_position, updated_at = EXCLUDED.updated_at
-            """).prepared())
         let newHead = nextPosition - 1
         writes.append(SQLQuery("UPDATE eventline.log_head SET position = \(newHead)").prepared())
         writes.append(SQLQuery("SELECT pg_notify(\(Self.notificationChannel), \(String(newHead)))").prepared())
         writes.append("COMMIT")
 
+        let session = conn.backendPID
         let writeResults: [Result<PostgresResult, PostgresError>]
         do {
             writeResults = try conn.pipeline(writes)
+        } catch let error as PostgresError where error.isConnectionError {
+            throw BatchFailure.uncertain(
+                error, firstPosition: firstRow.position, firstId: firstRow.event.id, session: session, planned: outcomes)
         } catch let error as PostgresError {
-            throw BatchFailure.uncertain(error, firstPosition: firstRow.position, firstId: firstRow.event.id, planned: outcomes)
+            conn.rollbackQuietly()
+            throw BatchFailure.statement(error)
         }
         for result in writeResults {
             guard case .failure(let error) = result else { continue }
             if error.isConnectionError {
-                throw BatchFailure.uncertain(error, firstPosition: firstRow.position, firstId: firstRow.event.id, planned: outcomes)
+                throw BatchFailure.uncertain(
+                    error, firstPosition: firstRow.position, firstId: firstRow.event.id, session: session, planned: outcomes)
             }
             throw BatchFailure.statement(error)
         }
@@ -377,7 +419,7 @@ final class LogWriter: Sendable {
         _ append: PreparedAppend, existing: [UUID: ExistingEvent], current: Int
     ) -> Result<AppendResult, any Error>? {
         let stream = append.stream.rawValue
-        let found = append.events.map { $0.idWasGiven ? existing[$0.id] : nil }
+        let found = append.events.map { existing[$0.id] }
         guard let firstIndex = found.firstIndex(where: { $0 != nil }), let first = found[firstIndex] else { return nil }
         let stored = found.compactMap { $0 }
         let sameStreamInOrder = stored.count == found.count

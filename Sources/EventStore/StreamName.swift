@@ -1,3 +1,5 @@
+import Foundation
+
 /// A validated stream name of the form `category-id` (the category is the part before the first
 /// `-`, as in message-db). Checked before any SQL runs.
 public struct StreamName: Sendable, Hashable, CustomStringConvertible, ExpressibleByStringLiteral {
@@ -8,12 +10,15 @@ public struct StreamName: Sendable, Hashable, CustomStringConvertible, Expressib
     public let rawValue: String
 
     /// Validates `rawValue`: not empty, at most 255 UTF-8 bytes, no control characters, no
-    /// leading `-` (the category must not be empty), no surrounding whitespace.
+    /// leading `-` (the category must not be empty), no surrounding whitespace. The name is
+    /// normalised to Unicode NFC: Swift compares strings by canonical equivalence and
+    /// PostgreSQL compares bytes, so two spellings of one name must become one byte sequence.
     public init(_ rawValue: String) throws(EventStoreError) {
-        if let problem = Self.problem(with: rawValue) {
+        let normalized = rawValue.precomposedStringWithCanonicalMapping
+        if let problem = Self.problem(with: normalized) {
             throw .invalidStreamName(rawValue, reason: problem)
         }
-        self.rawValue = rawValue
+        self.rawValue = normalized
     }
 
     /// A literal name; a literal that is not a valid name is a programming error.
@@ -26,14 +31,18 @@ public struct StreamName: Sendable, Hashable, CustomStringConvertible, Expressib
     }
 
     /// The part before the first `-` (the whole name when it has none).
-    public var category: String {
-        String(rawValue.prefix { $0 != "-" })
-    }
+    public var category: String { Self.category(of: rawValue) }
 
     /// The part after the first `-` (empty when there is none).
     public var id: String {
-        guard let dash = rawValue.firstIndex(of: "-") else { return "" }
-        return String(rawValue[rawValue.index(after: dash)...])
+        guard let dash = rawValue.unicodeScalars.firstIndex(of: "-") else { return "" }
+        return String(rawValue.unicodeScalars[rawValue.unicodeScalars.index(after: dash)...])
+    }
+
+    /// The part of `name` before the first `-`, split on Unicode scalars as PostgreSQL's
+    /// `split_part` splits bytes (a `-` followed by a combining mark still splits).
+    public static func category(of name: String) -> String {
+        String(String.UnicodeScalarView(name.unicodeScalars.prefix { $0 != "-" }))
     }
 
     public var description: String { rawValue }
@@ -45,7 +54,7 @@ public struct StreamName: Sendable, Hashable, CustomStringConvertible, Expressib
         if name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0.value == 0x7F }) {
             return "the name contains a control character"
         }
-        if name.hasPrefix("-") { return "the category (the part before the first '-') is empty" }
+        if name.unicodeScalars.first == "-" { return "the category (the part before the first '-') is empty" }
         if name.first!.isWhitespace || name.last!.isWhitespace { return "the name starts or ends with whitespace" }
         return nil
     }

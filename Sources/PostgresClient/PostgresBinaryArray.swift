@@ -15,14 +15,14 @@ public struct PostgresBinaryArray: PostgresEncodable {
         append(1)  // dimensions
         append(elements.contains { $0 == nil } ? 1 : 0)  // has nulls
         append(Int32(bitPattern: elementOID))
-        append(Int32(elements.count))  // length of the dimension
+        append(Int32(clamping: elements.count))  // length of the dimension (the server refuses a clamped one)
         append(1)  // lower bound
         for element in elements {
             guard let element else {
                 append(-1)
                 continue
             }
-            append(Int32(element.count))
+            append(Int32(clamping: element.count))
             bytes.append(contentsOf: element)
         }
         bind = PostgresBind(oid: arrayOID, format: 1, bytes: bytes)

@@ -12,7 +12,7 @@ public final class PostgresConnection {
     /// Opens a connection with any string libpq accepts: a `postgres://` URL, `key=value` conninfo,
     /// several hosts with `target_session_attrs`. Unset settings come from the PG* environment.
     public init(conninfo: String) throws {
-        let conn = PQconnectdb(conninfo)
+        let conn = Self.connect(conninfo)
         guard let conn, PQstatus(conn) == CONNECTION_OK else {
             let message = conn.map { Self.trimmed(PQerrorMessage($0)) } ?? "out of memory"
             if let conn { PQfinish(conn) }
@@ -26,6 +26,28 @@ public final class PostgresConnection {
 
     deinit {
         close()
+    }
+
+    /// TCP keepalives and a user timeout unless the connection string sets its own: a peer
+    /// that vanished is noticed in about a minute, not after the kernel's two hours.
+    private static let defaults: [(String, String)] = [
+        ("keepalives", "1"), ("keepalives_idle", "30"), ("keepalives_interval", "10"), ("keepalives_count", "3"),
+        ("tcp_user_timeout", "60000"), ("connect_timeout", "10"),
+    ]
+
+    private static func connect(_ conninfo: String) -> OpaquePointer? {
+        // With expand_dbname, the connection string given as dbname overrides the entries before it.
+        let keywords = defaults.map(\.0) + ["dbname"]
+        let values = defaults.map(\.1) + [conninfo]
+        let cKeywords = keywords.map { strdup($0) }
+        let cValues = values.map { strdup($0) }
+        defer {
+            cKeywords.forEach { free($0) }
+            cValues.forEach { free($0) }
+        }
+        let keywordPointers = cKeywords.map { UnsafePointer($0) } + [nil]
+        let valuePointers = cValues.map { UnsafePointer($0) } + [nil]
+        return PQconnectdbParams(keywordPointers, valuePointers, 1)
     }
 
     /// Closes the connection; calling it again does nothing.
@@ -157,6 +179,12 @@ public final class PostgresConnection {
             rollbackQuietly()
             throw error
         }
+        if let handle, PQtransactionStatus(handle) == PQTRANS_INERROR {
+            // A statement failed and the body went on: COMMIT would quietly roll back.
+            rollbackQuietly()
+            throw PostgresError(
+                code: .server, message: "the transaction was aborted by an earlier error and has been rolled back")
+        }
         try execute(unsafeSQL: "COMMIT")
         return value
     }
@@ -175,14 +203,28 @@ public final class PostgresConnection {
     /// opened in the pipeline and left failed is rolled back.
     public func pipeline(_ queries: [SQLQuery]) throws -> [Result<PostgresResult, PostgresError>] {
         let conn = try liveHandle(for: queries.first?.sql ?? "")
-        // Statements prepared for the first time are prepared before the pipeline starts.
+        // Everything that can fail before sending is checked first, and statements prepared for
+        // the first time are prepared before the pipeline starts: a pipeline left half-sent
+        // cannot be recovered.
+        for query in queries { try Self.validate(query) }
         var names: [String?] = []
         for query in queries { names.append(query.isPrepared ? try prepare(query) : nil) }
         guard PQenterPipelineMode(conn) == 1 else {
             throw PostgresError(code: .protocolViolation, message: "cannot enter pipeline mode: \(Self.trimmed(PQerrorMessage(conn)))")
         }
-        var inPipeline = true
-        defer { if inPipeline { _ = PQexitPipelineMode(conn) } }
+        do {
+            return try runPipeline(conn, queries, names)
+        } catch {
+            // Results may still be pending; the session cannot leave pipeline mode cleanly, so it
+            // is closed (the server rolls back any open transaction) and replaced on next use.
+            if PQpipelineStatus(conn) != PQ_PIPELINE_OFF { close() }
+            throw error
+        }
+    }
+
+    private func runPipeline(
+        _ conn: OpaquePointer, _ queries: [SQLQuery], _ names: [String?]
+    ) throws -> [Result<PostgresResult, PostgresError>] {
         for (query, name) in zip(queries, names) {
             let sent = try withParameters(query) { count, types, values, lengths, formats in
                 if let name {
@@ -223,8 +265,9 @@ public final class PostgresConnection {
             if PQstatus(conn) != CONNECTION_OK { throw connectionError(sql: "") }
             throw PostgresError(code: .protocolViolation, message: "expected the pipeline sync point")
         }
-        _ = PQexitPipelineMode(conn)
-        inPipeline = false
+        guard PQexitPipelineMode(conn) == 1 else {
+            throw PostgresError(code: .protocolViolation, message: "cannot leave pipeline mode: \(Self.trimmed(PQerrorMessage(conn)))")
+        }
         if PQtransactionStatus(conn) == PQTRANS_INERROR { rollbackQuietly() }
         return outcomes
     }
@@ -369,12 +412,8 @@ public final class PostgresConnection {
             UnsafePointer<Int32>?
         ) throws -> R
     ) throws -> R {
+        try Self.validate(query)
         let binds = query.binds
-        guard binds.count <= 65535 else {
-            throw PostgresError(
-                code: .invalidParameter, message: "a statement takes at most 65535 parameters, got \(binds.count)",
-                query: query.sql)
-        }
         if binds.isEmpty { return try body(0, nil, nil, nil, nil) }
         // One contiguous buffer; text values are NUL-terminated as libpq requires.
         var storage: [UInt8] = []
@@ -390,13 +429,6 @@ public final class PostgresConnection {
                 lengths.append(0)
                 continue
             }
-            guard bytes.count < Int(Int32.max) else {
-                throw PostgresError(code: .invalidParameter, message: "a parameter is larger than 2 GiB", query: query.sql)
-            }
-            if bind.format == 0 && bytes.contains(0) {
-                throw PostgresError(
-                    code: .invalidParameter, message: "a text parameter contains a NUL character", query: query.sql)
-            }
             offsets.append(storage.count)
             lengths.append(Int32(bytes.count))
             storage.append(contentsOf: bytes)
@@ -408,6 +440,25 @@ public final class PostgresConnection {
             let values: [UnsafePointer<CChar>?] = offsets.map { $0.map { base + $0 } }
             return try values.withUnsafeBufferPointer { values in
                 try body(Int32(binds.count), types, values.baseAddress, lengths, formats)
+            }
+        }
+    }
+
+    /// Throws for binds libpq cannot send: too many, too large, or text with a NUL character.
+    private static func validate(_ query: SQLQuery) throws {
+        guard query.binds.count <= 65535 else {
+            throw PostgresError(
+                code: .invalidParameter, message: "a statement takes at most 65535 parameters, got \(query.binds.count)",
+                query: query.sql)
+        }
+        for bind in query.binds {
+            guard let bytes = bind.bytes else { continue }
+            guard bytes.count < Int(Int32.max) else {
+                throw PostgresError(code: .invalidParameter, message: "a parameter is larger than 2 GiB", query: query.sql)
+            }
+            if bind.format == 0 && bytes.contains(0) {
+                throw PostgresError(
+                    code: .invalidParameter, message: "a text parameter contains a NUL character", query: query.sql)
             }
         }
     }
@@ -442,21 +493,60 @@ public final class PostgresConnection {
             literals.append(String(cString: escaped))
             PQfreemem(escaped)
         }
-        // One pass over the text, so that a literal that itself contains "$2" is never rewritten.
+        // One pass over the text, so that a literal that itself contains "$2" is never rewritten;
+        // quoted literals, quoted identifiers and dollar-quoted bodies are copied untouched.
         var sql = ""
-        var scalars = query.sql.unicodeScalars[...]
-        while let scalar = scalars.popFirst() {
-            guard scalar == "$" else {
+        let scalars = Array(query.sql.unicodeScalars)
+        var index = 0
+        func copyQuoted(until terminator: [Unicode.Scalar]) {
+            while index < scalars.count {
+                if Array(scalars[index..<min(index + terminator.count, scalars.count)]) == terminator {
+                    terminator.forEach { sql.unicodeScalars.append($0) }
+                    index += terminator.count
+                    return
+                }
+                sql.unicodeScalars.append(scalars[index])
+                index += 1
+            }
+        }
+        while index < scalars.count {
+            let scalar = scalars[index]
+            if scalar == "'" || scalar == "\"" {
                 sql.unicodeScalars.append(scalar)
+                index += 1
+                copyQuoted(until: [scalar])
                 continue
             }
-            let digits = scalars.prefix { ("0"..."9").contains($0) }
-            if let number = Int(String(String.UnicodeScalarView(digits))), number >= 1, number <= literals.count {
-                sql += literals[number - 1]
-                scalars = scalars.dropFirst(digits.count)
-            } else {
+            guard scalar == "$" else {
                 sql.unicodeScalars.append(scalar)
+                index += 1
+                continue
             }
+            var end = index + 1
+            while end < scalars.count, ("0"..."9").contains(scalars[end]) { end += 1 }
+            if end > index + 1, let number = Int(String(String.UnicodeScalarView(scalars[(index + 1)..<end]))),
+                number >= 1, number <= literals.count
+            {
+                sql += literals[number - 1]
+                index = end
+                continue
+            }
+            // A dollar quote: $$ or $tag$ … $tag$.
+            var tagEnd = index + 1
+            while tagEnd < scalars.count, scalars[tagEnd].properties.isAlphabetic || scalars[tagEnd] == "_"
+                || (tagEnd > index + 1 && ("0"..."9").contains(scalars[tagEnd]))
+            {
+                tagEnd += 1
+            }
+            if tagEnd < scalars.count, scalars[tagEnd] == "$" {
+                let tag = Array(scalars[index...tagEnd])
+                tag.forEach { sql.unicodeScalars.append($0) }
+                index = tagEnd + 1
+                copyQuoted(until: tag)
+                continue
+            }
+            sql.unicodeScalars.append(scalar)
+            index += 1
         }
         return sql
     }

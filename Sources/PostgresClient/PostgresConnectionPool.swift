@@ -108,9 +108,12 @@ public final class PostgresConnectionPool: Sendable {
         }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<DedicatedConnection, any Error>) in
-                enum Decision { case reuse(DedicatedConnection), create, closed, wait }
+                enum Decision { case reuse(DedicatedConnection), create, closed, cancelled, wait }
+                let cancelled = Task.isCancelled
                 let decision = state.withLock { state -> Decision in
                     if state.closed { return .closed }
+                    // A cancellation that came before this waiter existed would otherwise be lost.
+                    if cancelled { return .cancelled }
                     if let connection = state.idle.popLast() { return .reuse(connection) }
                     if state.open < configuration.size {
                         state.open += 1
@@ -132,6 +135,8 @@ public final class PostgresConnectionPool: Sendable {
                     })
                 case .closed:
                     continuation.resume(throwing: PostgresError(code: .poolClosed, message: "the connection pool was closed"))
+                case .cancelled:
+                    continuation.resume(throwing: CancellationError())
                 case .wait:
                     let timeout = configuration.acquireTimeout
                     let timer = Task { [weak self] in

@@ -42,6 +42,14 @@ public enum PostgresListener {
     ) {
         var connection: PostgresConnection? = nil
         var backoff = 0.05
+        /// Sleeps in short slices, so that a stop request is honoured promptly.
+        func pause(_ seconds: Double) {
+            var left = seconds
+            while left > 0 && !stop.flag.load(ordering: .acquiring) {
+                Thread.sleep(forTimeInterval: min(left, 0.05))
+                left -= 0.05
+            }
+        }
         while !stop.flag.load(ordering: .acquiring) {
             if connection == nil {
                 do {
@@ -49,18 +57,18 @@ public enum PostgresListener {
                     try fresh.execute(unsafeSQL: "SET application_name = 'eventline-listen'")
                     for channel in channels { try fresh.listen(channel) }
                     connection = fresh
-                    backoff = 0.05
                     continuation.yield(.connected)
                 } catch {
                     continuation.yield(.tick)
-                    let pause = min(backoff, Double(pollInterval.components.seconds) + 1)
-                    Thread.sleep(forTimeInterval: pause)
+                    pause(backoff)
                     backoff = min(backoff * 2, 5)
                     continue
                 }
             }
             do {
                 let received = try connection!.waitForNotifications(timeout: pollInterval)
+                // Only a connection that has carried a full wait counts as healthy again.
+                backoff = 0.05
                 if received.isEmpty {
                     continuation.yield(.tick)
                 } else {
@@ -70,6 +78,8 @@ public enum PostgresListener {
                 connection?.close()
                 connection = nil
                 continuation.yield(.tick)
+                pause(backoff)
+                backoff = min(backoff * 2, 5)
             }
         }
         connection?.close()

@@ -170,13 +170,10 @@ extension Date: PostgresEncodable {
     public var postgresBind: PostgresBind {
         // Microseconds since the Unix epoch, sent as an exact numeric expression of the server's own type.
         let micros = (timeIntervalSince1970 * 1_000_000).rounded()
-        return PostgresBind(oid: PostgresOID.timestamptz, format: 1, bytes: timestampBytes(micros: Int64(micros)))
+        // Beyond PostgreSQL's range (or NaN) becomes ±infinity, PostgreSQL's own extremes, never a trap.
+        let value = Int64(exactly: micros).map { $0 - 946_684_800_000_000 } ?? (micros < 0 ? Int64.min : Int64.max)
+        return PostgresBind(oid: PostgresOID.timestamptz, format: 1, bytes: withUnsafeBytes(of: value.bigEndian) { Array($0) })
     }
-}
-
-private func timestampBytes(micros unixMicros: Int64) -> [UInt8] {
-    let postgresEpochOffset: Int64 = 946_684_800_000_000  // 2000-01-01 in Unix microseconds
-    return withUnsafeBytes(of: (unixMicros - postgresEpochOffset).bigEndian) { Array($0) }
 }
 
 extension Data: PostgresEncodable {

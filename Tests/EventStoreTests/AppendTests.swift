@@ -206,4 +206,30 @@ struct AppendTests {
         #expect(try await test.allRows().count == 1)
         await test.store.shutdown()
     }
+
+    @Test("canonically equivalent stream names (NFC and NFD) are one stream, as Swift compares them")
+    func unicodeNormalization() async throws {
+        let test = try await TestStore.make("nfc")
+        let decomposed = "cafe\u{301}-1"
+        let composed = "caf\u{E9}-1"
+        _ = try await test.store.append(to: decomposed, expected: .noStream, events: [event()])
+        let second = try await test.store.append(to: composed, expected: .exact(1), events: [event()])
+        #expect(second.version == 2)
+        #expect(try await test.store.readStream(decomposed).count == 2)
+        #expect(try await test.store.streamVersion(composed) == 2)
+        #expect(Set(try await test.allRows().map(\.stream)).count == 1)
+        #expect(try StreamName("a-\u{301}b").category == "a")
+        await test.store.shutdown()
+    }
+
+    @Test("a page of the log can be bounded by bytes, and always holds at least one event")
+    func pageBytes() async throws {
+        let test = try await TestStore.make("bytes") { $0.compressionThreshold = 1 << 20 }
+        let payload = "\"" + String(repeating: "x", count: 998) + "\""  // 1000 bytes of JSON
+        _ = try await test.store.append(to: "big-1", events: (0..<10).map { _ in event("Big", payload) })
+        #expect(try await test.store.readAll(maxBytes: 2500).count == 3)
+        #expect(try await test.store.readAll(maxBytes: 1).count == 1)
+        #expect(try await test.store.readAll(after: 8, maxBytes: 10_000).map(\.position) == [9, 10])
+        await test.store.shutdown()
+    }
 }

@@ -8,7 +8,10 @@ import Testing
 /// Collects what a subscription yields, from a task of its own.
 final class Collector: Sendable {
     private let events = Mutex<[RecordedEvent]>([])
+    private let ended = Mutex(false)
     var all: [RecordedEvent] { events.withLock { $0 } }
+    /// Whether the subscription's sequence has finished.
+    var finished: Bool { ended.withLock { $0 } }
     var lastPosition: Int { events.withLock { $0.last?.position ?? 0 } }
 
     func follow(_ subscription: EventSubscription) -> Task<Void, any Error> {
@@ -16,6 +19,7 @@ final class Collector: Sendable {
             for try await event in subscription {
                 events.withLock { $0.append(event) }
             }
+            ended.withLock { $0 = true }
         }
     }
 }
@@ -114,5 +118,17 @@ struct SubscriptionTests {
         #expect(positions == Array(1...15))
         #expect(iterator.position == 15)
         await test.store.shutdown()
+    }
+
+    @Test("a subscription ends when its store shuts down")
+    func endsOnShutdown() async throws {
+        let test = try await TestStore.make("subend")
+        _ = try await test.store.append(to: "e-1", events: [NewEvent(type: "E", data: Data("{}".utf8))])
+        let collector = Collector()
+        let following = collector.follow(test.store.subscribe(after: 0))
+        try await eventually("the first event") { collector.lastPosition == 1 }
+        await test.store.shutdown()
+        try await eventually(timeout: .seconds(10), "the subscription ends") { collector.finished }
+        try await following.value
     }
 }

@@ -231,6 +231,72 @@ struct PostgresClientTests {
     }
 }
 
+@Suite("libpq layer, failure paths")
+struct PostgresClientFailureTests {
+    @Test("a transaction whose body swallowed a statement error is rolled back and reported, not committed")
+    func swallowedErrorIsNotCommitted() async throws {
+        let (connection, _) = try await PostgresClientTests.connection()
+        defer { connection.shutdown() }
+        try await connection.run { conn in
+            try conn.execute(unsafeSQL: "CREATE TABLE t (id int PRIMARY KEY)")
+            #expect(throws: PostgresError.self) {
+                try conn.transaction { conn in
+                    try conn.execute("INSERT INTO t VALUES (\(1))")
+                    _ = try? conn.execute("INSERT INTO t VALUES (\(1))")
+                }
+            }
+            #expect(try conn.query("SELECT count(*) FROM t").first!.decode(0, as: Int.self) == 0)
+        }
+    }
+
+    @Test("a pipeline with a value that cannot be sent fails before sending anything and leaves the connection usable")
+    func pipelineRejectsBeforeSending() async throws {
+        let (connection, _) = try await PostgresClientTests.connection()
+        defer { connection.shutdown() }
+        try await connection.run { conn in
+            let error = #expect(throws: PostgresError.self) {
+                try conn.pipeline(["BEGIN", "SELECT \("bad\u{0}")::text", "COMMIT"])
+            }
+            #expect(error?.code == .invalidParameter)
+            #expect(!conn.inTransaction)
+            let seven = try conn.query("SELECT \(7)::int8").first!.decode(0, as: Int.self)
+            #expect(seven == 7)
+        }
+    }
+
+    @Test("COPY inlining leaves quoted text that looks like a placeholder alone")
+    func copyQuotedPlaceholders() async throws {
+        let (connection, _) = try await PostgresClientTests.connection()
+        defer { connection.shutdown() }
+        let lines = try await connection.run { conn in
+            var lines: [String] = []
+            try conn.copyOut(#"COPY (SELECT '$1' AS "a$1", $q$ $1 $q$, \#("v'\"")) TO STDOUT"#) { chunk in
+                lines.append(String(decoding: chunk, as: UTF8.self))
+            }
+            return lines
+        }
+        #expect(lines == ["$1\t $1 \tv'\"\n"])
+    }
+
+    @Test("a caller whose task is already cancelled does not wait for a busy pool")
+    func cancelledWaiter() async throws {
+        let database = try await TestDatabase.create("poolcancel")
+        let pool = PostgresConnectionPool(.init(conninfo: database.url, size: 1, acquireTimeout: .seconds(30)))
+        defer { pool.close() }
+        let holding = Gauge()
+        let holder = Task { try await pool.withConnection { conn in holding.enter(); _ = try conn.query("SELECT pg_sleep(1)") } }
+        try await eventually("the holder has the connection") { holding.peak == 1 }
+        let started = ContinuousClock.now
+        let waiter = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await pool.withConnection { _ in 1 }
+        }
+        await #expect(throws: CancellationError.self) { try await waiter.value }
+        #expect(ContinuousClock.now - started < .seconds(1))
+        try await holder.value
+    }
+}
+
 /// Counts concurrent holders and remembers the most at once.
 final class Gauge: Sendable {
     private let state = Mutex((current: 0, peak: 0))

@@ -70,10 +70,11 @@ public final class EventStore: Sendable {
         pool.close()
     }
 
-    /// Group-commit counters: batches written, appends and events in them.
-    public var writerStatistics: (batches: Int, appends: Int, events: Int) {
+    /// Group-commit counters: groups written, the appends and events in them, and the time the
+    /// log writer spent writing them.
+    public var writerStatistics: (batches: Int, appends: Int, events: Int, writing: Duration) {
         let stats = writer.statistics
-        return (stats.batches, stats.appends, stats.events)
+        return (stats.batches, stats.appends, stats.events, stats.writing)
     }
 
     /// Read-pool use, for metrics.

@@ -55,6 +55,8 @@ final class LogWriter: Sendable {
         var batches = 0
         var appends = 0
         var events = 0
+        /// Time spent writing groups (both round trips and the commit), not waiting for work.
+        var writing: Duration = .zero
     }
 
     static let notificationChannel = "eventline_events"
@@ -80,6 +82,9 @@ final class LogWriter: Sendable {
             // The writer never idles inside a transaction; if its process hangs there, the server
             // ends the session so the head lock does not block every other writer.
             try conn.execute(unsafeSQL: "SET idle_in_transaction_session_timeout = '15s'")
+            // Prepared statements save parsing; a generic plan made while the log was small
+            // would scan the whole table for every stream and id look-up once it has grown.
+            try conn.execute(unsafeSQL: "SET plan_cache_mode = force_custom_plan")
         }
         self.maxBatchEvents = max(1, maxBatchEvents)
         self.logger = logger
@@ -172,7 +177,10 @@ final class LogWriter: Sendable {
                 return Array(state.pending.prefix(count))
             }
             if batch.isEmpty { return }
+            let started = ContinuousClock.now
             let outcomes = write(batch.map(\.append), attempt: 1)
+            let elapsed = ContinuousClock.now - started
+            counters.withLock { $0.writing += elapsed }
             for (item, outcome) in zip(batch, outcomes) {
                 item.continuation.resume(with: outcome)
             }
@@ -383,8 +391,11 @@ final class LogWriter: Sendable {
             start = end
         }
         let newHead = nextPosition - 1
-        writes.append(SQLQuery("UPDATE eventline.log_head SET position = \(newHead)").prepared())
-        writes.append(SQLQuery("SELECT pg_notify(\(Self.notificationChannel), \(String(newHead)))").prepared())
+        // The notification is delivered at COMMIT, so listeners never hear of uncommitted events.
+        writes.append(SQLQuery("""
+            UPDATE eventline.log_head SET position = \(newHead)
+            RETURNING pg_notify(\(Self.notificationChannel), position::text)
+            """).prepared())
         writes.append("COMMIT")
 
         let session = conn.backendPID

@@ -2,6 +2,7 @@ import ArgumentParser
 import EmbeddedServers
 import EventStore
 import Foundation
+import PostgresClient
 
 struct Dev: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,7 +18,10 @@ struct Dev: AsyncParsableCommand {
             Swift.print("starting a private PostgreSQL…")
             let server = try await EmbeddedPostgres.start(.init(port: port))
             defer { server.stop() }
-            let url = server.url()
+            let admin = DedicatedConnection(conninfo: server.url(), name: "eventctl-dev")
+            try await admin.run { conn in try conn.execute(unsafeSQL: "CREATE DATABASE eventline") }
+            admin.shutdown()
+            let url = server.url(database: "eventline")
             try await Migrator(databaseURL: url, migrations: loaded).migrate()
             Swift.print("PostgreSQL \(server.host):\(server.port) is ready and migrated.")
             Swift.print("  export EVENTLINE_DATABASE_URL='\(url)'")

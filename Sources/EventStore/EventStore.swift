@@ -127,10 +127,10 @@ public final class EventStore: Sendable {
                     "\(label): data is \(event.data.count) bytes, more than the limit of \(configuration.maxEventDataSize)",
                     stream: stream.rawValue)
             }
-            guard JSONCheck.isJSON(event.data) else {
+            guard JSONValidator.isValid(event.data) else {
                 throw .invalidEvent("\(label): data is not valid JSON", stream: stream.rawValue)
             }
-            guard JSONCheck.isJSONObject(event.metadata) else {
+            guard JSONValidator.isObject(event.metadata) else {
                 throw .invalidEvent("\(label): metadata is not a JSON object", stream: stream.rawValue)
             }
             let (stored, codec) = PayloadCodec.encode(event.data, threshold: configuration.compressionThreshold)
@@ -243,16 +243,5 @@ public final class EventStore: Sendable {
     /// first from the table, then live as events are committed. See `EventSubscription`.
     public func subscribe(after position: Int = 0, filter: EventFilter = .all) -> EventSubscription {
         EventSubscription(store: self, after: position, filter: filter)
-    }
-}
-
-/// Cheap JSON validity checks for payloads.
-enum JSONCheck {
-    static func isJSON(_ data: Data) -> Bool {
-        (try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])) != nil
-    }
-
-    static func isJSONObject(_ data: Data) -> Bool {
-        (try? JSONSerialization.jsonObject(with: data, options: [])) is [String: Any]
     }
 }

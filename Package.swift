@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "EventStore", targets: ["EventStore"]),
+        .library(name: "Aggregates", targets: ["Aggregates"]),
         .library(name: "PostgresClient", targets: ["PostgresClient"]),
         .library(name: "LZ4", targets: ["LZ4"]),
         .library(name: "EmbeddedServers", targets: ["EmbeddedServers"]),
@@ -56,6 +57,14 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // Command handling over the event store, and the sample domain.
+        .target(
+            name: "Aggregates",
+            dependencies: ["EventStore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .target(name: "BankDomain", dependencies: ["Aggregates"], swiftSettings: swiftSettings),
+
         // Private PostgreSQL and Redis servers for tests, `eventctl dev` and benchmarks.
         .target(name: "EmbeddedServers", swiftSettings: swiftSettings),
         // Shared test helpers: a fresh database per test on the private server.
@@ -94,6 +103,11 @@ let package = Package(
         .testTarget(
             name: "EventStoreTests",
             dependencies: ["EventStore", "PostgresClient", "EventlineTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AggregatesTests",
+            dependencies: ["Aggregates", "BankDomain", "EventStore", "EventlineTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,0 +1,177 @@
+import EventStore
+import Foundation
+import Logging
+import Synchronization
+
+/// What a handled command did.
+public struct CommandOutcome: Sendable, Hashable {
+    /// The aggregate's stream.
+    public var stream: String
+    /// The stream's version after the command.
+    public var version: Int
+    /// The log position of the last event written (or of the stream's last event when the
+    /// command wrote nothing).
+    public var position: Int?
+    /// The events the command wrote, with their versions and positions.
+    public var events: [AppendedEvent]
+}
+
+/// Errors of command handling that are neither rule violations nor store errors.
+public struct AggregateError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+/// Handles commands for one aggregate type: load the state, decide, append with the loaded
+/// version as the expected version.
+///
+/// ```swift
+/// let accounts = CommandHandler<BankAccount>(store: store)
+/// let outcome = try await accounts.handle(id: "42", command: .deposit(amount: 500))
+/// ```
+/// Loading starts from the newest of an in-memory state cache and the latest snapshot, then
+/// reads only the events after it, so a command's cost does not grow with its stream's length.
+/// Commands for one stream run one at a time in this process. On a version conflict with another
+/// process the handler reloads and decides again (bounded retries with jitter), unless the
+/// caller named an expected version: then the conflict is the answer. Snapshots are
+/// written every `A.snapshotEvery` events, after the command has been answered.
+public final class CommandHandler<A: Aggregate>: Sendable {
+    /// Handler settings; every field has a default.
+    public struct Configuration: Sendable {
+        /// Decide-and-append attempts before a conflict is given up on.
+        public var maxAttempts = 10
+        /// Streams whose state is kept in memory.
+        public var cacheSize = 10_000
+        /// Events read per page while loading.
+        public var loadPageSize = 1000
+
+        public init() {}
+    }
+
+    private struct Cached: Sendable {
+        var version: Int
+        var state: A.State
+    }
+
+    public let store: EventStore
+    public let configuration: Configuration
+    private let logger: Logger
+    private let cache = Mutex<[String: Cached]>([:])
+    private let streamLocks = KeyedLock()
+
+    public init(store: EventStore, configuration: Configuration = .init(), logger: Logger = Logger(label: "eventline.aggregates")) {
+        self.store = store
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// The stream of the aggregate `id`.
+    public func stream(for id: String) throws -> StreamName {
+        try StreamName("\(A.category)-\(id)")
+    }
+
+    /// Handles `command` for the aggregate `id`. With `expectedVersion`, the command runs only
+    /// if the stream is at that version (else `wrongExpectedVersion` with the current version);
+    /// without, conflicts with concurrent writers are retried. Throws `RuleViolation` when the
+    /// aggregate refuses the command; nothing is written then.
+    public func handle(
+        id: String, command: A.Command, expectedVersion: Int? = nil, metadata: [String: JSONValue] = [:]
+    ) async throws -> CommandOutcome {
+        let stream = try stream(for: id)
+        let metadataJSON = try JSONEncoder().encode(metadata)
+        return try await streamLocks.withLock(stream.rawValue) {
+            try await decideAndAppend(stream, command, expectedVersion: expectedVersion, metadata: metadataJSON)
+        }
+    }
+
+    private func decideAndAppend(
+        _ stream: StreamName, _ command: A.Command, expectedVersion: Int?, metadata metadataJSON: Data
+    ) async throws -> CommandOutcome {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let (state, version) = try await load(stream)
+            if let expectedVersion, expectedVersion != version {
+                throw EventStoreError(
+                    code: .wrongExpectedVersion,
+                    message: "version conflict on stream \(stream): expected \(expectedVersion), current version is \(version)",
+                    stream: stream.rawValue, expectedVersion: .exact(expectedVersion), currentVersion: version)
+            }
+            let events = try A.decide(command, state)
+            guard !events.isEmpty else {
+                return CommandOutcome(stream: stream.rawValue, version: version, position: nil, events: [])
+            }
+            let newEvents = try events.map { event in
+                NewEvent(type: event.typeName, data: try event.encodedData(), metadata: metadataJSON)
+            }
+            do {
+                let result = try await store.append(
+                    to: stream, expected: version == 0 ? .noStream : .exact(version), events: newEvents)
+                let newState = events.reduce(state, A.evolve)
+                remember(stream.rawValue, Cached(version: result.version, state: newState))
+                snapshotIfDue(stream.rawValue, from: version, to: result.version, state: newState)
+                return CommandOutcome(stream: result.stream, version: result.version, position: result.position, events: result.events)
+            } catch let error as EventStoreError where error.code == .wrongExpectedVersion {
+                forget(stream.rawValue)
+                guard expectedVersion == nil, attempt < configuration.maxAttempts else { throw error }
+                // Jittered backoff, so that racing writers of one stream spread out.
+                let ceiling = min(50, 1 << min(attempt, 6))
+                try await Task.sleep(for: .microseconds(Int.random(in: 0...(ceiling * 1000))))
+            }
+        }
+    }
+
+    /// The current state and version of `stream`.
+    public func load(_ stream: StreamName) async throws -> (state: A.State, version: Int) {
+        var state = A.initialState
+        var version = 0
+        if let cached = cache.withLock({ $0[stream.rawValue] }) {
+            (state, version) = (cached.state, cached.version)
+        } else if let snapshot = try await store.loadSnapshot(stream.rawValue), snapshot.stateVersion == A.stateVersion,
+            let decoded = try? JSONDecoder().decode(A.State.self, from: snapshot.data)
+        {
+            // A snapshot of another shape, or one that no longer decodes, is ignored: the log is the truth.
+            (state, version) = (decoded, snapshot.version)
+        }
+        while true {
+            let page = try await store.readStream(stream.rawValue, from: version + 1, limit: configuration.loadPageSize)
+            for recorded in page {
+                guard let event = try A.Event.decode(typeName: recorded.type, data: recorded.data) else {
+                    throw AggregateError(message: "stream \(stream) holds an event of unknown type \(recorded.type) at version \(recorded.version)")
+                }
+                state = A.evolve(state, event)
+                version = recorded.version
+            }
+            if page.count < configuration.loadPageSize { break }
+        }
+        return (state, version)
+    }
+
+    private func remember(_ stream: String, _ entry: Cached) {
+        cache.withLock { cache in
+            if cache[stream] == nil, cache.count >= configuration.cacheSize, let victim = cache.keys.randomElement() {
+                cache.removeValue(forKey: victim)
+            }
+            if (cache[stream]?.version ?? 0) <= entry.version { cache[stream] = entry }
+        }
+    }
+
+    private func forget(_ stream: String) {
+        _ = cache.withLock { $0.removeValue(forKey: stream) }
+    }
+
+    private func snapshotIfDue(_ stream: String, from oldVersion: Int, to newVersion: Int, state: A.State) {
+        guard let every = A.snapshotEvery, every > 0, newVersion / every > oldVersion / every else { return }
+        let store = self.store
+        let logger = self.logger
+        // Off the critical path: the command has its answer already.
+        Task.detached(priority: .utility) {
+            do {
+                let data = try JSONEncoder().encode(state)
+                try await store.saveSnapshot(stream, Snapshot(version: newVersion, stateVersion: A.stateVersion, data: data))
+            } catch {
+                logger.warning("snapshot not written", metadata: ["stream.name": "\(stream)", "error": "\(error)"])
+            }
+        }
+    }
+}

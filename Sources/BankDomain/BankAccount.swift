@@ -1,0 +1,222 @@
+import Aggregates
+import Foundation
+
+/// The sample domain: bank accounts in stream category `account`, amounts in minor units.
+public enum BankAccount: Aggregate {
+    public static let category = "account"
+    public static let stateVersion = 1
+    public static let snapshotEvery: Int? = 100
+
+    /// An account's state.
+    public struct State: Codable, Sendable, Hashable {
+        public enum Status: String, Codable, Sendable { case new, open, closed }
+        public var status: Status
+        public var owner: String
+        public var currency: String
+        public var balance: Int64
+    }
+
+    public static let initialState = State(status: .new, owner: "", currency: "", balance: 0)
+
+    /// What the bank accepts.
+    public enum Command: Sendable, Hashable {
+        case openAccount(owner: String, currency: String)
+        case depositMoney(amount: Int64)
+        case withdrawMoney(amount: Int64)
+        case closeAccount
+    }
+
+    /// What happened to an account.
+    public enum Event: Sendable, Hashable {
+        case accountOpened(owner: String, currency: String)
+        case moneyDeposited(amount: Int64)
+        case moneyWithdrawn(amount: Int64)
+        case accountClosed
+    }
+
+    /// Stable rule codes, one per rule.
+    public enum Rule {
+        public static let alreadyOpened = "account-already-opened"
+        public static let notOpen = "account-not-open"
+        public static let insufficientFunds = "insufficient-funds"
+        public static let balanceNotZero = "balance-not-zero"
+        public static let balanceOverflow = "balance-overflow"
+        public static let invalidOwner = "invalid-owner"
+        public static let invalidCurrency = "invalid-currency"
+        public static let invalidAmount = "invalid-amount"
+    }
+
+    public static func evolve(_ state: State, _ event: Event) -> State {
+        var state = state
+        switch event {
+        case .accountOpened(let owner, let currency):
+            state.status = .open
+            state.owner = owner
+            state.currency = currency
+        case .moneyDeposited(let amount):
+            // Saturating: decide never lets the balance overflow, and a corrupt log must not crash a fold.
+            state.balance = state.balance.addingReportingOverflow(amount).overflow ? .max : state.balance + amount
+        case .moneyWithdrawn(let amount):
+            state.balance = state.balance.subtractingReportingOverflow(amount).overflow ? .min : state.balance - amount
+        case .accountClosed:
+            state.status = .closed
+        }
+        return state
+    }
+
+    public static func decide(_ command: Command, _ state: State) throws(RuleViolation) -> [Event] {
+        switch command {
+        case .openAccount(let owner, let currency):
+            guard state.status == .new else { throw RuleViolation(Rule.alreadyOpened, "the account is already opened") }
+            guard (1...200).contains(owner.count) else {
+                throw RuleViolation(Rule.invalidOwner, "the owner must be 1 to 200 characters")
+            }
+            guard currency.utf8.count == 3, currency.utf8.allSatisfy({ (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) }) else {
+                throw RuleViolation(Rule.invalidCurrency, "the currency must be 3 uppercase letters (ISO 4217)")
+            }
+            return [.accountOpened(owner: owner, currency: currency)]
+        case .depositMoney(let amount):
+            guard amount > 0 else { throw RuleViolation(Rule.invalidAmount, "the amount must be greater than zero") }
+            guard state.status == .open else { throw RuleViolation(Rule.notOpen, "the account is not open") }
+            guard !state.balance.addingReportingOverflow(amount).overflow else {
+                throw RuleViolation(Rule.balanceOverflow, "the deposit would overflow the balance")
+            }
+            return [.moneyDeposited(amount: amount)]
+        case .withdrawMoney(let amount):
+            guard amount > 0 else { throw RuleViolation(Rule.invalidAmount, "the amount must be greater than zero") }
+            guard state.status == .open else { throw RuleViolation(Rule.notOpen, "the account is not open") }
+            guard amount <= state.balance else {
+                throw RuleViolation(Rule.insufficientFunds, "the balance of \(state.balance) does not cover \(amount)")
+            }
+            return [.moneyWithdrawn(amount: amount)]
+        case .closeAccount:
+            guard state.status == .open else { throw RuleViolation(Rule.notOpen, "the account is not open") }
+            guard state.balance == 0 else {
+                throw RuleViolation(Rule.balanceNotZero, "the balance is \(state.balance); it must be zero to close")
+            }
+            return [.accountClosed]
+        }
+    }
+}
+
+// MARK: - Wire format
+
+/// The JSON bodies of the bank's commands and events. Unknown fields are refused, so a typo
+/// never passes silently.
+enum BankWire {
+    struct Owned: Codable { var owner: String; var currency: String }
+    struct Amount: Codable { var amount: Int64 }
+    struct Empty: Codable {}
+
+    static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }()
+
+    static func decode<T: Decodable>(_ type: T.Type, _ data: Data, allowed: Set<String>) throws -> T {
+        let object = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+        guard let fields = object as? [String: Any] else {
+            throw DecodingError.typeMismatch(
+                [String: Any].self, .init(codingPath: [], debugDescription: "the data must be a JSON object"))
+        }
+        if let unknown = fields.keys.sorted().first(where: { !allowed.contains($0) }) {
+            throw DecodingError.dataCorrupted(.init(
+                codingPath: [WireKey(unknown)], debugDescription: "unknown field \(unknown)"))
+        }
+        do {
+            return try JSONDecoder().decode(type, from: data)
+        } catch DecodingError.dataCorrupted(let context) where context.codingPath.isEmpty {
+            // Foundation reports a number that does not fit the field's type as invalid JSON
+            // with no path; the JSON is valid (parsed above), so find and name that field.
+            let field = fields.keys.sorted().first { key in
+                guard let number = fields[key] as? NSNumber, !(fields[key] is Bool) else { return false }
+                return Int64(exactly: number.doubleValue) == nil
+            }
+            throw DecodingError.dataCorrupted(.init(
+                codingPath: field.map { [WireKey($0)] } ?? [],
+                debugDescription: "\(field ?? "a number") must be an integer between \(Int64.min) and \(Int64.max)"))
+        }
+    }
+
+    struct WireKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ string: String) { stringValue = string }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+}
+
+extension BankAccount.Command: TypedJSON {
+    public static let typeNames = ["OpenAccount", "DepositMoney", "WithdrawMoney", "CloseAccount"]
+
+    public var typeName: String {
+        switch self {
+        case .openAccount: "OpenAccount"
+        case .depositMoney: "DepositMoney"
+        case .withdrawMoney: "WithdrawMoney"
+        case .closeAccount: "CloseAccount"
+        }
+    }
+
+    public func encodedData() throws -> Data {
+        switch self {
+        case .openAccount(let owner, let currency): try BankWire.encoder.encode(BankWire.Owned(owner: owner, currency: currency))
+        case .depositMoney(let amount), .withdrawMoney(let amount): try BankWire.encoder.encode(BankWire.Amount(amount: amount))
+        case .closeAccount: try BankWire.encoder.encode(BankWire.Empty())
+        }
+    }
+
+    public static func decode(typeName: String, data: Data) throws -> Self? {
+        switch typeName {
+        case "OpenAccount":
+            let body = try BankWire.decode(BankWire.Owned.self, data, allowed: ["owner", "currency"])
+            return .openAccount(owner: body.owner, currency: body.currency)
+        case "DepositMoney":
+            return .depositMoney(amount: try BankWire.decode(BankWire.Amount.self, data, allowed: ["amount"]).amount)
+        case "WithdrawMoney":
+            return .withdrawMoney(amount: try BankWire.decode(BankWire.Amount.self, data, allowed: ["amount"]).amount)
+        case "CloseAccount":
+            _ = try BankWire.decode(BankWire.Empty.self, data, allowed: [])
+            return .closeAccount
+        default:
+            return nil
+        }
+    }
+}
+
+extension BankAccount.Event: TypedJSON {
+    public static let typeNames = ["AccountOpened", "MoneyDeposited", "MoneyWithdrawn", "AccountClosed"]
+
+    public var typeName: String {
+        switch self {
+        case .accountOpened: "AccountOpened"
+        case .moneyDeposited: "MoneyDeposited"
+        case .moneyWithdrawn: "MoneyWithdrawn"
+        case .accountClosed: "AccountClosed"
+        }
+    }
+
+    public func encodedData() throws -> Data {
+        switch self {
+        case .accountOpened(let owner, let currency): try BankWire.encoder.encode(BankWire.Owned(owner: owner, currency: currency))
+        case .moneyDeposited(let amount), .moneyWithdrawn(let amount): try BankWire.encoder.encode(BankWire.Amount(amount: amount))
+        case .accountClosed: try BankWire.encoder.encode(BankWire.Empty())
+        }
+    }
+
+    /// Events are read leniently (fields added later are ignored): the log outlives the code.
+    public static func decode(typeName: String, data: Data) throws -> Self? {
+        let decoder = JSONDecoder()
+        switch typeName {
+        case "AccountOpened":
+            let body = try decoder.decode(BankWire.Owned.self, from: data)
+            return .accountOpened(owner: body.owner, currency: body.currency)
+        case "MoneyDeposited": return .moneyDeposited(amount: try decoder.decode(BankWire.Amount.self, from: data).amount)
+        case "MoneyWithdrawn": return .moneyWithdrawn(amount: try decoder.decode(BankWire.Amount.self, from: data).amount)
+        case "AccountClosed": return .accountClosed
+        default: return nil
+        }
+    }
+}

@@ -31,9 +31,9 @@ test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
-## run: a private PostgreSQL, migrated, a short demo, and `eventctl status`.
+## run: a private PostgreSQL, migrated, serving the bank domain on 127.0.0.1:8080.
 run: build
-	$(SWIFT) run --skip-build eventctl dev --demo
+	$(SWIFT) run --skip-build eventctl dev
 
 ## bench: group commit against raw PostgreSQL (pgbench) on one private server.
 bench: deps

@@ -21,6 +21,10 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
     ],
     targets: [
         // C libraries from Debian's -dev packages.
@@ -65,6 +69,20 @@ let package = Package(
         ),
         .target(name: "BankDomain", dependencies: ["Aggregates"], swiftSettings: swiftSettings),
 
+        // The HTTP API: commands, streams, the log, health and metrics.
+        .target(
+            name: "HTTPServer",
+            dependencies: [
+                "EventStore", "Aggregates", "PostgresClient",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // Private PostgreSQL and Redis servers for tests, `eventctl dev` and benchmarks.
         .target(name: "EmbeddedServers", swiftSettings: swiftSettings),
         // Shared test helpers: a fresh database per test on the private server.
@@ -78,10 +96,11 @@ let package = Package(
         .executableTarget(
             name: "eventctl",
             dependencies: [
-                "EventStore",
+                "EventStore", "HTTPServer", "BankDomain",
                 "PostgresClient",
                 "EmbeddedServers",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -108,6 +127,14 @@ let package = Package(
         .testTarget(
             name: "AggregatesTests",
             dependencies: ["Aggregates", "BankDomain", "EventStore", "EventlineTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HTTPServerTests",
+            dependencies: [
+                "HTTPServer", "BankDomain", "EventStore", "EventlineTestSupport",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

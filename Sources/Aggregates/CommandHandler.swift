@@ -38,8 +38,8 @@ public struct AggregateError: Error, Sendable, CustomStringConvertible {
 public final class CommandHandler<A: Aggregate>: Sendable {
     /// Handler settings; every field has a default.
     public struct Configuration: Sendable {
-        /// Decide-and-append attempts before a conflict is given up on.
-        public var maxAttempts = 10
+        /// Decide-and-append attempts before a conflict with other processes is given up on.
+        public var maxAttempts = 30
         /// Streams whose state is kept in memory.
         public var cacheSize = 10_000
         /// Events read per page while loading.
@@ -115,7 +115,7 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                 forget(stream.rawValue)
                 guard expectedVersion == nil, attempt < configuration.maxAttempts else { throw error }
                 // Jittered backoff, so that racing writers of one stream spread out.
-                let ceiling = min(50, 1 << min(attempt, 6))
+                let ceiling = min(100, 1 << min(attempt, 7))
                 try await Task.sleep(for: .microseconds(Int.random(in: 0...(ceiling * 1000))))
             }
         }

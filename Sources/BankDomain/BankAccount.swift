@@ -130,7 +130,7 @@ enum BankWire {
             // Foundation reports a number that does not fit the field's type as invalid JSON
             // with no path; the JSON is valid (parsed above), so find and name that field.
             let field = fields.keys.sorted().first { key in
-                guard let number = fields[key] as? NSNumber, !(fields[key] is Bool) else { return false }
+                guard let number = fields[key] as? NSNumber, String(cString: number.objCType) != "c" else { return false }
                 return Int64(exactly: number.doubleValue) == nil
             }
             throw DecodingError.dataCorrupted(.init(

@@ -77,6 +77,12 @@ public final class EventStore: Sendable {
         return (stats.batches, stats.appends, stats.events, stats.writing)
     }
 
+    /// Calls `observer` after every committed group commit with its numbers of appends and
+    /// events (for metrics). It runs on the log writer's thread: keep it short.
+    public func observeGroupCommits(_ observer: @escaping @Sendable (_ appends: Int, _ events: Int) -> Void) {
+        writer.observeGroups(observer)
+    }
+
     /// Read-pool use, for metrics.
     public var poolStatistics: PostgresConnectionPool.Statistics { pool.statistics }
 

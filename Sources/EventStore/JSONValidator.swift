@@ -3,11 +3,11 @@ import Foundation
 /// A strict RFC 8259 syntax check over UTF-8 bytes that allocates nothing. Event data is
 /// stored as the caller's bytes, so it only has to be valid JSON, not parsed; and a bounded
 /// nesting depth keeps hostile input (`[[[[…`) from exhausting the stack.
-enum JSONValidator {
-    static let maxDepth = 512
+public enum JSONValidator {
+    public static let maxDepth = 512
 
     /// Whether `data` is one JSON value (any kind, surrounded by optional whitespace).
-    static func isValid(_ data: Data) -> Bool {
+    public static func isValid(_ data: Data) -> Bool {
         data.withUnsafeBytes { bytes in
             var parser = Parser(bytes: bytes)
             return parser.document(requireObject: false)
@@ -15,7 +15,7 @@ enum JSONValidator {
     }
 
     /// Whether `data` is one JSON object.
-    static func isObject(_ data: Data) -> Bool {
+    public static func isObject(_ data: Data) -> Bool {
         data.withUnsafeBytes { bytes in
             var parser = Parser(bytes: bytes)
             return parser.document(requireObject: true)

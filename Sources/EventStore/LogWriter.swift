@@ -71,6 +71,12 @@ final class LogWriter: Sendable {
     private let arrivals = NSCondition()
     private let groupWindow: Duration
     private let counters = Mutex(Statistics())
+    private let observer = Mutex<(@Sendable (_ appends: Int, _ events: Int) -> Void)?>(nil)
+
+    /// Calls `observer` after every committed group with its numbers of appends and events.
+    func observeGroups(_ observer: @escaping @Sendable (_ appends: Int, _ events: Int) -> Void) {
+        self.observer.withLock { $0 = observer }
+    }
     private let maxBatchEvents: Int
     private let logger: Logger
 
@@ -422,6 +428,7 @@ final class LogWriter: Sendable {
             counters.appends += appends.count
             counters.events += rows.count
         }
+        observer.withLock { $0 }?(appends.count, rows.count)
         return outcomes
     }
 

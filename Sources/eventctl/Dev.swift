@@ -2,21 +2,24 @@ import ArgumentParser
 import EmbeddedServers
 import EventStore
 import Foundation
+import HTTPServer
 import PostgresClient
 
 struct Dev: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Start a private PostgreSQL, migrate it, and run until interrupted (or run a short demo).")
+        abstract: "Start a private PostgreSQL, migrate it, and serve the bank domain until interrupted (or run a short demo).")
 
     @OptionGroup var migrations: MigrationOptions
-    @Flag(help: "Run a short demo (appends, a conflict, a read, status), then stop.") var demo = false
-    @Option(help: "The port for the private PostgreSQL (default: a free one).") var port: Int?
+    @Flag(help: "Run a short demo of the store (appends, a conflict, a read, status), then stop.") var demo = false
+    @Flag(name: .customLong("no-serve"), help: "Only run the database; do not serve HTTP.") var noServe = false
+    @Option(name: .customLong("pg-port"), help: "The port for the private PostgreSQL (default: a free one).") var pgPort: Int?
+    @Option(help: "The HTTP port (default 8080).") var port: Int = 8080
 
     func run() async throws {
         try await CLI.run {
             let loaded = try migrations.load()
             Swift.print("starting a private PostgreSQL…")
-            let server = try await EmbeddedPostgres.start(.init(port: port))
+            let server = try await EmbeddedPostgres.start(.init(port: pgPort))
             defer { server.stop() }
             let admin = DedicatedConnection(conninfo: server.url(), name: "eventctl-dev")
             try await admin.run { conn in try conn.execute(unsafeSQL: "CREATE DATABASE eventline") }
@@ -32,9 +35,20 @@ struct Dev: AsyncParsableCommand {
                 try await StatusReport.print(databaseURL: url, migrations: loaded)
                 return
             }
-            Swift.print("Press Ctrl-C to stop (the database is deleted).")
-            await Signals.wait(for: [SIGINT, SIGTERM])
-            Swift.print("stopping")
+            if noServe {
+                Swift.print("Press Ctrl-C to stop (the database is deleted).")
+                await Signals.wait(for: [SIGINT, SIGTERM])
+                Swift.print("stopping")
+                return
+            }
+            var configuration = ServerConfiguration()
+            configuration.port = port
+            let base = "http://127.0.0.1:\(port)"
+            try await Server.run(databaseURL: url, configuration: configuration, banner: [
+                "Serving the bank domain on \(base) (Ctrl-C stops it and deletes the database). Try:",
+                "  curl -s -X POST \(base)/v1/commands/account/42 -H 'Content-Type: application/json' -d '{\"type\":\"OpenAccount\",\"data\":{\"owner\":\"Ada\",\"currency\":\"EUR\"}}'",
+                "  curl -s \(base)/v1/streams/account-42",
+            ])
         }
     }
 }

@@ -1,0 +1,45 @@
+import Aggregates
+import EventStore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import ServiceLifecycle
+
+/// Builds the Eventline HTTP application over `store`, serving the aggregates in `commands`.
+///
+/// ```swift
+/// let store = EventStore(.init(databaseURL: url))
+/// var commands = CommandRegistry()
+/// commands.register(CommandHandler<BankAccount>(store: store))
+/// let app = buildApplication(ServerConfiguration(), store: store, commands: commands)
+/// try await app.runService()   // SIGTERM/SIGINT: in-flight requests finish, then the store flushes
+/// ```
+public func buildApplication(
+    _ configuration: ServerConfiguration, store: EventStore, commands: CommandRegistry,
+    openAPI: Data? = nil, logger: Logger = Logger(label: "eventline.http")
+) -> some ApplicationProtocol {
+    let metrics = ServerMetrics()
+    store.observeGroupCommits { appends, events in metrics.recordGroup(appends: appends, events: events) }
+    let router = Router(context: EventlineRequestContext.self)
+    router.middlewares.add(RequestMiddleware(configuration: configuration, metrics: metrics, logger: logger))
+    Routes(store: store, commands: commands, configuration: configuration, metrics: metrics, openAPI: openAPI)
+        .register(on: router)
+    return Application(
+        router: router,
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "eventline"),
+        services: [StoreService(store: store)],
+        logger: logger)
+}
+
+/// Keeps the store open while the server runs; on shutdown (after the HTTP server, which is
+/// started after this service and so stopped before it) lets queued appends commit and closes
+/// every connection.
+struct StoreService: Service {
+    let store: EventStore
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await store.shutdown()
+    }
+}

@@ -1,0 +1,28 @@
+import Aggregates
+import EventStore
+import Foundation
+
+/// The aggregates the server accepts commands for, by stream category.
+public struct CommandRegistry: Sendable {
+    /// Decodes a command of a type name from JSON data and handles it for an aggregate id.
+    struct Entry: Sendable {
+        var commandTypes: [String]
+        var handle: @Sendable (_ id: String, _ type: String, _ data: Data, _ expectedVersion: Int?, _ metadata: [String: JSONValue])
+            async throws -> CommandOutcome?
+    }
+
+    private(set) var entries: [String: Entry] = [:]
+
+    public init() {}
+
+    /// Accepts commands for aggregate `A` at `/v1/commands/<A.category>/{id}`.
+    public mutating func register<A: Aggregate>(_ handler: CommandHandler<A>) {
+        entries[A.category] = Entry(commandTypes: A.Command.typeNames) { id, type, data, expectedVersion, metadata in
+            guard let command = try A.Command.decode(typeName: type, data: data) else { return nil }
+            return try await handler.handle(id: id, command: command, expectedVersion: expectedVersion, metadata: metadata)
+        }
+    }
+
+    /// The registered categories.
+    public var categories: [String] { entries.keys.sorted() }
+}

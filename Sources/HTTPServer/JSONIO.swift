@@ -1,0 +1,116 @@
+import EventStore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// Reading JSON requests and writing JSON responses.
+enum JSONIO {
+    static let contentType = "application/json"
+
+    /// The body of a JSON request: checks the content type (415), the size (413), the syntax
+    /// and nesting depth (400) before anything looks inside.
+    static func readObject(_ request: Request, context: EventlineRequestContext) async throws -> (raw: Data, object: [String: Any]) {
+        let mediaType = request.headers[.contentType]?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
+        guard mediaType == contentType else {
+            throw Problem(
+                .unsupportedMediaType, "unsupported-media-type", "Unsupported media type",
+                detail: "send the body as application/json (got \(mediaType ?? "no content type"))")
+        }
+        var request = request
+        let buffer = try await request.collectBody(upTo: context.maxUploadSize)
+        let raw = Data(buffer.readableBytesView)
+        guard JSONValidator.isObject(raw), let object = try? JSONSerialization.jsonObject(with: raw) as? [String: Any] else {
+            throw Problem.badRequest("the body is not a JSON object (malformed JSON, invalid UTF-8, or nested too deeply)")
+        }
+        return (raw, object)
+    }
+
+    /// Refuses members other than `allowed`.
+    static func rejectUnknown(_ object: [String: Any], allowed: Set<String>, in place: String = "body") throws {
+        if let unknown = object.keys.sorted().first(where: { !allowed.contains($0) }) {
+            throw Problem.badRequest("unknown field \(unknown) in the \(place)", field: unknown)
+        }
+    }
+
+    /// A JSON number that is an integer within range, or nil when absent; throws naming `field`.
+    static func integer(_ object: [String: Any], _ field: String, range: ClosedRange<Int>) throws -> Int? {
+        guard let value = object[field] else { return nil }
+        guard let number = value as? NSNumber, !isBool(number), let integer = Int(exactly: number.doubleValue),
+            number.doubleValue.rounded() == number.doubleValue, range.contains(integer)
+        else {
+            throw Problem.badRequest("\(field) must be an integer from \(range.lowerBound) to \(range.upperBound)", field: field)
+        }
+        return integer
+    }
+
+    /// Whether a parsed JSON number is really `true`/`false` (Foundation parses both as NSNumber,
+    /// and bridging would let 0 and 1 pass as Bool).
+    static func isBool(_ number: NSNumber) -> Bool {
+        String(cString: number.objCType) == "c"
+    }
+
+    /// A path parameter, percent-decoded.
+    static func pathParameter(_ context: EventlineRequestContext, _ name: String) throws -> String {
+        let raw = try context.parameters.require(name)
+        guard let decoded = raw.removingPercentEncoding else {
+            throw Problem.badRequest("the \(name) in the path is not valid percent-encoding", field: name)
+        }
+        return decoded
+    }
+
+    static func string(_ object: [String: Any], _ field: String) throws -> String? {
+        guard let value = object[field] else { return nil }
+        guard let string = value as? String else { throw Problem.badRequest("\(field) must be a string", field: field) }
+        return string
+    }
+
+    /// Re-encodes a parsed JSON member (object, array or scalar) as bytes.
+    static func encode(_ value: Any) throws -> Data {
+        try JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .withoutEscapingSlashes])
+    }
+
+    /// A JSON response.
+    static func response(_ status: HTTPResponse.Status = .ok, _ body: Data) -> Response {
+        Response(
+            status: status, headers: [.contentType: contentType],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: body)))
+    }
+
+    /// A JSON response from an Encodable value.
+    static func response(_ status: HTTPResponse.Status = .ok, encoding value: some Encodable) throws -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return response(status, try encoder.encode(value))
+    }
+
+    /// A JSON string literal.
+    static func quote(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    static let timestampStyle = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+
+    /// An event as the API shows it; its data and metadata are the stored JSON, byte for byte.
+    static func event(_ event: RecordedEvent, includeStream: Bool) -> String {
+        var out = "{\"id\":\"\(event.id.uuidString.lowercased())\""
+        if includeStream { out += ",\"stream\":\(quote(event.stream))" }
+        out += ",\"type\":\(quote(event.type)),\"version\":\(event.version),\"position\":\(event.position)"
+        out += ",\"data\":\(String(decoding: event.data, as: UTF8.self))"
+        out += ",\"metadata\":\(String(decoding: event.metadata, as: UTF8.self))"
+        out += ",\"recordedAt\":\"\(event.recordedAt.formatted(timestampStyle))\"}"
+        return out
+    }
+}

@@ -1,0 +1,51 @@
+import EventStore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+
+/// Outermost middleware: gives every request an id, turns every error into a problem+json
+/// response, records metrics and writes one log line per request.
+struct RequestMiddleware: RouterMiddleware {
+    typealias Context = EventlineRequestContext
+    let configuration: ServerConfiguration
+    let metrics: ServerMetrics
+    let logger: Logger
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var context = context
+        context.maxUploadSize = configuration.maxBodySize
+        if let given = request.headers[.requestID], (1...128).contains(given.utf8.count),
+            given.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F })
+        {
+            context.requestID = given
+        }
+        let started = ContinuousClock.now
+        var response: Response
+        do {
+            response = try await next(request, context)
+        } catch {
+            let (problem, isBug) = Problem.from(error)
+            if isBug {
+                logger.error("unhandled error", metadata: ["request.id": "\(context.requestID)", "error": "\(String(reflecting: error))"])
+            }
+            var headers = problem.headers
+            headers[.contentType] = "application/problem+json"
+            response = Response(
+                status: problem.status, headers: headers,
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: problem.body(requestID: context.requestID))))
+        }
+        response.headers[.requestID] = context.requestID
+        let route = context.endpointPath ?? "unmatched"
+        let elapsed = ContinuousClock.now - started
+        metrics.recordRequest(method: request.method.rawValue, route: route, status: response.status.code, duration: elapsed)
+        logger.info(
+            "request",
+            metadata: [
+                "request.id": "\(context.requestID)", "http.method": "\(request.method.rawValue)", "http.route": "\(route)",
+                "http.status": "\(response.status.code)",
+                "duration.ms": "\(String(format: "%.2f", Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1000))",
+            ])
+        return response
+    }
+}

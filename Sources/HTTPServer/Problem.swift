@@ -1,0 +1,147 @@
+import Aggregates
+import EventStore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import PostgresClient
+
+/// An RFC 9457 problem: every error the API returns is one, as `application/problem+json`.
+public struct Problem: Error, Sendable {
+    /// The HTTP status.
+    public var status: HTTPResponse.Status
+    /// A stable, machine-readable code; the problem `type` is `/problems/<code>`.
+    public var code: String
+    /// A short summary of the kind of problem.
+    public var title: String
+    /// What happened this time.
+    public var detail: String
+    /// Extra members (`currentVersion`, `field`, …).
+    public var extensions: [String: JSONValue]
+    /// Response headers to add (`Retry-After`, …).
+    public var headers: HTTPFields
+
+    public init(
+        _ status: HTTPResponse.Status, _ code: String, _ title: String, detail: String,
+        extensions: [String: JSONValue] = [:], headers: HTTPFields = [:]
+    ) {
+        self.status = status
+        self.code = code
+        self.title = title
+        self.detail = detail
+        self.extensions = extensions
+        self.headers = headers
+    }
+
+    static func badRequest(_ detail: String, field: String? = nil) -> Problem {
+        Problem(.badRequest, "invalid-request", "The request is not valid", detail: detail,
+                extensions: field.map { ["field": .string($0)] } ?? [:])
+    }
+
+    static func notFound(_ detail: String) -> Problem {
+        Problem(.notFound, "not-found", "Not found", detail: detail)
+    }
+
+    /// The body, with the request id that the response also carries in a header.
+    func body(requestID: String) -> Data {
+        var members = extensions
+        members["type"] = .string("/problems/\(code)")
+        members["title"] = .string(title)
+        members["status"] = .number(Double(status.code))
+        members["detail"] = .string(detail)
+        members["requestId"] = .string(requestID)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(members)) ?? Data(#"{"status":500}"#.utf8)
+    }
+}
+
+extension Problem {
+    /// The one place where errors become HTTP problems. An error that maps to nothing is a 500
+    /// and a bug, and is logged as such by the caller.
+    static func from(_ error: any Error) -> (problem: Problem, isBug: Bool) {
+        switch error {
+        case let problem as Problem:
+            return (problem, false)
+        case let violation as RuleViolation:
+            return (Problem(.unprocessableContent, violation.code, "The command was refused", detail: violation.message), false)
+        case let error as EventStoreError:
+            return (fromStore(error), error.code == .database || error.code == .corruptEvent)
+        case let error as DecodingError:
+            return (fromDecoding(error), false)
+        case let error as PostgresError:
+            if error.isConnectionError || error.code == .poolTimeout || error.code == .poolClosed {
+                return (unavailable(error.message), false)
+            }
+            return (internalError, true)
+        case let error as any HTTPResponseError:
+            let status = error.status
+            let code = status == .contentTooLarge ? "body-too-large" : status == .notFound ? "not-found" : "http-\(status.code)"
+            let detail = status == .contentTooLarge ? "the request body is larger than the server accepts"
+                : status == .notFound ? "no such route" : status.reasonPhrase
+            return (Problem(status, code, status.reasonPhrase, detail: detail), status.code >= 500)
+        case is CancellationError:
+            return (unavailable("the server is shutting down"), false)
+        default:
+            return (internalError, true)
+        }
+    }
+
+    static let internalError = Problem(
+        .internalServerError, "internal-error", "Internal server error", detail: "an unexpected error occurred; it has been logged")
+
+    static func unavailable(_ detail: String) -> Problem {
+        Problem(.serviceUnavailable, "unavailable", "The service is unavailable", detail: detail, headers: [.retryAfter: "1"])
+    }
+
+    static func fromStore(_ error: EventStoreError) -> Problem {
+        switch error.code {
+        case .wrongExpectedVersion:
+            var extensions: [String: JSONValue] = [:]
+            if let current = error.currentVersion { extensions["currentVersion"] = .number(Double(current)) }
+            if let stream = error.stream { extensions["stream"] = .string(stream) }
+            return Problem(.conflict, "version-conflict", "The stream's version does not match", detail: error.message, extensions: extensions)
+        case .duplicateEventId:
+            return Problem(.conflict, "duplicate-event-id", "An event id is already used", detail: error.message)
+        case .invalidStreamName:
+            return Problem(.badRequest, "invalid-stream-name", "The stream name is not valid", detail: error.message)
+        case .invalidEvent:
+            return Problem(.badRequest, "invalid-event", "An event is not valid", detail: error.message)
+        case .invalidArgument:
+            return Problem(.badRequest, "invalid-request", "The request is not valid", detail: error.message)
+        case .streamNotFound:
+            return notFound(error.message)
+        case .unavailable, .shutdown:
+            return unavailable(error.message)
+        case .commitOutcomeUnknown:
+            return Problem(
+                .serviceUnavailable, "commit-outcome-unknown", "The outcome is unknown", detail: error.message,
+                headers: [.retryAfter: "1"])
+        default:
+            return internalError
+        }
+    }
+
+    static func fromDecoding(_ error: DecodingError) -> Problem {
+        let context: DecodingError.Context?
+        var path: [any CodingKey] = []
+        switch error {
+        case .typeMismatch(_, let c), .valueNotFound(_, let c), .dataCorrupted(let c): context = c
+        case .keyNotFound(let key, let c):
+            context = c
+            path = [key]
+        @unknown default: context = nil
+        }
+        path = (context?.codingPath ?? []) + path
+        let field = (["data"] + path.map(\.stringValue)).joined(separator: ".")
+        let reason: String
+        switch error {
+        case .keyNotFound: reason = "is required"
+        case .typeMismatch(let type, _): reason = "must be of type \(type)"
+        case .valueNotFound: reason = "must not be null"
+        default: reason = context?.debugDescription ?? "is not valid"
+        }
+        return Problem(
+            .unprocessableContent, "invalid-command-data", "The command's data is not valid", detail: "\(field) \(reason)",
+            extensions: ["field": .string(field)])
+    }
+}

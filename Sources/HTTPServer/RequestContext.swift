@@ -1,0 +1,29 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+
+/// The per-request context: Hummingbird's core plus the request id.
+public struct EventlineRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    /// Echoed in the `X-Request-Id` header and in error bodies; taken from the request's own
+    /// `X-Request-Id` when it sends a sensible one.
+    public var requestID: String
+    /// Set by the application from its configuration.
+    public var maxUploadSize: Int
+
+    public init(source: ApplicationRequestContextSource) {
+        self.coreContext = .init(source: source)
+        self.requestID = Self.newID()
+        self.maxUploadSize = 1 << 20
+    }
+
+    static func newID() -> String {
+        String(UInt64.random(in: 0...UInt64.max), radix: 16)
+    }
+}
+
+extension HTTPField.Name {
+    static let requestID = Self("X-Request-Id")!
+    static let idempotencyKey = Self("Idempotency-Key")!
+}

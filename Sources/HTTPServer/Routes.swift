@@ -1,0 +1,246 @@
+import Aggregates
+import EventStore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// The routes of the API, over one event store.
+struct Routes: Sendable {
+    let store: EventStore
+    let commands: CommandRegistry
+    let configuration: ServerConfiguration
+    let metrics: ServerMetrics
+    let openAPI: Data?
+
+    func register(on router: Router<EventlineRequestContext>) {
+        router.post("/v1/commands/:category/:id") { request, context in try await command(request, context) }
+        router.post("/v1/streams/:stream/events") { request, context in try await appendEvents(request, context) }
+        router.get("/v1/streams/:stream") { request, context in try await readStream(request, context) }
+        router.get("/v1/events") { request, context in try await readLog(request, context) }
+        router.get("/health/live") { _, _ in JSONIO.response(.ok, Data(#"{"status":"ok"}"#.utf8)) }
+        router.get("/health/ready") { _, _ in try await ready() }
+        router.get("/metrics") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render(store: store))))
+        }
+        router.get("/openapi.yaml") { _, _ in
+            guard let openAPI else { throw Problem.notFound("this server was started without Schemas/openapi.yaml") }
+            return Response(
+                status: .ok, headers: [.contentType: "application/yaml"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: openAPI)))
+        }
+    }
+
+    // MARK: - Commands
+
+    func command(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
+        let category = try JSONIO.pathParameter(context, "category")
+        let id = try JSONIO.pathParameter(context, "id")
+        guard let entry = commands.entries[category] else {
+            throw Problem.notFound("no aggregate accepts commands in category \(category)")
+        }
+        let (raw, body) = try await JSONIO.readObject(request, context: context)
+        return try await idempotent(request, context, scope: "POST /v1/commands/\(category)/\(id)", body: raw) {
+            try JSONIO.rejectUnknown(body, allowed: ["type", "data", "expectedVersion", "metadata"])
+            guard let type = try JSONIO.string(body, "type") else { throw Problem.badRequest("type is required", field: "type") }
+            guard let data = body["data"] as? [String: Any] else {
+                throw Problem.badRequest("data is required and must be a JSON object", field: "data")
+            }
+            let expectedVersion = try JSONIO.integer(body, "expectedVersion", range: 0...Int(Int64.max))
+            let metadata = try metadataFields(body["metadata"], requestID: context.requestID)
+            guard let outcome = try await entry.handle(id, type, try JSONIO.encode(data), expectedVersion, metadata) else {
+                throw Problem(
+                    .unprocessableContent, "unknown-command-type", "Unknown command type",
+                    detail: "\(category) accepts \(entry.commandTypes.joined(separator: ", ")), not \(type)",
+                    extensions: ["field": "type"])
+            }
+            let events = outcome.events.map { #"{"type":\#(JSONIO.quote($0.type)),"version":\#($0.version),"position":\#($0.position)}"# }
+            let position = outcome.position.map(String.init) ?? "null"
+            let json = #"{"stream":\#(JSONIO.quote(outcome.stream)),"version":\#(outcome.version),"position":\#(position),"events":[\#(events.joined(separator: ","))]}"#
+            return (.ok, Data(json.utf8))
+        }
+    }
+
+    /// Metadata from the request (a JSON object), plus the request id as correlation id when none is given.
+    func metadataFields(_ value: Any?, requestID: String) throws -> [String: JSONValue] {
+        var fields: [String: JSONValue] = [:]
+        if let value {
+            guard value is [String: Any] else { throw Problem.badRequest("metadata must be a JSON object", field: "metadata") }
+            fields = try JSONDecoder().decode([String: JSONValue].self, from: JSONIO.encode(value))
+        }
+        if fields[MetadataKey.correlationId] == nil { fields[MetadataKey.correlationId] = .string(requestID) }
+        return fields
+    }
+
+    /// Runs `body` once per idempotency key: a retry with the same body gets the first
+    /// response again, also after a restart; a different body under the key is refused.
+    func idempotent(
+        _ request: Request, _ context: EventlineRequestContext, scope: String, body raw: Data,
+        _ body: () async throws -> (HTTPResponse.Status, Data)
+    ) async throws -> Response {
+        guard let key = request.headers[.idempotencyKey] else {
+            let (status, data) = try await body()
+            return JSONIO.response(status, data)
+        }
+        guard (1...255).contains(key.utf8.count) else {
+            throw Problem.badRequest("the Idempotency-Key header must be 1 to 255 bytes", field: "Idempotency-Key")
+        }
+        switch try await store.reserveIdempotencyKey(scope: scope, key: key, body: raw, abandonAfter: configuration.idempotencyTakeover) {
+        case .replay(let status, let stored):
+            var response = JSONIO.response(HTTPResponse.Status(code: status), stored)
+            if status >= 400 { response.headers[.contentType] = "application/problem+json" }
+            response.headers[HTTPField.Name("Idempotent-Replayed")!] = "true"
+            return response
+        case .mismatch:
+            throw Problem(
+                .unprocessableContent, "idempotency-key-reused", "The idempotency key was used with another request",
+                detail: "Idempotency-Key \(key) was first used with a different body")
+        case .inProgress:
+            throw Problem(
+                .conflict, "idempotency-key-in-progress", "A request with this idempotency key is in progress",
+                detail: "retry once the first request with Idempotency-Key \(key) has finished", headers: [.retryAfter: "1"])
+        case .reserved:
+            do {
+                let (status, data) = try await body()
+                try await store.completeIdempotencyKey(scope: scope, key: key, status: Int(status.code), body: data)
+                return JSONIO.response(status, data)
+            } catch {
+                let (problem, _) = Problem.from(error)
+                if problem.status.code >= 500 {
+                    // Worth retrying: the next attempt with this key runs the request again.
+                    try? await store.releaseIdempotencyKey(scope: scope, key: key)
+                } else {
+                    // A final answer (a refused command, a conflict) is the answer to every retry too.
+                    try? await store.completeIdempotencyKey(
+                        scope: scope, key: key, status: Int(problem.status.code), body: problem.body(requestID: context.requestID))
+                }
+                throw error
+            }
+        }
+    }
+
+    // MARK: - Streams
+
+    func appendEvents(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
+        let stream = try JSONIO.pathParameter(context, "stream")
+        let (raw, body) = try await JSONIO.readObject(request, context: context)
+        return try await idempotent(request, context, scope: "POST /v1/streams/\(stream)/events", body: raw) {
+            try JSONIO.rejectUnknown(body, allowed: ["expectedVersion", "events"])
+            let expected = try expectedVersion(body["expectedVersion"])
+            guard let items = body["events"] as? [Any], !items.isEmpty else {
+                throw Problem.badRequest("events must be a non-empty array", field: "events")
+            }
+            var events: [NewEvent] = []
+            for (index, item) in items.enumerated() {
+                let place = "events[\(index)]"
+                guard let object = item as? [String: Any] else { throw Problem.badRequest("\(place) must be an object", field: place) }
+                try JSONIO.rejectUnknown(object, allowed: ["id", "type", "data", "metadata"], in: place)
+                var id: UUID? = nil
+                if let given = object["id"] {
+                    guard let text = given as? String, let uuid = UUID(uuidString: text) else {
+                        throw Problem.badRequest("\(place).id must be a UUID", field: "\(place).id")
+                    }
+                    id = uuid
+                }
+                guard let type = object["type"] as? String else { throw Problem.badRequest("\(place).type is required", field: "\(place).type") }
+                guard let data = object["data"] else { throw Problem.badRequest("\(place).data is required", field: "\(place).data") }
+                var metadata: Data? = nil
+                if let given = object["metadata"] {
+                    guard given is [String: Any] else {
+                        throw Problem.badRequest("\(place).metadata must be a JSON object", field: "\(place).metadata")
+                    }
+                    metadata = try JSONIO.encode(given)
+                }
+                events.append(NewEvent(id: id, type: type, data: try JSONIO.encode(data), metadata: metadata))
+            }
+            let result = try await store.append(to: stream, expected: expected, events: events)
+            let json = #"{"stream":\#(JSONIO.quote(result.stream)),"version":\#(result.version),"position":\#(result.position)}"#
+            return (.created, Data(json.utf8))
+        }
+    }
+
+    func expectedVersion(_ value: Any?) throws -> ExpectedVersion {
+        switch value {
+        case nil: return .any
+        case let text as String:
+            switch text {
+            case "any": return .any
+            case "noStream": return .noStream
+            case "exists": return .exists
+            default: break
+            }
+        case let number as NSNumber where !JSONIO.isBool(number):
+            if let version = Int(exactly: number.doubleValue), version >= 0, number.doubleValue.rounded() == number.doubleValue {
+                return version == 0 ? .noStream : .exact(version)
+            }
+        default: break
+        }
+        throw Problem.badRequest(
+            #"expectedVersion must be a number ≥ 0, "any", "noStream" or "exists""#, field: "expectedVersion")
+    }
+
+    func readStream(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
+        let stream = try JSONIO.pathParameter(context, "stream")
+        let query = request.uri.queryParameters
+        try rejectUnknownQuery(query, allowed: ["from", "limit", "direction"])
+        let limit = try queryInteger(query, "limit", range: 1...configuration.maxReadLimit) ?? 100
+        let from = try queryInteger(query, "from", range: 0...Int(Int64.max))
+        let direction: ReadDirection
+        switch query["direction"].map({ String($0) }) {
+        case nil, "forward"?: direction = .forward
+        case "backward"?: direction = .backward
+        default: throw Problem.badRequest("direction must be forward or backward", field: "direction")
+        }
+        // One more than asked tells whether there is a next page.
+        let events = try await store.readStream(stream, from: from, direction: direction, limit: limit + 1)
+        let version = try await store.streamVersion(stream)
+        guard version > 0 else { throw Problem.notFound("stream \(stream) has no events") }
+        let page = events.prefix(limit)
+        var next = "null"
+        if events.count > limit, let last = page.last {
+            next = String(direction == .forward ? last.version + 1 : last.version - 1)
+        }
+        let name = (try? StreamName(stream).rawValue) ?? stream
+        let json = #"{"stream":\#(JSONIO.quote(name)),"version":\#(version),"events":[\#(page.map { JSONIO.event($0, includeStream: false) }.joined(separator: ","))],"next":\#(next)}"#
+        return JSONIO.response(.ok, Data(json.utf8))
+    }
+
+    func readLog(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
+        let query = request.uri.queryParameters
+        try rejectUnknownQuery(query, allowed: ["after", "limit", "category", "type"])
+        let after = try queryInteger(query, "after", range: 0...Int(Int64.max)) ?? 0
+        let limit = try queryInteger(query, "limit", range: 1...configuration.maxReadLimit) ?? 100
+        let types = query.getAll("type").map { String($0) }
+        let filter = EventFilter(category: query["category"].map { String($0) }, types: types.isEmpty ? nil : types)
+        let events = try await store.readAll(after: after, limit: limit, filter: filter)
+        let next = events.count == limit ? String(events.last!.position) : "null"
+        let json = #"{"events":[\#(events.map { JSONIO.event($0, includeStream: true) }.joined(separator: ","))],"next":\#(next)}"#
+        return JSONIO.response(.ok, Data(json.utf8))
+    }
+
+    func rejectUnknownQuery(_ query: Hummingbird.Parameters, allowed: Set<String>) throws {
+        for (key, _) in query where !allowed.contains(String(key)) {
+            throw Problem.badRequest("unknown query parameter \(key)", field: String(key))
+        }
+    }
+
+    func queryInteger(_ query: Hummingbird.Parameters, _ name: String, range: ClosedRange<Int>) throws -> Int? {
+        guard let text = query[name[...]] else { return nil }
+        guard let value = Int(text), range.contains(value) else {
+            throw Problem.badRequest("\(name) must be an integer from \(range.lowerBound) to \(range.upperBound)", field: name)
+        }
+        return value
+    }
+
+    // MARK: - Health
+
+    func ready() async throws -> Response {
+        do {
+            let head = try await store.headPosition()
+            return JSONIO.response(.ok, Data(#"{"status":"ready","head":\#(head)}"#.utf8))
+        } catch {
+            throw Problem.unavailable("the database is not reachable")
+        }
+    }
+}

@@ -1,0 +1,16 @@
+/// Settings of the HTTP server; every field has a default, and environment variables are read
+/// only by `eventctl serve`.
+public struct ServerConfiguration: Sendable {
+    /// The address to listen on.
+    public var host: String = "127.0.0.1"
+    /// The port to listen on (0 picks a free one, for tests).
+    public var port: Int = 8080
+    /// The largest request body accepted; larger ones get 413.
+    public var maxBodySize: Int = 1 << 20
+    /// How long an idempotency key's first request may stay unfinished before a retry takes it over.
+    public var idempotencyTakeover: Duration = .seconds(60)
+    /// The most events a read may return.
+    public var maxReadLimit: Int = 1000
+
+    public init() {}
+}

@@ -1,0 +1,50 @@
+import EventStore
+import Foundation
+import PostgresClient
+import Prometheus
+import Synchronization
+
+/// Prometheus metrics of one server, in a registry of its own (no process-wide state, so
+/// several servers can run in one test process).
+public final class ServerMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    private let buckets: [Duration] = [
+        .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+        .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5),
+    ]
+
+    public init() {}
+
+    func recordRequest(method: String, route: String, status: Int, duration: Duration) {
+        let labels = [("method", method), ("route", route), ("status", String(status))]
+        registry.makeCounter(name: "eventline_http_requests_total", labels: labels).increment()
+        registry.makeDurationHistogram(name: "eventline_http_request_duration_seconds", labels: labels, buckets: buckets)
+            .recordNanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+    }
+
+    /// Records a group commit's size (the store calls this for every group).
+    func recordGroup(appends: Int, events: Int) {
+        registry.makeValueHistogram(name: "eventline_group_commit_appends", buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
+            .record(Double(appends))
+        registry.makeValueHistogram(name: "eventline_group_commit_events", buckets: [1, 4, 16, 64, 256, 1024, 4096])
+            .record(Double(events))
+    }
+
+    /// The Prometheus text exposition, with the store's counters read now.
+    func render(store: EventStore) -> [UInt8] {
+        let writer = store.writerStatistics
+        registry.makeGauge(name: "eventline_log_writer_groups").set(Double(writer.batches))
+        registry.makeGauge(name: "eventline_log_writer_appends").set(Double(writer.appends))
+        registry.makeGauge(name: "eventline_log_writer_events").set(Double(writer.events))
+        registry.makeGauge(name: "eventline_log_writer_busy_seconds")
+            .set(Double(writer.writing.components.seconds) + Double(writer.writing.components.attoseconds) / 1e18)
+        let pool = store.poolStatistics
+        registry.makeGauge(name: "eventline_db_pool_size").set(Double(pool.size))
+        registry.makeGauge(name: "eventline_db_pool_open").set(Double(pool.open))
+        registry.makeGauge(name: "eventline_db_pool_idle").set(Double(pool.idle))
+        registry.makeGauge(name: "eventline_db_pool_waiting").set(Double(pool.waiting))
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return buffer
+    }
+}

@@ -1,0 +1,71 @@
+import Aggregates
+import ArgumentParser
+import BankDomain
+import EventStore
+import Foundation
+import HTTPServer
+import Hummingbird
+import Logging
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve the HTTP API (commands for the bank domain, streams, the log, health, metrics).")
+
+    @OptionGroup var database: DatabaseOptions
+    @Option(help: "Address to listen on (default: $EVENTLINE_HTTP_HOST or 127.0.0.1).") var host: String?
+    @Option(help: "Port to listen on (default: $EVENTLINE_HTTP_PORT or 8080).") var port: Int?
+    @Option(name: .customLong("max-body-size"), help: "Largest request body in bytes (default: $EVENTLINE_MAX_BODY_SIZE or 1 MiB).")
+    var maxBodySize: Int?
+
+    func validate() throws {
+        if let port, !(0...65535).contains(port) { throw ValidationError("--port must be between 0 and 65535") }
+        if let maxBodySize, maxBodySize < 1024 { throw ValidationError("--max-body-size must be at least 1024") }
+    }
+
+    func run() async throws {
+        try await CLI.run {
+            let environment = ProcessInfo.processInfo.environment
+            var configuration = ServerConfiguration()
+            configuration.host = host ?? environment["EVENTLINE_HTTP_HOST"] ?? configuration.host
+            if let port = try port ?? environment["EVENTLINE_HTTP_PORT"].map(Self.parsePort) { configuration.port = port }
+            if let size = maxBodySize ?? environment["EVENTLINE_MAX_BODY_SIZE"].flatMap(Int.init) { configuration.maxBodySize = size }
+            try await Server.run(databaseURL: try database.databaseURL, configuration: configuration)
+        }
+    }
+
+    static func parsePort(_ text: String) throws -> Int {
+        guard let port = Int(text), (0...65535).contains(port) else {
+            throw CLIError("EVENTLINE_HTTP_PORT must be a port number, not '\(text)'")
+        }
+        return port
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT; shared by `serve` and `dev`.
+enum Server {
+    static func run(databaseURL: String, configuration: ServerConfiguration, banner: [String] = []) async throws {
+        Logs.bootstrap()
+        var logger = Logger(label: "eventline")
+        logger.logLevel = Logs.level
+        var storeConfiguration = EventStoreConfiguration(databaseURL: databaseURL)
+        storeConfiguration.poolSize = 16
+        let store = EventStore(storeConfiguration, logger: logger)
+        var commands = CommandRegistry()
+        commands.register(CommandHandler<BankAccount>(store: store, logger: logger))
+        let openAPI = OpenAPIFile.find().flatMap { FileManager.default.contents(atPath: $0) }
+        let app = buildApplication(configuration, store: store, commands: commands, openAPI: openAPI, logger: logger)
+        logger.info("serving", metadata: ["http.address": "\(configuration.host):\(configuration.port)"])
+        logger.warning("no API keys are configured: the server is open to anyone who can reach it")
+        for line in banner { print(line) }
+        fflush(nil)
+        try await app.runService()
+    }
+}
+
+/// Finds `Schemas/openapi.yaml` the way migrations are found.
+enum OpenAPIFile {
+    static func find() -> String? {
+        Migration.defaultDirectory().map { URL(fileURLWithPath: $0).deletingLastPathComponent().appendingPathComponent("openapi.yaml").path }
+            .flatMap { FileManager.default.fileExists(atPath: $0) ? $0 : nil }
+    }
+}

@@ -1,0 +1,64 @@
+import Aggregates
+import BankDomain
+import EventStore
+import EventlineTestSupport
+import Foundation
+import HTTPServer
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import NIOCore
+
+/// A live server (real HTTP on loopback) over a migrated test database.
+struct TestServer {
+    let test: TestStore
+    var configuration = ServerConfiguration()
+
+    static func make(_ label: String, configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
+        var server = TestServer(test: try await TestStore.make(label))
+        server.configuration.port = 0
+        configure(&server.configuration)
+        return server
+    }
+
+    /// Runs `body` against a freshly built application over a store of its own (as a server
+    /// process would have), so that calling this twice is a server restart.
+    func run<T: Sendable>(_ body: @Sendable (any TestClientProtocol) async throws -> T) async throws -> T {
+        let store = EventStore(test.store.configuration)
+        var commands = CommandRegistry()
+        commands.register(CommandHandler<BankAccount>(store: store))
+        let openAPI = FileManager.default.contents(atPath: Repository.root + "/Schemas/openapi.yaml")
+        let app = buildApplication(configuration, store: store, commands: commands, openAPI: openAPI)
+        return try await app.test(.live) { client in try await body(client) }
+    }
+}
+
+extension TestClientProtocol {
+    /// Sends JSON (or any bytes) and returns the response.
+    @discardableResult
+    func send(
+        _ method: HTTPRequest.Method, _ uri: String, json: String? = nil, headers: HTTPFields = [:],
+        contentType: String? = "application/json", bytes: [UInt8]? = nil
+    ) async throws -> TestResponse {
+        var headers = headers
+        if (json != nil || bytes != nil), let contentType { headers[.contentType] = contentType }
+        let body = bytes.map { ByteBuffer(bytes: $0) } ?? json.map { ByteBuffer(string: $0) }
+        return try await execute(uri: uri, method: method, headers: headers, body: body)
+    }
+
+    func command(_ id: String, _ type: String, _ data: String, expectedVersion: Int? = nil, headers: HTTPFields = [:]) async throws -> TestResponse {
+        let expected = expectedVersion.map { #","expectedVersion":\#($0)"# } ?? ""
+        return try await send(.post, "/v1/commands/account/\(id)", json: #"{"type":"\#(type)","data":\#(data)\#(expected)}"#, headers: headers)
+    }
+}
+
+extension TestResponse {
+    var text: String { String(buffer: body) }
+
+    /// The body as a JSON object (empty when it is not one).
+    var json: [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
+    }
+
+    var isProblem: Bool { headers[.contentType] == "application/problem+json" }
+}

@@ -22,7 +22,10 @@ public func buildApplication(
     let metrics = ServerMetrics()
     store.observeGroupCommits { appends, events in metrics.recordGroup(appends: appends, events: events) }
     let router = Router(context: EventlineRequestContext.self)
-    router.middlewares.add(RequestMiddleware(configuration: configuration, metrics: metrics, logger: logger))
+    let access = AccessControl(store: store, refreshInterval: configuration.apiKeyRefresh)
+    router.middlewares.add(RequestMiddleware(
+        configuration: configuration, metrics: metrics, access: access, limiter: configuration.rateLimit.map(RateLimiter.init),
+        logger: logger))
     Routes(store: store, commands: commands, configuration: configuration, metrics: metrics, openAPI: openAPI)
         .register(on: router)
     return Application(

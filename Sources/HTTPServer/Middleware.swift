@@ -10,6 +10,8 @@ struct RequestMiddleware: RouterMiddleware {
     typealias Context = EventlineRequestContext
     let configuration: ServerConfiguration
     let metrics: ServerMetrics
+    let access: AccessControl
+    let limiter: RateLimiter?
     let logger: Logger
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -22,7 +24,12 @@ struct RequestMiddleware: RouterMiddleware {
         }
         let started = ContinuousClock.now
         var response: Response
+        var limitHeaders: HTTPFields = [:]
         do {
+            let identity = try await access.authorize(request)
+            if let limiter, AccessControl.requiredScope(method: request.method, path: request.uri.path) != nil {
+                limitHeaders = try limiter.take(identity ?? context.clientAddress)
+            }
             response = try await next(request, context)
         } catch {
             let (problem, isBug) = Problem.from(error)
@@ -36,6 +43,7 @@ struct RequestMiddleware: RouterMiddleware {
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: problem.body(requestID: context.requestID))))
         }
         response.headers[.requestID] = context.requestID
+        for field in limitHeaders { response.headers[field.name] = field.value }
         let route = context.endpointPath ?? "unmatched"
         let elapsed = ContinuousClock.now - started
         metrics.recordRequest(method: request.method.rawValue, route: route, status: response.status.code, duration: elapsed)

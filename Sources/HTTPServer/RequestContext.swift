@@ -11,9 +11,12 @@ public struct EventlineRequestContext: RequestContext {
     public var requestID: String
     /// Set by the application from its configuration.
     public var maxUploadSize: Int
+    /// The client's address, for rate limiting when the API is open.
+    public var clientAddress: String
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
+        self.clientAddress = source.channel.remoteAddress?.ipAddress ?? "unknown"
         self.requestID = Self.newID()
         self.maxUploadSize = 1 << 20
     }

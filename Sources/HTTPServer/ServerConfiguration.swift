@@ -11,6 +11,10 @@ public struct ServerConfiguration: Sendable {
     public var idempotencyTakeover: Duration = .seconds(60)
     /// The most events a read may return.
     public var maxReadLimit: Int = 1000
+    /// Requests per client (API key, or address when the API is open); nil: no limit.
+    public var rateLimit: RateLimit? = nil
+    /// How often the server re-reads the API keys in force.
+    public var apiKeyRefresh: Duration = .seconds(2)
 
     public init() {}
 }

@@ -29,8 +29,23 @@ struct Serve: AsyncParsableCommand {
             configuration.host = host ?? environment["EVENTLINE_HTTP_HOST"] ?? configuration.host
             if let port = try port ?? environment["EVENTLINE_HTTP_PORT"].map(Self.parsePort) { configuration.port = port }
             if let size = maxBodySize ?? environment["EVENTLINE_MAX_BODY_SIZE"].flatMap(Int.init) { configuration.maxBodySize = size }
+            configuration.rateLimit = try Self.rateLimit(environment)
             try await Server.run(databaseURL: try database.databaseURL, configuration: configuration)
         }
+    }
+
+    /// `EVENTLINE_RATE_LIMIT=200/s` (or /m, /h) and `EVENTLINE_RATE_BURST=N`; unset: no limit.
+    static func rateLimit(_ environment: [String: String]) throws -> RateLimit? {
+        guard let text = environment["EVENTLINE_RATE_LIMIT"], !text.isEmpty else { return nil }
+        var burst: Int? = nil
+        if let given = environment["EVENTLINE_RATE_BURST"] {
+            guard let value = Int(given), value > 0 else { throw CLIError("EVENTLINE_RATE_BURST must be a positive number, not '\(given)'") }
+            burst = value
+        }
+        guard let limit = RateLimit(parsing: text, burst: burst) else {
+            throw CLIError("EVENTLINE_RATE_LIMIT must look like 200/s, 12000/m or 100000/h, not '\(text)'")
+        }
+        return limit
     }
 
     static func parsePort(_ text: String) throws -> Int {
@@ -55,7 +70,9 @@ enum Server {
         let openAPI = OpenAPIFile.find().flatMap { FileManager.default.contents(atPath: $0) }
         let app = buildApplication(configuration, store: store, commands: commands, openAPI: openAPI, logger: logger)
         logger.info("serving", metadata: ["http.address": "\(configuration.host):\(configuration.port)"])
-        logger.warning("no API keys are configured: the server is open to anyone who can reach it")
+        if (try? await store.activeAPIKeyHashes().isEmpty) ?? true {
+            logger.warning("no API keys are configured: the server is open to anyone who can reach it")
+        }
         for line in banner { print(line) }
         fflush(nil)
         try await app.runService()

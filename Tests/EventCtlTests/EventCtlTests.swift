@@ -192,3 +192,28 @@ final class LinesCollector: @unchecked Sendable {
         }
     }
 }
+
+@Suite("eventctl keys")
+struct EventCtlKeysTests {
+    @Test("keys create prints the key once and stores only its hash; list and revoke work")
+    func keys() async throws {
+        let test = try await TestStore.make("clikeys")
+        let created = try await EventCtlTests.eventctl(["keys", "create", "--scope", "commands", "--name", "ci"], url: test.url)
+        #expect(created.status == 0, "\(created.stderr)")
+        let key = created.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(key.hasPrefix("el_"))
+        let stored = try await test.sql { conn in
+            try conn.query("SELECT id, key_hash FROM eventline.api_keys").rows.map { (try $0.decode(0, as: String.self), try $0.decode(1, as: String.self)) }
+        }
+        #expect(stored.count == 1)
+        #expect(stored[0].1 == SHA256.hex(Array(key.utf8)))
+        #expect(!stored[0].1.contains(key))
+        let list = try await EventCtlTests.eventctl(["keys", "list"], url: test.url)
+        #expect(list.stdout.contains(stored[0].0))
+        #expect(!list.stdout.contains(key))
+        #expect(try await EventCtlTests.eventctl(["keys", "revoke", stored[0].0], url: test.url).status == 0)
+        EventCtlTests.expectOneLineError(try await EventCtlTests.eventctl(["keys", "revoke", stored[0].0], url: test.url), containing: "no key")
+        EventCtlTests.expectOneLineError(try await EventCtlTests.eventctl(["keys", "create", "--scope", "root"], url: test.url), containing: "--scope")
+        await test.store.shutdown()
+    }
+}

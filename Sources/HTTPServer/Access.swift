@@ -1,0 +1,145 @@
+import EventStore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Synchronization
+
+/// API-key checks. Keys in force are read from the database into memory and re-read every
+/// `refreshInterval`, so a new or revoked key takes effect within that time without a query per
+/// request. With no key in force the API is open.
+final class AccessControl: Sendable {
+    private struct Cache {
+        var keys: [String: APIKeyScope] = [:]
+        var loadedAt: ContinuousClock.Instant? = nil
+    }
+
+    private let store: EventStore
+    private let refreshInterval: Duration
+    private let cache = Mutex(Cache())
+
+    init(store: EventStore, refreshInterval: Duration) {
+        self.store = store
+        self.refreshInterval = refreshInterval
+    }
+
+    private func keys() async throws -> [String: APIKeyScope] {
+        let (keys, loadedAt) = cache.withLock { ($0.keys, $0.loadedAt) }
+        if let loadedAt, ContinuousClock.now - loadedAt < refreshInterval { return keys }
+        do {
+            let fresh = try await store.activeAPIKeyHashes()
+            cache.withLock { $0 = Cache(keys: fresh, loadedAt: .now) }
+            return fresh
+        } catch where loadedAt != nil {
+            return keys  // the database is away: keep to what was known
+        }
+    }
+
+    /// The scope a route needs, or nil for routes open to all (health).
+    static func requiredScope(method: HTTPRequest.Method, path: String) -> APIKeyScope? {
+        if path.hasPrefix("/health/") { return nil }
+        if path == "/metrics" { return .admin }
+        if method == .post && path.hasPrefix("/v1/") { return .commands }
+        return .read
+    }
+
+    /// Checks the request's bearer key against the scope its route needs. Returns the key's
+    /// identity (for rate limiting), or nil when the API is open or the route needs no key.
+    func authorize(_ request: Request) async throws -> String? {
+        guard let needed = Self.requiredScope(method: request.method, path: request.uri.path) else { return nil }
+        let keys = try await keys()
+        guard !keys.isEmpty else { return nil }
+        let challenge: HTTPFields = [.wwwAuthenticate: #"Bearer realm="eventline""#]
+        guard let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") else {
+            throw Problem(.unauthorized, "unauthorized", "An API key is required", detail: "send Authorization: Bearer <key>", headers: challenge)
+        }
+        let key = header.dropFirst("bearer ".count).trimmingCharacters(in: .whitespaces)
+        let hash = SHA256.hex(Array(key.utf8))
+        guard let scope = keys[hash] else {
+            throw Problem(.unauthorized, "unauthorized", "The API key is not valid", detail: "the key is unknown or revoked", headers: challenge)
+        }
+        guard scope >= needed else {
+            throw Problem(
+                .forbidden, "forbidden", "The API key's scope is too narrow",
+                detail: "this route needs a key with scope \(needed.rawValue) (or wider); this key has \(scope.rawValue)")
+        }
+        return String(hash.prefix(16))
+    }
+}
+
+/// A rate: so many requests per second, with a burst.
+public struct RateLimit: Sendable, Hashable {
+    public var perSecond: Double
+    public var burst: Int
+
+    public init(perSecond: Double, burst: Int) {
+        self.perSecond = perSecond
+        self.burst = max(1, burst)
+    }
+
+    /// Parses `200/s`, `12000/m` or `100000/h`; the burst defaults to one second's worth.
+    public init?(parsing text: String, burst: Int? = nil) {
+        let parts = text.split(separator: "/")
+        guard parts.count == 2, let count = Double(parts[0]), count > 0 else { return nil }
+        let seconds: Double
+        switch parts[1] {
+        case "s": seconds = 1
+        case "m": seconds = 60
+        case "h": seconds = 3600
+        default: return nil
+        }
+        self.init(perSecond: count / seconds, burst: burst ?? max(1, Int(count / seconds)))
+    }
+}
+
+/// Token buckets, one per client (API key, or address when the API is open).
+final class RateLimiter: Sendable {
+    private struct Bucket {
+        var tokens: Double
+        var updated: ContinuousClock.Instant
+    }
+
+    let limit: RateLimit
+    private let buckets = Mutex<[String: Bucket]>([:])
+
+    init(_ limit: RateLimit) {
+        self.limit = limit
+    }
+
+    /// Takes a token for `client`; throws 429 when there is none. Returns the headers to send.
+    func take(_ client: String) throws -> HTTPFields {
+        let now = ContinuousClock.now
+        let burst = Double(limit.burst)
+        let (allowed, tokens) = buckets.withLock { buckets -> (Bool, Double) in
+            if buckets.count > 50_000 {
+                // Forget clients whose buckets have refilled: they are as good as new.
+                buckets = buckets.filter { Self.seconds(now - $0.value.updated) * limit.perSecond + $0.value.tokens < burst }
+            }
+            var bucket = buckets[client] ?? Bucket(tokens: burst, updated: now)
+            bucket.tokens = min(burst, bucket.tokens + Self.seconds(now - bucket.updated) * limit.perSecond)
+            bucket.updated = now
+            let allowed = bucket.tokens >= 1
+            if allowed { bucket.tokens -= 1 }
+            buckets[client] = bucket
+            return (allowed, bucket.tokens)
+        }
+        let untilFull = Int(((burst - tokens) / limit.perSecond).rounded(.up))
+        var headers: HTTPFields = [
+            HTTPField.Name("RateLimit-Limit")!: String(limit.burst),
+            HTTPField.Name("RateLimit-Remaining")!: String(Int(tokens.rounded(.down))),
+            HTTPField.Name("RateLimit-Reset")!: String(untilFull),
+            HTTPField.Name("RateLimit-Policy")!: "\(limit.burst);w=\(max(1, Int((burst / limit.perSecond).rounded(.up))))",
+        ]
+        guard allowed else {
+            let retry = Int(((1 - tokens) / limit.perSecond).rounded(.up))
+            headers[.retryAfter] = String(max(1, retry))
+            throw Problem(
+                .tooManyRequests, "rate-limited", "Too many requests",
+                detail: "the limit is \(limit.perSecond) requests per second with a burst of \(limit.burst)", headers: headers)
+        }
+        return headers
+    }
+
+    private static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+}

@@ -1,0 +1,88 @@
+import EventStore
+import EventlineTestSupport
+import Foundation
+import HTTPServer
+import HTTPTypes
+import HummingbirdTesting
+import PostgresClient
+import Testing
+
+@Suite("Access: API keys and rate limits", .serialized)
+struct AccessTests {
+    static func bearer(_ key: String) -> HTTPFields { [.authorization: "Bearer \(key)"] }
+
+    @Test("SHA-256 matches PostgreSQL's for assorted inputs")
+    func sha256() async throws {
+        let test = try await TestStore.make("sha")
+        for input in ["", "abc", String(repeating: "a", count: 55), String(repeating: "b", count: 56), String(repeating: "é", count: 100), "el_0123abcd_" + String(repeating: "f", count: 48)] {
+            let expected = try await test.sql { conn in
+                try conn.query("SELECT encode(sha256(convert_to(\(input), 'UTF8')), 'hex')").first!.decode(0, as: String.self)
+            }
+            #expect(SHA256.hex(Array(input.utf8)) == expected, "\(input.prefix(10))")
+        }
+        await test.store.shutdown()
+    }
+
+    @Test("with keys in force: 401 without a key, 403 with too narrow a scope, health stays open; revoked keys stop working")
+    func apiKeys() async throws {
+        let server = try await TestServer.make("httpkeys") { $0.apiKeyRefresh = .milliseconds(100) }
+        let reader = try await server.test.store.createAPIKey(scope: .read, name: "analyst").key
+        let writer = try await server.test.store.createAPIKey(scope: .commands).key
+        let admin = try await server.test.store.createAPIKey(scope: .admin)
+        try await server.run { client in
+            #expect(try await client.send(.get, "/health/live").status == .ok)
+            #expect(try await client.send(.get, "/health/ready").status == .ok)
+            var response = try await client.command("1", "OpenAccount", #"{"owner":"Ada","currency":"EUR"}"#)
+            #expect(response.status == .unauthorized)
+            #expect(response.headers[.wwwAuthenticate] != nil)
+            #expect(response.isProblem)
+            #expect(try await client.command("1", "OpenAccount", #"{"owner":"Ada","currency":"EUR"}"#, headers: Self.bearer("el_nope_nope")).status == .unauthorized)
+            response = try await client.command("1", "OpenAccount", #"{"owner":"Ada","currency":"EUR"}"#, headers: Self.bearer(reader))
+            #expect(response.status == .forbidden)
+            #expect(try await client.command("1", "OpenAccount", #"{"owner":"Ada","currency":"EUR"}"#, headers: Self.bearer(writer)).status == .ok)
+            #expect(try await client.send(.get, "/v1/streams/account-1", headers: Self.bearer(reader)).status == .ok)
+            #expect(try await client.send(.get, "/v1/streams/account-1", headers: Self.bearer(writer)).status == .ok)
+            #expect(try await client.send(.get, "/metrics", headers: Self.bearer(writer)).status == .forbidden)
+            #expect(try await client.send(.get, "/metrics", headers: Self.bearer(admin.key)).status == .ok)
+            #expect(try await client.send(.get, "/v1/events").status == .unauthorized)
+
+            #expect(try await server.test.store.revokeAPIKey(id: admin.record.id))
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await client.send(.get, "/metrics", headers: Self.bearer(admin.key)).status == .unauthorized)
+        }
+        #expect(try await server.test.store.headPosition() == 1)
+    }
+
+    @Test("over the rate limit: 429 with Retry-After and RateLimit headers, per client")
+    func rateLimits() async throws {
+        let server = try await TestServer.make("httprate") {
+            $0.rateLimit = RateLimit(perSecond: 1, burst: 3)
+            $0.apiKeyRefresh = .milliseconds(100)
+        }
+        try await server.run { client in
+            var statuses: [HTTPResponse.Status] = []
+            var last: TestResponse? = nil
+            for _ in 0..<5 {
+                let response = try await client.send(.get, "/v1/events")
+                statuses.append(response.status)
+                last = response
+            }
+            #expect(statuses.prefix(3).allSatisfy { $0 == .ok })
+            #expect(statuses.last == .tooManyRequests)
+            #expect(last?.isProblem == true)
+            #expect(Int(last?.headers[.retryAfter] ?? "") ?? 0 >= 1)
+            #expect(last?.headers[HTTPField.Name("RateLimit-Limit")!] == "3")
+            #expect(last?.headers[HTTPField.Name("RateLimit-Remaining")!] == "0")
+            // Health checks are never limited.
+            #expect(try await client.send(.get, "/health/live").status == .ok)
+        }
+        // With keys, each key has a bucket of its own.
+        let one = try await server.test.store.createAPIKey(scope: .read).key
+        let two = try await server.test.store.createAPIKey(scope: .read).key
+        try await server.run { (client: any TestClientProtocol) async throws in
+            for _ in 0..<3 { #expect(try await client.send(.get, "/v1/events", headers: Self.bearer(one)).status == .ok) }
+            #expect(try await client.send(.get, "/v1/events", headers: Self.bearer(one)).status == .tooManyRequests)
+            #expect(try await client.send(.get, "/v1/events", headers: Self.bearer(two)).status == .ok)
+        }
+    }
+}

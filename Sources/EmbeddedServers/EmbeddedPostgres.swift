@@ -62,18 +62,26 @@ public final class EmbeddedPostgres: Sendable {
     public let logFile: String
     /// The directory of the PostgreSQL binaries used; the matching `psql` lives here.
     public let binDirectory: String
-    /// The postmaster's pid.
-    public let processIdentifier: Int32
+    /// The postmaster's pid (it changes with `resume()`).
+    public var processIdentifier: Int32 { processes.withLock { $0.postmaster } }
 
-    /// The process we spawned: the postmaster itself, or runuser standing in front of it.
-    private let childPID: Int32
+    /// The process we spawned (the postmaster itself, or runuser standing in front of it) and the postmaster.
+    private let processes: Mutex<(child: Int32, postmaster: Int32)>
+    /// How the server was started, to start it again after `pause()`.
+    private let launch: Launch
     private let watchdog: Watchdog
+
+    private struct Launch: Sendable {
+        var command: [String]
+        var environment: [String: String]
+        var pgIsReady: String?
+    }
     private let registration = Mutex<UInt64?>(nil)
     private let stopped = Mutex(false)
 
     private init(
         port: Int, superuser: String, directory: String, dataDirectory: String, logFile: String,
-        binDirectory: String, processIdentifier: Int32, childPID: Int32, watchdog: Watchdog
+        binDirectory: String, processIdentifier: Int32, childPID: Int32, watchdog: Watchdog, launch: Launch
     ) {
         self.port = port
         self.host = "127.0.0.1"
@@ -82,8 +90,8 @@ public final class EmbeddedPostgres: Sendable {
         self.dataDirectory = dataDirectory
         self.logFile = logFile
         self.binDirectory = binDirectory
-        self.processIdentifier = processIdentifier
-        self.childPID = childPID
+        self.processes = Mutex((childPID, processIdentifier))
+        self.launch = launch
         self.watchdog = watchdog
     }
 
@@ -113,8 +121,43 @@ public final class EmbeddedPostgres: Sendable {
         guard first else { return }
         if let id = registration.withLock({ $0 }) { RunningServers.unregister(id) }
         watchdog.cancel()
-        ChildProcess.terminate(childPID, signal: SIGINT, grace: .seconds(10), target: processIdentifier)
+        let (child, postmaster) = processes.withLock { $0 }
+        ChildProcess.terminate(child, signal: SIGINT, grace: .seconds(10), target: postmaster)
         ServerFiles.remove(directory)
+    }
+
+    /// Stops the server (fast shutdown) but keeps its data, as a database outage would; clients
+    /// see connections refused until `resume()`.
+    public func pause() async {
+        _ = try? await onDedicatedThread("EmbeddedPostgres.pause") { [self] in
+            let (child, postmaster) = processes.withLock { $0 }
+            ChildProcess.terminate(child, signal: SIGINT, grace: .seconds(10), target: postmaster)
+        }
+    }
+
+    /// Starts the server again on the same data directory and port after `pause()`.
+    public func resume() async throws {
+        try await onDedicatedThread("EmbeddedPostgres.resume") { [self] in
+            let command = launch.command
+            let pid = try ChildProcess.spawn(
+                command[0], Array(command.dropFirst()), environment: launch.environment,
+                workingDirectory: directory, outputPath: logFile, truncateOutput: false)
+            try Watchdog.recordChild(pid, in: directory)
+            switch Self.waitUntilReady(
+                pid: pid, port: port, superuser: superuser, dataDirectory: dataDirectory, pgIsReady: launch.pgIsReady,
+                environment: launch.environment, deadline: .now + .seconds(60))
+            {
+            case .ready:
+                let postmaster = Self.postmasterPID(dataDirectory) ?? pid
+                if postmaster != pid { try Watchdog.recordChild(postmaster, in: directory) }
+                processes.withLock { $0 = (pid, postmaster) }
+            case .exited(let exit):
+                throw EmbeddedServerError("PostgreSQL exited while resuming (\(exit)); log tail:\n\(ServerFiles.tail(logFile))")
+            case .timedOut:
+                ChildProcess.terminate(pid, signal: SIGKILL, grace: .seconds(5))
+                throw EmbeddedServerError("PostgreSQL did not become ready again; log tail:\n\(ServerFiles.tail(logFile))")
+            }
+        }
     }
 
     private static let sharedServer = ProcessWideInstance<EmbeddedPostgres>()
@@ -228,7 +271,8 @@ public final class EmbeddedPostgres: Sendable {
                 let server = EmbeddedPostgres(
                     port: port, superuser: options.superuser, directory: directory,
                     dataDirectory: dataDirectory, logFile: logFile, binDirectory: binaries.directory,
-                    processIdentifier: postmaster, childPID: pid, watchdog: watchdog
+                    processIdentifier: postmaster, childPID: pid, watchdog: watchdog,
+                    launch: Launch(command: command, environment: environment, pgIsReady: binaries.pgIsReady)
                 )
                 let id = RunningServers.register { server.stop() }
                 server.registration.withLock { $0 = id }

@@ -22,6 +22,11 @@ deps:
 	    exit 1; \
 	  fi; \
 	fi
+	@# The OpenAPI conformance test checks real responses with a Python validator.
+	@python3 -c 'import yaml, openapi_schema_validator' 2>/dev/null || { \
+	  echo "installing the Python packages pyyaml and openapi-schema-validator"; \
+	  python3 -m pip install --quiet pyyaml openapi-schema-validator; \
+	}
 
 build: deps
 	$(SWIFT) build

@@ -1,0 +1,86 @@
+import EventStore
+import EventlineTestSupport
+import Foundation
+import HTTPServer
+import HTTPTypes
+import HummingbirdTesting
+import Synchronization
+import Testing
+
+/// Real responses, recorded for the OpenAPI check.
+final class ResponseLog: Sendable {
+    struct Entry: Codable, Sendable {
+        var method: String
+        var path: String
+        var status: Int
+        var contentType: String
+        var body: String
+    }
+
+    private let entries = Mutex<[Entry]>([])
+
+    func record(_ method: HTTPRequest.Method, _ template: String, _ response: TestResponse) {
+        let entry = Entry(
+            method: method.rawValue, path: template, status: Int(response.status.code),
+            contentType: response.headers[.contentType] ?? "", body: response.text)
+        entries.withLock { $0.append(entry) }
+    }
+
+    func write(to path: String) throws {
+        try JSONEncoder().encode(entries.withLock { $0 }).write(to: URL(fileURLWithPath: path))
+    }
+}
+
+@Suite("OpenAPI conformance")
+struct OpenAPITests {
+    @Test("real responses of every route, successes and errors, validate against Schemas/openapi.yaml")
+    func responsesMatchTheSpec() async throws {
+        let server = try await TestServer.make("openapi") { $0.maxBodySize = 2048 }
+        let log = ResponseLog()
+        try await server.run { client in
+            func call(_ method: HTTPRequest.Method, _ uri: String, _ template: String, json: String? = nil, contentType: String? = "application/json", headers: HTTPFields = [:]) async throws {
+                log.record(method, template, try await client.send(method, uri, json: json, headers: headers, contentType: contentType))
+            }
+            let command = "/v1/commands/{category}/{id}"
+            try await call(.post, "/v1/commands/account/1", command, json: #"{"type":"OpenAccount","data":{"owner":"Ada","currency":"EUR"}}"#)
+            try await call(.post, "/v1/commands/account/1", command, json: #"{"type":"DepositMoney","data":{"amount":5},"expectedVersion":1}"#)
+            try await call(.post, "/v1/commands/account/1", command, json: #"{"type":"DepositMoney","data":{"amount":5},"expectedVersion":1}"#)
+            try await call(.post, "/v1/commands/account/1", command, json: #"{"type":"WithdrawMoney","data":{"amount":500}}"#)
+            try await call(.post, "/v1/commands/account/1", command, json: #"{"type":"Teleport","data":{}}"#)
+            try await call(.post, "/v1/commands/account/1", command, json: #"{"type":"DepositMoney","data":{"amount":"x"}}"#)
+            try await call(.post, "/v1/commands/rocket/1", command, json: #"{"type":"Launch","data":{}}"#)
+            try await call(.post, "/v1/commands/account/1", command, json: "{oops")
+            try await call(.post, "/v1/commands/account/1", command, json: "{}", contentType: "text/plain")
+            try await call(.post, "/v1/commands/account/1", command, json: #"{"type":"\#(String(repeating: "x", count: 3000))"}"#)
+            let key: HTTPFields = [HTTPField.Name("Idempotency-Key")!: "k1"]
+            try await call(.post, "/v1/commands/account/1", command, json: #"{"type":"DepositMoney","data":{"amount":1}}"#, headers: key)
+            try await call(.post, "/v1/commands/account/1", command, json: #"{"type":"DepositMoney","data":{"amount":2}}"#, headers: key)
+
+            let append = "/v1/streams/{stream}/events"
+            try await call(.post, "/v1/streams/notes-1/events", append, json: #"{"expectedVersion":"noStream","events":[{"type":"Noted","data":{"n":1},"metadata":{"user":"ops"}}]}"#)
+            try await call(.post, "/v1/streams/notes-1/events", append, json: #"{"expectedVersion":5,"events":[{"type":"Noted","data":{}}]}"#)
+            try await call(.post, "/v1/streams/notes-1/events", append, json: #"{"events":[]}"#)
+
+            let read = "/v1/streams/{stream}"
+            try await call(.get, "/v1/streams/account-1?limit=1", read)
+            try await call(.get, "/v1/streams/account-1?direction=backward", read)
+            try await call(.get, "/v1/streams/missing-1", read)
+            try await call(.get, "/v1/streams/account-1?limit=0", read)
+            try await call(.get, "/v1/events?after=0&limit=2", "/v1/events")
+            try await call(.get, "/v1/events?category=notes&type=Noted", "/v1/events")
+            try await call(.get, "/v1/events?after=-1", "/v1/events")
+            try await call(.get, "/health/live", "/health/live")
+            try await call(.get, "/health/ready", "/health/ready")
+            try await call(.get, "/metrics", "/metrics")
+            try await call(.get, "/openapi.yaml", "/openapi.yaml")
+        }
+        let responses = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-responses-\(UUID()).json").path
+        defer { try? FileManager.default.removeItem(atPath: responses) }
+        try log.write(to: responses)
+        let output = try await runProgram("/usr/bin/env", [
+            "python3", Repository.root + "/Tests/HTTPServerTests/validate_openapi.py", Repository.root + "/Schemas/openapi.yaml", responses,
+        ])
+        #expect(output.status == 0, "\(output.stdout)\(output.stderr)")
+        #expect(output.stdout.contains("26 responses checked, 0 failures"), "\(output.stdout)\(output.stderr)")
+    }
+}

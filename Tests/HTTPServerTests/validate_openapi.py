@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Checks recorded HTTP responses against Schemas/openapi.yaml.
+
+Usage: validate_openapi.py SPEC RESPONSES_JSON
+RESPONSES_JSON is a list of {"method", "path" (the route template), "status", "contentType", "body"}.
+Every response must be documented for its route, method, status and content type, and its body
+must validate against the documented schema (OpenAPI 3.0 rules: nullable, additionalProperties).
+Prints one line per failure and exits 1 if there is any.
+"""
+import json
+import sys
+
+import yaml
+from openapi_schema_validator import OAS30Validator
+
+
+def resolve(node, root):
+    """Inlines every local $ref, so that the validator sees one self-contained schema."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = root
+            for part in node["$ref"].lstrip("#/").split("/"):
+                target = target[part]
+            return resolve(target, root)
+        return {key: resolve(value, root) for key, value in node.items()}
+    if isinstance(node, list):
+        return [resolve(item, root) for item in node]
+    return node
+
+
+def main():
+    spec = yaml.safe_load(open(sys.argv[1]))
+    spec = resolve(spec, spec)
+    responses = json.load(open(sys.argv[2]))
+    failures = []
+    for item in responses:
+        where = f'{item["method"]} {item["path"]} -> {item["status"]}'
+        operation = spec["paths"].get(item["path"], {}).get(item["method"].lower())
+        if operation is None:
+            failures.append(f"{where}: route not documented")
+            continue
+        documented = operation["responses"].get(str(item["status"]))
+        if documented is None:
+            failures.append(f"{where}: status not documented")
+            continue
+        media = item["contentType"].split(";")[0].strip()
+        content = documented.get("content", {})
+        if media not in content:
+            failures.append(f"{where}: content type {media} not documented ({', '.join(content)})")
+            continue
+        schema = content[media].get("schema", {})
+        body = item["body"]
+        if media.endswith("json"):
+            try:
+                body = json.loads(body)
+            except ValueError as error:
+                failures.append(f"{where}: body is not JSON: {error}")
+                continue
+        errors = sorted(OAS30Validator(schema).iter_errors(body), key=str)
+        for error in errors[:3]:
+            failures.append(f"{where}: {error.message} at {list(error.absolute_path)}")
+    for failure in failures:
+        print(failure)
+    print(f"{len(responses)} responses checked, {len(failures)} failures")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -108,7 +108,11 @@ let package = Package(
 
         .executableTarget(
             name: "eventline-bench",
-            dependencies: ["EventStore", "PostgresClient", "EmbeddedServers"],
+            dependencies: [
+                "EventStore", "PostgresClient", "EmbeddedServers", "HTTPServer", "Aggregates", "BankDomain",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Benchmarks/AppendBenchmark",
             swiftSettings: swiftSettings
         ),

@@ -68,6 +68,11 @@ struct AppendBenchmark {
         try await Migrator(databaseURL: url, migrations: Migration.load(from: migrations)).migrate()
 
         try await createPgbenchTable(url: url)
+        log("preparing 10,000 accounts, one of 10,000 events and one of 10…")
+        try await HTTPBenchmark.prepare(url: url)
+        let port = try freePort()
+        let (serverTask, serverStore) = try await HTTPBenchmark.start(url: url, port: port)
+        var e: [Sample] = [], f: [Sample] = [], g: [Sample] = [], h: [Sample] = []
         // The machine is shared and noisy: the runs are interleaved, round after round, and
         // each figure is the median over the rounds; ratios compare medians of one run.
         var a: [Sample] = [], b: [Sample] = [], c: [Sample] = []
@@ -76,11 +81,30 @@ struct AppendBenchmark {
             a.append(try await runPgbench(server: server, options: options))
             b.append(try await runAppends(url: url, options: options, eventsPerAppend: 1))
             c.append(try await runAppends(url: url, options: options, eventsPerAppend: 10))
+            log("(e) HTTP DepositMoney: 16 wrk connections on 10,000 accounts, \(options.seconds) s…")
+            let http = try await HTTPBenchmark.wrk(port: port, connections: options.clients, seconds: options.seconds, script: HTTPBenchmark.depositScript)
+            if http.errors > 0 { throw BenchError("wrk saw \(http.errors) non-2xx responses") }
+            e.append(Sample(eventsPerSecond: http.rate, p50: http.p50, p99: http.p99))
+            let live = try await HTTPBenchmark.wrk(port: port, connections: options.clients, seconds: 5, script: "wrk.path = \"/health/live\"")
+            h.append(Sample(eventsPerSecond: live.rate, p50: live.p50, p99: live.p99))
+            log("(f, g) one client on the 10-event and the 10,000-event account…")
+            for (id, into) in [("short", 0), ("long", 1)] {
+                let single = try await HTTPBenchmark.wrk(port: port, connections: 1, seconds: 5, script: HTTPBenchmark.singleAccountScript(id))
+                let sample = Sample(eventsPerSecond: single.rate, p50: single.p50, p99: single.p99)
+                if into == 0 { f.append(sample) } else { g.append(sample) }
+            }
         }
+        serverTask.cancel()
+        _ = try? await serverTask.value
+        await serverStore.shutdown()
         let rows: [(String, [Sample])] = [
             ("(a) pgbench, 1 INSERT per transaction", a),
             ("(b) Eventline, 1 event per append", b),
             ("(c) Eventline, 10 events per append", c),
+            ("(e) HTTP DepositMoney, 16 connections, 10,000 accounts (commands/s)", e),
+            ("(f) HTTP DepositMoney, 1 connection, a 10-event account", f),
+            ("(g) HTTP DepositMoney, 1 connection, a 10,000-event account", g),
+            ("(h) HTTP GET /health/live, 16 connections (the HTTP stack alone)", h),
         ]
         let baseline = median(a.map(\.eventsPerSecond))!
         print("")
@@ -101,6 +125,28 @@ struct AppendBenchmark {
             median(b.map(\.eventsPerSecond))! / baseline, ratios.map { String(format: "%.2f", $0) }.joined(separator: ", "),
             median(b.compactMap(\.p99)) ?? 0))
         print("pgbench latency column: average, not p50/p99 (pgbench -T prints no percentiles).")
+        let httpRatio = median(e.map(\.eventsPerSecond))! / median(b.map(\.eventsPerSecond))!
+        print(String(
+            format: "HTTP: e/b = %.2f (target ≥ 0.60); (e) p99 = %.2f ms (target < 25 ms); g/f p50 = %.2f (target ≤ 1.5).",
+            httpRatio, median(e.compactMap(\.p99)) ?? 0, (median(g.compactMap(\.p50)) ?? 0) / (median(f.compactMap(\.p50)) ?? 1)))
+        print("wrk runs on the same two cores as the server and PostgreSQL.")
+    }
+
+    /// A free TCP port on 127.0.0.1 (bound, read back, released).
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw BenchError("socket failed") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw BenchError("cannot bind a port") }
+        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     static func median(_ values: [Double]) -> Double? {

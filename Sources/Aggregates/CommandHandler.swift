@@ -88,9 +88,15 @@ public final class CommandHandler<A: Aggregate>: Sendable {
         _ stream: StreamName, _ command: A.Command, expectedVersion: Int?, metadata metadataJSON: Data
     ) async throws -> CommandOutcome {
         var attempt = 0
+        var fresh = false
         while true {
             attempt += 1
-            let (state, version) = try await load(stream)
+            // The cached state is trusted without a read: the append below names its version, so
+            // a state made stale by another process is caught as a conflict and reloaded.
+            var (state, version) = try await load(stream, readLog: fresh)
+            if let expectedVersion, expectedVersion != version, !fresh {
+                (state, version) = try await load(stream, readLog: true)
+            }
             if let expectedVersion, expectedVersion != version {
                 throw EventStoreError(
                     code: .wrongExpectedVersion,
@@ -113,6 +119,7 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                 return CommandOutcome(stream: result.stream, version: result.version, position: result.position, events: result.events)
             } catch let error as EventStoreError where error.code == .wrongExpectedVersion {
                 forget(stream.rawValue)
+                fresh = true
                 guard expectedVersion == nil, attempt < configuration.maxAttempts else { throw error }
                 // Jittered backoff, so that racing writers of one stream spread out.
                 let ceiling = min(100, 1 << min(attempt, 7))
@@ -121,12 +128,14 @@ public final class CommandHandler<A: Aggregate>: Sendable {
         }
     }
 
-    /// The current state and version of `stream`.
-    public func load(_ stream: StreamName) async throws -> (state: A.State, version: Int) {
+    /// The current state and version of `stream`. With `readLog` false, a cached state is
+    /// returned as it is (it is current unless another process has written since).
+    public func load(_ stream: StreamName, readLog: Bool = true) async throws -> (state: A.State, version: Int) {
         var state = A.initialState
         var version = 0
         if let cached = cache.withLock({ $0[stream.rawValue] }) {
             (state, version) = (cached.state, cached.version)
+            if !readLog { return (state, version) }
         } else if let snapshot = try await store.loadSnapshot(stream.rawValue), snapshot.stateVersion == A.stateVersion,
             let decoded = try? JSONDecoder().decode(A.State.self, from: snapshot.data)
         {

@@ -71,11 +71,18 @@ final class LogWriter: Sendable {
     private let arrivals = NSCondition()
     private let groupWindow: Duration
     private let counters = Mutex(Statistics())
-    private let observer = Mutex<(@Sendable (_ appends: Int, _ events: Int) -> Void)?>(nil)
+    /// Boxed: a closure kept directly in a `Mutex` is re-abstracted (wrapped in one more thunk)
+    /// on every `withLock`, which nests without bound and overflows the stack.
+    private final class Observer: Sendable {
+        let call: @Sendable (_ appends: Int, _ events: Int) -> Void
+        init(_ call: @escaping @Sendable (_ appends: Int, _ events: Int) -> Void) { self.call = call }
+    }
+    private let observer = Mutex<Observer?>(nil)
 
     /// Calls `observer` after every committed group with its numbers of appends and events.
     func observeGroups(_ observer: @escaping @Sendable (_ appends: Int, _ events: Int) -> Void) {
-        self.observer.withLock { $0 = observer }
+        let box = Observer(observer)
+        self.observer.withLock { $0 = box }
     }
     private let maxBatchEvents: Int
     private let logger: Logger
@@ -428,7 +435,7 @@ final class LogWriter: Sendable {
             counters.appends += appends.count
             counters.events += rows.count
         }
-        observer.withLock { $0 }?(appends.count, rows.count)
+        observer.withLock { $0 }?.call(appends.count, rows.count)
         return outcomes
     }
 

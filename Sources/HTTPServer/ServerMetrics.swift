@@ -13,21 +13,45 @@ public final class ServerMetrics: Sendable {
         .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5),
     ]
 
-    public init() {}
+    public init() {
+        groupAppends = registry.makeValueHistogram(
+            name: "eventline_group_commit_appends", buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
+        groupEvents = registry.makeValueHistogram(name: "eventline_group_commit_events", buckets: [1, 4, 16, 64, 256, 1024, 4096])
+    }
+
+    private struct RequestSeries: Hashable {
+        var method: String
+        var route: String
+        var status: Int
+    }
+
+    /// The counter and histogram of each series, made once (the registry's own look-up builds
+    /// label strings on every call).
+    private let series = Mutex<[RequestSeries: (Counter, DurationHistogram)]>([:])
 
     func recordRequest(method: String, route: String, status: Int, duration: Duration) {
-        let labels = [("method", method), ("route", route), ("status", String(status))]
-        registry.makeCounter(name: "eventline_http_requests_total", labels: labels).increment()
-        registry.makeDurationHistogram(name: "eventline_http_request_duration_seconds", labels: labels, buckets: buckets)
-            .recordNanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+        let key = RequestSeries(method: method, route: route, status: status)
+        let metrics = series.withLock { series in
+            if let existing = series[key] { return existing }
+            let labels = [("method", method), ("route", route), ("status", String(status))]
+            let made = (
+                registry.makeCounter(name: "eventline_http_requests_total", labels: labels),
+                registry.makeDurationHistogram(name: "eventline_http_request_duration_seconds", labels: labels, buckets: buckets)
+            )
+            series[key] = made
+            return made
+        }
+        metrics.0.increment()
+        metrics.1.recordNanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
     }
+
+    private let groupAppends: ValueHistogram
+    private let groupEvents: ValueHistogram
 
     /// Records a group commit's size (the store calls this for every group).
     func recordGroup(appends: Int, events: Int) {
-        registry.makeValueHistogram(name: "eventline_group_commit_appends", buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
-            .record(Double(appends))
-        registry.makeValueHistogram(name: "eventline_group_commit_events", buckets: [1, 4, 16, 64, 256, 1024, 4096])
-            .record(Double(events))
+        groupAppends.record(Double(appends))
+        groupEvents.record(Double(events))
     }
 
     /// The Prometheus text exposition, with the store's counters read now.

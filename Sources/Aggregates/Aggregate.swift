@@ -11,8 +11,17 @@ public protocol TypedJSON: Sendable {
     /// Decodes a value of type `typeName` from `data`; nil when the type name is unknown.
     /// Throws `DecodingError` (with the offending field's path) when the data does not fit.
     static func decode(typeName: String, data: Data) throws -> Self?
+    /// Decodes from JSON already parsed by `JSONSerialization` (the HTTP layer has parsed the
+    /// request); by default it is encoded again and given to `decode(typeName:data:)`.
+    static func decode(typeName: String, json: Any) throws -> Self?
     /// Every type name this type knows.
     static var typeNames: [String] { get }
+}
+
+extension TypedJSON {
+    public static func decode(typeName: String, json: Any) throws -> Self? {
+        try decode(typeName: typeName, data: JSONSerialization.data(withJSONObject: json, options: [.fragmentsAllowed]))
+    }
 }
 
 /// A broken business rule: the command is refused and nothing is written. `code` is stable and

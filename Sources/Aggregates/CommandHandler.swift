@@ -78,7 +78,7 @@ public final class CommandHandler<A: Aggregate>: Sendable {
         id: String, command: A.Command, expectedVersion: Int? = nil, metadata: [String: JSONValue] = [:]
     ) async throws -> CommandOutcome {
         let stream = try stream(for: id)
-        let metadataJSON = try JSONEncoder().encode(metadata)
+        let metadataJSON = JSONValue.jsonData(metadata)
         return try await streamLocks.withLock(stream.rawValue) {
             try await decideAndAppend(stream, command, expectedVersion: expectedVersion, metadata: metadataJSON)
         }

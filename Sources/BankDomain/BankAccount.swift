@@ -107,7 +107,10 @@ public enum BankAccount: Aggregate {
 enum BankWire {
     /// The members of a JSON object; with `allowed`, any other member is an error.
     static func fields(_ data: Data, allowed: Set<String>?) throws -> [String: Any] {
-        let object = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+        try fields(JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]), allowed: allowed)
+    }
+
+    static func fields(_ object: Any, allowed: Set<String>?) throws -> [String: Any] {
         guard let fields = object as? [String: Any] else {
             throw DecodingError.typeMismatch(
                 [String: Any].self, .init(codingPath: [], debugDescription: "the data must be a JSON object"))
@@ -135,23 +138,23 @@ enum BankWire {
         guard let number = value as? NSNumber, String(cString: number.objCType) != "c" else {
             throw DecodingError.typeMismatch(Int64.self, .init(codingPath: [WireKey(key)], debugDescription: "\(key) must be an integer"))
         }
-        // Whole numbers only, within 64 bits (a large decimal must not round its way in).
+        let outOfRange = DecodingError.dataCorrupted(.init(
+            codingPath: [WireKey(key)], debugDescription: "must be an integer between \(Int64.min) and \(Int64.max)"))
+        // Whole numbers only, within 64 bits: integers as parsed, decimals and doubles only when exact.
         if let decimal = number as? NSDecimalNumber {
-            guard let exact = Int64(decimal.stringValue) else {
-                throw DecodingError.dataCorrupted(.init(
-                    codingPath: [WireKey(key)], debugDescription: "must be an integer between \(Int64.min) and \(Int64.max)"))
-            }
+            guard let exact = Int64(decimal.stringValue) else { throw outOfRange }
             return exact
         }
-        let double = number.doubleValue
-        guard double.rounded() == double, let exact = Int64(exactly: double) else {
-            throw DecodingError.dataCorrupted(.init(
-                codingPath: [WireKey(key)], debugDescription: "must be an integer between \(Int64.min) and \(Int64.max)"))
+        switch String(cString: number.objCType) {
+        case "c", "s", "i", "l", "q": return number.int64Value
+        case "C", "S", "I", "L", "Q":
+            guard let exact = Int64(exactly: number.uint64Value) else { throw outOfRange }
+            return exact
+        default:
+            let double = number.doubleValue
+            guard double.rounded() == double, let exact = Int64(exactly: double) else { throw outOfRange }
+            return exact
         }
-        if abs(double) >= 9_007_199_254_740_992, let precise = number as? Int64 ?? Int64(exactly: number.int64Value) {
-            return precise  // beyond 2^53 the double is not exact; the integer NSNumber is
-        }
-        return exact
     }
 
     static func quote(_ text: String) -> String {
@@ -197,16 +200,21 @@ extension BankAccount.Command: TypedJSON {
     }
 
     public static func decode(typeName: String, data: Data) throws -> Self? {
+        guard typeNames.contains(typeName) else { return nil }
+        return try decode(typeName: typeName, json: JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]))
+    }
+
+    public static func decode(typeName: String, json: Any) throws -> Self? {
         switch typeName {
         case "OpenAccount":
-            let fields = try BankWire.fields(data, allowed: ["owner", "currency"])
+            let fields = try BankWire.fields(json, allowed: ["owner", "currency"])
             return .openAccount(owner: try BankWire.string(fields, "owner"), currency: try BankWire.string(fields, "currency"))
         case "DepositMoney":
-            return .depositMoney(amount: try BankWire.int64(BankWire.fields(data, allowed: ["amount"]), "amount"))
+            return .depositMoney(amount: try BankWire.int64(BankWire.fields(json, allowed: ["amount"]), "amount"))
         case "WithdrawMoney":
-            return .withdrawMoney(amount: try BankWire.int64(BankWire.fields(data, allowed: ["amount"]), "amount"))
+            return .withdrawMoney(amount: try BankWire.int64(BankWire.fields(json, allowed: ["amount"]), "amount"))
         case "CloseAccount":
-            _ = try BankWire.fields(data, allowed: [])
+            _ = try BankWire.fields(json, allowed: [])
             return .closeAccount
         default:
             return nil

@@ -49,7 +49,7 @@ struct Routes: Sendable {
             }
             let expectedVersion = try JSONIO.integer(body, "expectedVersion", range: 0...Int(Int64.max))
             let metadata = try metadataFields(body["metadata"], requestID: context.requestID)
-            guard let outcome = try await entry.handle(id, type, try JSONIO.encode(data), expectedVersion, metadata) else {
+            guard let outcome = try await entry.handle(id, type, ParsedJSON(data), expectedVersion, metadata) else {
                 throw Problem(
                     .unprocessableContent, "unknown-command-type", "Unknown command type",
                     detail: "\(category) accepts \(entry.commandTypes.joined(separator: ", ")), not \(type)",
@@ -243,4 +243,11 @@ struct Routes: Sendable {
             throw Problem.unavailable("the database is not reachable")
         }
     }
+}
+
+/// A JSON object parsed by Foundation, handed to a command decoder on the same request. The
+/// parsed tree is immutable once made, so crossing into the handler is safe.
+struct ParsedJSON: @unchecked Sendable {
+    let value: Any
+    init(_ value: Any) { self.value = value }
 }

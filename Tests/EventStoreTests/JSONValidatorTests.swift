@@ -57,3 +57,16 @@ struct JSONValidatorTests {
         }
     }
 }
+
+@Suite("JSONValue text")
+struct JSONValueTextTests {
+    @Test("hand-written JSON round-trips through Foundation's parser")
+    func roundTrip() throws {
+        let value: JSONValue = ["s": "a\"b\\c\n\u{1}é😀", "n": 42, "f": 2.5, "neg": -7, "b": true, "z": nil, "a": [1, "x", ["k": false]]]
+        let text = value.jsonText
+        #expect(JSONValidator.isValid(Data(text.utf8)))
+        let parsed = try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+        #expect(parsed == value)
+        #expect(JSONValue.object(["b": 1, "a": 2]).jsonText == #"{"a":2,"b":1}"#)
+    }
+}

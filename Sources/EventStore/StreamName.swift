@@ -14,7 +14,8 @@ public struct StreamName: Sendable, Hashable, CustomStringConvertible, Expressib
     /// normalised to Unicode NFC: Swift compares strings by canonical equivalence and
     /// PostgreSQL compares bytes, so two spellings of one name must become one byte sequence.
     public init(_ rawValue: String) throws(EventStoreError) {
-        let normalized = rawValue.precomposedStringWithCanonicalMapping
+        // ASCII is already NFC; only other text pays for Foundation's normalisation.
+        let normalized = rawValue.utf8.allSatisfy { $0 < 0x80 } ? rawValue : rawValue.precomposedStringWithCanonicalMapping
         if let problem = Self.problem(with: normalized) {
             throw .invalidStreamName(rawValue, reason: problem)
         }
@@ -51,7 +52,10 @@ public struct StreamName: Sendable, Hashable, CustomStringConvertible, Expressib
     public static func problem(with name: String) -> String? {
         if name.isEmpty { return "the name is empty" }
         if name.utf8.count > maxLength { return "the name is longer than \(maxLength) bytes" }
-        if name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0.value == 0x7F }) {
+        let ascii = name.utf8.allSatisfy { $0 < 0x80 }
+        if ascii ? name.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F })
+            : name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0.value == 0x7F })
+        {
             return "the name contains a control character"
         }
         if name.unicodeScalars.first == "-" { return "the category (the part before the first '-') is empty" }

@@ -1,7 +1,7 @@
 # Eventline — the two commands that matter: `make test` and `make run`.
 SWIFT ?= swift
 # What the build, the tests and `make run` need from Debian.
-PACKAGES := pkg-config libpq-dev liblz4-dev lz4 postgresql redis-server
+PACKAGES := pkg-config libpq-dev liblz4-dev lz4 postgresql redis-server curl
 BENCH_SECONDS ?= 20
 
 .PHONY: deps build test run bench clean

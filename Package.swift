@@ -136,8 +136,9 @@ let package = Package(
         .testTarget(
             name: "HTTPServerTests",
             dependencies: [
-                "HTTPServer", "BankDomain", "EventStore", "EventlineTestSupport",
+                "HTTPServer", "BankDomain", "EventStore", "EventlineTestSupport", "EmbeddedServers",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),

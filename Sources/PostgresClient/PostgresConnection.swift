@@ -262,8 +262,10 @@ public final class PostgresConnection {
         let syncStatus = PQresultStatus(sync)
         PQclear(sync)
         guard syncStatus == PGRES_PIPELINE_SYNC else {
-            if PQstatus(conn) != CONNECTION_OK { throw connectionError(sql: "") }
-            throw PostgresError(code: .protocolViolation, message: "expected the pipeline sync point")
+            // No sync point: the server ended the session mid-pipeline (a shutdown sends its
+            // FATAL error before libpq has seen the socket close). The session is unusable.
+            throw PostgresError(
+                code: .connectionClosed, message: "the connection to PostgreSQL was lost during a pipeline")
         }
         guard PQexitPipelineMode(conn) == 1 else {
             throw PostgresError(code: .protocolViolation, message: "cannot leave pipeline mode: \(Self.trimmed(PQerrorMessage(conn)))")

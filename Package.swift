@@ -67,7 +67,7 @@ let package = Package(
             dependencies: ["EventStore", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
-        .target(name: "BankDomain", dependencies: ["Aggregates"], swiftSettings: swiftSettings),
+        .target(name: "BankDomain", dependencies: ["Aggregates", "EventStore"], swiftSettings: swiftSettings),
 
         // The HTTP API: commands, streams, the log, health and metrics.
         .target(

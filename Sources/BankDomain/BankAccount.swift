@@ -1,4 +1,5 @@
 import Aggregates
+import EventStore
 import Foundation
 
 /// The sample domain: bank accounts in stream category `account`, amounts in minor units.
@@ -157,10 +158,7 @@ enum BankWire {
         }
     }
 
-    static func quote(_ text: String) -> String {
-        let data = (try? JSONSerialization.data(withJSONObject: [text], options: [.withoutEscapingSlashes])) ?? Data("[\"\"]".utf8)
-        return String(decoding: data.dropFirst().dropLast(), as: UTF8.self)
-    }
+    static func quote(_ text: String) -> String { JSONValue.quoted(text) }
 
     static func opened(owner: String, currency: String) -> Data {
         Data(#"{"currency":\#(quote(currency)),"owner":\#(quote(owner))}"#.utf8)

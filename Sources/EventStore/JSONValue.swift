@@ -105,6 +105,13 @@ extension JSONValue {
         }
     }
 
+    /// `text` as a JSON string literal (quotes and escapes added).
+    public static func quoted(_ text: String) -> String {
+        var out = ""
+        quote(text, into: &out)
+        return out
+    }
+
     private static func quote(_ text: String, into out: inout String) {
         out += "\""
         for scalar in text.unicodeScalars {

@@ -18,10 +18,7 @@ enum EventPrinter {
         return "\(event.position)\t\(event.stream)@\(event.version)\t\(event.type)\t\(data)"
     }
 
-    static func quote(_ text: String) -> String {
-        let data = (try? JSONEncoder().encode(text)) ?? Data("\"\"".utf8)
-        return String(decoding: data, as: UTF8.self)
-    }
+    static func quote(_ text: String) -> String { JSONValue.quoted(text) }
 }
 
 /// What `status` says about the server.

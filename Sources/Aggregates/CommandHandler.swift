@@ -136,24 +136,38 @@ public final class CommandHandler<A: Aggregate>: Sendable {
         if let cached = cache.withLock({ $0[stream.rawValue] }) {
             (state, version) = (cached.state, cached.version)
             if !readLog { return (state, version) }
-        } else if let snapshot = try await store.loadSnapshot(stream.rawValue), snapshot.stateVersion == A.stateVersion,
-            let decoded = try? JSONDecoder().decode(A.State.self, from: snapshot.data)
-        {
-            // A snapshot of another shape, or one that no longer decodes, is ignored: the log is the truth.
-            (state, version) = (decoded, snapshot.version)
+        } else {
+            // Cold: the snapshot and the first page of events after it in one round trip.
+            let loaded = try await store.readForLoad(stream.rawValue, stateVersion: A.stateVersion, limit: configuration.loadPageSize)
+            var page = loaded.events
+            if let snapshot = loaded.snapshot, let decoded = try? JSONDecoder().decode(A.State.self, from: snapshot.data) {
+                (state, version) = (decoded, snapshot.version)
+            } else if loaded.snapshot != nil || loaded.snapshotUnusable {
+                // A snapshot that no longer decodes is ignored: the log is the truth.
+                page = try await store.readStream(stream.rawValue, from: 1, limit: configuration.loadPageSize)
+            }
+            for recorded in page {
+                state = try apply(recorded, to: state, in: stream)
+                version = recorded.version
+            }
+            if page.count < configuration.loadPageSize { return (state, version) }
         }
         while true {
             let page = try await store.readStream(stream.rawValue, from: version + 1, limit: configuration.loadPageSize)
             for recorded in page {
-                guard let event = try A.Event.decode(typeName: recorded.type, data: recorded.data) else {
-                    throw AggregateError(message: "stream \(stream) holds an event of unknown type \(recorded.type) at version \(recorded.version)")
-                }
-                state = A.evolve(state, event)
+                state = try apply(recorded, to: state, in: stream)
                 version = recorded.version
             }
             if page.count < configuration.loadPageSize { break }
         }
         return (state, version)
+    }
+
+    private func apply(_ recorded: RecordedEvent, to state: A.State, in stream: StreamName) throws -> A.State {
+        guard let event = try A.Event.decode(typeName: recorded.type, data: recorded.data) else {
+            throw AggregateError(message: "stream \(stream) holds an event of unknown type \(recorded.type) at version \(recorded.version)")
+        }
+        return A.evolve(state, event)
     }
 
     private func remember(_ stream: String, _ entry: Cached) {

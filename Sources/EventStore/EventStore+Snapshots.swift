@@ -52,3 +52,49 @@ extension EventStore {
         }
     }
 }
+
+extension EventStore {
+    /// What loading an aggregate needs, in one statement (one round trip, one consistent view):
+    /// the latest snapshot of shape `stateVersion`, if any, and up to `limit` events after it.
+    /// A snapshot whose bytes cannot be decompressed is returned as nil with `snapshotUnusable`
+    /// set: the events then start after it, so the caller must read the stream from the start.
+    public func readForLoad(
+        _ stream: String, stateVersion: Int, limit: Int
+    ) async throws -> (snapshot: Snapshot?, snapshotUnusable: Bool, events: [RecordedEvent]) {
+        let name = try StreamName(stream).rawValue
+        let query: SQLQuery = """
+            WITH s AS (SELECT version, data FROM eventline.snapshots WHERE stream = \(name) AND state_version = \(stateVersion))
+            SELECT 0 AS part, NULL::bigint AS position, s.version, NULL::uuid AS event_id, NULL::text AS type, s.data,
+                   NULL::smallint AS codec, NULL::jsonb AS metadata, NULL::timestamptz AS recorded_at
+            FROM s
+            UNION ALL
+            SELECT 1, position, version, event_id, type, data, codec, metadata, recorded_at FROM (
+                SELECT position, version, event_id, type, data, codec, metadata, recorded_at FROM eventline.events
+                WHERE stream = \(name) AND version > coalesce((SELECT version FROM s), 0)
+                ORDER BY version LIMIT \(limit)
+            ) e
+            ORDER BY part, version
+            """
+        let result = try await translatingErrors(stream: name) {
+            try await pool.withConnection { conn in try conn.query(query) }
+        }
+        var snapshot: Snapshot? = nil
+        var unusable = false
+        var events: [RecordedEvent] = []
+        for row in result.rows {
+            if try row.decode(0, as: Int.self) == 0 {
+                if let data = try? LZ4Block.decompress(try row.decode(5, as: Data.self)) {
+                    snapshot = Snapshot(version: try row.decode(2), stateVersion: stateVersion, data: data)
+                } else {
+                    unusable = true
+                }
+                continue
+            }
+            events.append(RecordedEvent(
+                position: try row.decode(1), stream: name, version: try row.decode(2), id: try row.decode(3), type: try row.decode(4),
+                data: try PayloadCodec.decode(try row.decode(5, as: Data.self), codec: Int16(try row.decode(6, as: Int.self))),
+                metadata: try row.decode(7), recordedAt: try row.decode(8)))
+        }
+        return (snapshot, unusable, events)
+    }
+}

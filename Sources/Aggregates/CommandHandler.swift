@@ -75,17 +75,19 @@ public final class CommandHandler<A: Aggregate>: Sendable {
     /// without, conflicts with concurrent writers are retried. Throws `RuleViolation` when the
     /// aggregate refuses the command; nothing is written then.
     public func handle(
-        id: String, command: A.Command, expectedVersion: Int? = nil, metadata: [String: JSONValue] = [:]
+        id: String, command: A.Command, expectedVersion: Int? = nil, metadata: [String: JSONValue] = [:],
+        eventIDs: (@Sendable (Int) -> UUID)? = nil
     ) async throws -> CommandOutcome {
         let stream = try stream(for: id)
         let metadataJSON = JSONValue.jsonData(metadata)
         return try await streamLocks.withLock(stream.rawValue) {
-            try await decideAndAppend(stream, command, expectedVersion: expectedVersion, metadata: metadataJSON)
+            try await decideAndAppend(stream, command, expectedVersion: expectedVersion, metadata: metadataJSON, eventIDs: eventIDs)
         }
     }
 
     private func decideAndAppend(
-        _ stream: StreamName, _ command: A.Command, expectedVersion: Int?, metadata metadataJSON: Data
+        _ stream: StreamName, _ command: A.Command, expectedVersion: Int?, metadata metadataJSON: Data,
+        eventIDs: (@Sendable (Int) -> UUID)?
     ) async throws -> CommandOutcome {
         var attempt = 0
         var fresh = false
@@ -103,16 +105,40 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                     message: "version conflict on stream \(stream): expected \(expectedVersion), current version is \(version)",
                     stream: stream.rawValue, expectedVersion: .exact(expectedVersion), currentVersion: version)
             }
-            let events = try A.decide(command, state)
+            var events: [A.Event] = []
+            var refusal: RuleViolation? = nil
+            do {
+                events = try A.decide(command, state)
+            } catch {
+                refusal = error
+            }
+            if let refusal {
+                // A refusal is only an answer when decided on state read from the log: the cache
+                // may predate a write that bypassed this handler.
+                guard fresh else {
+                    fresh = true
+                    continue
+                }
+                throw refusal
+            }
             guard !events.isEmpty else {
+                if !fresh {
+                    fresh = true
+                    continue
+                }
                 return CommandOutcome(stream: stream.rawValue, version: version, position: nil, events: [])
             }
-            let newEvents = try events.map { event in
-                NewEvent(type: event.typeName, data: try event.encodedData(), metadata: metadataJSON)
+            let newEvents = try events.enumerated().map { index, event in
+                NewEvent(id: eventIDs?(index), type: event.typeName, data: try event.encodedData(), metadata: metadataJSON)
             }
             do {
                 let result = try await store.append(
                     to: stream, expected: version == 0 ? .noStream : .exact(version), events: newEvents)
+                if result.wasAlreadyAppended {
+                    // An earlier run of this very request committed these events.
+                    forget(stream.rawValue)
+                    return CommandOutcome(stream: result.stream, version: result.version, position: result.position, events: result.events)
+                }
                 let newState = events.reduce(state, A.evolve)
                 remember(stream.rawValue, Cached(version: result.version, state: newState))
                 snapshotIfDue(stream.rawValue, from: version, to: result.version, state: newState)

@@ -139,6 +139,10 @@ public final class EventStore: Sendable {
             guard JSONValidator.isObject(event.metadata) else {
                 throw .invalidEvent("\(label): metadata is not a JSON object", stream: stream.rawValue)
             }
+            // jsonb cannot hold the NUL character; refuse it here rather than fail the group's statement.
+            if event.metadata.range(of: Data(#"\u0000"#.utf8)) != nil {
+                throw .invalidEvent("\(label): metadata contains \\u0000, which PostgreSQL's jsonb cannot store", stream: stream.rawValue)
+            }
             let (stored, codec) = PayloadCodec.encode(event.data, threshold: configuration.compressionThreshold)
             prepared.append(PreparedEvent(
                 id: event.id, type: event.type, storedData: stored, codec: codec.rawValue, metadata: event.metadata))

@@ -71,15 +71,16 @@ public struct RateLimit: Sendable, Hashable {
     public var perSecond: Double
     public var burst: Int
 
+    /// A rate between one per day and a million per second (clamped), with a burst of 1 to 10⁶.
     public init(perSecond: Double, burst: Int) {
-        self.perSecond = perSecond
-        self.burst = max(1, burst)
+        self.perSecond = perSecond.isFinite ? min(max(perSecond, 1.0 / 86_400), 1_000_000) : 1_000_000
+        self.burst = min(max(1, burst), 1_000_000)
     }
 
     /// Parses `200/s`, `12000/m` or `100000/h`; the burst defaults to one second's worth.
     public init?(parsing text: String, burst: Int? = nil) {
         let parts = text.split(separator: "/")
-        guard parts.count == 2, let count = Double(parts[0]), count > 0 else { return nil }
+        guard parts.count == 2, let count = Double(parts[0]), count.isFinite, count > 0, count <= 1e9 else { return nil }
         let seconds: Double
         switch parts[1] {
         case "s": seconds = 1
@@ -87,7 +88,7 @@ public struct RateLimit: Sendable, Hashable {
         case "h": seconds = 3600
         default: return nil
         }
-        self.init(perSecond: count / seconds, burst: burst ?? max(1, Int(count / seconds)))
+        self.init(perSecond: count / seconds, burst: burst ?? max(1, Int(min(count / seconds, 1_000_000))))
     }
 }
 

@@ -7,7 +7,10 @@ public struct CommandRegistry: Sendable {
     /// Decodes a command of a type name from JSON data and handles it for an aggregate id.
     struct Entry: Sendable {
         var commandTypes: [String]
-        var handle: @Sendable (_ id: String, _ type: String, _ data: any Sendable, _ expectedVersion: Int?, _ metadata: [String: JSONValue])
+        var handle: @Sendable (
+            _ id: String, _ type: String, _ data: any Sendable, _ expectedVersion: Int?, _ metadata: [String: JSONValue],
+            _ eventIDs: (@Sendable (Int) -> UUID)?
+        )
             async throws -> CommandOutcome?
     }
 
@@ -17,9 +20,10 @@ public struct CommandRegistry: Sendable {
 
     /// Accepts commands for aggregate `A` at `/v1/commands/<A.category>/{id}`.
     public mutating func register<A: Aggregate>(_ handler: CommandHandler<A>) {
-        entries[A.category] = Entry(commandTypes: A.Command.typeNames) { id, type, data, expectedVersion, metadata in
+        entries[A.category] = Entry(commandTypes: A.Command.typeNames) { id, type, data, expectedVersion, metadata, eventIDs in
             guard let command = try A.Command.decode(typeName: type, json: (data as? ParsedJSON)?.value ?? data) else { return nil }
-            return try await handler.handle(id: id, command: command, expectedVersion: expectedVersion, metadata: metadata)
+            return try await handler.handle(
+                id: id, command: command, expectedVersion: expectedVersion, metadata: metadata, eventIDs: eventIDs)
         }
     }
 

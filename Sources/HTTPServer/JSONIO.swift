@@ -56,7 +56,15 @@ enum JSONIO {
         guard let decoded = raw.removingPercentEncoding else {
             throw Problem.badRequest("the \(name) in the path is not valid percent-encoding", field: name)
         }
+        try rejectControlCharacters(decoded, field: name)
         return decoded
+    }
+
+    /// Control characters (NUL above all) never belong in names, ids or filters.
+    static func rejectControlCharacters(_ value: String, field: String) throws {
+        if value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
+            throw Problem.badRequest("\(field) contains a control character", field: field)
+        }
     }
 
     static func string(_ object: [String: Any], _ field: String) throws -> String? {

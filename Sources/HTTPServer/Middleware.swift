@@ -26,6 +26,12 @@ struct RequestMiddleware: RouterMiddleware {
         var response: Response
         var limitHeaders: HTTPFields = [:]
         do {
+            // The router ignores empty path segments; scopes are decided on the path as written,
+            // so a path that is not in canonical form never reaches either.
+            let path = request.uri.path
+            if path.contains("//") || (path.count > 1 && path.hasSuffix("/")) {
+                throw Problem.notFound("no such route (the path is not in canonical form)")
+            }
             let identity = try await access.authorize(request)
             if let limiter, AccessControl.requiredScope(method: request.method, path: request.uri.path) != nil {
                 limitHeaders = try limiter.take(identity ?? context.clientAddress)

@@ -65,12 +65,16 @@ extension Problem {
         case let violation as RuleViolation:
             return (Problem(.unprocessableContent, violation.code, "The command was refused", detail: violation.message), false)
         case let error as EventStoreError:
-            return (fromStore(error), error.code == .database || error.code == .corruptEvent)
+            let problem = fromStore(error)
+            return (problem, problem.status.code >= 500 && (error.code == .database || error.code == .corruptEvent))
         case let error as DecodingError:
             return (fromDecoding(error), false)
         case let error as PostgresError:
             if error.isConnectionError || error.code == .poolTimeout || error.code == .poolClosed {
                 return (unavailable(error.message), false)
+            }
+            if error.code == .invalidParameter {
+                return (Problem(.badRequest, "invalid-request", "The request is not valid", detail: error.message), false)
             }
             return (internalError, true)
         case let error as any HTTPResponseError:
@@ -116,6 +120,8 @@ extension Problem {
             return Problem(
                 .serviceUnavailable, "commit-outcome-unknown", "The outcome is unknown", detail: error.message,
                 headers: [.retryAfter: "1"])
+        case .database where error.underlying?.code == .invalidParameter:
+            return Problem(.badRequest, "invalid-request", "The request is not valid", detail: error.underlying?.message ?? error.message)
         default:
             return internalError
         }

@@ -49,7 +49,8 @@ struct Routes: Sendable {
             }
             let expectedVersion = try JSONIO.integer(body, "expectedVersion", range: 0...Int(Int64.max))
             let metadata = try metadataFields(body["metadata"], requestID: context.requestID)
-            guard let outcome = try await entry.handle(id, type, ParsedJSON(data), expectedVersion, metadata) else {
+            let ids = request.headers[.idempotencyKey].map { Self.eventIDs(scope: "POST /v1/commands/\(category)/\(id)", key: $0) }
+            guard let outcome = try await entry.handle(id, type, ParsedJSON(data), expectedVersion, metadata, ids) else {
                 throw Problem(
                     .unprocessableContent, "unknown-command-type", "Unknown command type",
                     detail: "\(category) accepts \(entry.commandTypes.joined(separator: ", ")), not \(type)",
@@ -107,9 +108,13 @@ struct Routes: Sendable {
                 return JSONIO.response(status, data)
             } catch {
                 let (problem, _) = Problem.from(error)
-                if problem.status.code >= 500 {
+                if Self.nothingWritten(error) {
                     // Worth retrying: the next attempt with this key runs the request again.
                     try? await store.releaseIdempotencyKey(scope: scope, key: key)
+                } else if problem.status.code >= 500 {
+                    // The outcome is unknown (or storing it failed): keep the reservation. A retry
+                    // after the takeover time runs again with the same event ids, which the
+                    // store recognises, so the command is never applied twice.
                 } else {
                     // A final answer (a refused command, a conflict) is the answer to every retry too.
                     try? await store.completeIdempotencyKey(
@@ -117,6 +122,28 @@ struct Routes: Sendable {
                 }
                 throw error
             }
+        }
+    }
+
+    /// Whether `error` guarantees that the request wrote nothing (the database was not reached,
+    /// or the store refused before writing).
+    static func nothingWritten(_ error: any Error) -> Bool {
+        switch error {
+        case let error as EventStoreError: return error.code == .unavailable || error.code == .shutdown
+        case is CancellationError: return true
+        default: return false
+        }
+    }
+
+    /// Event ids derived from the idempotency key, so that re-running a request whose first run
+    /// did commit writes nothing again (the store recognises ids it already holds).
+    static func eventIDs(scope: String, key: String) -> @Sendable (Int) -> UUID {
+        { index in
+            var bytes = Array(SHA256.hash(Array("\(scope)\n\(key)\n\(index)".utf8)).prefix(16))
+            bytes[6] = (bytes[6] & 0x0F) | 0x50  // version 5 style: name-based
+            bytes[8] = (bytes[8] & 0x3F) | 0x80  // RFC 4122 variant
+            return UUID(uuid: (bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+                               bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]))
         }
     }
 
@@ -220,8 +247,9 @@ struct Routes: Sendable {
     }
 
     func rejectUnknownQuery(_ query: Hummingbird.Parameters, allowed: Set<String>) throws {
-        for (key, _) in query where !allowed.contains(String(key)) {
-            throw Problem.badRequest("unknown query parameter \(key)", field: String(key))
+        for (key, value) in query {
+            guard allowed.contains(String(key)) else { throw Problem.badRequest("unknown query parameter \(key)", field: String(key)) }
+            try JSONIO.rejectControlCharacters(String(value), field: String(key))
         }
     }
 

@@ -9,8 +9,10 @@ public struct ServerConfiguration: Sendable {
     public var maxBodySize: Int = 1 << 20
     /// How long an idempotency key's first request may stay unfinished before a retry takes it over.
     public var idempotencyTakeover: Duration = .seconds(60)
-    /// The most events a read may return.
-    public var maxReadLimit: Int = 1000
+    /// The most events a read may return (at most 9,999: a page reads one more to find `next`).
+    public var maxReadLimit: Int = 1000 {
+        didSet { maxReadLimit = min(max(1, maxReadLimit), 9_999) }
+    }
     /// Requests per client (API key, or address when the API is open); nil: no limit.
     public var rateLimit: RateLimit? = nil
     /// How often the server re-reads the API keys in force.

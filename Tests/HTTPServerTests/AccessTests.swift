@@ -86,3 +86,46 @@ struct AccessTests {
         }
     }
 }
+
+@Suite("Review findings, pinned")
+struct ReviewRegressionTests {
+    @Test("a path with an empty segment or trailing slash never slips past the scope check")
+    func nonCanonicalPaths() async throws {
+        let server = try await TestServer.make("httppaths") { $0.apiKeyRefresh = .milliseconds(100) }
+        let reader = try await server.test.store.createAPIKey(scope: .read).key
+        try await server.run { client in
+            let headers: HTTPFields = [.authorization: "Bearer \(reader)"]
+            let sneaky = try await client.send(.post, "//v1/commands/account/1", json: #"{"type":"OpenAccount","data":{"owner":"Ada","currency":"EUR"}}"#, headers: headers)
+            #expect(sneaky.status == .notFound)
+            #expect(try await client.send(.get, "/metrics/", headers: headers).status == .notFound)
+        }
+        #expect(try await server.test.store.headPosition() == 0)
+    }
+
+    @Test("control characters in paths, queries and metadata are 400, not 500")
+    func controlCharacters() async throws {
+        let server = try await TestServer.make("httpnul")
+        try await server.run { client in
+            #expect(try await client.send(.get, "/v1/events?category=%00").status == .badRequest)
+            #expect(try await client.send(.get, "/v1/events?type=a%00b").status == .badRequest)
+            let key: HTTPFields = [HTTPField.Name("Idempotency-Key")!: "k"]
+            #expect(try await client.send(.post, "/v1/streams/a%00b/events", json: #"{"events":[{"type":"T","data":{}}]}"#, headers: key).status == .badRequest)
+            #expect(try await client.send(.post, "/v1/commands/account/%00", json: #"{"type":"CloseAccount","data":{}}"#, headers: key).status == .badRequest)
+            let metadata = try await client.send(.post, "/v1/streams/m-1/events", json: #"{"events":[{"type":"T","data":{},"metadata":{"x":"\u0000"}}]}"#)
+            #expect(metadata.status == .badRequest, "\(metadata.text)")
+        }
+        #expect(try await server.test.store.headPosition() == 0)
+    }
+
+    @Test("a command is not refused on a cached state that a raw append has made stale")
+    func staleCacheRefusal() async throws {
+        let server = try await TestServer.make("httpstale")
+        try await server.run { client in
+            #expect(try await client.command("7", "OpenAccount", #"{"owner":"Ada","currency":"EUR"}"#).status == .ok)
+            #expect(try await client.send(.post, "/v1/streams/account-7/events", json: #"{"expectedVersion":1,"events":[{"type":"MoneyDeposited","data":{"amount":100}}]}"#).status == .created)
+            let withdraw = try await client.command("7", "WithdrawMoney", #"{"amount":50}"#)
+            #expect(withdraw.status == .ok, "\(withdraw.text)")
+            #expect(withdraw.json["version"] as? Int == 3)
+        }
+    }
+}

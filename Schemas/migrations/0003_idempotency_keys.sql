@@ -7,6 +7,9 @@ CREATE TABLE eventline.idempotency_keys (
     key            text        NOT NULL,
     -- SHA-256 of the request body, computed by the server.
     request_hash   text        NOT NULL,
+    -- Which request holds the reservation: set on insert and on takeover, so that a request
+    -- whose reservation was taken over can no longer complete or release it.
+    token          uuid        NOT NULL,
     -- NULL while the first request is being handled.
     status         integer,
     response       bytea,

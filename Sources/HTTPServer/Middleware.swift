@@ -32,7 +32,14 @@ struct RequestMiddleware: RouterMiddleware {
             if path.contains("//") || (path.count > 1 && path.hasSuffix("/")) {
                 throw Problem.notFound("no such route (the path is not in canonical form)")
             }
-            let identity = try await access.authorize(request)
+            let identity: String?
+            do {
+                identity = try await access.authorize(request)
+            } catch let problem as Problem where problem.status == .unauthorized {
+                // Guessing keys costs tokens too, from the address's bucket.
+                if let limiter { _ = try limiter.take("unauthenticated " + context.clientAddress) }
+                throw problem
+            }
             if let limiter, AccessControl.requiredScope(method: request.method, path: request.uri.path) != nil {
                 limitHeaders = try limiter.take(identity ?? context.clientAddress)
             }

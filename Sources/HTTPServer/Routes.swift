@@ -101,16 +101,16 @@ struct Routes: Sendable {
             throw Problem(
                 .conflict, "idempotency-key-in-progress", "A request with this idempotency key is in progress",
                 detail: "retry once the first request with Idempotency-Key \(key) has finished", headers: [.retryAfter: "1"])
-        case .reserved:
+        case .reserved(let token):
             do {
                 let (status, data) = try await body()
-                try await store.completeIdempotencyKey(scope: scope, key: key, status: Int(status.code), body: data)
+                try await store.completeIdempotencyKey(scope: scope, key: key, token: token, status: Int(status.code), body: data)
                 return JSONIO.response(status, data)
             } catch {
                 let (problem, _) = Problem.from(error)
                 if Self.nothingWritten(error) {
                     // Worth retrying: the next attempt with this key runs the request again.
-                    try? await store.releaseIdempotencyKey(scope: scope, key: key)
+                    try? await store.releaseIdempotencyKey(scope: scope, key: key, token: token)
                 } else if problem.status.code >= 500 {
                     // The outcome is unknown (or storing it failed): keep the reservation. A retry
                     // after the takeover time runs again with the same event ids, which the
@@ -118,7 +118,8 @@ struct Routes: Sendable {
                 } else {
                     // A final answer (a refused command, a conflict) is the answer to every retry too.
                     try? await store.completeIdempotencyKey(
-                        scope: scope, key: key, status: Int(problem.status.code), body: problem.body(requestID: context.requestID))
+                        scope: scope, key: key, token: token, status: Int(problem.status.code),
+                        body: problem.body(requestID: context.requestID))
                 }
                 throw error
             }

@@ -190,7 +190,14 @@ public final class CommandHandler<A: Aggregate>: Sendable {
     }
 
     private func apply(_ recorded: RecordedEvent, to state: A.State, in stream: StreamName) throws -> A.State {
-        guard let event = try A.Event.decode(typeName: recorded.type, data: recorded.data) else {
+        let decoded: A.Event?
+        do {
+            decoded = try A.Event.decode(typeName: recorded.type, data: recorded.data)
+        } catch {
+            // The log holds it already: this is the aggregate's problem, never the caller's input.
+            throw AggregateError(message: "stream \(stream) holds an unreadable \(recorded.type) at version \(recorded.version): \(error)")
+        }
+        guard let event = decoded else {
             throw AggregateError(message: "stream \(stream) holds an event of unknown type \(recorded.type) at version \(recorded.version)")
         }
         return A.evolve(state, event)

@@ -7,6 +7,9 @@ public struct CommandRegistry: Sendable {
     /// Decodes a command of a type name from JSON data and handles it for an aggregate id.
     struct Entry: Sendable {
         var commandTypes: [String]
+        var eventTypes: [String]
+        /// Whether an event of this type and data is one the aggregate can read back.
+        var acceptsEvent: @Sendable (_ type: String, _ data: Data) -> Bool
         var handle: @Sendable (
             _ id: String, _ type: String, _ data: any Sendable, _ expectedVersion: Int?, _ metadata: [String: JSONValue],
             _ eventIDs: (@Sendable (Int) -> UUID)?
@@ -20,7 +23,10 @@ public struct CommandRegistry: Sendable {
 
     /// Accepts commands for aggregate `A` at `/v1/commands/<A.category>/{id}`.
     public mutating func register<A: Aggregate>(_ handler: CommandHandler<A>) {
-        entries[A.category] = Entry(commandTypes: A.Command.typeNames) { id, type, data, expectedVersion, metadata, eventIDs in
+        entries[A.category] = Entry(
+            commandTypes: A.Command.typeNames, eventTypes: A.Event.typeNames,
+            acceptsEvent: { type, data in ((try? A.Event.decode(typeName: type, data: data)) ?? nil) != nil }
+        ) { id, type, data, expectedVersion, metadata, eventIDs in
             guard let command = try A.Command.decode(typeName: type, json: (data as? ParsedJSON)?.value ?? data) else { return nil }
             return try await handler.handle(
                 id: id, command: command, expectedVersion: expectedVersion, metadata: metadata, eventIDs: eventIDs)

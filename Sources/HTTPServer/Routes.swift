@@ -180,7 +180,16 @@ struct Routes: Sendable {
                     }
                     metadata = try JSONIO.encode(given)
                 }
-                events.append(NewEvent(id: id, type: type, data: try JSONIO.encode(data), metadata: metadata))
+                let encoded = try JSONIO.encode(data)
+                // A stream of a registered aggregate only takes events that aggregate can read,
+                // or its commands would fail from then on.
+                if let entry = commands.entries[StreamName.category(of: stream)], !entry.acceptsEvent(type, encoded) {
+                    throw Problem(
+                        .unprocessableContent, "invalid-event-for-aggregate", "The aggregate cannot read this event",
+                        detail: "\(place) is not a valid event of category \(StreamName.category(of: stream)) (its types: \(entry.eventTypes.joined(separator: ", ")))",
+                        extensions: ["field": .string(place)])
+                }
+                events.append(NewEvent(id: id, type: type, data: encoded, metadata: metadata))
             }
             let result = try await store.append(to: stream, expected: expected, events: events)
             let json = #"{"stream":\#(JSONIO.quote(result.stream)),"version":\#(result.version),"position":\#(result.position)}"#

@@ -128,4 +128,18 @@ struct ReviewRegressionTests {
             #expect(withdraw.json["version"] as? Int == 3)
         }
     }
+
+    @Test("raw appends into an aggregate's stream must be events the aggregate can read")
+    func rawAppendsIntoAggregates() async throws {
+        let server = try await TestServer.make("httpraw")
+        try await server.run { client in
+            #expect(try await client.command("5", "OpenAccount", #"{"owner":"Ada","currency":"EUR"}"#).status == .ok)
+            for event in [#"{"type":"Bogus","data":{}}"#, #"{"type":"MoneyDeposited","data":{"amount":"x"}}"#] {
+                let response = try await client.send(.post, "/v1/streams/account-5/events", json: #"{"events":[\#(event)]}"#)
+                #expect(response.status == .unprocessableContent, "\(response.text)")
+            }
+            #expect(try await client.command("5", "DepositMoney", #"{"amount":5}"#).status == .ok)
+            #expect(try await client.send(.post, "/v1/streams/notes-5/events", json: #"{"events":[{"type":"Bogus","data":{}}]}"#).status == .created)
+        }
+    }
 }

@@ -158,10 +158,9 @@ enum BankWire {
         }
     }
 
-    static func quote(_ text: String) -> String { JSONValue.quoted(text) }
 
     static func opened(owner: String, currency: String) -> Data {
-        Data(#"{"currency":\#(quote(currency)),"owner":\#(quote(owner))}"#.utf8)
+        Data(#"{"currency":\#(JSONValue.quoted(currency)),"owner":\#(JSONValue.quoted(owner))}"#.utf8)
     }
 
     static func amount(_ amount: Int64) -> Data {

@@ -92,16 +92,14 @@ enum JSONIO {
         return response(status, try encoder.encode(value))
     }
 
-    /// A JSON string literal.
-    static func quote(_ text: String) -> String { JSONValue.quoted(text) }
 
     static let timestampStyle = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
 
     /// An event as the API shows it; its data and metadata are the stored JSON, byte for byte.
     static func event(_ event: RecordedEvent, includeStream: Bool) -> String {
         var out = "{\"id\":\"\(event.id.uuidString.lowercased())\""
-        if includeStream { out += ",\"stream\":\(quote(event.stream))" }
-        out += ",\"type\":\(quote(event.type)),\"version\":\(event.version),\"position\":\(event.position)"
+        if includeStream { out += ",\"stream\":\(JSONValue.quoted(event.stream))" }
+        out += ",\"type\":\(JSONValue.quoted(event.type)),\"version\":\(event.version),\"position\":\(event.position)"
         out += ",\"data\":\(String(decoding: event.data, as: UTF8.self))"
         out += ",\"metadata\":\(String(decoding: event.metadata, as: UTF8.self))"
         out += ",\"recordedAt\":\"\(event.recordedAt.formatted(timestampStyle))\"}"

@@ -56,9 +56,9 @@ struct Routes: Sendable {
                     detail: "\(category) accepts \(entry.commandTypes.joined(separator: ", ")), not \(type)",
                     extensions: ["field": "type"])
             }
-            let events = outcome.events.map { #"{"type":\#(JSONIO.quote($0.type)),"version":\#($0.version),"position":\#($0.position)}"# }
+            let events = outcome.events.map { #"{"type":\#(JSONValue.quoted($0.type)),"version":\#($0.version),"position":\#($0.position)}"# }
             let position = outcome.position.map(String.init) ?? "null"
-            let json = #"{"stream":\#(JSONIO.quote(outcome.stream)),"version":\#(outcome.version),"position":\#(position),"events":[\#(events.joined(separator: ","))]}"#
+            let json = #"{"stream":\#(JSONValue.quoted(outcome.stream)),"version":\#(outcome.version),"position":\#(position),"events":[\#(events.joined(separator: ","))]}"#
             return (.ok, Data(json.utf8))
         }
     }
@@ -192,7 +192,7 @@ struct Routes: Sendable {
                 events.append(NewEvent(id: id, type: type, data: encoded, metadata: metadata))
             }
             let result = try await store.append(to: stream, expected: expected, events: events)
-            let json = #"{"stream":\#(JSONIO.quote(result.stream)),"version":\#(result.version),"position":\#(result.position)}"#
+            let json = #"{"stream":\#(JSONValue.quoted(result.stream)),"version":\#(result.version),"position":\#(result.position)}"#
             return (.created, Data(json.utf8))
         }
     }
@@ -239,7 +239,7 @@ struct Routes: Sendable {
             next = String(direction == .forward ? last.version + 1 : last.version - 1)
         }
         let name = (try? StreamName(stream).rawValue) ?? stream
-        let json = #"{"stream":\#(JSONIO.quote(name)),"version":\#(version),"events":[\#(page.map { JSONIO.event($0, includeStream: false) }.joined(separator: ","))],"next":\#(next)}"#
+        let json = #"{"stream":\#(JSONValue.quoted(name)),"version":\#(version),"events":[\#(page.map { JSONIO.event($0, includeStream: false) }.joined(separator: ","))],"next":\#(next)}"#
         return JSONIO.response(.ok, Data(json.utf8))
     }
 

@@ -157,10 +157,8 @@ public final class PostgresConnection {
     /// protocol. The caller vouches that the text holds no untrusted input.
     public func execute(unsafeSQL sql: String) throws {
         let conn = try liveHandle(for: sql)
-        var last: OpaquePointer? = nil
         // PQexec returns only the last result; errors stop the script and are reported by it.
-        last = PQexec(conn, sql)
-        _ = try check(last, sql: sql)
+        _ = try check(PQexec(conn, sql), sql: sql)
     }
 
     /// Runs `body` in a transaction: COMMIT when it returns, ROLLBACK when it throws.

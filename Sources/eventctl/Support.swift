@@ -13,12 +13,11 @@ enum EventPrinter {
         if json {
             let metadata = String(decoding: event.metadata, as: UTF8.self)
             let id = event.id.uuidString.lowercased()
-            return #"{"position":\#(event.position),"stream":\#(quote(event.stream)),"version":\#(event.version),"id":"\#(id)","type":\#(quote(event.type)),"data":\#(data),"metadata":\#(metadata),"recordedAt":"\#(timestamp(event.recordedAt))"}"#
+            return #"{"position":\#(event.position),"stream":\#(JSONValue.quoted(event.stream)),"version":\#(event.version),"id":"\#(id)","type":\#(JSONValue.quoted(event.type)),"data":\#(data),"metadata":\#(metadata),"recordedAt":"\#(timestamp(event.recordedAt))"}"#
         }
         return "\(event.position)\t\(event.stream)@\(event.version)\t\(event.type)\t\(data)"
     }
 
-    static func quote(_ text: String) -> String { JSONValue.quoted(text) }
 }
 
 /// What `status` says about the server.

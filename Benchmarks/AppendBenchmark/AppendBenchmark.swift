@@ -45,6 +45,10 @@ struct AppendBenchmark {
         var groupMilliseconds: Double?
         /// The share of wall time the log writer spent writing.
         var writerBusy: Double?
+        /// This process's CPU time per append or request, in µs (store and server run in it).
+        var cpuMicroseconds: Double?
+        /// This process's context switches per append or request.
+        var switches: Double?
     }
 
     static func main() async {
@@ -71,8 +75,10 @@ struct AppendBenchmark {
         log("preparing 10,000 accounts, one of 10,000 events and one of 10…")
         try await HTTPBenchmark.prepare(url: url)
         let port = try freePort()
-        let (serverTask, serverStore) = try await HTTPBenchmark.start(url: url, port: port)
-        var e: [Sample] = [], f: [Sample] = [], g: [Sample] = [], h: [Sample] = []
+        let (serverTask, serverStore, serverAccounts) = try await HTTPBenchmark.start(url: url, port: port)
+        log("warming the server's state cache: one deposit per account…")
+        try await HTTPBenchmark.warmUp(serverAccounts)
+        var e: [Sample] = [], f: [Sample] = [], g: [Sample] = [], h: [Sample] = [], i: [Sample] = []
         // The machine is shared and noisy: the runs are interleaved, round after round, and
         // each figure is the median over the rounds; ratios compare medians of one run.
         var a: [Sample] = [], b: [Sample] = [], c: [Sample] = []
@@ -81,16 +87,28 @@ struct AppendBenchmark {
             a.append(try await runPgbench(server: server, options: options))
             b.append(try await runAppends(url: url, options: options, eventsPerAppend: 1))
             c.append(try await runAppends(url: url, options: options, eventsPerAppend: 10))
+            log("(i) DepositMoney through the command handler in this process, 16 tasks, \(options.seconds) s…")
+            i.append(try await HTTPBenchmark.runCommands(serverAccounts, options: options))
             log("(e) HTTP DepositMoney: 16 wrk connections on 10,000 accounts, \(options.seconds) s…")
+            let writerBefore = serverStore.writerStatistics
             let http = try await HTTPBenchmark.wrk(port: port, connections: options.clients, seconds: options.seconds, script: HTTPBenchmark.depositScript)
+            let writerAfter = serverStore.writerStatistics
             if http.errors > 0 { throw BenchError("wrk saw \(http.errors) non-2xx responses") }
-            e.append(Sample(eventsPerSecond: http.rate, p50: http.p50, p99: http.p99))
+            let batches = Double(max(1, writerAfter.batches - writerBefore.batches))
+            let writing = milliseconds(writerAfter.writing - writerBefore.writing)
+            e.append(Sample(
+                eventsPerSecond: http.rate, p50: http.p50, p99: http.p99,
+                groupSize: Double(writerAfter.appends - writerBefore.appends) / batches, groupMilliseconds: writing / batches,
+                writerBusy: writing / (Double(options.seconds) * 1000),
+                cpuMicroseconds: http.cpuMicroseconds, switches: http.switches))
             let live = try await HTTPBenchmark.wrk(port: port, connections: options.clients, seconds: 5, script: "wrk.path = \"/health/live\"")
-            h.append(Sample(eventsPerSecond: live.rate, p50: live.p50, p99: live.p99))
+            h.append(Sample(eventsPerSecond: live.rate, p50: live.p50, p99: live.p99, cpuMicroseconds: live.cpuMicroseconds, switches: live.switches))
             log("(f, g) one client on the 10-event and the 10,000-event account…")
             for (id, into) in [("short", 0), ("long", 1)] {
                 let single = try await HTTPBenchmark.wrk(port: port, connections: 1, seconds: 5, script: HTTPBenchmark.singleAccountScript(id))
-                let sample = Sample(eventsPerSecond: single.rate, p50: single.p50, p99: single.p99)
+                let sample = Sample(
+                    eventsPerSecond: single.rate, p50: single.p50, p99: single.p99,
+                    cpuMicroseconds: single.cpuMicroseconds, switches: single.switches)
                 if into == 0 { f.append(sample) } else { g.append(sample) }
             }
         }
@@ -101,6 +119,7 @@ struct AppendBenchmark {
             ("(a) pgbench, 1 INSERT per transaction", a),
             ("(b) Eventline, 1 event per append", b),
             ("(c) Eventline, 10 events per append", c),
+            ("(i) DepositMoney via the command handler in process, 16 tasks, 10,000 accounts (commands/s)", i),
             ("(e) HTTP DepositMoney, 16 connections, 10,000 accounts (commands/s)", e),
             ("(f) HTTP DepositMoney, 1 connection, a 10-event account", f),
             ("(g) HTTP DepositMoney, 1 connection, a 10,000-event account", g),
@@ -111,12 +130,12 @@ struct AppendBenchmark {
         print("Eventline append benchmark: \(options.clients) clients, \(options.seconds) s per run, \(options.rounds) interleaved rounds, medians;")
         print("one private PostgreSQL with fsync=on and synchronous_commit=on; \(ProcessInfo.processInfo.activeProcessorCount) cores.")
         print("")
-        print("| run | events/s | vs (a) | p50 ms | p99 ms | appends per group | ms per group | writer busy | events/s per round |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        print("| run | events/s | vs (a) | p50 ms | p99 ms | appends per group | ms per group | writer busy | CPU µs per op | switches per op | events/s per round |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for (name, samples) in rows {
             let rate = median(samples.map(\.eventsPerSecond))!
             let rounds = samples.map { String(format: "%.0f", $0.eventsPerSecond) }.joined(separator: ", ")
-            print("| \(name) | \(format(rate, "%.0f")) | \(format(rate / baseline, "%.2f")) | \(format(median(samples.compactMap(\.p50)), "%.2f")) | \(format(median(samples.compactMap(\.p99)), "%.2f")) | \(format(median(samples.compactMap(\.groupSize)), "%.1f")) | \(format(median(samples.compactMap(\.groupMilliseconds)), "%.2f")) | \(format(median(samples.compactMap(\.writerBusy)).map { $0 * 100 }, "%.0f%%")) | \(rounds) |")
+            print("| \(name) | \(format(rate, "%.0f")) | \(format(rate / baseline, "%.2f")) | \(format(median(samples.compactMap(\.p50)), "%.2f")) | \(format(median(samples.compactMap(\.p99)), "%.2f")) | \(format(median(samples.compactMap(\.groupSize)), "%.1f")) | \(format(median(samples.compactMap(\.groupMilliseconds)), "%.2f")) | \(format(median(samples.compactMap(\.writerBusy)).map { $0 * 100 }, "%.0f%%")) | \(format(median(samples.compactMap(\.cpuMicroseconds)), "%.0f")) | \(format(median(samples.compactMap(\.switches)), "%.1f")) | \(rounds) |")
         }
         print("")
         let ratios = zip(b, a).map { $0.eventsPerSecond / $1.eventsPerSecond }
@@ -129,7 +148,7 @@ struct AppendBenchmark {
         print(String(
             format: "HTTP: e/b = %.2f (target ≥ 0.60); (e) p99 = %.2f ms (target < 25 ms); g/f p50 = %.2f (target ≤ 1.5).",
             httpRatio, median(e.compactMap(\.p99)) ?? 0, (median(g.compactMap(\.p50)) ?? 0) / (median(f.compactMap(\.p50)) ?? 1)))
-        print("wrk runs on the same two cores as the server and PostgreSQL.")
+        print("wrk runs on the same two cores as the server and PostgreSQL. CPU and switches: of this process (store and server), per append or request.")
     }
 
     /// A free TCP port on 127.0.0.1 (bound, read back, released).
@@ -217,6 +236,7 @@ struct AppendBenchmark {
         let measureFrom = warmUp
         let end = warmUp + .seconds(options.seconds)
         let before = store.writerStatistics
+        let usageBefore = HTTPBenchmark.usage()
         let results = try await withThrowingTaskGroup(of: (events: Int, latencies: [Double]).self) { group in
             for client in 0..<options.clients {
                 group.addTask {
@@ -249,6 +269,7 @@ struct AppendBenchmark {
             return all
         }
         let after = store.writerStatistics
+        let usageAfter = HTTPBenchmark.usage()
         await store.shutdown()
         let sorted = results.latencies.sorted()
         // Counters cover the warm-up too; the shares are what matter.
@@ -259,7 +280,9 @@ struct AppendBenchmark {
             p50: percentile(sorted, 0.50), p99: percentile(sorted, 0.99),
             groupSize: Double(after.appends - before.appends) / Double(batches),
             groupMilliseconds: writing / Double(batches),
-            writerBusy: writing / (milliseconds(end - started) ))
+            writerBusy: writing / (milliseconds(end - started)),
+            cpuMicroseconds: (usageAfter.cpu - usageBefore.cpu) / Double(max(1, after.appends - before.appends)),
+            switches: (usageAfter.switches - usageBefore.switches) / Double(max(1, after.appends - before.appends)))
     }
 
     // MARK: - Helpers

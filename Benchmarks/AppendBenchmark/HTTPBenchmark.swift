@@ -15,12 +15,13 @@ struct HTTPBenchmark {
     static let accounts = 10_000
 
     /// Starts the server; returns the task running it (cancel it to stop).
-    static func start(url: String, port: Int) async throws -> (Task<Void, any Error>, EventStore) {
+    static func start(url: String, port: Int) async throws -> (Task<Void, any Error>, EventStore, CommandHandler<BankAccount>) {
         var configuration = EventStoreConfiguration(databaseURL: url)
         configuration.poolSize = 8
         let store = EventStore(configuration)
+        let accounts = CommandHandler<BankAccount>(store: store)
         var commands = CommandRegistry()
-        commands.register(CommandHandler<BankAccount>(store: store))
+        commands.register(accounts)
         var server = ServerConfiguration()
         server.port = port
         var logger = Logger(label: "bench")
@@ -30,7 +31,7 @@ struct HTTPBenchmark {
         // Wait until it answers.
         for _ in 0..<100 {
             if (try? await ServerTool.run("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(port)/health/ready"], timeout: .seconds(2)))?.status == 0 {
-                return (task, store)
+                return (task, store, accounts)
             }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -64,29 +65,93 @@ struct HTTPBenchmark {
         await store.shutdown()
     }
 
+    /// A long-running server has its accounts' states in memory: one deposit per account, before
+    /// anything is measured, loads them all (cold loads are what the first deposit costs).
+    static func warmUp(_ accounts: CommandHandler<BankAccount>) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in 0..<16 {
+                group.addTask {
+                    for id in stride(from: worker + 1, through: Self.accounts, by: 16) {
+                        _ = try await accounts.handle(id: String(id), command: .depositMoney(amount: 1))
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        for id in ["long", "short"] { _ = try await accounts.handle(id: id, command: .depositMoney(amount: 1)) }
+    }
+
+    /// DepositMoney through the server's command handler, in this process, without HTTP: 16
+    /// tasks on the 10,000 accounts, so that the table separates the command path from HTTP.
+    static func runCommands(_ accounts: CommandHandler<BankAccount>, options: AppendBenchmark.Options) async throws -> AppendBenchmark.Sample {
+        let end = ContinuousClock.now + .seconds(options.seconds)
+        let before = usage()
+        let results = try await withThrowingTaskGroup(of: [Double].self) { group in
+            for _ in 0..<options.clients {
+                group.addTask {
+                    var latencies: [Double] = []
+                    while ContinuousClock.now < end {
+                        let started = ContinuousClock.now
+                        _ = try await accounts.handle(id: String(Int.random(in: 1...Self.accounts)), command: .depositMoney(amount: 1))
+                        latencies.append(AppendBenchmark.milliseconds(ContinuousClock.now - started))
+                    }
+                    return latencies
+                }
+            }
+            var all: [Double] = []
+            for try await latencies in group { all += latencies }
+            return all.sorted()
+        }
+        let after = usage()
+        let count = Double(max(1, results.count))
+        return AppendBenchmark.Sample(
+            eventsPerSecond: count / Double(options.seconds),
+            p50: AppendBenchmark.percentile(results, 0.5), p99: AppendBenchmark.percentile(results, 0.99),
+            cpuMicroseconds: (after.cpu - before.cpu) / count, switches: (after.switches - before.switches) / count)
+    }
+
     /// wrk's figures: requests/s and latency percentiles in ms, and the number of non-2xx answers.
     struct WrkResult {
         var rate: Double
         var p50: Double
         var p99: Double
         var errors: Int
+        /// This process's CPU time per request in µs (the server runs in this process).
+        var cpuMicroseconds: Double
+        /// Context switches of this process per request.
+        var switches: Double
+    }
+
+    static func usage(_ who: __rusage_who = RUSAGE_SELF) -> (cpu: Double, switches: Double) {
+        var usage = rusage()
+        getrusage(Int32(who.rawValue), &usage)
+        let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6 + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
+        return (cpu, Double(usage.ru_nvcsw + usage.ru_nivcsw))
     }
 
     static func wrk(port: Int, connections: Int, seconds: Int, script: String) async throws -> WrkResult {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-wrk-\(UUID()).lua").path
         try script.write(toFile: file, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: file) }
+        let before = usage()
+        let childrenBefore = usage(RUSAGE_CHILDREN)
         let result = try await ServerTool.run("/usr/bin/env", [
             "wrk", "-t", String(min(2, connections)), "-c", String(connections), "-d", "\(seconds)s", "--latency", "-s", file,
             "http://127.0.0.1:\(port)",
         ], timeout: .seconds(seconds + 60))
+        let after = usage()
+        let childrenAfter = usage(RUSAGE_CHILDREN)
         let text = result.output
         let rateLine = text.split(separator: "\n").first { $0.hasPrefix("Requests/sec:") }
         guard result.status == 0, let rate = rateLine.flatMap({ Double($0.dropFirst("Requests/sec:".count).trimmingCharacters(in: .whitespaces)) }),
             let p50 = latency("50%", text), let p99 = latency("99%", text)
         else { throw AppendBenchmark.BenchError("cannot read wrk's output:\n\(text)") }
         let errors = Int(AppendBenchmark.number(after: "Non-2xx or 3xx responses: ", in: text) ?? 0)
-        return WrkResult(rate: rate, p50: p50, p99: p99, errors: errors)
+        let requests = max(1, rate * Double(seconds))
+        AppendBenchmark.log("  wrk: \(Int(rate)) requests/s; CPU per request: server \(Int((after.cpu - before.cpu) / requests)) µs, wrk \(Int((childrenAfter.cpu - childrenBefore.cpu) / requests)) µs")
+        return WrkResult(
+            rate: rate, p50: p50, p99: p99, errors: errors,
+            cpuMicroseconds: (after.cpu - before.cpu) / requests, switches: (after.switches - before.switches) / requests)
     }
 
     /// A latency line of wrk --latency ("    50%    1.23ms"), in ms.

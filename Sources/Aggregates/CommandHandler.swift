@@ -40,8 +40,8 @@ public final class CommandHandler<A: Aggregate>: Sendable {
     public struct Configuration: Sendable {
         /// Decide-and-append attempts before a conflict with other processes is given up on.
         public var maxAttempts = 30
-        /// Streams whose state is kept in memory.
-        public var cacheSize = 10_000
+        /// Streams whose state is kept in memory (a bank account's state is a few dozen bytes).
+        public var cacheSize = 100_000
         /// Events read per page while loading.
         public var loadPageSize = 1000
 
@@ -128,8 +128,13 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                 }
                 return CommandOutcome(stream: stream.rawValue, version: version, position: nil, events: [])
             }
-            let newEvents = try events.enumerated().map { index, event in
-                NewEvent(id: eventIDs?(index), type: event.typeName, data: try event.encodedData(), metadata: metadataJSON)
+            // A plain loop: this generic code runs unspecialised, and `map` over `enumerated()`
+            // instantiated generic metadata on every command.
+            var newEvents: [NewEvent] = []
+            newEvents.reserveCapacity(events.count)
+            for index in events.indices {
+                let event = events[index]
+                newEvents.append(NewEvent(id: eventIDs?(index), type: event.typeName, data: try event.encodedData(), metadata: metadataJSON))
             }
             do {
                 let result = try await store.append(

@@ -14,6 +14,13 @@ final class KeyedLock: Sendable {
     }
 
     private func acquire(_ key: String) async {
+        // Uncontended: no continuation at all.
+        let free = waiters.withLock { waiters -> Bool in
+            guard waiters[key] == nil else { return false }
+            waiters[key] = []
+            return true
+        }
+        if free { return }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let free = waiters.withLock { waiters -> Bool in
                 guard waiters[key] != nil else {

@@ -21,7 +21,7 @@ extension EventStore {
         scope: String, key: String, body: Data, abandonAfter: Duration = .seconds(60)
     ) async throws -> IdempotencyReservation {
         let seconds = Double(abandonAfter.components.seconds)
-        let token = UUID()
+        let token = UUID.random()
         return try await translatingErrors {
             try await pool.withConnection { conn in
                 let inserted = try conn.query("""

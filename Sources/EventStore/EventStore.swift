@@ -120,28 +120,25 @@ public final class EventStore: Sendable {
         var prepared: [PreparedEvent] = []
         prepared.reserveCapacity(events.count)
         var byteCount = 0
-        for (index, event) in events.enumerated() {
-            let label = "event \(index + 1)"
-            if let problem = EventTypeName.problem(with: event.type) {
-                throw .invalidEvent("\(label): \(problem)", stream: stream.rawValue)
+        for index in events.indices {
+            let event = events[index]
+            func invalid(_ problem: String) -> EventStoreError {
+                .invalidEvent("event \(index + 1): \(problem)", stream: stream.rawValue)
             }
-            guard seen.insert(event.id).inserted else {
-                throw .invalidEvent("\(label): event id \(event.id.uuidString.lowercased()) appears twice in the append", stream: stream.rawValue)
+            if let problem = EventTypeName.problem(with: event.type) { throw invalid(problem) }
+            if events.count > 1 {
+                guard seen.insert(event.id).inserted else {
+                    throw invalid("event id \(event.id.uuidString.lowercased()) appears twice in the append")
+                }
             }
             guard event.data.count <= configuration.maxEventDataSize else {
-                throw .invalidEvent(
-                    "\(label): data is \(event.data.count) bytes, more than the limit of \(configuration.maxEventDataSize)",
-                    stream: stream.rawValue)
+                throw invalid("data is \(event.data.count) bytes, more than the limit of \(configuration.maxEventDataSize)")
             }
-            guard JSONValidator.isValid(event.data) else {
-                throw .invalidEvent("\(label): data is not valid JSON", stream: stream.rawValue)
-            }
-            guard JSONValidator.isObject(event.metadata) else {
-                throw .invalidEvent("\(label): metadata is not a JSON object", stream: stream.rawValue)
-            }
+            guard JSONValidator.isValid(event.data) else { throw invalid("data is not valid JSON") }
+            guard JSONValidator.isObject(event.metadata) else { throw invalid("metadata is not a JSON object") }
             // jsonb cannot hold the NUL character; refuse it here rather than fail the group's statement.
-            if event.metadata.range(of: Data(#"\u0000"#.utf8)) != nil {
-                throw .invalidEvent("\(label): metadata contains \\u0000, which PostgreSQL's jsonb cannot store", stream: stream.rawValue)
+            if Self.containsEscapedNUL(event.metadata) {
+                throw invalid("metadata contains \\u0000, which PostgreSQL's jsonb cannot store")
             }
             let (stored, codec) = PayloadCodec.encode(event.data, threshold: configuration.compressionThreshold)
             prepared.append(PreparedEvent(
@@ -154,6 +151,28 @@ public final class EventStore: Sendable {
                 stream: stream.rawValue)
         }
         return PreparedAppend(stream: stream, expected: expected, events: prepared, byteCount: byteCount)
+    }
+
+    /// Whether JSON text holds the escape `\u0000` (a backslash that is not itself escaped,
+    /// then `u0000`).
+    static func containsEscapedNUL(_ json: Data) -> Bool {
+        json.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) -> Bool in
+            var index = 0
+            while index < bytes.count {
+                guard bytes[index] == UInt8(ascii: "\\") else {
+                    index += 1
+                    continue
+                }
+                if index + 5 < bytes.count, bytes[index + 1] == UInt8(ascii: "u"),
+                    bytes[index + 2] == UInt8(ascii: "0"), bytes[index + 3] == UInt8(ascii: "0"),
+                    bytes[index + 4] == UInt8(ascii: "0"), bytes[index + 5] == UInt8(ascii: "0")
+                {
+                    return true
+                }
+                index += 2  // past the escaped character: in `\\u0000` the second backslash is text
+            }
+            return false
+        }
     }
 
     // MARK: - Reading

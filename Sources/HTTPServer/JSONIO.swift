@@ -11,7 +11,7 @@ enum JSONIO {
     /// The body of a JSON request: checks the content type (415), the size (413), the syntax
     /// and nesting depth (400) before anything looks inside.
     static func readObject(_ request: Request, context: EventlineRequestContext) async throws -> (raw: Data, object: [String: Any]) {
-        let mediaType = request.headers[.contentType]?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
+        let mediaType = request.headers[.contentType].map(mediaTypeName)
         guard mediaType == contentType else {
             throw Problem(
                 .unsupportedMediaType, "unsupported-media-type", "Unsupported media type",
@@ -24,6 +24,15 @@ enum JSONIO {
             throw Problem.badRequest("the body is not a JSON object (malformed JSON, invalid UTF-8, or nested too deeply)")
         }
         return (raw, object)
+    }
+
+    /// The media type of a Content-Type value, lowercased, without parameters or spaces
+    /// (without Foundation, whose trimming bridges through NSString).
+    static func mediaTypeName(_ value: String) -> String {
+        let type = value.utf8.prefix { $0 != UInt8(ascii: ";") }
+        let isSpace = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        let trimmed = type.drop(while: isSpace).reversed().drop(while: isSpace).reversed()
+        return String(decoding: trimmed, as: UTF8.self).lowercased()
     }
 
     /// Refuses members other than `allowed`.
@@ -53,7 +62,8 @@ enum JSONIO {
     /// A path parameter, percent-decoded.
     static func pathParameter(_ context: EventlineRequestContext, _ name: String) throws -> String {
         let raw = try context.parameters.require(name)
-        guard let decoded = raw.removingPercentEncoding else {
+        // Foundation's decoding bridges through NSString: only pay for it when there is a '%'.
+        guard let decoded = raw.utf8.contains(UInt8(ascii: "%")) ? raw.removingPercentEncoding : raw else {
             throw Problem.badRequest("the \(name) in the path is not valid percent-encoding", field: name)
         }
         try rejectControlCharacters(decoded, field: name)

@@ -14,6 +14,16 @@ struct RequestMiddleware: RouterMiddleware {
     let limiter: RateLimiter?
     let logger: Logger
 
+    /// Whether a path has an empty segment ("//", or a trailing "/" after something).
+    static func hasEmptySegment(_ path: String) -> Bool {
+        var previous: UInt8 = 0
+        for byte in path.utf8 {
+            if byte == UInt8(ascii: "/") && previous == UInt8(ascii: "/") { return true }
+            previous = byte
+        }
+        return path.utf8.count > 1 && previous == UInt8(ascii: "/")
+    }
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
         context.maxUploadSize = configuration.maxBodySize
@@ -29,7 +39,7 @@ struct RequestMiddleware: RouterMiddleware {
             // The router ignores empty path segments; scopes are decided on the path as written,
             // so a path that is not in canonical form never reaches either.
             let path = request.uri.path
-            if path.contains("//") || (path.count > 1 && path.hasSuffix("/")) {
+            if Self.hasEmptySegment(path) {
                 throw Problem.notFound("no such route (the path is not in canonical form)")
             }
             let identity: String?

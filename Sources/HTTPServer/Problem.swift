@@ -49,9 +49,7 @@ public struct Problem: Error, Sendable {
         members["status"] = .number(Double(status.code))
         members["detail"] = .string(detail)
         members["requestId"] = .string(requestID)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(members)) ?? Data(#"{"status":500}"#.utf8)
+        return JSONValue.jsonData(members)
     }
 }
 

@@ -119,6 +119,8 @@ struct AppendTests {
             (event("Has Space", "{}"), "type with space"),
             (event("Fine", "{not json"), "invalid JSON"),
             (NewEvent(type: "Fine", data: Data("{}".utf8), metadata: Data("[1]".utf8)), "metadata not an object"),
+            (NewEvent(type: "Fine", data: Data("{}".utf8), metadata: Data(#"{"x":"a\u0000"}"#.utf8)), "NUL in metadata"),
+            (NewEvent(type: "Fine", data: Data("{}".utf8), metadata: Data(#"{"x":"\\\u0000"}"#.utf8)), "NUL after an escaped backslash"),
         ]
         for (bad, label) in cases {
             let error = await #expect(throws: EventStoreError.self, "\(label)") { try await store.append(to: "ok-1", events: [bad]) }
@@ -131,6 +133,29 @@ struct AppendTests {
         // A valid append reaches the (missing) database and fails as unavailable: the checks above really ran first.
         let unreachable = await #expect(throws: EventStoreError.self) { try await store.append(to: "ok-1", events: [event()]) }
         #expect(unreachable?.code == .unavailable)
+    }
+
+    @Test("metadata with an escaped backslash before u0000 is text, not NUL, and is stored")
+    func escapedBackslashIsNotNUL() async throws {
+        let test = try await TestStore.make("nul")
+        let store = test.store
+        defer { Task { await store.shutdown() } }
+        let metadata = Data(#"{"path":"C:\\u0000dir"}"#.utf8)
+        _ = try await store.append(to: "m-1", events: [NewEvent(type: "Fine", data: Data("{}".utf8), metadata: metadata)])
+        let stored = try await store.readStream("m-1")
+        let parsed = try JSONSerialization.jsonObject(with: stored[0].metadata) as? [String: String]
+        #expect(parsed?["path"] == #"C:\u0000dir"#)
+    }
+
+    @Test("generated event ids are random version-4 UUIDs")
+    func randomIDs() {
+        let ids = (0..<10_000).map { _ in UUID.random() }
+        #expect(Set(ids).count == ids.count)
+        for id in ids.prefix(100) {
+            let text = id.uuidString.lowercased()
+            #expect(Array(text)[14] == "4", "\(text)")
+            #expect("89ab".contains(Array(text)[19]), "\(text)")
+        }
     }
 
     @Test("large payloads are stored LZ4-compressed and read back unchanged; small ones stay plain")

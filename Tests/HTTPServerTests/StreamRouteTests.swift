@@ -98,6 +98,8 @@ struct StreamRouteTests {
                 (.post, "/v1/commands/account/1", nil, [0x7B, 0x22, 0xFF, 0xFE, 0x22, 0x3A, 0x31, 0x7D], "application/json", .badRequest),
                 (.post, "/v1/commands/account/1", #"{"type":"OpenAccount","data":{}}"#, nil, "text/plain", .unsupportedMediaType),
                 (.post, "/v1/commands/account/1", #"{"type":"OpenAccount","data":{}}"#, nil, nil, .unsupportedMediaType),
+                (.post, "/v1/commands/account/1", #"{"type":"OpenAccount","data":{}}"#, nil, "application/jsonx", .unsupportedMediaType),
+                (.post, "/v1/commands/account/1", #"{"type":"OpenAccount","data":{}}"#, nil, "application/x-json; charset=utf-8", .unsupportedMediaType),
                 (.post, "/v1/commands/account/1", "{\"type\":\"" + String(repeating: "x", count: 5000) + "\"}", nil, "application/json", .contentTooLarge),
                 (.post, "/v1/commands/account/1", String(repeating: "[", count: 3000), nil, "application/json", .badRequest),
                 (.post, "/v1/streams/bad%0Aname/events", #"{"events":[{"type":"T","data":{}}]}"#, nil, "application/json", .badRequest),
@@ -122,10 +124,16 @@ struct StreamRouteTests {
                 #expect(response.isProblem, "\(uri)")
                 #expect(response.status.code < 500)
             }
+            // Parameters, spaces and case in the content type are fine.
+            for contentType in ["Application/JSON", " application/json ; charset=utf-8", "application/json;charset=UTF-8"] {
+                let response = try await client.send(
+                    .post, "/v1/streams/ct-1/events", json: #"{"events":[{"type":"T","data":{}}]}"#, contentType: contentType)
+                #expect(response.status == .created, "\(contentType): \(response.text)")
+            }
             let huge = try await client.send(.get, "/v1/events", headers: [HTTPField.Name("X-Filler")!: String(repeating: "a", count: 200_000)])
             #expect(huge.status.code < 500)
         }
-        #expect(try await server.test.store.headPosition() == 1)
+        #expect(try await server.test.store.headPosition() == 4)
     }
 
     @Test("health, metrics and the OpenAPI document are served")

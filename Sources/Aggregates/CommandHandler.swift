@@ -22,6 +22,17 @@ public struct AggregateError: Error, Sendable, CustomStringConvertible {
     public var description: String { message }
 }
 
+/// A command without an expected version lost the race for its stream on every attempt: other
+/// processes kept writing to it. Nothing was written; the command may simply be sent again.
+public struct CommandContention: Error, Sendable, CustomStringConvertible {
+    public var stream: String
+    public var attempts: Int
+    public var currentVersion: Int?
+    public var description: String {
+        "stream \(stream) changed under the command on each of \(attempts) attempts; nothing was written, send it again"
+    }
+}
+
 /// Handles commands for one aggregate type: load the state, decide, append with the loaded
 /// version as the expected version.
 ///
@@ -151,7 +162,10 @@ public final class CommandHandler<A: Aggregate>: Sendable {
             } catch let error as EventStoreError where error.code == .wrongExpectedVersion {
                 forget(stream.rawValue)
                 fresh = true
-                guard expectedVersion == nil, attempt < configuration.maxAttempts else { throw error }
+                if expectedVersion != nil { throw error }
+                guard attempt < configuration.maxAttempts else {
+                    throw CommandContention(stream: stream.rawValue, attempts: attempt, currentVersion: error.currentVersion)
+                }
                 // Jittered backoff, so that racing writers of one stream spread out.
                 let ceiling = min(100, 1 << min(attempt, 7))
                 try await Task.sleep(for: .microseconds(Int.random(in: 0...(ceiling * 1000))))

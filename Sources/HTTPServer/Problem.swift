@@ -60,6 +60,14 @@ extension Problem {
         switch error {
         case let problem as Problem:
             return (problem, false)
+        case let contention as CommandContention:
+            var extensions: [String: JSONValue] = ["stream": .string(contention.stream)]
+            if let current = contention.currentVersion { extensions["currentVersion"] = .number(Double(current)) }
+            return (
+                Problem(
+                    .conflict, "contention", "The stream kept changing under the command", detail: contention.description,
+                    extensions: extensions, headers: [.retryAfter: "1"]), false
+            )
         case let violation as RuleViolation:
             return (Problem(.unprocessableContent, violation.code, "The command was refused", detail: violation.message), false)
         case let error as EventStoreError:

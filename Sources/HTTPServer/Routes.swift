@@ -132,6 +132,7 @@ struct Routes: Sendable {
         switch error {
         case let error as EventStoreError: return error.code == .unavailable || error.code == .shutdown
         case is CancellationError: return true
+        case is CommandContention: return true
         default: return false
         }
     }

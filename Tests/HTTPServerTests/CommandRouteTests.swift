@@ -1,3 +1,4 @@
+import Aggregates
 import EventStore
 import EventlineTestSupport
 import Foundation
@@ -104,6 +105,29 @@ struct CommandRouteTests {
             #expect(response.json["type"] as? String == "/problems/version-conflict")
         }
         #expect(try await server.test.store.streamVersion("account-5") == 2)
+    }
+
+    @Test("a command that loses every retry to other writers is 409 contention, and its idempotency key stays usable")
+    func contentionReleasesTheKey() async throws {
+        var configured = try await TestServer.make("httpcontention")
+        configured.handlerConfiguration.maxAttempts = 1
+        let server = configured
+        let key: HTTPFields = [HTTPField.Name("Idempotency-Key")!: "busy-1"]
+        try await server.run { client in
+            #expect(try await client.command("9", "OpenAccount", #"{"owner":"Ada","currency":"EUR"}"#).status == .ok)
+            // Another process writes: the server's cached state (version 1) is now stale.
+            _ = try await server.test.store.append(to: "account-9", events: [NewEvent(type: "MoneyDeposited", data: Data(#"{"amount":1}"#.utf8))])
+            let busy = try await client.command("9", "DepositMoney", #"{"amount":5}"#, headers: key)
+            #expect(busy.status == .conflict)
+            #expect(busy.json["type"] as? String == "/problems/contention")
+            #expect(busy.headers[.retryAfter] == "1")
+            #expect(try await server.test.store.streamVersion("account-9") == 2)
+            // Nothing was written, so the key was released: the retry runs the command.
+            let retry = try await client.command("9", "DepositMoney", #"{"amount":5}"#, headers: key)
+            #expect(retry.status == .ok, "\(retry.text)")
+            #expect(retry.json["version"] as? Int == 3)
+            #expect(retry.headers[HTTPField.Name("Idempotent-Replayed")!] == nil)
+        }
     }
 
     @Test("an idempotency key replays the first response, also after a restart; another body under it is 422")

@@ -13,6 +13,7 @@ import NIOCore
 struct TestServer {
     let test: TestStore
     var configuration = ServerConfiguration()
+    var handlerConfiguration = CommandHandler<BankAccount>.Configuration()
 
     static func make(_ label: String, configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
         var server = TestServer(test: try await TestStore.make(label))
@@ -26,7 +27,7 @@ struct TestServer {
     func run<T: Sendable>(_ body: @Sendable (any TestClientProtocol) async throws -> T) async throws -> T {
         let store = EventStore(test.store.configuration)
         var commands = CommandRegistry()
-        commands.register(CommandHandler<BankAccount>(store: store))
+        commands.register(CommandHandler<BankAccount>(store: store, configuration: handlerConfiguration))
         let openAPI = FileManager.default.contents(atPath: Repository.root + "/Schemas/openapi.yaml")
         let app = buildApplication(configuration, store: store, commands: commands, openAPI: openAPI)
         return try await app.test(.live) { client in try await body(client) }

@@ -13,9 +13,11 @@ let package = Package(
     products: [
         .library(name: "EventStore", targets: ["EventStore"]),
         .library(name: "Aggregates", targets: ["Aggregates"]),
+        .library(name: "Projector", targets: ["Projector"]),
         .library(name: "PostgresClient", targets: ["PostgresClient"]),
         .library(name: "LZ4", targets: ["LZ4"]),
         .library(name: "EmbeddedServers", targets: ["EmbeddedServers"]),
+        .library(name: "Cache", targets: ["Cache"]),
         .executable(name: "eventctl", targets: ["eventctl"]),
     ],
     dependencies: [
@@ -25,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // C libraries from Debian's -dev packages.
@@ -50,6 +53,13 @@ let package = Package(
         ),
         .target(name: "LZ4", dependencies: ["CLZ4"], swiftSettings: swiftSettings),
 
+        // A small Redis client over POSIX sockets, each connection on a thread of its own.
+        .target(
+            name: "Cache",
+            dependencies: [.product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+
         // The event log.
         .target(
             name: "EventStore",
@@ -68,6 +78,17 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "BankDomain", dependencies: ["Aggregates", "EventStore"], swiftSettings: swiftSettings),
+
+        // The read side: declarative (YAML) and Swift projections, the projector, leases.
+        .target(
+            name: "Projector",
+            dependencies: [
+                "EventStore", "PostgresClient",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
 
         // The HTTP API: commands, streams, the log, health and metrics.
         .target(
@@ -97,8 +118,10 @@ let package = Package(
             name: "eventctl",
             dependencies: [
                 "EventStore", "HTTPServer", "BankDomain",
-                "PostgresClient",
+                "PostgresClient", "Projector",
                 "EmbeddedServers",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -124,6 +147,11 @@ let package = Package(
         ),
         .testTarget(name: "LZ4Tests", dependencies: ["LZ4"], swiftSettings: swiftSettings),
         .testTarget(
+            name: "CacheTests",
+            dependencies: ["Cache", "EmbeddedServers"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "EventStoreTests",
             dependencies: ["EventStore", "PostgresClient", "EventlineTestSupport"],
             swiftSettings: swiftSettings
@@ -140,6 +168,11 @@ let package = Package(
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ProjectorTests",
+            dependencies: ["Projector", "EventStore", "PostgresClient", "EventlineTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -27,11 +27,13 @@ public enum BankAccount: Aggregate {
         case closeAccount
     }
 
-    /// What happened to an account.
+    /// What happened to an account. Deposits and withdrawals carry the account's currency, so
+    /// that consumers (the `daily_totals` projection) need no other event to place them; events
+    /// written before it was added have none.
     public enum Event: Sendable, Hashable {
         case accountOpened(owner: String, currency: String)
-        case moneyDeposited(amount: Int64)
-        case moneyWithdrawn(amount: Int64)
+        case moneyDeposited(amount: Int64, currency: String? = nil)
+        case moneyWithdrawn(amount: Int64, currency: String? = nil)
         case accountClosed
     }
 
@@ -54,10 +56,10 @@ public enum BankAccount: Aggregate {
             state.status = .open
             state.owner = owner
             state.currency = currency
-        case .moneyDeposited(let amount):
+        case .moneyDeposited(let amount, _):
             // Saturating: decide never lets the balance overflow, and a corrupt log must not crash a fold.
             state.balance = state.balance.addingReportingOverflow(amount).overflow ? .max : state.balance + amount
-        case .moneyWithdrawn(let amount):
+        case .moneyWithdrawn(let amount, _):
             state.balance = state.balance.subtractingReportingOverflow(amount).overflow ? .min : state.balance - amount
         case .accountClosed:
             state.status = .closed
@@ -82,14 +84,14 @@ public enum BankAccount: Aggregate {
             guard !state.balance.addingReportingOverflow(amount).overflow else {
                 throw RuleViolation(Rule.balanceOverflow, "the deposit would overflow the balance")
             }
-            return [.moneyDeposited(amount: amount)]
+            return [.moneyDeposited(amount: amount, currency: state.currency)]
         case .withdrawMoney(let amount):
             guard amount > 0 else { throw RuleViolation(Rule.invalidAmount, "the amount must be greater than zero") }
             guard state.status == .open else { throw RuleViolation(Rule.notOpen, "the account is not open") }
             guard amount <= state.balance else {
                 throw RuleViolation(Rule.insufficientFunds, "the balance of \(state.balance) does not cover \(amount)")
             }
-            return [.moneyWithdrawn(amount: amount)]
+            return [.moneyWithdrawn(amount: amount, currency: state.currency)]
         case .closeAccount:
             guard state.status == .open else { throw RuleViolation(Rule.notOpen, "the account is not open") }
             guard state.balance == 0 else {
@@ -163,8 +165,15 @@ enum BankWire {
         Data(#"{"currency":\#(JSONValue.quoted(currency)),"owner":\#(JSONValue.quoted(owner))}"#.utf8)
     }
 
-    static func amount(_ amount: Int64) -> Data {
-        Data(#"{"amount":\#(amount)}"#.utf8)
+    static func amount(_ amount: Int64, currency: String?) -> Data {
+        guard let currency else { return Data(#"{"amount":\#(amount)}"#.utf8) }
+        return Data(#"{"amount":\#(amount),"currency":\#(JSONValue.quoted(currency))}"#.utf8)
+    }
+
+    /// An optional string member (nil when absent or null).
+    static func optionalString(_ fields: [String: Any], _ key: String) throws -> String? {
+        guard let value = fields[key], !(value is NSNull) else { return nil }
+        return try string(fields, key)
     }
 
     struct WireKey: CodingKey {
@@ -191,7 +200,7 @@ extension BankAccount.Command: TypedJSON {
     public func encodedData() throws -> Data {
         switch self {
         case .openAccount(let owner, let currency): BankWire.opened(owner: owner, currency: currency)
-        case .depositMoney(let amount), .withdrawMoney(let amount): BankWire.amount(amount)
+        case .depositMoney(let amount), .withdrawMoney(let amount): BankWire.amount(amount, currency: nil)
         case .closeAccount: Data("{}".utf8)
         }
     }
@@ -234,7 +243,8 @@ extension BankAccount.Event: TypedJSON {
     public func encodedData() throws -> Data {
         switch self {
         case .accountOpened(let owner, let currency): BankWire.opened(owner: owner, currency: currency)
-        case .moneyDeposited(let amount), .moneyWithdrawn(let amount): BankWire.amount(amount)
+        case .moneyDeposited(let amount, let currency), .moneyWithdrawn(let amount, let currency):
+            BankWire.amount(amount, currency: currency)
         case .accountClosed: Data("{}".utf8)
         }
     }
@@ -245,8 +255,12 @@ extension BankAccount.Event: TypedJSON {
         case "AccountOpened":
             let fields = try BankWire.fields(data, allowed: nil)
             return .accountOpened(owner: try BankWire.string(fields, "owner"), currency: try BankWire.string(fields, "currency"))
-        case "MoneyDeposited": return .moneyDeposited(amount: try BankWire.int64(BankWire.fields(data, allowed: nil), "amount"))
-        case "MoneyWithdrawn": return .moneyWithdrawn(amount: try BankWire.int64(BankWire.fields(data, allowed: nil), "amount"))
+        case "MoneyDeposited", "MoneyWithdrawn":
+            let fields = try BankWire.fields(data, allowed: nil)
+            let amount = try BankWire.int64(fields, "amount")
+            let currency = try BankWire.optionalString(fields, "currency")
+            return typeName == "MoneyDeposited"
+                ? .moneyDeposited(amount: amount, currency: currency) : .moneyWithdrawn(amount: amount, currency: currency)
         case "AccountClosed": return .accountClosed
         default: return nil
         }

@@ -177,9 +177,14 @@ public final class EventStore: Sendable {
 
     // MARK: - Reading
 
-    static let eventColumns = "position, stream, version, event_id, type, data, codec, metadata, recorded_at"
+    /// The channel the log writer NOTIFYs (payload: the new head position) at each commit.
+    public static let notificationChannel = LogWriter.notificationChannel
 
-    static func decodeEvents(_ result: PostgresResult) throws -> [RecordedEvent] {
+    /// The columns `decodeEvents` reads, in order.
+    public static let eventColumns = "position, stream, version, event_id, type, data, codec, metadata, recorded_at"
+
+    /// Events from rows of `SELECT \(eventColumns) FROM eventline.events`, payloads decompressed.
+    public static func decodeEvents(_ result: PostgresResult) throws -> [RecordedEvent] {
         try result.rows.map { row in
             RecordedEvent(
                 position: try row.decode(0), stream: try row.decode(1), version: try row.decode(2),

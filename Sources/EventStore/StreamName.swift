@@ -65,10 +65,11 @@ public struct StreamName: Sendable, Hashable, CustomStringConvertible, Expressib
 }
 
 /// Validates event type names: not empty, at most 200 bytes, no control characters or whitespace.
-enum EventTypeName {
-    static let maxLength = 200
+public enum EventTypeName {
+    public static let maxLength = 200
 
-    static func problem(with type: String) -> String? {
+    /// Why `type` cannot be an event type, or nil when it can.
+    public static func problem(with type: String) -> String? {
         if type.isEmpty { return "the event type is empty" }
         if type.utf8.count > maxLength { return "the event type is longer than \(maxLength) bytes" }
         if type.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0.properties.isWhitespace }) {

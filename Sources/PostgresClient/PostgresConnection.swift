@@ -272,6 +272,21 @@ public final class PostgresConnection {
         return outcomes
     }
 
+    /// `text` as an SQL string literal escaped by libpq (`PQescapeLiteral`), for the few
+    /// statements that take no bind parameters (`ALTER ROLE … PASSWORD`).
+    public func quoteLiteral(_ text: String) throws -> String {
+        let conn = try liveHandle(for: "")
+        let bytes = Array(text.utf8)
+        if bytes.contains(0) { throw PostgresError(code: .invalidParameter, message: "a text value contains a NUL character") }
+        guard let escaped = bytes.withUnsafeBufferPointer({ buffer in
+            buffer.withMemoryRebound(to: CChar.self) { PQescapeLiteral(conn, $0.baseAddress, buffer.count) }
+        }) else {
+            throw PostgresError(code: .invalidParameter, message: Self.trimmed(PQerrorMessage(conn)))
+        }
+        defer { PQfreemem(escaped) }
+        return String(cString: escaped)
+    }
+
     // MARK: - COPY
 
     /// Runs `COPY (…) TO STDOUT` and hands each chunk (one row in text or CSV format) to `body`.

@@ -147,5 +147,6 @@ enum StatusReport {
             let when = status.appliedAt.map { " " + EventPrinter.timestamp($0) } ?? ""
             Swift.print("  \(status.name)  \(status.state.rawValue)\(when)")
         }
+        if let projections = try? await ProjectionReport.fetch(url) { ProjectionReport.print(projections) }
     }
 }

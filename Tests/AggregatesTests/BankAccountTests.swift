@@ -39,13 +39,13 @@ struct BankRuleTests {
         #expect(Self.refusal(.depositMoney(amount: -5), Self.open) == Account.Rule.invalidAmount)
         let rich = Account.evolve(Self.open, .moneyDeposited(amount: .max - 1))
         #expect(Self.refusal(.depositMoney(amount: 2), rich) == Account.Rule.balanceOverflow)
-        #expect(try Account.decide(.depositMoney(amount: 1), rich) == [.moneyDeposited(amount: 1)])
+        #expect(try Account.decide(.depositMoney(amount: 1), rich) == [.moneyDeposited(amount: 1, currency: "EUR")])
     }
 
     @Test("withdrawals never take the balance below zero")
     func withdrawals() throws {
         let funded = Account.evolve(Self.open, .moneyDeposited(amount: 100))
-        #expect(try Account.decide(.withdrawMoney(amount: 100), funded) == [.moneyWithdrawn(amount: 100)])
+        #expect(try Account.decide(.withdrawMoney(amount: 100), funded) == [.moneyWithdrawn(amount: 100, currency: "EUR")])
         #expect(Self.refusal(.withdrawMoney(amount: 101), funded) == Account.Rule.insufficientFunds)
         #expect(Self.refusal(.withdrawMoney(amount: .max), funded) == Account.Rule.insufficientFunds)
         #expect(Self.refusal(.withdrawMoney(amount: 0), funded) == Account.Rule.invalidAmount)
@@ -79,7 +79,10 @@ struct BankRuleTests {
                 #expect(field.isEmpty || error.fieldPath.contains(field), "\(body): \(error)")
             }
         }
-        for event: Account.Event in [.accountOpened(owner: "Ada", currency: "EUR"), .moneyDeposited(amount: 3), .moneyWithdrawn(amount: 2), .accountClosed] {
+        for event: Account.Event in [
+            .accountOpened(owner: "Ada", currency: "EUR"), .moneyDeposited(amount: 3), .moneyWithdrawn(amount: 2),
+            .moneyDeposited(amount: 3, currency: "EUR"), .moneyWithdrawn(amount: 2, currency: "CHF"), .accountClosed,
+        ] {
             #expect(try Account.Event.decode(typeName: event.typeName, data: event.encodedData()) == event)
         }
     }

@@ -1,0 +1,156 @@
+import EventStore
+import Foundation
+import PostgresClient
+import Synchronization
+
+/// A read model built from the log: a table in the `read_models` schema and, per event type,
+/// the statements that apply an event to it. YAML projections (`Projections/*.yaml`) and
+/// projections written in Swift implement the same protocol, and the projector treats them alike.
+public protocol Projection: Sendable {
+    /// `[a-z][a-z0-9_]*`, unique; the live table is `read_models.<name>`.
+    var name: String { get }
+    /// A change means the read model must be rebuilt from the log.
+    var version: Int { get }
+    /// The column `GET /v1/read-models/{name}/{key}` looks up (unique in the table).
+    var keyColumn: String { get }
+    /// The event types the projection handles; the projector reads only these.
+    var eventTypes: [String] { get }
+    /// Where the projection was declared, for error messages (a file path, a Swift type).
+    var source: String { get }
+    /// DDL creating the table `table` (already quoted and schema-qualified).
+    func createStatements(table: String) throws -> String
+    /// The statements applying `event` to `table`, in order. Rows they return name the read
+    /// model's keys whose cache entries must be dropped (the first column of each row).
+    func statements(for event: RecordedEvent, table: String) throws -> [SQLQuery]
+}
+
+/// A definition that cannot be used, naming the file (or type) and the handler.
+public struct ProjectionError: Error, CustomStringConvertible, Sendable {
+    public var source: String
+    public var handler: String?
+    public var message: String
+
+    public init(source: String, handler: String? = nil, _ message: String) {
+        self.source = source
+        self.handler = handler
+        self.message = message
+    }
+
+    public var description: String {
+        if let handler { return "\(source): handler \(handler): \(message)" }
+        return "\(source): \(message)"
+    }
+}
+
+/// Names and identifiers used for read models.
+public enum ReadModelNames {
+    /// The schema holding every read model (the analyst role may read it and nothing else).
+    public static let schema = "read_models"
+
+    /// Whether `name` is a valid projection name: `[a-z][a-z0-9_]*`, at most 48 characters (so
+    /// that suffixed names of rebuild tables stay within PostgreSQL's 63).
+    public static func isValidName(_ name: String) -> Bool {
+        guard let first = name.utf8.first, (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(first), name.utf8.count <= 48 else {
+            return false
+        }
+        return name.utf8.allSatisfy { byte in
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+                || byte == UInt8(ascii: "_")
+        }
+    }
+
+    /// Whether `name` is a plain lower-case SQL column name.
+    public static func isValidColumn(_ name: String) -> Bool {
+        guard let first = name.utf8.first, (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(first) || first == UInt8(ascii: "_"),
+            name.utf8.count <= 63
+        else { return false }
+        return name.utf8.allSatisfy { byte in
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+                || byte == UInt8(ascii: "_")
+        }
+    }
+
+    /// The quoted, schema-qualified table `read_models."<table>"`.
+    public static func qualified(_ table: String) -> String {
+        "\(quoteIdentifier(schema)).\(quoteIdentifier(table))"
+    }
+}
+
+/// A projection declared in YAML: DDL and one SQL statement per event type, with named
+/// parameters bound from the event.
+public struct YAMLProjection: Projection {
+    public let name: String
+    public let version: Int
+    public let keyColumn: String
+    public let source: String
+    /// The DDL, with `$table` still in it.
+    public let create: String
+    /// Event type → the handler's SQL text as written.
+    public let handlers: [String: String]
+    public var eventTypes: [String] { handlers.keys.sorted() }
+    /// Compiled handlers per table name (the live table, and rebuild tables during a replay).
+    private let compiled = CompiledHandlers()
+
+    private final class CompiledHandlers: Sendable {
+        let byTable = Mutex<[String: [String: HandlerSQL]]>([:])
+    }
+
+    /// Checks everything that can be checked without a database: names, parameters, quoting.
+    public init(name: String, version: Int, key: String, create: String, handlers: [String: String], source: String) throws {
+        func fail(_ message: String) -> ProjectionError { ProjectionError(source: source, message) }
+        func fail(_ handler: String, _ message: String) -> ProjectionError { ProjectionError(source: source, handler: handler, message) }
+        guard ReadModelNames.isValidName(name) else {
+            throw fail("name \(name.debugDescription) must match [a-z][a-z0-9_]* and have at most 48 characters")
+        }
+        guard version > 0 else { throw fail("version must be a positive integer") }
+        guard ReadModelNames.isValidColumn(key) else { throw fail("key \(key.debugDescription) must be a lower-case column name") }
+        guard create.contains("$table") else { throw fail("create must create $table") }
+        guard !handlers.isEmpty else { throw fail("handlers must name at least one event type") }
+        self.name = name
+        self.version = version
+        self.keyColumn = key
+        self.create = create
+        self.handlers = handlers
+        self.source = source
+        do {
+            _ = try HandlerSQL(create, table: "t").parameters.first.map { parameter in
+                throw HandlerSQLError(message: "create takes no parameters, found \(parameter)")
+            }
+        } catch let error as HandlerSQLError {
+            throw fail("create: \(error.message)")
+        }
+        for (type, sql) in handlers {
+            if let problem = EventTypeName.problem(with: type) { throw fail(type, "not an event type: \(problem)") }
+            do {
+                _ = try HandlerSQL(sql, table: "t")
+            } catch let error as HandlerSQLError {
+                throw fail(type, error.message)
+            }
+        }
+    }
+
+    public func createStatements(table: String) throws -> String {
+        try HandlerSQL(create, table: table).sql
+    }
+
+    public func statements(for event: RecordedEvent, table: String) throws -> [SQLQuery] {
+        guard handlers[event.type] != nil else { return [] }
+        return [try handlersCompiled(for: table)[event.type]!.query(for: event)]
+    }
+
+    /// Compiles the handlers for `table` once.
+    func handlersCompiled(for table: String) throws -> [String: HandlerSQL] {
+        if let done = compiled.byTable.withLock({ $0[table] }) { return done }
+        var result: [String: HandlerSQL] = [:]
+        for (type, sql) in handlers { result[type] = try HandlerSQL(sql, table: table) }
+        compiled.byTable.withLock { $0[table] = result }
+        return result
+    }
+}
+
+extension YAMLProjection: Equatable {
+    public static func == (lhs: YAMLProjection, rhs: YAMLProjection) -> Bool {
+        lhs.name == rhs.name && lhs.version == rhs.version && lhs.keyColumn == rhs.keyColumn && lhs.create == rhs.create
+            && lhs.handlers == rhs.handlers
+    }
+}

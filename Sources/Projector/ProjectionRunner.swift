@@ -1,0 +1,373 @@
+import EventStore
+import Foundation
+import Logging
+import PostgresClient
+import Synchronization
+
+/// Told after each committed batch which read-model keys changed (the Redis cache drops them).
+public protocol InvalidationSink: Sendable {
+    /// `keys` of `projection` (cache generation `generation`) changed in the batch that moved
+    /// its checkpoint to `position`.
+    func invalidate(projection: String, generation: Int, keys: [String], position: Int) async throws
+}
+
+/// Projector settings; every field has a default.
+public struct ProjectorConfiguration: Sendable {
+    public var databaseURL: String
+    /// Events read and applied per transaction.
+    public var batchSize = 1000
+    /// Attempts at an event that keeps failing before its projection is parked.
+    public var maxAttempts = 5
+    /// The first retry's delay; doubles each attempt.
+    public var retryDelay: Duration = .milliseconds(200)
+    /// How often a standby process tries to take over a projection owned by another process.
+    public var standbyInterval: Duration = .seconds(1)
+    /// How often a live projection looks for new events without being woken by NOTIFY.
+    public var pollInterval: Duration = .seconds(1)
+    /// `host:pid`, shown as the owner of the projections this process runs.
+    public var ownerName = "\(ProcessInfo.processInfo.hostName):\(getpid())"
+
+    public init(databaseURL: String) {
+        self.databaseURL = databaseURL
+    }
+}
+
+/// The log head as last announced by NOTIFY, for live projections to wait on.
+final class HeadSignal: Sendable {
+    private struct State {
+        var generation = 0
+        var waiters: [UUID: CheckedContinuation<Void, Never>] = [:]
+    }
+    private let state = Mutex(State())
+
+    /// Wakes every waiter.
+    func signal() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.generation += 1
+            defer { state.waiters = [:] }
+            return Array(state.waiters.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    var generation: Int { state.withLock { $0.generation } }
+
+    /// Returns when signalled after `generation`, or after `timeout`.
+    func wait(after generation: Int, timeout: Duration) async {
+        let id = UUID()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let ready = self.state.withLock { state -> Bool in
+                        if state.generation != generation { return true }
+                        state.waiters[id] = continuation
+                        return false
+                    }
+                    if ready { continuation.resume() }
+                }
+            }
+            group.addTask { try? await Task.sleep(for: timeout) }
+            await group.next()
+            // Whichever finished first, release the other.
+            let pending = self.state.withLock { $0.waiters.removeValue(forKey: id) }
+            pending?.resume()
+            group.cancelAll()
+        }
+    }
+}
+
+/// Runs one projection in this process: stands by until it holds the projection's lease, then
+/// catches up in batches and follows the log. Each batch's statements and the checkpoint commit
+/// in one transaction on the session that holds the lease, so a process that lost its lease
+/// can never commit.
+final class ProjectionRunner: Sendable {
+    let projection: any Projection
+    let configuration: ProjectorConfiguration
+    let sink: (any InvalidationSink)?
+    let head: HeadSignal
+    let logger: Logger
+    private let connection: DedicatedConnection
+    let table: String
+
+    init(
+        projection: any Projection, configuration: ProjectorConfiguration, sink: (any InvalidationSink)?, head: HeadSignal,
+        logger: Logger
+    ) {
+        self.projection = projection
+        self.configuration = configuration
+        self.sink = sink
+        self.head = head
+        var logger = logger
+        logger[metadataKey: "projection.name"] = "\(projection.name)"
+        self.logger = logger
+        self.table = ReadModelNames.qualified(projection.name)
+        self.connection = DedicatedConnection(conninfo: configuration.databaseURL, name: "eventline-projection-\(projection.name)") { conn in
+            try conn.execute(unsafeSQL: "SET application_name = 'eventline-projector'")
+            try conn.execute(unsafeSQL: "SET TimeZone = 'UTC'")
+        }
+    }
+
+    /// The lease as this process holds it: the session it lives in.
+    struct Lease: Sendable {
+        var backendPID: Int32
+        var generation: Int
+        var checkpoint: Int
+    }
+
+    struct LeaseLost: Error {}
+
+    /// Why the runner stopped applying for now.
+    enum Pause: Error {
+        case parked
+        case versionChanged(stored: Int, declared: Int)
+    }
+
+    /// Runs until the task is cancelled.
+    func run() async {
+        defer { connection.shutdown() }
+        while !Task.isCancelled {
+            do {
+                guard let lease = try await acquire() else {
+                    try await Task.sleep(for: configuration.standbyInterval)
+                    continue
+                }
+                logger.info("projection lease taken", metadata: ["projection.checkpoint": "\(lease.checkpoint)"])
+                try await follow(lease)
+            } catch is CancellationError {
+                break
+            } catch let pause as Pause {
+                if case .versionChanged(let stored, let declared) = pause {
+                    logger.error(
+                        "projection version changed: rebuild it with eventctl replay",
+                        metadata: ["projection.version.stored": "\(stored)", "projection.version.declared": "\(declared)"])
+                }
+                try? await release()
+                try? await Task.sleep(for: configuration.standbyInterval)
+            } catch {
+                logger.warning("projection interrupted; taking the lease again", metadata: ["error": "\(error)"])
+                try? await release()
+                try? await Task.sleep(for: configuration.standbyInterval)
+            }
+        }
+        try? await release()
+    }
+
+    /// Registers the projection, takes its lease if free, and creates its table if missing.
+    func acquire() async throws -> Lease? {
+        let projection = self.projection
+        let table = self.table
+        let owner = configuration.ownerName
+        return try await connection.run { conn -> Lease? in
+            try conn.execute("""
+                INSERT INTO eventline.projections (name, version, key_column) VALUES (\(projection.name), \(projection.version), \(projection.keyColumn))
+                ON CONFLICT (name) DO NOTHING
+                """)
+            let lockID = try conn.query("SELECT lock_id FROM eventline.projections WHERE name = \(projection.name)").first!.decode(0, as: Int.self)
+            let locked = try conn.query(
+                "SELECT pg_try_advisory_lock(eventline.projection_lock_namespace(), \(Int32(lockID)))"
+            ).first!.decode(0, as: Bool.self)
+            guard locked else { return nil }
+            let row = try conn.query("SELECT version, generation, checkpoint FROM eventline.projections WHERE name = \(projection.name)").first!
+            let storedVersion = try row.decode(0, as: Int.self)
+            if storedVersion != projection.version {
+                throw Pause.versionChanged(stored: storedVersion, declared: projection.version)
+            }
+            try conn.transaction { conn in
+                let exists = try conn.query("SELECT to_regclass(\(table)) IS NOT NULL").first!.decode(0, as: Bool.self)
+                if !exists {
+                    try conn.execute(unsafeSQL: try projection.createStatements(table: table))
+                }
+                try conn.execute("""
+                    UPDATE eventline.projections SET owner = \(owner), owner_since = now(), key_column = \(projection.keyColumn)
+                    WHERE name = \(projection.name)
+                    """)
+            }
+            return Lease(backendPID: conn.backendPID, generation: try row.decode(1), checkpoint: try row.decode(2))
+        }
+    }
+
+    func release() async throws {
+        let name = projection.name
+        try await connection.run { conn in
+            _ = try conn.query("SELECT pg_advisory_unlock_all()")
+            try conn.execute("UPDATE eventline.projections SET owner = NULL WHERE name = \(name)")
+        }
+    }
+
+    /// Applies batches until the lease is lost, the projection is parked, or the task ends.
+    private func follow(_ lease: Lease) async throws {
+        var checkpoint = lease.checkpoint
+        var attempts = 0
+        while true {
+            try Task.checkCancellation()
+            let signalled = head.generation
+            let step = try await applyBatch(from: checkpoint, lease: lease)
+            switch step {
+            case .applied(let to, let keys):
+                checkpoint = to
+                attempts = 0
+                if !keys.isEmpty, let sink {
+                    do {
+                        try await sink.invalidate(projection: projection.name, generation: lease.generation, keys: keys, position: to)
+                    } catch {
+                        logger.warning("cache invalidation failed", metadata: ["error": "\(error)", "projection.checkpoint": "\(to)"])
+                    }
+                }
+            case .caughtUp:
+                await head.wait(after: signalled, timeout: configuration.pollInterval)
+            case .failed(let position, let handler, let message, let committed):
+                checkpoint = committed
+                attempts += 1
+                try await recordFailure(position: position, handler: handler, message: message, attempts: attempts)
+                if attempts >= configuration.maxAttempts {
+                    logger.error(
+                        "projection parked: an event keeps failing",
+                        metadata: ["event.position": "\(position)", "projection.handler": "\(handler)", "error": "\(message)"])
+                    try await waitWhileParked()
+                    attempts = 0
+                    checkpoint = try await currentCheckpoint()
+                } else {
+                    let delay = configuration.retryDelay * (1 << min(attempts - 1, 10))
+                    logger.warning(
+                        "event failed; retrying",
+                        metadata: ["event.position": "\(position)", "projection.handler": "\(handler)", "error": "\(message)", "attempt": "\(attempts)"])
+                    try await Task.sleep(for: delay)
+                }
+            case .parked:
+                try await waitWhileParked()
+                checkpoint = try await currentCheckpoint()
+            }
+        }
+    }
+
+    enum Step: Sendable {
+        case applied(to: Int, keys: [String])
+        case caughtUp
+        /// An event failed; the events before it committed, up to `checkpoint`.
+        case failed(position: Int, handler: String, message: String, checkpoint: Int)
+        case parked
+    }
+
+    /// One transaction: the next events after `checkpoint` (of the types the projection
+    /// handles), their statements, and the checkpoint. When an event fails, the events before it
+    /// commit and the failure is reported.
+    private func applyBatch(from checkpoint: Int, lease: Lease) async throws -> Step {
+        let projection = self.projection
+        let table = self.table
+        let batchSize = configuration.batchSize
+        return try await connection.run { conn -> Step in
+            guard conn.backendPID == lease.backendPID else { throw LeaseLost() }
+            let state = try conn.query("SELECT state FROM eventline.projections WHERE name = \(projection.name)").first?.decode(0, as: String.self)
+            if state != "running" { return .parked }
+            let head = try conn.query("SELECT position FROM eventline.log_head").first!.decode(0, as: Int.self)
+            guard head > checkpoint else { return .caughtUp }
+            let types = projection.eventTypes
+            let events = try EventStore.decodeEvents(try conn.query("""
+                SELECT \(unsafeSQL: EventStore.eventColumns) FROM eventline.events
+                WHERE position > \(checkpoint) AND position <= \(head) AND type = ANY(\(types))
+                ORDER BY position LIMIT \(batchSize)
+                """))
+            // Caught up to the head when the page is short: events of other types are done too.
+            let target = events.count < batchSize ? head : events.last!.position
+            return try Self.commit(events, from: checkpoint, to: target, projection: projection, table: table, on: conn)
+        }
+    }
+
+    /// Commits `events` and the checkpoint `to`; on a failing statement, commits the events
+    /// before it (checkpoint just before the failing event) and reports it.
+    private static func commit(
+        _ events: [RecordedEvent], from checkpoint: Int, to target: Int, projection: any Projection, table: String,
+        on conn: PostgresConnection
+    ) throws -> Step {
+        var queries: [SQLQuery] = ["BEGIN"]
+        /// For each query, the index of the event whose statement it is (nil: BEGIN, checkpoint, COMMIT).
+        var owners: [Int?] = [nil]
+        for (index, event) in events.enumerated() {
+            let statements: [SQLQuery]
+            do {
+                statements = try projection.statements(for: event, table: table)
+            } catch {
+                return try failure(events, at: index, message: "\(error)", from: checkpoint, projection: projection, table: table, on: conn)
+            }
+            for statement in statements {
+                queries.append(statement)
+                owners.append(index)
+            }
+        }
+        queries.append("SELECT eventline.advance_checkpoint(\(projection.name), \(checkpoint), \(target))")
+        owners.append(nil)
+        queries.append("COMMIT")
+        owners.append(nil)
+        let results = try conn.pipeline(queries)
+        var keys: [String] = []
+        for (offset, result) in results.enumerated() {
+            switch result {
+            case .success(let rows):
+                if owners[offset] != nil { keys += Self.keys(rows) }
+            case .failure(let error):
+                if error.isConnectionError { throw error }
+                guard let index = owners[offset] else {
+                    if error.sqlState == "40001" { throw LeaseLost() }  // the checkpoint moved under us
+                    throw error
+                }
+                return try failure(events, at: index, message: error.message, from: checkpoint, projection: projection, table: table, on: conn)
+            }
+        }
+        return .applied(to: target, keys: Array(Set(keys)).sorted())
+    }
+
+    /// events[index] failed: commits the events before it, then reports the failure.
+    private static func failure(
+        _ events: [RecordedEvent], at index: Int, message: String, from checkpoint: Int, projection: any Projection, table: String,
+        on conn: PostgresConnection
+    ) throws -> Step {
+        let failing = events[index]
+        var committed = checkpoint
+        if failing.position - 1 > checkpoint {
+            let prefix = try commit(
+                Array(events[..<index]), from: checkpoint, to: failing.position - 1, projection: projection, table: table, on: conn)
+            if case .applied(let to, _) = prefix { committed = to }
+        }
+        return .failed(position: failing.position, handler: failing.type, message: message, checkpoint: committed)
+    }
+
+    /// The first column of each returned row, as text.
+    static func keys(_ result: PostgresResult) -> [String] {
+        result.rows.compactMap { row in
+            if let text = try? row.decode(0, as: String.self) { return text }
+            if let number = try? row.decode(0, as: Int.self) { return String(number) }
+            return nil
+        }
+    }
+
+    private func recordFailure(position: Int, handler: String, message: String, attempts: Int) async throws {
+        let name = projection.name
+        let park = attempts >= configuration.maxAttempts
+        try await connection.run { conn in
+            try conn.execute("""
+                UPDATE eventline.projections
+                SET error = \(message), error_position = \(position), error_handler = \(handler), failed_attempts = \(attempts),
+                    state = CASE WHEN \(park) THEN 'parked' ELSE state END, updated_at = now()
+                WHERE name = \(name)
+                """)
+        }
+    }
+
+    private func waitWhileParked() async throws {
+        let name = projection.name
+        while true {
+            let state = try await connection.run { conn in
+                try conn.query("SELECT state FROM eventline.projections WHERE name = \(name)").first?.decode(0, as: String.self)
+            }
+            if state == "running" { return }
+            try await Task.sleep(for: configuration.standbyInterval)
+        }
+    }
+
+    private func currentCheckpoint() async throws -> Int {
+        let name = projection.name
+        return try await connection.run { conn in
+            try conn.query("SELECT checkpoint FROM eventline.projections WHERE name = \(name)").first!.decode(0, as: Int.self)
+        }
+    }
+}

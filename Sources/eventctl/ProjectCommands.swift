@@ -1,0 +1,196 @@
+import ArgumentParser
+import EventStore
+import Foundation
+import Logging
+import PostgresClient
+import Projector
+import ServiceLifecycle
+import UnixSignals
+
+/// Where the projection definitions are.
+struct ProjectionOptions: ParsableArguments {
+    @Option(name: .customLong("projections-dir"), help: "Directory of NAME.yaml projections (default: $EVENTLINE_PROJECTIONS_DIR or ./Projections).")
+    var directory: String?
+
+    var path: String {
+        directory ?? ProcessInfo.processInfo.environment["EVENTLINE_PROJECTIONS_DIR"] ?? "Projections"
+    }
+
+    func load() throws -> [YAMLProjection] {
+        do {
+            return try ProjectionDirectory.load(path)
+        } catch let error as ProjectionError {
+            throw CLIError(error.description)
+        }
+    }
+}
+
+struct Project: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run projections: catch up from each checkpoint, then follow the log (until SIGTERM or SIGINT).",
+        discussion: """
+            One process owns each projection at a time; start several for failover: the others \
+            stand by and take over within seconds when the owner dies.
+            """)
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var projections: ProjectionOptions
+    @Option(name: .customLong("projection"), help: "Run only this projection (repeatable; default: all in the directory).")
+    var only: [String] = []
+
+    func run() async throws {
+        try await CLI.run {
+            let url = try database.databaseURL
+            var selected = try projections.load()
+            if !only.isEmpty {
+                let names = Set(selected.map(\.name))
+                if let unknown = only.first(where: { !names.contains($0) }) {
+                    throw CLIError("no projection named \(unknown) in \(projections.path) (there are: \(names.sorted().joined(separator: ", ")))")
+                }
+                selected = selected.filter { only.contains($0.name) }
+            }
+            guard !selected.isEmpty else { throw CLIError("no projections in \(projections.path)") }
+            Logs.bootstrap()
+            var logger = Logger(label: "eventline.projector")
+            logger.logLevel = Logs.level
+            let checker = DedicatedConnection(conninfo: url)
+            defer { checker.shutdown() }
+            for projection in selected {
+                do {
+                    try await checker.run { conn in try ProjectionCatalog.validate(projection, on: conn) }
+                } catch let error as ProjectionError {
+                    throw CLIError(error.description)
+                } catch let error as PostgresError {
+                    throw CLIError("cannot check \(projection.source): \(error.message)")
+                }
+            }
+            let projector = Projector(
+                projections: selected, configuration: ProjectorConfiguration(databaseURL: url), logger: logger)
+            logger.info("projecting", metadata: ["projection.names": "\(selected.map(\.name).joined(separator: ","))"])
+            let group = ServiceGroup(
+                services: [ProjectorService(projector: projector)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            try await group.run()
+        }
+    }
+}
+
+/// The projector as a service: runs until graceful shutdown.
+struct ProjectorService: Service {
+    let projector: Projector
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            try await projector.run()
+        }
+    }
+}
+
+struct Projections: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List projections, or resume a parked one.", subcommands: [List.self, Resume.self], defaultSubcommand: List.self)
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Each projection's checkpoint, lag, owner and state.")
+        @OptionGroup var database: DatabaseOptions
+
+        func run() async throws {
+            try await CLI.run {
+                let url = try database.databaseURL
+                let statuses = try await ProjectionReport.fetch(url)
+                ProjectionReport.print(statuses)
+            }
+        }
+    }
+
+    struct Resume: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Resume a parked projection: it retries the event it stopped at.")
+        @OptionGroup var database: DatabaseOptions
+        @Argument(help: "The projection's name.") var name: String
+
+        func run() async throws {
+            try await CLI.run {
+                let url = try database.databaseURL
+                let conn = DedicatedConnection(conninfo: url)
+                defer { conn.shutdown() }
+                let name = self.name
+                let found = try await conn.run { conn in try ProjectionCatalog.resume(name, on: conn) }
+                guard found else { throw CLIError("no projection named \(name)") }
+                print("resumed \(name)")
+            }
+        }
+    }
+}
+
+/// The projections part of `status`.
+enum ProjectionReport {
+    static func fetch(_ url: String) async throws -> [ProjectionStatus] {
+        let conn = DedicatedConnection(conninfo: url)
+        defer { conn.shutdown() }
+        return try await conn.run { conn in
+            let installed = try conn.query("SELECT to_regclass('eventline.projections') IS NOT NULL").first!.decode(0, as: Bool.self)
+            guard installed else { throw CLIError("projections are not installed: run eventctl migrate") }
+            return try ProjectionCatalog.status(on: conn)
+        }
+    }
+
+    static func print(_ statuses: [ProjectionStatus]) {
+        guard !statuses.isEmpty else {
+            Swift.print("projections  none yet (eventctl project starts them)")
+            return
+        }
+        Swift.print("projections")
+        for status in statuses {
+            var line = "  \(status.name)  v\(status.version)  \(status.state)  checkpoint \(status.checkpoint)  lag \(status.lag)"
+            line += "  owner \(status.owner ?? "none")"
+            if status.failedAttempts > 0 { line += "  failed attempts \(status.failedAttempts)" }
+            Swift.print(line)
+            if let error = status.error {
+                Swift.print("    error at position \(status.errorPosition ?? 0) in handler \(status.errorHandler ?? "?"): \(error)")
+            }
+        }
+    }
+}
+
+struct AnalystRole: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "analyst-role",
+        abstract: "Let the read-only eventline_analyst role log in with a password (it may read read_models and nothing else).")
+
+    @OptionGroup var database: DatabaseOptions
+    @Option(help: "The role's new password (or $EVENTLINE_ANALYST_PASSWORD).") var password: String?
+    @Flag(help: "Stop the role from logging in.") var disable = false
+
+    func run() async throws {
+        try await CLI.run {
+            let url = try database.databaseURL
+            let conn = DedicatedConnection(conninfo: url)
+            defer { conn.shutdown() }
+            if disable {
+                try await conn.run { conn in try conn.execute(unsafeSQL: "ALTER ROLE eventline_analyst NOLOGIN") }
+                print("eventline_analyst can no longer log in")
+                return
+            }
+            guard let password = password ?? ProcessInfo.processInfo.environment["EVENTLINE_ANALYST_PASSWORD"], !password.isEmpty else {
+                throw CLIError("pass --password (or set EVENTLINE_ANALYST_PASSWORD)")
+            }
+            guard password.count >= 8 else { throw CLIError("the password must have at least 8 characters") }
+            try await conn.run { conn in
+                let exists = try conn.query("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'eventline_analyst')").first!.decode(0, as: Bool.self)
+                guard exists else { throw CLIError("the role eventline_analyst does not exist: run eventctl migrate") }
+                // ALTER ROLE takes no bind parameters: the password goes in as a quoted literal.
+                let literal = try conn.quoteLiteral(password)
+                try conn.execute(unsafeSQL: "ALTER ROLE eventline_analyst LOGIN PASSWORD \(literal)")
+            }
+            print("eventline_analyst can log in: psql \"\(Self.exampleURL(url))\"")
+        }
+    }
+
+    static func exampleURL(_ url: String) -> String {
+        if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://"), var components = URLComponents(string: url) {
+            components.user = "eventline_analyst"
+            components.password = nil
+            return components.string ?? url
+        }
+        return url + " user=eventline_analyst"
+    }
+}

@@ -45,6 +45,7 @@ public struct RedisError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The errno behind a `.connection` or `.timeout` error, when there was one.
     public var errno: Int32?
 
+    /// An error of kind `code`; the client makes these, callers normally only inspect them.
     public init(code: Code, message: String, serverCode: String? = nil, errno: Int32? = nil) {
         self.code = code
         self.message = message
@@ -52,6 +53,7 @@ public struct RedisError: Error, Sendable, Equatable, CustomStringConvertible {
         self.errno = errno
     }
 
+    /// The code and message, for logs.
     public var description: String { "Redis \(code): \(message)" }
 
     /// Whether Redis could not be reached or stopped answering: the cases where a cache user

@@ -11,6 +11,7 @@ public struct RedisMessage: Sendable, Hashable {
     /// The payload decoded as UTF-8 (invalid sequences repaired).
     public var string: String { String(decoding: payload, as: UTF8.self) }
 
+    /// A message as received on `channel`.
     public init(channel: String, payload: [UInt8]) {
         self.channel = channel
         self.payload = payload
@@ -75,6 +76,14 @@ public final class RedisSubscriber: Sendable {
         thread.name = "\(configuration.name)-subscriber"
         thread.stackSize = 1 << 20
         thread.start()
+    }
+
+    /// Starts subscribing to `channels` on `redis://[user[:password]@]host[:port][/db]`; see
+    /// `RedisConfiguration(url:)`.
+    public convenience init(
+        url: String, channels: [String], bufferSize: Int = 10_000, logger: Logger = Logger(label: "eventline.cache")
+    ) throws {
+        self.init(configuration: try RedisConfiguration(url: url), channels: channels, bufferSize: bufferSize, logger: logger)
     }
 
     /// Whether every channel is currently subscribed.

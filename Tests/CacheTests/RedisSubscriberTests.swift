@@ -76,6 +76,8 @@ struct RedisSubscriberTests {
             .subscribed, .message(RedisMessage(channel: "invalidate", payload: Array("before".utf8))),
             .subscribed, .message(RedisMessage(channel: "invalidate", payload: Array("after".utf8))),
         ])
+        subscriber.close()
+        #expect(await eventually(within: .seconds(2)) { recorder.hasEnded })
     }
 
     @Test("A silent connection is checked with PING after the health-check interval and stays subscribed")

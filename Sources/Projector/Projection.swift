@@ -112,13 +112,13 @@ public struct YAMLProjection: Projection {
         self.create = create
         self.handlers = handlers
         self.source = source
+        let ddl: HandlerSQL
         do {
-            _ = try HandlerSQL(create, table: "t").parameters.first.map { parameter in
-                throw HandlerSQLError(message: "create takes no parameters, found \(parameter)")
-            }
+            ddl = try HandlerSQL(create, table: "t")
         } catch let error as HandlerSQLError {
             throw fail("create: \(error.message)")
         }
+        if let parameter = ddl.parameters.first { throw fail("create: create takes no parameters, found \(parameter)") }
         for (type, sql) in handlers {
             if let problem = EventTypeName.problem(with: type) { throw fail(type, "not an event type: \(problem)") }
             do {

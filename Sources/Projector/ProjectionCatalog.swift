@@ -64,39 +64,35 @@ public enum ProjectionCatalog {
     /// prepare. Errors name the source and the handler.
     public static func validate(_ projection: any Projection, on conn: PostgresConnection) throws {
         let table = "pg_temp.\(quoteIdentifier("eventline_check_" + projection.name))"
+        try conn.execute(unsafeSQL: "BEGIN")
+        defer { conn.rollbackQuietly() }
         do {
-            try conn.execute(unsafeSQL: "BEGIN")
-            defer { conn.rollbackQuietly() }
-            do {
-                try conn.execute(unsafeSQL: try projection.createStatements(table: table))
-            } catch let error as PostgresError {
-                throw ProjectionError(source: projection.source, "create: \(error.message)")
-            }
-            let unique = try conn.query("""
-                SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = \(table)::regclass AND attname = \(projection.keyColumn) AND NOT attisdropped),
-                       EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                               WHERE i.indrelid = \(table)::regclass AND i.indisunique AND i.indnkeyatts = 1 AND a.attname = \(projection.keyColumn))
-                """).first!
-            guard try unique.decode(0, as: Bool.self) else {
-                throw ProjectionError(source: projection.source, "the key column \(projection.keyColumn) is not a column of the table")
-            }
-            guard try unique.decode(1, as: Bool.self) else {
-                throw ProjectionError(source: projection.source, "the key column \(projection.keyColumn) must be unique (PRIMARY KEY or UNIQUE)")
-            }
-            for type in projection.eventTypes {
-                let sample = RecordedEvent(
-                    position: 1, stream: "x-1", version: 1, id: UUID(), type: type, data: Data("{}".utf8),
-                    metadata: Data("{}".utf8), recordedAt: Date())
-                for (index, statement) in try projection.statements(for: sample, table: table).enumerated() {
-                    do {
-                        try conn.execute(unsafeSQL: "SAVEPOINT check_handler")
-                        _ = try conn.query(SQLQuery(unsafeSQL: "PREPARE eventline_check_\(index) AS \(statement.sql)"))
-                        try conn.execute(unsafeSQL: "RELEASE SAVEPOINT check_handler")
-                    } catch let error as PostgresError {
-                        throw ProjectionError(source: projection.source, handler: type, error.message)
-                    }
-                    try? conn.execute(unsafeSQL: "DEALLOCATE eventline_check_\(index)")
+            try conn.execute(unsafeSQL: try projection.createStatements(table: table))
+        } catch let error as PostgresError {
+            throw ProjectionError(source: projection.source, "create: \(error.message)")
+        }
+        let unique = try conn.query("""
+            SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = \(table)::regclass AND attname = \(projection.keyColumn) AND NOT attisdropped),
+                   EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                           WHERE i.indrelid = \(table)::regclass AND i.indisunique AND i.indnkeyatts = 1 AND a.attname = \(projection.keyColumn))
+            """).first!
+        guard try unique.decode(0, as: Bool.self) else {
+            throw ProjectionError(source: projection.source, "the key column \(projection.keyColumn) is not a column of the table")
+        }
+        guard try unique.decode(1, as: Bool.self) else {
+            throw ProjectionError(source: projection.source, "the key column \(projection.keyColumn) must be unique (PRIMARY KEY or UNIQUE)")
+        }
+        for type in projection.eventTypes {
+            let sample = RecordedEvent(
+                position: 1, stream: "x-1", version: 1, id: UUID(), type: type, data: Data("{}".utf8),
+                metadata: Data("{}".utf8), recordedAt: Date())
+            for (index, statement) in try projection.statements(for: sample, table: table).enumerated() {
+                do {
+                    _ = try conn.query(SQLQuery(unsafeSQL: "PREPARE eventline_check_\(index) AS \(statement.sql)"))
+                } catch let error as PostgresError {
+                    throw ProjectionError(source: projection.source, handler: type, error.message)
                 }
+                try? conn.execute(unsafeSQL: "DEALLOCATE eventline_check_\(index)")
             }
         }
     }

@@ -257,9 +257,12 @@ final class ProjectionRunner: Sendable {
         let batchSize = configuration.batchSize
         return try await connection.run { conn -> Step in
             guard conn.backendPID == lease.backendPID else { throw LeaseLost() }
-            let state = try conn.query("SELECT state FROM eventline.projections WHERE name = \(projection.name)").first?.decode(0, as: String.self)
-            if state != "running" { return .parked }
-            let head = try conn.query("SELECT position FROM eventline.log_head").first!.decode(0, as: Int.self)
+            // The projection's state and the log head in one round trip.
+            guard let row = try conn.query("""
+                SELECT p.state, h.position FROM eventline.projections p CROSS JOIN eventline.log_head h WHERE p.name = \(projection.name)
+                """).first, try row.decode(0, as: String.self) == "running"
+            else { return .parked }
+            let head = try row.decode(1, as: Int.self)
             guard head > checkpoint else { return .caughtUp }
             let types = projection.eventTypes
             let events = try EventStore.decodeEvents(try conn.query("""

@@ -2,6 +2,7 @@ import ArgumentParser
 import EventStore
 import Foundation
 import Logging
+import PostgresClient
 
 /// The database to work on.
 struct DatabaseOptions: ParsableArguments {
@@ -21,6 +22,11 @@ struct DatabaseOptions: ParsableArguments {
         if let url = databaseURLOption, url.trimmingCharacters(in: .whitespaces).isEmpty {
             throw ValidationError("--database-url is empty")
         }
+    }
+
+    /// Runs `body` on one connection of its own (on its thread), then closes it.
+    func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        try await CLI.withConnection(try databaseURL, body)
     }
 
     /// Opens an event store with a small pool, enough for one command.
@@ -62,6 +68,13 @@ enum CLI {
         logger.logLevel = level ?? .warning
         return logger
     }()
+
+    /// Runs `body` on a connection to `url` of its own (on its thread), then closes it.
+    static func withConnection<T: Sendable>(_ url: String, _ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        let connection = DedicatedConnection(conninfo: url, name: "eventctl")
+        defer { connection.shutdown() }
+        return try await connection.run(body)
+    }
 
     /// Runs a command body: any error becomes one line on stderr and a non-zero exit, never a trace.
     static func run(_ body: () async throws -> Void) async throws {

@@ -109,11 +109,8 @@ struct Projections: AsyncParsableCommand {
 
         func run() async throws {
             try await CLI.run {
-                let url = try database.databaseURL
-                let conn = DedicatedConnection(conninfo: url)
-                defer { conn.shutdown() }
                 let name = self.name
-                let found = try await conn.run { conn in try ProjectionCatalog.resume(name, on: conn) }
+                let found = try await database.withConnection { conn in try ProjectionCatalog.resume(name, on: conn) }
                 guard found else { throw CLIError("no projection named \(name)") }
                 print("resumed \(name)")
             }
@@ -124,9 +121,7 @@ struct Projections: AsyncParsableCommand {
 /// The projections part of `status`.
 enum ProjectionReport {
     static func fetch(_ url: String) async throws -> [ProjectionStatus] {
-        let conn = DedicatedConnection(conninfo: url)
-        defer { conn.shutdown() }
-        return try await conn.run { conn in
+        try await CLI.withConnection(url) { conn in
             let installed = try conn.query("SELECT to_regclass('eventline.projections') IS NOT NULL").first!.decode(0, as: Bool.self)
             guard installed else { throw CLIError("projections are not installed: run eventctl migrate") }
             return try ProjectionCatalog.status(on: conn)
@@ -163,10 +158,8 @@ struct AnalystRole: AsyncParsableCommand {
     func run() async throws {
         try await CLI.run {
             let url = try database.databaseURL
-            let conn = DedicatedConnection(conninfo: url)
-            defer { conn.shutdown() }
             if disable {
-                try await conn.run { conn in try conn.execute(unsafeSQL: "ALTER ROLE eventline_analyst NOLOGIN") }
+                try await database.withConnection { conn in try conn.execute(unsafeSQL: "ALTER ROLE eventline_analyst NOLOGIN") }
                 print("eventline_analyst can no longer log in")
                 return
             }
@@ -174,7 +167,7 @@ struct AnalystRole: AsyncParsableCommand {
                 throw CLIError("pass --password (or set EVENTLINE_ANALYST_PASSWORD)")
             }
             guard password.count >= 8 else { throw CLIError("the password must have at least 8 characters") }
-            try await conn.run { conn in
+            try await database.withConnection { conn in
                 let exists = try conn.query("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'eventline_analyst')").first!.decode(0, as: Bool.self)
                 guard exists else { throw CLIError("the role eventline_analyst does not exist: run eventctl migrate") }
                 // ALTER ROLE takes no bind parameters: the password goes in as a quoted literal.

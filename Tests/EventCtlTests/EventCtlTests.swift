@@ -168,6 +168,30 @@ struct EventCtlTests {
         #expect(rows.count >= acknowledged)
         await test.store.shutdown()
     }
+
+    @Test("analyst-role lets eventline_analyst log in; it reads read_models and nothing else; projections resume names unknown projections")
+    func analystRole() async throws {
+        let test = try await TestStore.make("clianalyst")
+        Self.expectOneLineError(try await Self.eventctl(["analyst-role", "--password", "short"], url: test.url), containing: "at least 8")
+        Self.expectOneLineError(try await Self.eventctl(["projections", "resume", "nope"], url: test.url), containing: "no projection named nope")
+        let output = try await Self.eventctl(["analyst-role", "--password", "s3cret-pass'; --"], url: test.url)
+        #expect(output.status == 0, "\(output.stderr)")
+        try await test.sql { conn in
+            try conn.execute(unsafeSQL: "CREATE TABLE read_models.sample (id text PRIMARY KEY); INSERT INTO read_models.sample VALUES ('a')")
+        }
+        var components = URLComponents(string: test.url)!
+        components.user = "eventline_analyst"
+        components.password = "s3cret-pass'; --"
+        let analyst = DedicatedConnection(conninfo: components.string!)
+        defer { analyst.shutdown() }
+        let count = try await analyst.run { conn in try conn.query("SELECT count(*) FROM read_models.sample").first!.decode(0, as: Int.self) }
+        #expect(count == 1)
+        for forbidden in ["INSERT INTO read_models.sample VALUES ('b')", "SELECT count(*) FROM eventline.events", "CREATE TABLE read_models.mine (x int)"] {
+            await #expect(throws: PostgresError.self, "\(forbidden)") { try await analyst.run { conn in try conn.execute(unsafeSQL: forbidden) } }
+        }
+        #expect(try await Self.eventctl(["analyst-role", "--disable"], url: test.url).status == 0)
+        await test.store.shutdown()
+    }
 }
 
 /// Reads lines from a pipe on a thread of its own.

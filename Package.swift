@@ -83,18 +83,18 @@ let package = Package(
         .target(
             name: "Projector",
             dependencies: [
-                "EventStore", "PostgresClient",
+                "EventStore", "PostgresClient", "Cache",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
 
-        // The HTTP API: commands, streams, the log, health and metrics.
+        // The HTTP API: commands, streams, the log, read models, health and metrics.
         .target(
             name: "HTTPServer",
             dependencies: [
-                "EventStore", "Aggregates", "PostgresClient",
+                "EventStore", "Aggregates", "PostgresClient", "Projector", "Cache",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -118,7 +118,7 @@ let package = Package(
             name: "eventctl",
             dependencies: [
                 "EventStore", "HTTPServer", "BankDomain",
-                "PostgresClient", "Projector",
+                "PostgresClient", "Projector", "Cache",
                 "EmbeddedServers",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -164,7 +164,7 @@ let package = Package(
         .testTarget(
             name: "HTTPServerTests",
             dependencies: [
-                "HTTPServer", "BankDomain", "EventStore", "EventlineTestSupport", "EmbeddedServers",
+                "HTTPServer", "BankDomain", "EventStore", "EventlineTestSupport", "EmbeddedServers", "Projector", "Cache", "PostgresClient",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -172,7 +172,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ProjectorTests",
-            dependencies: ["Projector", "EventStore", "PostgresClient", "EventlineTestSupport"],
+            dependencies: ["Projector", "EventStore", "PostgresClient", "EventlineTestSupport", "Cache", "EmbeddedServers"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

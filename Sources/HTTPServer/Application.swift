@@ -15,10 +15,12 @@ import ServiceLifecycle
 /// let app = buildApplication(ServerConfiguration(), store: store, commands: commands)
 /// try await app.runService()   // SIGTERM/SIGINT: in-flight requests finish, then the store flushes
 /// ```
+/// Read models are served from `readModels` (by default without a cache, from the store's database).
 public func buildApplication(
     _ configuration: ServerConfiguration, store: EventStore, commands: CommandRegistry,
-    openAPI: Data? = nil, logger: Logger = Logger(label: "eventline.http")
+    readModels: ReadModelService? = nil, openAPI: Data? = nil, logger: Logger = Logger(label: "eventline.http")
 ) -> some ApplicationProtocol {
+    let readModels = readModels ?? ReadModelService(.init(databaseURL: store.configuration.databaseURL), logger: logger)
     let metrics = ServerMetrics()
     store.observeGroupCommits { appends, events in metrics.recordGroup(appends: appends, events: events) }
     let router = Router(context: EventlineRequestContext.self)
@@ -28,10 +30,11 @@ public func buildApplication(
         logger: logger))
     Routes(store: store, commands: commands, configuration: configuration, metrics: metrics, openAPI: openAPI)
         .register(on: router)
+    ReadModelRoutes(readModels: readModels, configuration: configuration).register(on: router)
     return Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "eventline"),
-        services: [StoreService(store: store)],
+        services: [StoreService(store: store), readModels],
         logger: logger)
 }
 

@@ -115,4 +115,21 @@ enum JSONIO {
         out += ",\"recordedAt\":\"\(event.recordedAt.formatted(timestampStyle))\"}"
         return out
     }
+
+    /// Refuses query parameters not in `allowed`, and control characters in values.
+    static func rejectUnknownQuery(_ query: Hummingbird.Parameters, allowed: Set<String>) throws {
+        for (key, value) in query {
+            guard allowed.contains(String(key)) else { throw Problem.badRequest("unknown query parameter \(key)", field: String(key)) }
+            try JSONIO.rejectControlCharacters(String(value), field: String(key))
+        }
+    }
+
+    /// The integer query parameter `name` in `range`, or nil when absent.
+    static func queryInteger(_ query: Hummingbird.Parameters, _ name: String, range: ClosedRange<Int>) throws -> Int? {
+        guard let text = query[name[...]] else { return nil }
+        guard let value = Int(text), range.contains(value) else {
+            throw Problem.badRequest("\(name) must be an integer from \(range.lowerBound) to \(range.upperBound)", field: name)
+        }
+        return value
+    }
 }

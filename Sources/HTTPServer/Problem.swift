@@ -68,6 +68,14 @@ extension Problem {
                     .conflict, "contention", "The stream kept changing under the command", detail: contention.description,
                     extensions: extensions, headers: [.retryAfter: "1"]), false
             )
+        case let behind as ReadModelService.Behind:
+            return (
+                Problem(
+                    .gatewayTimeout, "read-model-behind", "The read model has not caught up",
+                    detail: "the read model is at position \(behind.checkpoint), not yet at \(behind.atLeast); retry later",
+                    extensions: ["checkpoint": .number(Double(behind.checkpoint)), "atLeast": .number(Double(behind.atLeast))],
+                    headers: [.retryAfter: "1"]), false
+            )
         case let violation as RuleViolation:
             return (Problem(.unprocessableContent, violation.code, "The command was refused", detail: violation.message), false)
         case let error as EventStoreError:

@@ -221,9 +221,9 @@ struct Routes: Sendable {
     func readStream(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let stream = try JSONIO.pathParameter(context, "stream")
         let query = request.uri.queryParameters
-        try rejectUnknownQuery(query, allowed: ["from", "limit", "direction"])
-        let limit = try queryInteger(query, "limit", range: 1...configuration.maxReadLimit) ?? 100
-        let from = try queryInteger(query, "from", range: 0...Int(Int64.max))
+        try JSONIO.rejectUnknownQuery(query, allowed: ["from", "limit", "direction"])
+        let limit = try JSONIO.queryInteger(query, "limit", range: 1...configuration.maxReadLimit) ?? 100
+        let from = try JSONIO.queryInteger(query, "from", range: 0...Int(Int64.max))
         let direction: ReadDirection
         switch query["direction"].map({ String($0) }) {
         case nil, "forward"?: direction = .forward
@@ -246,30 +246,15 @@ struct Routes: Sendable {
 
     func readLog(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let query = request.uri.queryParameters
-        try rejectUnknownQuery(query, allowed: ["after", "limit", "category", "type"])
-        let after = try queryInteger(query, "after", range: 0...Int(Int64.max)) ?? 0
-        let limit = try queryInteger(query, "limit", range: 1...configuration.maxReadLimit) ?? 100
+        try JSONIO.rejectUnknownQuery(query, allowed: ["after", "limit", "category", "type"])
+        let after = try JSONIO.queryInteger(query, "after", range: 0...Int(Int64.max)) ?? 0
+        let limit = try JSONIO.queryInteger(query, "limit", range: 1...configuration.maxReadLimit) ?? 100
         let types = query.getAll("type").map { String($0) }
         let filter = EventFilter(category: query["category"].map { String($0) }, types: types.isEmpty ? nil : types)
         let events = try await store.readAll(after: after, limit: limit, filter: filter)
         let next = events.count == limit ? String(events.last!.position) : "null"
         let json = #"{"events":[\#(events.map { JSONIO.event($0, includeStream: true) }.joined(separator: ","))],"next":\#(next)}"#
         return JSONIO.response(.ok, Data(json.utf8))
-    }
-
-    func rejectUnknownQuery(_ query: Hummingbird.Parameters, allowed: Set<String>) throws {
-        for (key, value) in query {
-            guard allowed.contains(String(key)) else { throw Problem.badRequest("unknown query parameter \(key)", field: String(key)) }
-            try JSONIO.rejectControlCharacters(String(value), field: String(key))
-        }
-    }
-
-    func queryInteger(_ query: Hummingbird.Parameters, _ name: String, range: ClosedRange<Int>) throws -> Int? {
-        guard let text = query[name[...]] else { return nil }
-        guard let value = Int(text), range.contains(value) else {
-            throw Problem.badRequest("\(name) must be an integer from \(range.lowerBound) to \(range.upperBound)", field: name)
-        }
-        return value
     }
 
     // MARK: - Health

@@ -23,6 +23,8 @@ public final class PostgresConnectionPool: Sendable {
         public var acquireTimeout: Duration
         /// Thread name prefix, for debuggers and `top -H`.
         public var name: String
+        /// Session settings made on each new connection (for example `TimeZone: UTC`).
+        public var sessionSettings: [String: String] = [:]
 
         public init(conninfo: String, size: Int = 10, acquireTimeout: Duration = .seconds(10), name: String = "eventline-pool") {
             self.conninfo = conninfo
@@ -127,11 +129,13 @@ public final class PostgresConnectionPool: Sendable {
                     continuation.resume(returning: connection)
                 case .create:
                     let applicationName = configuration.name
+                    let settings = configuration.sessionSettings
                     continuation.resume(returning: DedicatedConnection(
                         conninfo: configuration.conninfo, name: "\(configuration.name)-\(id)"
                     ) { conn in
                         // Named after the pool, so that its sessions can be told apart in pg_stat_activity.
                         try conn.execute("SELECT set_config('application_name', \(applicationName), false)")
+                        for (name, value) in settings { try conn.execute("SELECT set_config(\(name), \(value), false)") }
                     })
                 case .closed:
                     continuation.resume(throwing: PostgresError(code: .poolClosed, message: "the connection pool was closed"))

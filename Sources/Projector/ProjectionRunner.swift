@@ -32,16 +32,19 @@ public struct ProjectorConfiguration: Sendable {
     }
 }
 
-/// The log head as last announced by NOTIFY, for live projections to wait on.
-final class HeadSignal: Sendable {
+/// Something that changes (the log head, a projection's checkpoint), announced by NOTIFY, for
+/// tasks to wait on without polling.
+public final class ChangeSignal: Sendable {
     private struct State {
         var generation = 0
         var waiters: [UUID: CheckedContinuation<Void, Never>] = [:]
     }
     private let state = Mutex(State())
 
+    public init() {}
+
     /// Wakes every waiter.
-    func signal() {
+    public func signal() {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.generation += 1
             defer { state.waiters = [:] }
@@ -50,10 +53,11 @@ final class HeadSignal: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    var generation: Int { state.withLock { $0.generation } }
+    /// Counts signals; read it before checking the state, then wait after it.
+    public var generation: Int { state.withLock { $0.generation } }
 
     /// Returns when signalled after `generation`, or after `timeout`.
-    func wait(after generation: Int, timeout: Duration) async {
+    public func wait(after generation: Int, timeout: Duration) async {
         let id = UUID()
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -84,13 +88,13 @@ final class ProjectionRunner: Sendable {
     let projection: any Projection
     let configuration: ProjectorConfiguration
     let sink: (any InvalidationSink)?
-    let head: HeadSignal
+    let head: ChangeSignal
     let logger: Logger
     private let connection: DedicatedConnection
     let table: String
 
     init(
-        projection: any Projection, configuration: ProjectorConfiguration, sink: (any InvalidationSink)?, head: HeadSignal,
+        projection: any Projection, configuration: ProjectorConfiguration, sink: (any InvalidationSink)?, head: ChangeSignal,
         logger: Logger
     ) {
         self.projection = projection
@@ -157,6 +161,7 @@ final class ProjectionRunner: Sendable {
         let projection = self.projection
         let table = self.table
         let owner = configuration.ownerName
+        let caching = sink != nil
         return try await connection.run { conn -> Lease? in
             try conn.execute("""
                 INSERT INTO eventline.projections (name, version, key_column) VALUES (\(projection.name), \(projection.version), \(projection.keyColumn))
@@ -167,10 +172,16 @@ final class ProjectionRunner: Sendable {
                 "SELECT pg_try_advisory_lock(eventline.projection_lock_namespace(), \(Int32(lockID)))"
             ).first!.decode(0, as: Bool.self)
             guard locked else { return nil }
-            let row = try conn.query("SELECT version, generation, checkpoint FROM eventline.projections WHERE name = \(projection.name)").first!
+            let row = try conn.query("SELECT version, generation, checkpoint, owner FROM eventline.projections WHERE name = \(projection.name)").first!
             let storedVersion = try row.decode(0, as: Int.self)
             if storedVersion != projection.version {
                 throw Pause.versionChanged(stored: storedVersion, declared: projection.version)
+            }
+            var generation = try row.decode(1, as: Int.self)
+            // An owner that did not release the lease may have died between a commit and its
+            // cache invalidation: start a new cache generation, which drops every cached row.
+            if caching, try row.decode(3, as: String?.self) != nil {
+                generation = try Self.bumpGeneration(projection.name, on: conn)
             }
             try conn.transaction { conn in
                 let exists = try conn.query("SELECT to_regclass(\(table)) IS NOT NULL").first!.decode(0, as: Bool.self)
@@ -182,8 +193,18 @@ final class ProjectionRunner: Sendable {
                     WHERE name = \(projection.name)
                     """)
             }
-            return Lease(backendPID: conn.backendPID, generation: try row.decode(1), checkpoint: try row.decode(2))
+            return Lease(backendPID: conn.backendPID, generation: generation, checkpoint: try row.decode(2))
         }
+    }
+
+    /// Starts a new cache generation for `name` and tells servers (NOTIFY `name:generation:G`).
+    static func bumpGeneration(_ name: String, on conn: PostgresConnection) throws -> Int {
+        try conn.query("""
+            WITH bumped AS (
+                UPDATE eventline.projections SET generation = generation + 1, updated_at = now() WHERE name = \(name) RETURNING generation
+            )
+            SELECT generation, pg_notify('eventline_projections', \(name) || ':generation:' || generation) FROM bumped
+            """).first!.decode(0, as: Int.self)
     }
 
     func release() async throws {
@@ -196,10 +217,23 @@ final class ProjectionRunner: Sendable {
 
     /// Applies batches until the lease is lost, the projection is parked, or the task ends.
     private func follow(_ lease: Lease) async throws {
+        var lease = lease
         var checkpoint = lease.checkpoint
         var attempts = 0
+        var invalidationLost = false
         while true {
             try Task.checkCancellation()
+            if invalidationLost {
+                // Some changed rows may still be cached: a new generation makes them unreachable.
+                let name = projection.name
+                let backendPID = lease.backendPID
+                lease.generation = try await connection.run { conn in
+                    guard conn.backendPID == backendPID else { throw LeaseLost() }
+                    return try Self.bumpGeneration(name, on: conn)
+                }
+                invalidationLost = false
+                logger.info("new cache generation after a failed invalidation", metadata: ["projection.generation": "\(lease.generation)"])
+            }
             let signalled = head.generation
             let step = try await applyBatch(from: checkpoint, lease: lease)
             switch step {
@@ -211,6 +245,7 @@ final class ProjectionRunner: Sendable {
                         try await sink.invalidate(projection: projection.name, generation: lease.generation, keys: keys, position: to)
                     } catch {
                         logger.warning("cache invalidation failed", metadata: ["error": "\(error)", "projection.checkpoint": "\(to)"])
+                        invalidationLost = true
                     }
                 }
             case .caughtUp:

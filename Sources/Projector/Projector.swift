@@ -31,7 +31,7 @@ public final class Projector: Sendable {
 
     /// Runs every projection until the calling task is cancelled.
     public func run() async throws {
-        let head = HeadSignal()
+        let head = ChangeSignal()
         let runners = projections.map {
             ProjectionRunner(projection: $0, configuration: configuration, sink: sink, head: head, logger: logger)
         }

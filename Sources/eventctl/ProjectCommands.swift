@@ -1,4 +1,5 @@
 import ArgumentParser
+import Cache
 import EventStore
 import Foundation
 import Logging
@@ -25,6 +26,33 @@ struct ProjectionOptions: ParsableArguments {
     }
 }
 
+/// The Redis cache of read-model rows.
+struct CacheOptions: ParsableArguments {
+    @Option(name: .customLong("redis-url"), help: "Redis for the read-model cache, redis://[user:password@]host[:port][/db] (default: $EVENTLINE_REDIS_URL; none: no cache).")
+    var redisURL: String?
+    @Option(name: .customLong("cache-ttl"), help: "Seconds a cached row lives (default: $EVENTLINE_CACHE_TTL or 300).")
+    var ttl: Int?
+    @Option(name: .customLong("cache-prefix"), help: "Prefix of cache keys and of the invalidation channel (default: $EVENTLINE_CACHE_PREFIX or eventline).")
+    var prefix: String?
+
+    /// The cache, or nil when no Redis is configured.
+    func cache(logger: Logger) throws -> ReadModelCache? {
+        let environment = ProcessInfo.processInfo.environment
+        guard let url = redisURL ?? environment["EVENTLINE_REDIS_URL"], !url.isEmpty else { return nil }
+        var seconds = 300
+        if let given = ttl ?? environment["EVENTLINE_CACHE_TTL"].map({ Int($0) ?? 0 }) {
+            guard given > 0 else { throw CLIError("the cache TTL (--cache-ttl, EVENTLINE_CACHE_TTL) must be a positive number of seconds") }
+            seconds = given
+        }
+        do {
+            let prefix = self.prefix ?? environment["EVENTLINE_CACHE_PREFIX"] ?? "eventline"
+            return ReadModelCache(client: try RedisClient(url: url, logger: logger), ttlSeconds: seconds, prefix: prefix)
+        } catch {
+            throw CLIError("EVENTLINE_REDIS_URL (--redis-url) is not a Redis URL: \(error)")
+        }
+    }
+}
+
 struct Project: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run projections: catch up from each checkpoint, then follow the log (until SIGTERM or SIGINT).",
@@ -35,6 +63,7 @@ struct Project: AsyncParsableCommand {
 
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var projections: ProjectionOptions
+    @OptionGroup var cacheOptions: CacheOptions
     @Option(name: .customLong("projection"), help: "Run only this projection (repeatable; default: all in the directory).")
     var only: [String] = []
 
@@ -64,8 +93,11 @@ struct Project: AsyncParsableCommand {
                     throw CLIError("cannot check \(projection.source): \(error.message)")
                 }
             }
+            let cache = try cacheOptions.cache(logger: logger)
+            defer { cache?.client.shutdown() }
             let projector = Projector(
-                projections: selected, configuration: ProjectorConfiguration(databaseURL: url), logger: logger)
+                projections: selected, configuration: ProjectorConfiguration(databaseURL: url),
+                invalidations: cache.map(RedisInvalidationSink.init), logger: logger)
             logger.info("projecting", metadata: ["projection.names": "\(selected.map(\.name).joined(separator: ","))"])
             let group = ServiceGroup(
                 services: [ProjectorService(projector: projector)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

@@ -6,12 +6,14 @@ import Foundation
 import HTTPServer
 import Hummingbird
 import Logging
+import Projector
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve the HTTP API (commands for the bank domain, streams, the log, health, metrics).")
 
     @OptionGroup var database: DatabaseOptions
+    @OptionGroup var cacheOptions: CacheOptions
     @Option(help: "Address to listen on (default: $EVENTLINE_HTTP_HOST or 127.0.0.1).") var host: String?
     @Option(help: "Port to listen on (default: $EVENTLINE_HTTP_PORT or 8080).") var port: Int?
     @Option(name: .customLong("max-body-size"), help: "Largest request body in bytes (default: $EVENTLINE_MAX_BODY_SIZE or 1 MiB).")
@@ -30,7 +32,15 @@ struct Serve: AsyncParsableCommand {
             if let port = try port ?? environment["EVENTLINE_HTTP_PORT"].map(Self.parsePort) { configuration.port = port }
             if let size = maxBodySize ?? environment["EVENTLINE_MAX_BODY_SIZE"].flatMap(Int.init) { configuration.maxBodySize = size }
             configuration.rateLimit = try Self.rateLimit(environment)
-            try await Server.run(databaseURL: try database.databaseURL, configuration: configuration)
+            var readModels = ReadModels()
+            readModels.cache = try cacheOptions.cache(logger: Logger(label: "eventline.cache"))
+            if let text = environment["EVENTLINE_READ_WAIT_TIMEOUT"] {
+                guard let seconds = Double(text), seconds >= 0, seconds <= 3600 else {
+                    throw CLIError("EVENTLINE_READ_WAIT_TIMEOUT must be a number of seconds from 0 to 3600, not '\(text)'")
+                }
+                readModels.waitTimeout = .milliseconds(Int(seconds * 1000))
+            }
+            try await Server.run(databaseURL: try database.databaseURL, configuration: configuration, readModels: readModels)
         }
     }
 
@@ -56,9 +66,17 @@ struct Serve: AsyncParsableCommand {
     }
 }
 
+/// How the server reads read models.
+struct ReadModels {
+    var cache: ReadModelCache?
+    var waitTimeout: Duration = .seconds(5)
+}
+
 /// Runs the server until SIGTERM or SIGINT; shared by `serve` and `dev`.
 enum Server {
-    static func run(databaseURL: String, configuration: ServerConfiguration, banner: [String] = []) async throws {
+    static func run(
+        databaseURL: String, configuration: ServerConfiguration, readModels: ReadModels = ReadModels(), banner: [String] = []
+    ) async throws {
         Logs.bootstrap()
         var logger = Logger(label: "eventline")
         logger.logLevel = Logs.level
@@ -68,7 +86,11 @@ enum Server {
         var commands = CommandRegistry()
         commands.register(CommandHandler<BankAccount>(store: store, logger: logger))
         let openAPI = OpenAPIFile.find().flatMap { FileManager.default.contents(atPath: $0) }
-        let app = buildApplication(configuration, store: store, commands: commands, openAPI: openAPI, logger: logger)
+        var readConfiguration = ReadModelService.Configuration(databaseURL: databaseURL)
+        readConfiguration.waitTimeout = readModels.waitTimeout
+        let readService = ReadModelService(readConfiguration, cache: readModels.cache, logger: logger)
+        let app = buildApplication(
+            configuration, store: store, commands: commands, readModels: readService, openAPI: openAPI, logger: logger)
         logger.info("serving", metadata: ["http.address": "\(configuration.host):\(configuration.port)"])
         if (try? await store.activeAPIKeyHashes().isEmpty) ?? true {
             logger.warning("no API keys are configured: the server is open to anyone who can reach it")

@@ -1,5 +1,6 @@
 import Aggregates
 import BankDomain
+import Cache
 import EventStore
 import EventlineTestSupport
 import Foundation
@@ -8,12 +9,17 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import NIOCore
+import Projector
 
 /// A live server (real HTTP on loopback) over a migrated test database.
 struct TestServer {
     let test: TestStore
     var configuration = ServerConfiguration()
     var handlerConfiguration = CommandHandler<BankAccount>.Configuration()
+    /// The read-model cache (nil: reads go to PostgreSQL).
+    var cache: ReadModelCache? = nil
+    /// How long a read with atLeast waits.
+    var readWaitTimeout: Duration = .seconds(5)
 
     static func make(_ label: String, configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
         var server = TestServer(test: try await TestStore.make(label))
@@ -29,7 +35,10 @@ struct TestServer {
         var commands = CommandRegistry()
         commands.register(CommandHandler<BankAccount>(store: store, configuration: handlerConfiguration))
         let openAPI = FileManager.default.contents(atPath: Repository.root + "/Schemas/openapi.yaml")
-        let app = buildApplication(configuration, store: store, commands: commands, openAPI: openAPI)
+        var readConfiguration = ReadModelService.Configuration(databaseURL: test.url)
+        readConfiguration.waitTimeout = readWaitTimeout
+        let readModels = ReadModelService(readConfiguration, cache: cache)
+        let app = buildApplication(configuration, store: store, commands: commands, readModels: readModels, openAPI: openAPI)
         return try await app.test(.live) { client in try await body(client) }
     }
 }

@@ -48,7 +48,8 @@ public final class ReadModelService: Service, Sendable {
         var poolConfiguration = PostgresConnectionPool.Configuration(
             conninfo: configuration.databaseURL, size: configuration.poolSize, name: "eventline-read-models")
         // to_json renders timestamptz in the session's zone: RFC 3339 in UTC.
-        poolConfiguration.sessionSettings = ["TimeZone": "UTC"]
+        // JIT compiling costs more than these short queries take.
+        poolConfiguration.sessionSettings = ["TimeZone": "UTC", "jit": "off"]
         self.pool = PostgresConnectionPool(poolConfiguration)
         self.cache = cache
         self.logger = logger

@@ -27,14 +27,17 @@ public struct ProjectionStatus: Sendable, Equatable {
 public enum ProjectionCatalog {
     /// Every registered projection (or only `name`), with the log head read in the same snapshot.
     public static func status(on conn: PostgresConnection, name: String? = nil) throws -> [ProjectionStatus] {
+        // pg_locks is read once (a correlated subquery per projection costs enough to make
+        // PostgreSQL JIT-compile the query: 200 ms instead of 0.3).
         let rows = try conn.query("""
+            WITH held AS (
+                SELECT l.objid FROM pg_locks l
+                WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                  AND l.classid = eventline.projection_lock_namespace()::oid
+                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            )
             SELECT p.name, p.version, p.key_column, p.generation, p.checkpoint, h.position, p.state,
-                   CASE WHEN EXISTS (
-                       SELECT 1 FROM pg_locks l
-                       WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                         AND l.classid = eventline.projection_lock_namespace()::oid AND l.objid = p.lock_id::oid
-                         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                   ) THEN p.owner END,
+                   CASE WHEN p.lock_id::oid IN (SELECT objid FROM held) THEN p.owner END,
                    p.error, p.error_position, p.error_handler, p.failed_attempts
             FROM eventline.projections p CROSS JOIN eventline.log_head h
             WHERE \(name)::text IS NULL OR p.name = \(name)::text

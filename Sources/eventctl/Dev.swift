@@ -4,12 +4,15 @@ import EventStore
 import Foundation
 import HTTPServer
 import PostgresClient
+import Projector
+import ServiceLifecycle
 
 struct Dev: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Start a private PostgreSQL, migrate it, and serve the bank domain until interrupted (or run a short demo).")
 
     @OptionGroup var migrations: MigrationOptions
+    @OptionGroup var projections: ProjectionOptions
     @Flag(help: "Run a short demo of the store (appends, a conflict, a read, status), then stop.") var demo = false
     @Flag(name: .customLong("no-serve"), help: "Only run the database; do not serve HTTP.") var noServe = false
     @Option(name: .customLong("pg-port"), help: "The port for the private PostgreSQL (default: a free one).") var pgPort: Int?
@@ -44,10 +47,19 @@ struct Dev: AsyncParsableCommand {
             var configuration = ServerConfiguration()
             configuration.port = port
             let base = "http://127.0.0.1:\(port)"
-            try await Server.run(databaseURL: url, configuration: configuration, banner: [
+            // The projections of the directory, kept live in this process.
+            var services: [any Service] = []
+            if FileManager.default.fileExists(atPath: projections.path) {
+                let loaded = try projections.load()
+                services.append(ProjectorService(projector: Projector(
+                    projections: loaded, configuration: ProjectorConfiguration(databaseURL: url), logger: CLI.logger)))
+                Swift.print("Projecting \(loaded.map(\.name).joined(separator: ", ")) from \(projections.path).")
+            }
+            try await Server.run(databaseURL: url, configuration: configuration, alongside: services, banner: [
                 "Serving the bank domain on \(base) (Ctrl-C stops it and deletes the database). Try:",
                 "  curl -s -X POST \(base)/v1/commands/account/42 -H 'Content-Type: application/json' -d '{\"type\":\"OpenAccount\",\"data\":{\"owner\":\"Ada\",\"currency\":\"EUR\"}}'",
                 "  curl -s \(base)/v1/streams/account-42",
+                "  curl -s \(base)/v1/read-models/account_balances/42",
             ])
         }
     }

@@ -7,6 +7,8 @@ import HTTPServer
 import Hummingbird
 import Logging
 import Projector
+import ServiceLifecycle
+import UnixSignals
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -75,7 +77,8 @@ struct ReadModels {
 /// Runs the server until SIGTERM or SIGINT; shared by `serve` and `dev`.
 enum Server {
     static func run(
-        databaseURL: String, configuration: ServerConfiguration, readModels: ReadModels = ReadModels(), banner: [String] = []
+        databaseURL: String, configuration: ServerConfiguration, readModels: ReadModels = ReadModels(),
+        alongside services: [any Service] = [], banner: [String] = []
     ) async throws {
         Logs.bootstrap()
         var logger = Logger(label: "eventline")
@@ -97,7 +100,9 @@ enum Server {
         }
         for line in banner { print(line) }
         fflush(nil)
-        try await app.runService()
+        // The server first: on SIGTERM the services stop in reverse order, the server last.
+        let group = ServiceGroup(services: [app] + services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
     }
 }
 

@@ -11,7 +11,7 @@ import Projector
 import Testing
 
 /// Runs the shipped projections in-process against `test`'s database until the task is cancelled.
-private func startProjector(_ test: TestStore, cache: ReadModelCache? = nil) throws -> Task<Void, Never> {
+func startProjector(_ test: TestStore, cache: ReadModelCache? = nil) throws -> Task<Void, Never> {
     var configuration = ProjectorConfiguration(databaseURL: test.url)
     configuration.standbyInterval = .milliseconds(100)
     configuration.pollInterval = .milliseconds(200)

@@ -45,6 +45,10 @@ def main():
             continue
         media = item["contentType"].split(";")[0].strip()
         content = documented.get("content", {})
+        if not content:
+            if item["body"]:
+                failures.append(f"{where}: a body where none is documented")
+            continue
         if media not in content:
             failures.append(f"{where}: content type {media} not documented ({', '.join(content)})")
             continue

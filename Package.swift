@@ -153,7 +153,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EventStoreTests",
-            dependencies: ["EventStore", "PostgresClient", "EventlineTestSupport"],
+            dependencies: ["EventStore", "PostgresClient", "EventlineTestSupport", "LZ4"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -22,6 +22,48 @@ public enum JSONValidator {
         }
     }
 
+    /// The members of a top-level JSON object as byte ranges into `data`: each key without its
+    /// quotes (as written, escapes not decoded) and its value as is. Nil when `data` is not one
+    /// valid JSON object.
+    public static func members(of data: Data) -> [(key: Range<Int>, value: Range<Int>)]? {
+        data.withUnsafeBytes { bytes -> [(key: Range<Int>, value: Range<Int>)]? in
+            var parser = Parser(bytes: bytes)
+            var members: [(key: Range<Int>, value: Range<Int>)] = []
+            parser.skipWhitespace()
+            guard parser.current == UInt8(ascii: "{") else { return nil }
+            parser.index += 1
+            parser.skipWhitespace()
+            if parser.current == UInt8(ascii: "}") {
+                parser.index += 1
+            } else {
+                while true {
+                    let keyStart = parser.index + 1
+                    guard parser.current == UInt8(ascii: "\""), parser.string() else { return nil }
+                    let keyEnd = parser.index - 1
+                    parser.skipWhitespace()
+                    guard parser.current == UInt8(ascii: ":") else { return nil }
+                    parser.index += 1
+                    parser.skipWhitespace()
+                    let valueStart = parser.index
+                    guard parser.value() else { return nil }
+                    members.append((keyStart..<keyEnd, valueStart..<parser.index))
+                    parser.skipWhitespace()
+                    if parser.current == UInt8(ascii: ",") {
+                        parser.index += 1
+                        parser.skipWhitespace()
+                    } else if parser.current == UInt8(ascii: "}") {
+                        parser.index += 1
+                        break
+                    } else {
+                        return nil
+                    }
+                }
+            }
+            parser.skipWhitespace()
+            return parser.index == bytes.count ? members : nil
+        }
+    }
+
     private struct Parser {
         let bytes: UnsafeRawBufferPointer
         var index = 0

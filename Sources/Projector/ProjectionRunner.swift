@@ -24,6 +24,9 @@ public struct ProjectorConfiguration: Sendable {
     public var standbyInterval: Duration = .seconds(1)
     /// How often a live projection looks for new events without being woken by NOTIFY.
     public var pollInterval: Duration = .seconds(1)
+    /// Whether a projection whose declared version differs from the stored one is rebuilt
+    /// (`ProjectionReplay`) by this process; otherwise it waits for `eventctl replay`.
+    public var rebuildOnVersionChange = true
     /// `host:pid`, shown as the owner of the projections this process runs.
     public var ownerName = "\(ProcessInfo.processInfo.hostName):\(getpid())"
 
@@ -140,13 +143,29 @@ final class ProjectionRunner: Sendable {
             } catch is CancellationError {
                 break
             } catch let pause as Pause {
-                if case .versionChanged(let stored, let declared) = pause {
-                    logger.error(
-                        "projection version changed: rebuild it with eventctl replay",
-                        metadata: ["projection.version.stored": "\(stored)", "projection.version.declared": "\(declared)"])
-                }
                 try? await release()
+                if case .versionChanged(let stored, let declared) = pause {
+                    let metadata: Logger.Metadata = [
+                        "projection.version.stored": "\(stored)", "projection.version.declared": "\(declared)",
+                    ]
+                    if configuration.rebuildOnVersionChange {
+                        logger.notice("projection version changed: rebuilding it from the log", metadata: metadata)
+                        do {
+                            let result = try await ProjectionReplay.run(projection, databaseURL: configuration.databaseURL, logger: logger)
+                            logger.notice("projection rebuilt", metadata: ["projection.checkpoint": "\(result.position)", "events": "\(result.events)"])
+                            continue
+                        } catch {
+                            logger.error("projection rebuild failed; will try again", metadata: ["error": "\(error)"])
+                        }
+                    } else {
+                        logger.error("projection version changed: rebuild it with eventctl replay", metadata: metadata)
+                    }
+                }
                 try? await Task.sleep(for: configuration.standbyInterval)
+            } catch is LeaseLost {
+                // The session was lost, or a replay swapped the table and moved the checkpoint.
+                logger.notice("projection lease lost or checkpoint moved; taking the lease again")
+                try? await release()
             } catch {
                 logger.warning("projection interrupted; taking the lease again", metadata: ["error": "\(error)"])
                 try? await release()

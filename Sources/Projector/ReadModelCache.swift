@@ -84,6 +84,13 @@ public final class ReadModelCache: Sendable {
         _ = try await client.publish(channel, message)
     }
 
+    /// Announces that every key of `projection` changed (a rebuild started `generation`;
+    /// entries of older generations are never read again and expire).
+    public func invalidateAll(projection: String, generation: Int, position: Int) async throws {
+        let message = #"{"projection":\#(JSONValue.quoted(projection)),"generation":\#(generation),"position":\#(position),"all":true}"#
+        _ = try await client.publish(channel, message)
+    }
+
     // KEYS[1] entry, KEYS[2] marker; ARGV checkpoint, row, ttl.
     static let storeScript = """
         local marker = redis.call('GET', KEYS[2])

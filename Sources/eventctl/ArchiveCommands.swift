@@ -77,6 +77,10 @@ final class ProgressLine: Sendable {
     }
 
     func update(_ progress: ArchiveProgress) {
+        update(events: progress.events, position: progress.position, target: progress.target)
+    }
+
+    func update(events: Int, position: Int, target: Int?, note: String? = nil) {
         let now = ContinuousClock.now
         let line = state.withLock { state -> String? in
             let interval: Duration = terminal ? .milliseconds(200) : .seconds(5)
@@ -84,17 +88,19 @@ final class ProgressLine: Sendable {
             state.lastPrinted = now
             state.drawn = true
             let elapsed = Double((now - state.started).components.attoseconds) / 1e18 + Double((now - state.started).components.seconds)
-            let rate = elapsed > 0 ? Double(progress.events) / elapsed : 0
-            var text = "\(verb) \(progress.events) events (position \(progress.position)"
-            if let target = progress.target, target > 0 {
-                let share = min(1, Double(progress.position) / Double(target))
-                text += ", \(Int(share * 100))%"
-                if rate > 0, share < 1 {
-                    let remainingEvents = Double(target - progress.position)
-                    text += ", ETA \(Int(remainingEvents / rate + 0.5)) s"
+            let rate = elapsed > 0 ? Double(events) / elapsed : 0
+            var text = "\(verb) \(events) events (position \(position)"
+            if let target, target > 0 {
+                let share = min(1, Double(position) / Double(target))
+                text += " of \(target), \(Int(share * 100))%"
+                if rate > 0, share < 1, position > 0 {
+                    // Positions advance at the rate events do, near enough.
+                    let positionRate = Double(position) / elapsed
+                    text += ", ETA \(Int(Double(target - position) / positionRate + 0.5)) s"
                 }
             }
             text += ", \(Int(rate)) events/s)"
+            if let note { text += " \(note)" }
             return text
         }
         guard let line else { return }

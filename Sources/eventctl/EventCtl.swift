@@ -14,7 +14,7 @@ struct EventCtl: AsyncParsableCommand {
             """,
         subcommands: [
             Serve.self, Project.self, Projections.self, Migrate.self, Append.self, Read.self, Tail.self, Status.self, Keys.self,
-            AnalystRole.self, Export.self, Import.self, Dev.self,
+            Replay.self, AnalystRole.self, Export.self, Import.self, Dev.self,
         ]
     )
 

@@ -219,3 +219,89 @@ struct AnalystRole: AsyncParsableCommand {
         return url + " user=eventline_analyst"
     }
 }
+
+struct Replay: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Rebuild projections from the whole log beside the live tables, then swap them in (no downtime).",
+        discussion: """
+            The new table fills from the first event to the head, catches up, and replaces the live \
+            one in one transaction; queries answer from the old table until then. A killed replay \
+            leaves the live read model untouched and is simply run again. --dry-run builds the new \
+            table and compares it with the live one (rows and checksum, at the same checkpoint) \
+            without swapping; it exits 2 when they differ.
+            """)
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var projections: ProjectionOptions
+    @OptionGroup var cacheOptions: CacheOptions
+    @Argument(help: "The projections to rebuild.") var names: [String] = []
+    @Flag(help: "Rebuild every projection of the directory.") var all = false
+    @Flag(name: .customLong("dry-run"), help: "Build and compare with the live table; do not swap.") var dryRun = false
+    @Option(name: .customLong("batch-size"), help: "Events per transaction while building (default 5000).") var batchSize = 5000
+
+    func validate() throws {
+        if all && !names.isEmpty { throw ValidationError("give projection names or --all, not both") }
+        if !all && names.isEmpty { throw ValidationError("name a projection to rebuild (or --all)") }
+        if !(1...100_000).contains(batchSize) { throw ValidationError("--batch-size must be from 1 to 100000") }
+    }
+
+    func run() async throws {
+        try await CLI.run {
+            let url = try database.databaseURL
+            let loaded = try projections.load()
+            let known = Dictionary(loaded.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+            var selected: [YAMLProjection] = loaded
+            if !all {
+                selected = try names.map { name in
+                    guard let projection = known[name] else {
+                        throw CLIError("no projection named \(name) in \(projections.path) (there are: \(known.keys.sorted().joined(separator: ", ")))")
+                    }
+                    return projection
+                }
+            }
+            guard !selected.isEmpty else { throw CLIError("no projections in \(projections.path)") }
+            for projection in selected {
+                do {
+                    try await database.withConnection { conn in try ProjectionCatalog.validate(projection, on: conn) }
+                } catch let error as ProjectionError {
+                    throw CLIError(error.description)
+                }
+            }
+            let cache = try cacheOptions.cache(logger: CLI.logger)
+            defer { cache?.client.shutdown() }
+            var differs = false
+            for projection in selected {
+                let line = ProgressLine(verb: "\(projection.name):")
+                let started = ContinuousClock.now
+                let result: ReplayResult
+                do {
+                    result = try await ProjectionReplay.run(projection, databaseURL: url, dryRun: dryRun, batchSize: batchSize, progress: { progress in
+                        line.update(events: progress.events, position: progress.position, target: progress.target, note: progress.phase)
+                    })
+                } catch let error as ReplayError {
+                    line.finish()
+                    throw CLIError("\(projection.name): \(error.description); the live read model is untouched")
+                }
+                line.finish()
+                let took = ProgressLine.seconds(ContinuousClock.now - started)
+                if dryRun {
+                    let same = result.matches == true
+                    differs = differs || !same
+                    print("\(projection.name): rebuilt \(result.events) events in \(took) up to position \(result.position): "
+                        + "\(result.rebuiltRows ?? 0) rows, checksum \(result.rebuiltChecksum ?? "-"); live \(result.liveRows ?? 0) rows, "
+                        + "checksum \(result.liveChecksum ?? "-"): \(same ? "identical" : "DIFFERENT") (dry run: nothing swapped)")
+                } else {
+                    print("\(projection.name): rebuilt from \(result.events) events in \(took); swapped in at position \(result.position), cache generation \(result.generation ?? 0)")
+                    if let cache, let generation = result.generation {
+                        do {
+                            try await cache.invalidateAll(projection: projection.name, generation: generation, position: result.position)
+                        } catch {
+                            CLI.logger.warning("could not announce the rebuild on Redis", metadata: ["error": "\(error)"])
+                        }
+                    }
+                }
+            }
+            if differs { throw ExitCode(2) }
+        }
+    }
+}

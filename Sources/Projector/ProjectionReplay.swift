@@ -1,0 +1,312 @@
+import EventStore
+import Foundation
+import Logging
+import PostgresClient
+
+/// How far a replay has got.
+public struct ReplayProgress: Sendable {
+    public var projection: String
+    /// Events applied to the new table so far.
+    public var events: Int
+    /// The log position the new table has reached, and the head it is heading for.
+    public var position: Int
+    public var target: Int
+    /// building, catching up, comparing, swapping.
+    public var phase: String
+}
+
+/// What a replay did.
+public struct ReplayResult: Sendable, Equatable {
+    public var projection: String
+    public var events: Int
+    /// The checkpoint of the new table when it was swapped in (or compared).
+    public var position: Int
+    public var swapped: Bool
+    /// The cache generation after the swap.
+    public var generation: Int?
+    /// For a dry run: rows and content checksum of the live and the rebuilt table, at the same checkpoint.
+    public var liveRows: Int?
+    public var rebuiltRows: Int?
+    public var liveChecksum: String?
+    public var rebuiltChecksum: String?
+
+    /// For a dry run: whether the rebuilt table equals the live one.
+    public var matches: Bool? {
+        guard let liveRows, let rebuiltRows else { return nil }
+        return liveRows == rebuiltRows && liveChecksum == rebuiltChecksum
+    }
+}
+
+/// A replay that cannot go on: another replay runs, or an event's statement failed.
+public struct ReplayError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Rebuilds a projection from the whole log without stopping anything.
+///
+/// The new table (`read_models.<name>__rebuild`, unlogged while it is built) fills from the
+/// first event to the head in batches, then catches up. The swap is one transaction: it locks
+/// the live table (waiting for the live projector's batch in flight, and holding back its
+/// next), applies what arrived meanwhile, replaces the table, and sets the checkpoint, the
+/// declared version and a new cache generation (which drops the projection's cache). Readers
+/// see the old table until that commit and the new one after it, never a half-built one. The
+/// live projector's next checkpoint move then fails (the checkpoint moved), and it continues
+/// from the new checkpoint. A replay killed half-way leaves only its own table, which the next
+/// replay drops before it starts.
+public enum ProjectionReplay {
+    /// Replays `projection` into a new table; with `dryRun`, compares the new table with the
+    /// live one at the same checkpoint (rows and checksum) and drops it instead of swapping.
+    public static func run(
+        _ projection: any Projection, databaseURL: String, dryRun: Bool = false, batchSize: Int = 5000,
+        lockTimeout: Duration = .seconds(5), progress: (@Sendable (ReplayProgress) -> Void)? = nil,
+        logger: Logger = Logger(label: "eventline.replay")
+    ) async throws -> ReplayResult {
+        let connection = DedicatedConnection(conninfo: databaseURL, name: "eventline-replay-\(projection.name)") { conn in
+            try conn.execute(unsafeSQL: "SET application_name = 'eventline-replay'")
+            // Handlers see the same session as the projector's (UTC); a crash only loses a
+            // table that the next replay rebuilds, so commits need not wait for the disk.
+            try conn.execute(unsafeSQL: "SET TimeZone = 'UTC'")
+            try conn.execute(unsafeSQL: "SET synchronous_commit = off")
+            try conn.execute(unsafeSQL: "SET jit = off")
+            try conn.execute(unsafeSQL: "SET client_min_messages = warning")
+        }
+        defer { connection.shutdown() }
+        return try await connection.run { conn in
+            var replay = Replay(
+                projection: projection, conn: conn, batchSize: max(1, batchSize), progress: progress,
+                lockTimeoutMilliseconds: Int(lockTimeout.components.seconds * 1000 + lockTimeout.components.attoseconds / 1_000_000_000_000_000))
+            return try replay.run(dryRun: dryRun)
+        }
+    }
+
+    /// The rebuild table of `name`.
+    public static func rebuildTable(_ name: String) -> String { name + "__rebuild" }
+}
+
+/// One replay, on its connection's thread.
+private struct Replay {
+    let projection: any Projection
+    let conn: PostgresConnection
+    let batchSize: Int
+    let progress: (@Sendable (ReplayProgress) -> Void)?
+    let lockTimeoutMilliseconds: Int
+    var position = 0
+    var applied = 0
+
+    var live: String { ReadModelNames.qualified(projection.name) }
+    var rebuild: String { ReadModelNames.qualified(ProjectionReplay.rebuildTable(projection.name)) }
+
+    init(
+        projection: any Projection, conn: PostgresConnection, batchSize: Int, progress: (@Sendable (ReplayProgress) -> Void)?,
+        lockTimeoutMilliseconds: Int
+    ) {
+        self.projection = projection
+        self.conn = conn
+        self.batchSize = batchSize
+        self.progress = progress
+        self.lockTimeoutMilliseconds = lockTimeoutMilliseconds
+    }
+
+    mutating func run(dryRun: Bool) throws -> ReplayResult {
+        let name = projection.name
+        // Registered if new (a projection file dropped into the directory), so it gets a lock id.
+        try conn.execute("""
+            INSERT INTO eventline.projections (name, version, key_column) VALUES (\(name), \(projection.version), \(projection.keyColumn))
+            ON CONFLICT (name) DO NOTHING
+            """)
+        let lockID = try conn.query("SELECT lock_id FROM eventline.projections WHERE name = \(name)").first!.decode(0, as: Int.self)
+        guard try conn.query(
+            "SELECT pg_try_advisory_lock(eventline.projection_lock_namespace() + 1, \(Int32(lockID)))"
+        ).first!.decode(0, as: Bool.self) else {
+            throw ReplayError("another replay of \(name) is running")
+        }
+        defer { _ = try? conn.query("SELECT pg_advisory_unlock(eventline.projection_lock_namespace() + 1, \(Int32(lockID)))") }
+
+        // What a replay killed half-way left behind goes first.
+        try conn.execute(unsafeSQL: "DROP TABLE IF EXISTS \(rebuild)")
+        try conn.execute(unsafeSQL: "BEGIN")
+        do {
+            try conn.execute(unsafeSQL: try projection.createStatements(table: rebuild))
+            try conn.execute(unsafeSQL: "ALTER TABLE \(rebuild) SET UNLOGGED")
+            try conn.execute(unsafeSQL: "COMMIT")
+        } catch {
+            conn.rollbackQuietly()
+            throw error
+        }
+
+        if dryRun {
+            // Built up to the live table's checkpoint, then compared at the same position.
+            try follow(until: .liveCheckpoint, phase: "building")
+            return try compare()
+        }
+        try follow(until: .head, phase: "building")
+        // The rewrite that makes the table durable is the slow part: done before the swap.
+        try conn.execute(unsafeSQL: "ALTER TABLE \(rebuild) SET LOGGED")
+        try follow(until: .head, phase: "catching up")
+        return try swap()
+    }
+
+    func head() throws -> Int {
+        try conn.query("SELECT position FROM eventline.log_head").first!.decode(0, as: Int.self)
+    }
+
+    func liveCheckpoint() throws -> Int {
+        try conn.query("SELECT checkpoint FROM eventline.projections WHERE name = \(projection.name)").first!.decode(0, as: Int.self)
+    }
+
+    enum Target { case head, liveCheckpoint }
+
+    func read(_ target: Target) throws -> Int {
+        switch target {
+        case .head: return try head()
+        case .liveCheckpoint: return try liveCheckpoint()
+        }
+    }
+
+    /// Applies batches until the new table is within one batch of `target`.
+    mutating func follow(until target: Target, phase: String) throws {
+        var goal = try read(target)
+        while true {
+            while position < goal {
+                try applyBatch(upTo: goal, inTransaction: true)
+                progress?(ReplayProgress(projection: projection.name, events: applied, position: position, target: goal, phase: phase))
+            }
+            let next = try read(target)
+            if next - position <= batchSize { return }
+            goal = next
+        }
+    }
+
+    /// Reads the next events after `position` up to `goal` and applies them to the new table.
+    mutating func applyBatch(upTo goal: Int, inTransaction: Bool) throws {
+        let events = try EventStore.decodeEvents(try conn.query("""
+            SELECT \(unsafeSQL: EventStore.eventColumns) FROM eventline.events
+            WHERE position > \(position) AND position <= \(goal) AND type = ANY(\(projection.eventTypes))
+            ORDER BY position LIMIT \(batchSize)
+            """))
+        let reached = events.count < batchSize ? goal : events.last!.position
+        var queries: [SQLQuery] = []
+        var owners: [Int] = []
+        if inTransaction { queries.append("BEGIN"); owners.append(-1) }
+        for (index, event) in events.enumerated() {
+            let statements: [SQLQuery]
+            do {
+                statements = try projection.statements(for: event, table: rebuild)
+            } catch {
+                if inTransaction { conn.rollbackQuietly() }
+                throw ReplayError("event \(event.position) (\(event.type)) cannot be applied: \(error)")
+            }
+            for statement in statements {
+                queries.append(statement)
+                owners.append(index)
+            }
+        }
+        if inTransaction { queries.append("COMMIT"); owners.append(-1) }
+        for (offset, result) in try conn.pipeline(queries).enumerated() {
+            guard case .failure(let error) = result else { continue }
+            if inTransaction { conn.rollbackQuietly() }
+            if error.isConnectionError || owners[offset] < 0 { throw error }
+            let event = events[owners[offset]]
+            throw ReplayError("event \(event.position) (handler \(event.type)) failed: \(error.message)")
+        }
+        applied += events.count
+        position = reached
+    }
+
+    /// Dry run: under a share lock on the live table (its projector waits), brings the new
+    /// table to the live checkpoint and compares the two; then drops the new table.
+    mutating func compare() throws -> ReplayResult {
+        let name = projection.name
+        let key = quoteIdentifier(projection.keyColumn)
+        try conn.execute(unsafeSQL: "BEGIN")
+        do {
+            try conn.execute(unsafeSQL: "SET LOCAL lock_timeout = \(lockTimeoutMilliseconds)")
+            let exists = try conn.query("SELECT to_regclass(\(live)) IS NOT NULL").first!.decode(0, as: Bool.self)
+            if exists { try conn.execute(unsafeSQL: "LOCK TABLE \(live) IN SHARE MODE") }
+            let checkpoint = try conn.query("SELECT checkpoint FROM eventline.projections WHERE name = \(name) FOR SHARE").first!.decode(0, as: Int.self)
+            while position < checkpoint { try applyBatch(upTo: checkpoint, inTransaction: false) }
+            progress?(ReplayProgress(projection: name, events: applied, position: position, target: checkpoint, phase: "comparing"))
+            func digest(_ table: String) throws -> (Int, String) {
+                let row = try conn.query(SQLQuery(unsafeSQL: """
+                    SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t.\(key))), md5('')) FROM \(table) t
+                    """)).first!
+                return (try row.decode(0), try row.decode(1))
+            }
+            let rebuilt = try digest(rebuild)
+            let current = exists ? try digest(live) : (0, "")
+            try conn.execute(unsafeSQL: "DROP TABLE \(rebuild)")
+            try conn.execute(unsafeSQL: "COMMIT")
+            return ReplayResult(
+                projection: name, events: applied, position: position, swapped: false, generation: nil, liveRows: current.0,
+                rebuiltRows: rebuilt.0, liveChecksum: current.1, rebuiltChecksum: rebuilt.1)
+        } catch {
+            conn.rollbackQuietly()
+            throw error
+        }
+    }
+
+    /// The swap, in one transaction; retried when the live table's lock cannot be had in time
+    /// (a long query on it), so that waiting readers are never held up for long.
+    mutating func swap() throws -> ReplayResult {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let saved = (position, applied)
+            do {
+                return try swapOnce()
+            } catch let error as PostgresError where error.sqlState == "55P03" && attempt < 10 {
+                (position, applied) = saved
+                progress?(ReplayProgress(projection: projection.name, events: applied, position: position, target: position, phase: "waiting for the live table"))
+                Thread.sleep(forTimeInterval: 0.2 * Double(attempt))
+                _ = error
+            }
+        }
+    }
+
+    private mutating func swapOnce() throws -> ReplayResult {
+        let name = projection.name
+        let rebuildName = ProjectionReplay.rebuildTable(name)
+        try conn.execute(unsafeSQL: "BEGIN")
+        do {
+            try conn.execute(unsafeSQL: "SET LOCAL lock_timeout = \(lockTimeoutMilliseconds)")
+            let exists = try conn.query("SELECT to_regclass(\(live)) IS NOT NULL").first!.decode(0, as: Bool.self)
+            // The live projector's batch in flight finishes first; its next one waits for the swap.
+            if exists { try conn.execute(unsafeSQL: "LOCK TABLE \(live) IN ACCESS EXCLUSIVE MODE") }
+            _ = try conn.query("SELECT checkpoint FROM eventline.projections WHERE name = \(name) FOR UPDATE")
+            let goal = try head()
+            while position < goal { try applyBatch(upTo: goal, inTransaction: false) }
+            progress?(ReplayProgress(projection: name, events: applied, position: position, target: goal, phase: "swapping"))
+            if exists { try conn.execute(unsafeSQL: "DROP TABLE \(live)") }
+            try conn.execute(unsafeSQL: "ALTER TABLE \(rebuild) RENAME TO \(quoteIdentifier(name))")
+            // Index and sequence names are schema-wide: give them the live table's names, so
+            // that the next replay can create its own.
+            let related = try conn.query("""
+                SELECT c.relname::text, c.relkind = 'S' FROM pg_class c
+                WHERE c.relnamespace = \(ReadModelNames.schema)::regnamespace AND c.relkind IN ('i', 'S')
+                  AND starts_with(c.relname, \(rebuildName + "_"))
+                """).rows.map { (try $0.decode(0, as: String.self), try $0.decode(1, as: Bool.self)) }
+            for (relation, isSequence) in related {
+                let renamed = name + relation.dropFirst(rebuildName.count)
+                let kind = isSequence ? "SEQUENCE" : "INDEX"
+                try conn.execute(unsafeSQL: """
+                    ALTER \(kind) \(ReadModelNames.schema).\(quoteIdentifier(relation)) RENAME TO \(quoteIdentifier(String(renamed)))
+                    """)
+            }
+            let generation = try conn.query("""
+                UPDATE eventline.projections
+                SET checkpoint = \(position), generation = generation + 1, version = \(projection.version),
+                    key_column = \(projection.keyColumn), state = 'running', error = NULL, error_position = NULL,
+                    error_handler = NULL, failed_attempts = 0, updated_at = now()
+                WHERE name = \(name)
+                RETURNING generation, pg_notify('eventline_projections', name || ':generation:' || generation)
+                """).first!.decode(0, as: Int.self)
+            try conn.execute(unsafeSQL: "COMMIT")
+            return ReplayResult(projection: name, events: applied, position: position, swapped: true, generation: generation)
+        } catch {
+            conn.rollbackQuietly()
+            throw error
+        }
+    }
+}

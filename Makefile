@@ -44,6 +44,7 @@ run: build
 bench: deps
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || { echo "install wrk (apt-get install -y wrk)"; exit 1; }
 	$(SWIFT) build -c release --product eventline-bench
+	$(SWIFT) build -c release --product eventctl
 	$(SWIFT) run -c release --skip-build eventline-bench --seconds $(BENCH_SECONDS)
 
 clean:

@@ -132,7 +132,7 @@ let package = Package(
         .executableTarget(
             name: "eventline-bench",
             dependencies: [
-                "EventStore", "PostgresClient", "EmbeddedServers", "HTTPServer", "Aggregates", "BankDomain",
+                "EventStore", "PostgresClient", "EmbeddedServers", "HTTPServer", "Aggregates", "BankDomain", "Projector",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ],

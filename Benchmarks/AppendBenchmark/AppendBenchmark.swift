@@ -12,18 +12,24 @@ struct AppendBenchmark {
         var seconds = 20
         var clients = 16
         var rounds = 3
+        /// Events of the replay/export/import history (0: skip it).
+        var history = 1_000_000
+        /// Whether to run the append and HTTP rounds (1) or skip them (0).
+        var append = 1
 
         init(_ arguments: [String]) throws {
             var rest = arguments.dropFirst()
             while let flag = rest.popFirst() {
-                guard let value = rest.popFirst().flatMap(Int.init), value > 0 else {
-                    throw BenchError("\(flag) needs a positive number")
+                guard let value = rest.popFirst().flatMap(Int.init), value >= 0 else {
+                    throw BenchError("\(flag) needs a number")
                 }
                 switch flag {
                 case "--seconds": seconds = value
                 case "--clients": clients = value
-                case "--rounds": rounds = value
-                default: throw BenchError("unknown option \(flag) (use --seconds N, --clients N, --rounds N)")
+                case "--rounds": rounds = max(1, value)
+                case "--history": history = value
+                case "--append": append = value
+                default: throw BenchError("unknown option \(flag) (use --seconds N, --clients N, --rounds N, --history EVENTS, --append 0|1)")
                 }
             }
         }
@@ -67,6 +73,12 @@ struct AppendBenchmark {
         let admin = DedicatedConnection(conninfo: server.url())
         try await admin.run { conn in try conn.execute(unsafeSQL: "CREATE DATABASE bench") }
         admin.shutdown()
+        if options.history > 0 {
+            let rows = try await HistoryBenchmark.run(server: server, events: options.history)
+            HistoryBenchmark.print(rows, events: options.history)
+            fflush(nil)
+        }
+        guard options.append > 0 else { return }
         let url = server.url(database: "bench")
         guard let migrations = Migration.defaultDirectory() else { throw BenchError("cannot find Schemas/migrations") }
         try await Migrator(databaseURL: url, migrations: Migration.load(from: migrations)).migrate()

@@ -246,4 +246,33 @@ struct ReadModelRouteTests {
             #expect(response.headers[HTTPField.Name("X-Cache")!] == "hit")
         }
     }
+
+    @Test("a projection file replayed while the server runs is served at once, without a restart")
+    func newProjection() async throws {
+        let server = try await TestServer.make("rmnew")
+        let test = server.test
+        try await server.run { client in
+            try await client.command("n1", "OpenAccount", #"{"owner":"Nia","currency":"EUR"}"#)
+            var response = try await client.send(.get, "/v1/read-models/owners/n1")
+            #expect(response.status == .notFound)
+            let owners = try ProjectionDirectory.parse("""
+                name: owners
+                version: 1
+                key: account_id
+                create: |
+                  CREATE TABLE $table (account_id text PRIMARY KEY, owner text NOT NULL)
+                handlers:
+                  AccountOpened: |
+                    INSERT INTO $table (account_id, owner) VALUES (:id, :data.owner) RETURNING account_id
+                """, source: "owners.yaml")
+            let result = try await ProjectionReplay.run(owners, databaseURL: test.url)
+            #expect(result.swapped)
+            response = try await client.send(.get, "/v1/read-models/owners/n1")
+            #expect(response.status == .ok, "\(response.text)")
+            #expect(response.json["owner"] as? String == "Nia")
+            response = try await client.send(.get, "/v1/read-models")
+            let names = (response.json["items"] as? [[String: Any]])?.compactMap { $0["name"] as? String } ?? []
+            #expect(names.contains("owners"))
+        }
+    }
 }

@@ -84,7 +84,7 @@ struct ProjectorTests {
         defer { task.cancel() }
         try await eventually("caught up") {
             let statuses = try await test.sql { conn in try ProjectionCatalog.status(on: conn) }
-            return statuses.count == 2 && statuses.allSatisfy { $0.lag == 0 && $0.checkpoint == 125 }
+            return statuses.count == 3 && statuses.allSatisfy { $0.lag == 0 && $0.checkpoint == 125 }
         }
         var rows = try await test.sql { conn in
             try conn.query("SELECT account_id, owner, currency, balance, status FROM read_models.account_balances ORDER BY account_id").rows.map {

@@ -148,7 +148,12 @@ public struct TransferProcess: Reactor {
     private func accountStep(_ step: Step, transfer id: String, account: String, _ command: BankAccount.Command) async throws -> StepOutcome {
         let stream = try accounts.stream(for: account)
         let eventID = Self.eventID(transfer: id, step: step)
-        if try await isInLog(eventID, stream: stream) { return .done }
+        if try await isInLog(eventID, stream: stream) {
+            logger.info(
+                "account step already in the log (taken before a restart); recording it",
+                metadata: ["transfer.id": "\(id)", "transfer.step": "\(step.rawValue)"])
+            return .done
+        }
         do {
             _ = try await accounts.handle(
                 id: account, command: command, metadata: ["transfer": .string(id), "step": .string(step.rawValue)],

@@ -9,7 +9,7 @@ import Logging
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve the HTTP API (commands for the bank domain, streams, the log, health, metrics).")
+        abstract: "Serve the HTTP API (commands for the bank domain: accounts and transfers; streams, the log, health, metrics).")
 
     @OptionGroup var database: DatabaseOptions
     @Option(help: "Address to listen on (default: $EVENTLINE_HTTP_HOST or 127.0.0.1).") var host: String?
@@ -67,6 +67,7 @@ enum Server {
         let store = EventStore(storeConfiguration, logger: logger)
         var commands = CommandRegistry()
         commands.register(CommandHandler<BankAccount>(store: store, logger: logger))
+        commands.register(CommandHandler<Transfer>(store: store, logger: logger))
         let openAPI = OpenAPIFile.find().flatMap { FileManager.default.contents(atPath: $0) }
         let app = buildApplication(configuration, store: store, commands: commands, openAPI: openAPI, logger: logger)
         logger.info("serving", metadata: ["http.address": "\(configuration.host):\(configuration.port)"])

@@ -28,6 +28,7 @@ struct TestServer {
         let store = EventStore(test.store.configuration)
         var commands = CommandRegistry()
         commands.register(CommandHandler<BankAccount>(store: store, configuration: handlerConfiguration))
+        commands.register(CommandHandler<Transfer>(store: store))
         let openAPI = FileManager.default.contents(atPath: Repository.root + "/Schemas/openapi.yaml")
         let app = buildApplication(configuration, store: store, commands: commands, openAPI: openAPI)
         return try await app.test(.live) { client in try await body(client) }

@@ -43,12 +43,15 @@ import Reactors
 ///   transfer stream accepts an outcome only in the state it follows from, at the version the
 ///   step was decided on.
 ///
-/// One process owns the reactor at a time (`ReactorRunner`). Should a former owner that lost its
-/// database session still be in the middle of a step when a standby takes over, the two can race
-/// only on that one transfer: a look-up after every refusal or failure (the step's id may have
-/// been written by the other) and the expected version on the transfer stream keep the money
-/// right, as long as the loser's step has not been decided on a state the winner changed in
-/// between (a window of one command; the owner checks its session before every event).
+/// One process owns the reactor at a time (`ReactorRunner`). A former owner that lost its
+/// database session but has not noticed yet may still be driving a transfer when a standby
+/// takes over, and the two then drive it at once. Deterministic ids make a step they both take
+/// one event (the second append is a replay, or a conflict resolved by the look-up after every
+/// refusal or failure), and the expected version on the transfer stream lets only one outcome
+/// in. What they cannot exclude is a step decided on a transfer state the other changed a
+/// moment before (between loading the transfer and appending the step, a few round trips): for
+/// example a withdrawal retried after the other recorded its refusal, money having arrived in
+/// between. The owner checks its session before every event, so that window is one event long.
 ///
 /// ## Known edge, not solved
 ///

@@ -99,6 +99,11 @@ struct ProjectorTests {
                 try conn.query("SELECT status FROM read_models.account_balances WHERE account_id = '1'").first?.decode(0, as: String.self)
             } == "closed"
         }
+        // Each projection has a runner of its own: daily_totals may be a moment behind.
+        let liveHead = try await store.headPosition()
+        try await eventually("every projection applied the live events") {
+            try await test.sql { conn in try ProjectionCatalog.status(on: conn) }.allSatisfy { $0.checkpoint == liveHead }
+        }
         rows = try await test.sql { conn in
             try conn.query("SELECT id, deposited, withdrawn, events FROM read_models.daily_totals ORDER BY currency").rows.map {
                 "\(try $0.decode(0, as: String.self).split(separator: "/").last!) \(try $0.decode(1, as: Int.self)) \(try $0.decode(2, as: Int.self)) \(try $0.decode(3, as: Int.self))"

@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "EventStore", targets: ["EventStore"]),
         .library(name: "Aggregates", targets: ["Aggregates"]),
         .library(name: "Projector", targets: ["Projector"]),
+        .library(name: "Reactors", targets: ["Reactors"]),
         .library(name: "PostgresClient", targets: ["PostgresClient"]),
         .library(name: "LZ4", targets: ["LZ4"]),
         .library(name: "EmbeddedServers", targets: ["EmbeddedServers"]),
@@ -77,7 +78,11 @@ let package = Package(
             dependencies: ["EventStore", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
-        .target(name: "BankDomain", dependencies: ["Aggregates", "EventStore"], swiftSettings: swiftSettings),
+        .target(
+            name: "BankDomain",
+            dependencies: ["Aggregates", "EventStore", "Reactors", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
 
         // The read side: declarative (YAML) and Swift projections, the projector, leases.
         .target(
@@ -87,6 +92,13 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: swiftSettings
+        ),
+
+        // Reactors (process managers): log consumers that issue commands, with checkpoints and leases.
+        .target(
+            name: "Reactors",
+            dependencies: ["EventStore", "PostgresClient", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
 
@@ -117,8 +129,8 @@ let package = Package(
         .executableTarget(
             name: "eventctl",
             dependencies: [
-                "EventStore", "HTTPServer", "BankDomain",
-                "PostgresClient", "Projector", "Cache",
+                "EventStore", "HTTPServer", "BankDomain", "Aggregates",
+                "PostgresClient", "Projector", "Reactors", "Cache",
                 "EmbeddedServers",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -173,6 +185,13 @@ let package = Package(
         .testTarget(
             name: "ProjectorTests",
             dependencies: ["Projector", "EventStore", "PostgresClient", "EventlineTestSupport", "Cache", "EmbeddedServers"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ReactorTests",
+            dependencies: [
+                "Reactors", "BankDomain", "Aggregates", "EventStore", "PostgresClient", "Projector", "EventlineTestSupport",
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

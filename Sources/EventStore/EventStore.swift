@@ -240,6 +240,16 @@ public final class EventStore: Sendable {
         }
     }
 
+    /// The committed event with this id, wherever it is, or nil when the log holds none. A
+    /// process that appends with deterministic ids asks this to learn whether a step it may
+    /// have taken before a crash is already in the log.
+    public func event(id: UUID) async throws -> RecordedEvent? {
+        let query: SQLQuery = "SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE event_id = \(id)"
+        return try await translatingErrors {
+            try await pool.withConnection { conn in try Self.decodeEvents(conn.query(query)).first }
+        }
+    }
+
     /// The stream's version: its number of events, 0 when it has none.
     public func streamVersion(_ stream: String) async throws -> Int {
         let name = try StreamName(stream).rawValue

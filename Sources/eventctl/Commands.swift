@@ -110,7 +110,7 @@ struct Tail: AsyncParsableCommand {
 }
 
 struct Status: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show the database, the log head, the number of streams and the migrations.")
+    static let configuration = CommandConfiguration(abstract: "Show the database, the log head, the number of streams, the migrations, projections and reactors.")
 
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var migrations: MigrationOptions
@@ -148,5 +148,6 @@ enum StatusReport {
             Swift.print("  \(status.name)  \(status.state.rawValue)\(when)")
         }
         if let projections = try? await ProjectionReport.fetch(url) { ProjectionReport.print(projections) }
+        if let reactors = try? await ReactorReport.fetch(url) { ReactorReport.print(reactors) }
     }
 }

@@ -1,10 +1,12 @@
 import ArgumentParser
+import BankDomain
 import EmbeddedServers
 import EventStore
 import Foundation
 import HTTPServer
 import PostgresClient
 import Projector
+import Reactors
 import ServiceLifecycle
 
 struct Dev: AsyncParsableCommand {
@@ -55,6 +57,12 @@ struct Dev: AsyncParsableCommand {
                     projections: loaded, configuration: ProjectorConfiguration(databaseURL: url), logger: CLI.logger)))
                 Swift.print("Projecting \(loaded.map(\.name).joined(separator: ", ")) from \(projections.path).")
             }
+            // And the transfers reactor, so that transfers complete.
+            var reactorStoreConfiguration = EventStoreConfiguration(databaseURL: url)
+            reactorStoreConfiguration.poolSize = 4
+            let reactorStore = EventStore(reactorStoreConfiguration, logger: CLI.logger)
+            services.append(ReactorService(runner: ReactorRunner(
+                reactors: [TransferProcess(store: reactorStore, logger: CLI.logger)], store: reactorStore, logger: CLI.logger)))
             try await Server.run(databaseURL: url, configuration: configuration, alongside: services, banner: [
                 "Serving the bank domain on \(base) (Ctrl-C stops it and deletes the database). Try:",
                 "  curl -s -X POST \(base)/v1/commands/account/42 -H 'Content-Type: application/json' -d '{\"type\":\"OpenAccount\",\"data\":{\"owner\":\"Ada\",\"currency\":\"EUR\"}}'",

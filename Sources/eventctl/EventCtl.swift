@@ -13,8 +13,8 @@ struct EventCtl: AsyncParsableCommand {
             Exit codes: 0 success, 1 error, 3 version conflict, 64 bad arguments.
             """,
         subcommands: [
-            Serve.self, Project.self, Projections.self, Migrate.self, Append.self, Read.self, Tail.self, Status.self, Keys.self,
-            Replay.self, AnalystRole.self, Export.self, Import.self, Dev.self,
+            Serve.self, Project.self, Projections.self, React.self, Replay.self, Migrate.self, Append.self, Read.self, Tail.self,
+            Status.self, Keys.self, AnalystRole.self, Export.self, Import.self, Dev.self,
         ]
     )
 

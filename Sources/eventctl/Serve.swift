@@ -12,7 +12,7 @@ import UnixSignals
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve the HTTP API (commands for the bank domain, streams, the log, health, metrics).")
+        abstract: "Serve the HTTP API (commands for the bank domain: accounts and transfers; streams, the log, health, metrics).")
 
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var cacheOptions: CacheOptions
@@ -88,6 +88,7 @@ enum Server {
         let store = EventStore(storeConfiguration, logger: logger)
         var commands = CommandRegistry()
         commands.register(CommandHandler<BankAccount>(store: store, logger: logger))
+        commands.register(CommandHandler<Transfer>(store: store, logger: logger))
         let openAPI = OpenAPIFile.find().flatMap { FileManager.default.contents(atPath: $0) }
         var readConfiguration = ReadModelService.Configuration(databaseURL: databaseURL)
         readConfiguration.waitTimeout = readModels.waitTimeout

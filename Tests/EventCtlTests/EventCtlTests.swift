@@ -192,6 +192,25 @@ struct EventCtlTests {
         #expect(try await Self.eventctl(["analyst-role", "--disable"], url: test.url).status == 0)
         await test.store.shutdown()
     }
+
+    @Test("react refuses unknown reactors in one line; status lists reactors with checkpoint, lag, owner and the event being retried")
+    func reactorsInStatus() async throws {
+        let test = try await TestStore.make("clireact")
+        Self.expectOneLineError(try await Self.eventctl(["react", "--reactor", "nope"], url: test.url), containing: "no reactor named nope")
+        var output = try await Self.eventctl(["status"], url: test.url)
+        #expect(output.stdout.contains("reactors     none yet"), "\(output.stdout)")
+        _ = try await test.store.append(to: "transfer-1", events: [NewEvent(type: "Noted", data: Data("{}".utf8))])
+        try await test.sql { conn in
+            try conn.execute(unsafeSQL: """
+                INSERT INTO eventline.reactors (name, owner, error, error_position, failed_attempts)
+                VALUES ('transfers', 'gone:1', 'refund refused', 1, 3)
+                """)
+        }
+        output = try await Self.eventctl(["status"], url: test.url)
+        #expect(output.stdout.contains("transfers  checkpoint 0  lag 1  owner none  failed attempts 3"), "\(output.stdout)")
+        #expect(output.stdout.contains("retrying the event at position 1: refund refused"), "\(output.stdout)")
+        await test.store.shutdown()
+    }
 }
 
 /// Reads lines from a pipe on a thread of its own.

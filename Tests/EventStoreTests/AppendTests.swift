@@ -78,6 +78,30 @@ struct AppendTests {
         #expect(try await store.streamVersion("acc-9") == 3)
     }
 
+    @Test("an event is found by its id wherever it is, with its data decompressed; an unknown id finds nothing")
+    func eventByID() async throws {
+        let test = try await TestStore.make("byid")
+        let store = test.store
+        defer { Task { await store.shutdown() } }
+        let small = UUID()
+        let large = UUID()
+        let big = #"{"text":"\#(String(repeating: "abc", count: 400))"}"#
+        _ = try await store.append(to: "acc-1", events: [event("Opened"), event("Noted", #"{"n":1}"#, id: small)])
+        _ = try await store.append(to: "other-2", events: [NewEvent(id: large, type: "Big", data: Data(big.utf8), metadata: Data(#"{"transfer":"t1"}"#.utf8))])
+        let found = try #require(try await store.event(id: small))
+        #expect(found.stream == "acc-1")
+        #expect(found.version == 2)
+        #expect(found.position == 2)
+        #expect(found.type == "Noted")
+        #expect(found.data == Data(#"{"n":1}"#.utf8))
+        let compressed = try #require(try await store.event(id: large))
+        #expect(compressed.stream == "other-2")
+        #expect(compressed.data == Data(big.utf8))
+        #expect(try compressed.metadataFields()["transfer"] == "t1")
+        #expect(try await test.allRows().first { $0.id == large }?.codec != 0, "stored compressed")
+        #expect(try await store.event(id: UUID()) == nil)
+    }
+
     @Test("an event id already used by another stream, or only partly appended, is refused and nothing is written")
     func eventIdReuse() async throws {
         let test = try await TestStore.make("reuse")

@@ -160,4 +160,34 @@ struct CommandRouteTests {
         }
         #expect(try await server.test.store.streamVersion("account-8") == 2)
     }
+
+    @Test("POST /v1/commands/transfer/{id} starts a transfer; the outcome commands are unknown from outside; bad transfers are 422 by rule")
+    func startTransferOverHTTP() async throws {
+        let server = try await TestServer.make("httptransfer")
+        try await server.run { client in
+            func transfer(_ id: String, _ type: String, _ data: String) async throws -> TestResponse {
+                try await client.send(.post, "/v1/commands/transfer/\(id)", json: #"{"type":"\#(type)","data":\#(data)}"#)
+            }
+            var response = try await transfer("t1", "StartTransfer", #"{"from":"1","to":"2","amount":300}"#)
+            #expect(response.status == .ok, "\(response.text)")
+            #expect(response.json["stream"] as? String == "transfer-t1")
+            #expect((response.json["events"] as? [[String: Any]])?.first?["type"] as? String == "TransferStarted")
+            response = try await transfer("t1", "StartTransfer", #"{"from":"1","to":"2","amount":300}"#)
+            #expect(response.json["type"] as? String == "/problems/transfer-already-started")
+            for type in ["RecordDebit", "RecordCredit", "RecordRefund"] {
+                response = try await transfer("t1", type, "{}")
+                #expect(response.status == .unprocessableContent)
+                #expect(response.json["type"] as? String == "/problems/unknown-command-type", "\(type)")
+                #expect(response.json["field"] as? String == "type")
+            }
+            #expect(try await transfer("t2", "StartTransfer", #"{"from":"1","to":"1","amount":3}"#).json["type"] as? String == "/problems/invalid-transfer")
+            #expect(try await transfer("t2", "StartTransfer", #"{"from":"1","to":"2","amount":0}"#).json["type"] as? String == "/problems/invalid-amount")
+            response = try await transfer("t2", "StartTransfer", #"{"from":"1","amount":3}"#)
+            #expect(response.json["field"] as? String == "data.to", "\(response.text)")
+        }
+        #expect(try await server.test.store.headPosition() == 1)
+        let stored = try await server.test.store.readStream("transfer-t1")
+        #expect(stored.map(\.type) == ["TransferStarted"])
+        #expect(String(decoding: stored[0].data, as: UTF8.self) == #"{"amount":300,"from":"1","to":"2"}"#)
+    }
 }

@@ -34,6 +34,7 @@ struct TestServer {
         let store = EventStore(test.store.configuration)
         var commands = CommandRegistry()
         commands.register(CommandHandler<BankAccount>(store: store, configuration: handlerConfiguration))
+        commands.register(CommandHandler<Transfer>(store: store))
         let openAPI = FileManager.default.contents(atPath: Repository.root + "/Schemas/openapi.yaml")
         var readConfiguration = ReadModelService.Configuration(databaseURL: test.url)
         readConfiguration.waitTimeout = readWaitTimeout

@@ -84,7 +84,7 @@ struct ProjectionDefinitionTests {
         #expect(projection.keyColumn == "id")
         #expect(projection.eventTypes == ["ThingMade"])
         let shipped = try ProjectionDirectory.load(Repository.root + "/Projections")
-        #expect(shipped.map(\.name) == ["account_balances", "daily_totals"])
+        #expect(shipped.map(\.name) == ["account_balances", "daily_totals", "transfers"])
     }
 
     @Test("every problem names the file, and the handler when there is one")

@@ -66,7 +66,7 @@ struct ProjectorFailoverTests {
         let head = try await store.headPosition()
         try await eventually(timeout: .seconds(60), "a standby caught up to the head") {
             let statuses = try await test.sql { conn in try ProjectionCatalog.status(on: conn) }
-            return statuses.count == 2 && statuses.allSatisfy { $0.checkpoint == head && $0.owner != nil }
+            return statuses.count == 3 && statuses.allSatisfy { $0.checkpoint == head && $0.owner != nil }
         }
         // Every deposit applied exactly once: balances and daily totals equal sums over the log.
         let (balances, expected, totals, deposits) = try await test.sql { conn in

@@ -77,7 +77,12 @@ struct ReplayTests {
                 }
             }
         }
-        try await Task.sleep(for: .milliseconds(200))
+        // The live projector has registered both and applied the openings.
+        try await eventually("projecting") {
+            let balances = try await registry(test, "account_balances").checkpoint
+            let totals = try await registry(test, "daily_totals").checkpoint
+            return balances >= 40 && totals >= 40
+        }
         var generations: [String: Int] = [:]
         for projection in projections {
             let before = try await registry(test, projection.name).generation

@@ -1,0 +1,97 @@
+import ArgumentParser
+import BankDomain
+import EventStore
+import Foundation
+import Logging
+import PostgresClient
+import Reactors
+import ServiceLifecycle
+import UnixSignals
+
+struct React: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run reactors (process managers): follow the log from each checkpoint and issue commands (until SIGTERM or SIGINT).",
+        discussion: """
+            Reactors: transfers (carries out money transfers: debit, credit, refund). One process \
+            owns each reactor at a time; start several for failover: the others stand by and take \
+            over within seconds when the owner dies. Delivery is at-least-once; reactors are idempotent.
+            """)
+
+    @OptionGroup var database: DatabaseOptions
+    @Option(name: .customLong("reactor"), help: "Run only this reactor (repeatable; default: all).")
+    var only: [String] = []
+
+    /// The reactors this executable ships, by name.
+    static let names = ["transfers"]
+
+    func validate() throws {
+        if let unknown = only.first(where: { !Self.names.contains($0) }) {
+            throw ValidationError("no reactor named \(unknown) (there are: \(Self.names.joined(separator: ", ")))")
+        }
+    }
+
+    func run() async throws {
+        try await CLI.run {
+            let url = try database.databaseURL
+            _ = try await ReactorReport.fetch(url)  // installed?
+            Logs.bootstrap()
+            var logger = Logger(label: "eventline.reactor")
+            logger.logLevel = Logs.level
+            var storeConfiguration = EventStoreConfiguration(databaseURL: url)
+            storeConfiguration.poolSize = 4
+            let store = EventStore(storeConfiguration, logger: logger)
+            let all: [any Reactor] = [TransferProcess(store: store, logger: logger)]
+            let selected = only.isEmpty ? all : all.filter { only.contains($0.name) }
+            let runner = ReactorRunner(reactors: selected, store: store, logger: logger)
+            logger.info("reacting", metadata: ["reactor.names": "\(selected.map(\.name).joined(separator: ","))"])
+            let group = ServiceGroup(
+                services: [ReactorService(runner: runner)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            do {
+                try await group.run()
+            } catch {
+                await store.shutdown()
+                throw error
+            }
+            // The runner has stopped: let what it appended commit, then close.
+            await store.shutdown()
+        }
+    }
+}
+
+/// The reactor runner as a service: runs until graceful shutdown.
+struct ReactorService: Service {
+    let runner: ReactorRunner
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            try await runner.run()
+        }
+    }
+}
+
+/// The reactors part of `status`.
+enum ReactorReport {
+    static func fetch(_ url: String) async throws -> [ReactorStatus] {
+        try await CLI.withConnection(url) { conn in
+            let installed = try conn.query("SELECT to_regclass('eventline.reactors') IS NOT NULL").first!.decode(0, as: Bool.self)
+            guard installed else { throw CLIError("reactors are not installed: run eventctl migrate") }
+            return try ReactorCatalog.status(on: conn)
+        }
+    }
+
+    static func print(_ statuses: [ReactorStatus]) {
+        guard !statuses.isEmpty else {
+            Swift.print("reactors     none yet (eventctl react starts them)")
+            return
+        }
+        Swift.print("reactors")
+        for status in statuses {
+            var line = "  \(status.name)  checkpoint \(status.checkpoint)  lag \(status.lag)  owner \(status.owner ?? "none")"
+            if status.failedAttempts > 0 { line += "  failed attempts \(status.failedAttempts)" }
+            Swift.print(line)
+            if let error = status.error {
+                Swift.print("    retrying the event at position \(status.errorPosition ?? 0): \(error)")
+            }
+        }
+    }
+}

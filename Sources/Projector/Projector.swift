@@ -18,39 +18,89 @@ public final class Projector: Sendable {
     public let configuration: ProjectorConfiguration
     private let sink: (any InvalidationSink)?
     private let logger: Logger
+    private let reload: (@Sendable () async throws -> [any Projection])?
+    private let reloadInterval: Duration
 
+    /// With `reload`, the projector asks it for the definitions every `reloadInterval` (for
+    /// example, re-reading the projections directory): a new projection starts running, and one
+    /// whose definition changed restarts with the new one (a new version is rebuilt first).
     public init(
         projections: [any Projection], configuration: ProjectorConfiguration, invalidations: (any InvalidationSink)? = nil,
+        reload: (@Sendable () async throws -> [any Projection])? = nil, reloadInterval: Duration = .seconds(5),
         logger: Logger = Logger(label: "eventline.projector")
     ) {
         self.projections = projections
         self.configuration = configuration
         self.sink = invalidations
+        self.reload = reload
+        self.reloadInterval = reloadInterval
         self.logger = logger
     }
 
     /// Runs every projection until the calling task is cancelled.
     public func run() async throws {
         let head = ChangeSignal()
-        let runners = projections.map {
-            ProjectionRunner(projection: $0, configuration: configuration, sink: sink, head: head, logger: logger)
+        let listener = Task {
+            let events = PostgresListener.events(
+                conninfo: self.configuration.databaseURL, channels: [EventStore.notificationChannel],
+                pollInterval: self.configuration.pollInterval)
+            for await event in events {
+                if case .notification = event { head.signal() }
+                if case .connected = event { head.signal() }
+            }
         }
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                let events = PostgresListener.events(
-                    conninfo: self.configuration.databaseURL, channels: [EventStore.notificationChannel],
-                    pollInterval: self.configuration.pollInterval)
-                for await event in events {
-                    if case .notification = event { head.signal() }
-                    if case .connected = event { head.signal() }
+        /// The running projections: their definition's fingerprint and their task.
+        var running: [String: (fingerprint: String, task: Task<Void, Never>)] = [:]
+        func start(_ projection: any Projection) {
+            let runner = ProjectionRunner(projection: projection, configuration: configuration, sink: sink, head: head, logger: logger)
+            running[projection.name] = (Self.fingerprint(projection), Task { await runner.run() })
+        }
+        for projection in projections { start(projection) }
+        await withTaskCancellationHandler {
+            while !Task.isCancelled {
+                guard let reload else {
+                    try? await Task.sleep(for: .seconds(3600))
+                    continue
+                }
+                try? await Task.sleep(for: reloadInterval)
+                if Task.isCancelled { break }
+                let definitions: [any Projection]
+                do {
+                    definitions = try await reload()
+                } catch {
+                    logger.warning("cannot reload the projections; keeping the running ones", metadata: ["error": "\(error)"])
+                    continue
+                }
+                for projection in definitions {
+                    let fingerprint = Self.fingerprint(projection)
+                    if let current = running[projection.name] {
+                        guard current.fingerprint != fingerprint else { continue }
+                        logger.notice("projection definition changed: restarting it", metadata: ["projection.name": "\(projection.name)"])
+                        current.task.cancel()
+                        await current.task.value
+                    } else {
+                        logger.notice("new projection: starting it", metadata: ["projection.name": "\(projection.name)"])
+                    }
+                    start(projection)
                 }
             }
-            for runner in runners {
-                group.addTask { await runner.run() }
-            }
-            // The listener ends only when cancelled; so does every runner.
-            await group.next()
-            group.cancelAll()
+        } onCancel: {
+            listener.cancel()
         }
+        listener.cancel()
+        for (_, entry) in running { entry.task.cancel() }
+        for (_, entry) in running { await entry.task.value }
+        await listener.value
+    }
+
+    /// What identifies a definition: a change means the running projection must restart.
+    public static func fingerprint(_ projection: any Projection) -> String {
+        let types = projection.eventTypes.sorted()
+        var text = "\(projection.version)|\(projection.keyColumn)|\(types.joined(separator: ","))|\(projection.source)"
+        text += "|" + ((try? projection.createStatements(table: "t")) ?? "")
+        if let yaml = projection as? YAMLProjection {
+            for type in types { text += "|\(type)=\(yaml.handlers[type] ?? "")" }
+        }
+        return text
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import EventStore
 import Foundation
+import Projector
 
 struct Migrate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Apply pending schema migrations (safe to run concurrently and repeatedly).")
@@ -114,17 +115,19 @@ struct Status: AsyncParsableCommand {
 
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var migrations: MigrationOptions
+    @OptionGroup var projections: ProjectionOptions
 
     func run() async throws {
         try await CLI.run {
-            try await StatusReport.print(databaseURL: try database.databaseURL, migrations: (try? migrations.load()) ?? [])
+            try await StatusReport.print(
+                databaseURL: try database.databaseURL, migrations: (try? migrations.load()) ?? [], declared: try? projections.load())
         }
     }
 }
 
 /// The report `status` prints; `dev --demo` prints it too.
 enum StatusReport {
-    static func print(databaseURL url: String, migrations: [Migration]) async throws {
+    static func print(databaseURL url: String, migrations: [Migration], declared: [YAMLProjection]? = nil) async throws {
         let info = try await ServerInfo.fetch(url)
         Swift.print("database     \(info.database) on \(info.server) as \(info.user)")
         Swift.print("server       \(info.version)")
@@ -147,7 +150,7 @@ enum StatusReport {
             let when = status.appliedAt.map { " " + EventPrinter.timestamp($0) } ?? ""
             Swift.print("  \(status.name)  \(status.state.rawValue)\(when)")
         }
-        if let projections = try? await ProjectionReport.fetch(url) { ProjectionReport.print(projections) }
+        if let projections = try? await ProjectionReport.fetch(url) { ProjectionReport.print(projections, declared: declared) }
         if let reactors = try? await ReactorReport.fetch(url) { ReactorReport.print(reactors) }
     }
 }

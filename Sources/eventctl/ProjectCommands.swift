@@ -6,6 +6,7 @@ import Logging
 import PostgresClient
 import Projector
 import ServiceLifecycle
+import Synchronization
 import UnixSignals
 
 /// Where the projection definitions are.
@@ -66,6 +67,8 @@ struct Project: AsyncParsableCommand {
     @OptionGroup var cacheOptions: CacheOptions
     @Option(name: .customLong("projection"), help: "Run only this projection (repeatable; default: all in the directory).")
     var only: [String] = []
+    @Flag(name: .customLong("no-rebuild"), help: "Do not rebuild a projection whose version changed; wait for eventctl replay (default: $EVENTLINE_REBUILD_ON_VERSION_CHANGE, on).")
+    var noRebuild = false
 
     func run() async throws {
         try await CLI.run {
@@ -95,15 +98,55 @@ struct Project: AsyncParsableCommand {
             }
             let cache = try cacheOptions.cache(logger: logger)
             defer { cache?.client.shutdown() }
+            var configuration = ProjectorConfiguration(databaseURL: url)
+            let rebuildSetting = ProcessInfo.processInfo.environment["EVENTLINE_REBUILD_ON_VERSION_CHANGE"]?.lowercased()
+            configuration.rebuildOnVersionChange = !noRebuild && !["0", "false", "off", "no"].contains(rebuildSetting ?? "")
+            // Without --projection, files added to (or changed in) the directory are picked up
+            // while running; a file that does not check out is logged and left out.
+            let reload = only.isEmpty ? Self.reloader(projections, url: url, checked: selected, logger: logger) : nil
             let projector = Projector(
-                projections: selected, configuration: ProjectorConfiguration(databaseURL: url),
-                invalidations: cache.map(RedisInvalidationSink.init), logger: logger)
+                projections: selected, configuration: configuration, invalidations: cache.map(RedisInvalidationSink.init),
+                reload: reload, logger: logger)
             logger.info("projecting", metadata: ["projection.names": "\(selected.map(\.name).joined(separator: ","))"])
             let group = ServiceGroup(
                 services: [ProjectorService(projector: projector)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             try await group.run()
         }
     }
+}
+
+extension Project {
+    /// Re-reads the directory; definitions not seen before are checked against PostgreSQL first.
+    static func reloader(
+        _ options: ProjectionOptions, url: String, checked: [YAMLProjection], logger: Logger
+    ) -> @Sendable () async throws -> [any Projection] {
+        let known = CheckedDefinitions(checked.map { Projector.fingerprint($0) })
+        return {
+            var valid: [any Projection] = []
+            for projection in try options.load() {
+                let fingerprint = Projector.fingerprint(projection)
+                if !known.contains(fingerprint) {
+                    do {
+                        try await CLI.withConnection(url) { conn in try ProjectionCatalog.validate(projection, on: conn) }
+                        known.insert(fingerprint)
+                    } catch {
+                        logger.error("projection does not check out; not running it", metadata: ["error": "\(error)"])
+                        continue
+                    }
+                }
+                valid.append(projection)
+            }
+            return valid
+        }
+    }
+}
+
+/// Definitions already checked against PostgreSQL (by fingerprint), so a reload checks only new ones.
+final class CheckedDefinitions: Sendable {
+    private let fingerprints: Mutex<Set<String>>
+    init(_ fingerprints: [String]) { self.fingerprints = Mutex(Set(fingerprints)) }
+    func contains(_ fingerprint: String) -> Bool { fingerprints.withLock { $0.contains(fingerprint) } }
+    func insert(_ fingerprint: String) { fingerprints.withLock { _ = $0.insert(fingerprint) } }
 }
 
 /// The projector as a service: runs until graceful shutdown.
@@ -124,12 +167,13 @@ struct Projections: AsyncParsableCommand {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Each projection's checkpoint, lag, owner and state.")
         @OptionGroup var database: DatabaseOptions
+        @OptionGroup var projections: ProjectionOptions
 
         func run() async throws {
             try await CLI.run {
                 let url = try database.databaseURL
                 let statuses = try await ProjectionReport.fetch(url)
-                ProjectionReport.print(statuses)
+                ProjectionReport.print(statuses, declared: try? projections.load())
             }
         }
     }
@@ -160,12 +204,28 @@ enum ProjectionReport {
         }
     }
 
-    static func print(_ statuses: [ProjectionStatus]) {
-        guard !statuses.isEmpty else {
+    /// Prints the registered projections; with the directory's definitions, also those not
+    /// built yet and those whose declared version differs from the built one.
+    static func print(_ statuses: [ProjectionStatus], declared: [YAMLProjection]? = nil) {
+        var notes: [String] = []
+        if let declared {
+            let built = Dictionary(statuses.map { ($0.name, $0.version) }, uniquingKeysWith: { first, _ in first })
+            for projection in declared {
+                if let version = built[projection.name] {
+                    if version != projection.version {
+                        notes.append("  \(projection.name)  declared v\(projection.version) in \(projection.source), built v\(version): eventctl replay \(projection.name) (a running projector rebuilds it itself)")
+                    }
+                } else {
+                    notes.append("  \(projection.name)  declared in \(projection.source), not built: eventctl replay \(projection.name) (or eventctl project)")
+                }
+            }
+        }
+        guard !statuses.isEmpty || !notes.isEmpty else {
             Swift.print("projections  none yet (eventctl project starts them)")
             return
         }
         Swift.print("projections")
+        defer { for note in notes { Swift.print(note) } }
         for status in statuses {
             var line = "  \(status.name)  v\(status.version)  \(status.state)  checkpoint \(status.checkpoint)  lag \(status.lag)"
             line += "  owner \(status.owner ?? "none")"

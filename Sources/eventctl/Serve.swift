@@ -16,6 +16,7 @@ struct Serve: AsyncParsableCommand {
 
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var cacheOptions: CacheOptions
+    @OptionGroup var projections: ProjectionOptions
     @Option(help: "Address to listen on (default: $EVENTLINE_HTTP_HOST or 127.0.0.1).") var host: String?
     @Option(help: "Port to listen on (default: $EVENTLINE_HTTP_PORT or 8080).") var port: Int?
     @Option(name: .customLong("max-body-size"), help: "Largest request body in bytes (default: $EVENTLINE_MAX_BODY_SIZE or 1 MiB).")
@@ -42,7 +43,31 @@ struct Serve: AsyncParsableCommand {
                 }
                 readModels.waitTimeout = .milliseconds(Int(seconds * 1000))
             }
-            try await Server.run(databaseURL: try database.databaseURL, configuration: configuration, readModels: readModels)
+            let url = try database.databaseURL
+            await Self.checkProjections(projections, url: url)
+            try await Server.run(databaseURL: url, configuration: configuration, readModels: readModels)
+        }
+    }
+
+    /// Read models are served from the database's registry (new ones are picked up while
+    /// running); the directory's definitions only say which are not built yet, or out of date.
+    static func checkProjections(_ options: ProjectionOptions, url: String) async {
+        guard FileManager.default.fileExists(atPath: options.path) else { return }
+        do {
+            let declared = try options.load()
+            let built = Dictionary((try await ProjectionReport.fetch(url)).map { ($0.name, $0.version) }, uniquingKeysWith: { first, _ in first })
+            for projection in declared {
+                if let version = built[projection.name], version != projection.version {
+                    CLI.logger.warning("read model built at an older version: eventctl replay \(projection.name)", metadata: [
+                        "projection.name": "\(projection.name)", "projection.version.built": "\(version)",
+                        "projection.version.declared": "\(projection.version)",
+                    ])
+                } else if built[projection.name] == nil {
+                    CLI.logger.warning("read model not built yet: eventctl project or eventctl replay \(projection.name)", metadata: ["projection.name": "\(projection.name)"])
+                }
+            }
+        } catch {
+            CLI.logger.warning("cannot check the projections of \(options.path)", metadata: ["error": "\(error)"])
         }
     }
 

@@ -89,27 +89,29 @@ struct ReadModelCacheTests {
                 try conn.query("SELECT generation FROM eventline.projections WHERE name = 'account_balances'").first?.decode(0, as: Int.self) ?? 0
             }
         }
-        func runUntilCaughtUp() async throws {
-            let projector = Projector(projections: projections, configuration: configuration, invalidations: RedisInvalidationSink(cache: cache))
+        /// Runs a projector (owner `name`) until it holds the lease and has caught up.
+        func runUntilCaughtUp(as name: String) async throws {
+            var settings = configuration
+            settings.ownerName = name
+            let projector = Projector(projections: projections, configuration: settings, invalidations: RedisInvalidationSink(cache: cache))
             let task = Task { try? await projector.run() }
-            for _ in 0..<200 {
-                let checkpoint = try await test.sql { conn in
-                    try conn.query("SELECT checkpoint FROM eventline.projections WHERE name = 'account_balances'").first?.decode(0, as: Int.self) ?? 0
+            try await eventually("\(name) holds the lease and caught up") {
+                try await test.sql { conn in
+                    let row = try conn.query("SELECT owner, checkpoint FROM eventline.projections WHERE name = 'account_balances'").first
+                    return try row?.decode(0, as: String?.self) == name && row?.decode(1, as: Int.self) ?? 0 >= 1
                 }
-                if checkpoint >= 1 { break }
-                try await Task.sleep(for: .milliseconds(50))
             }
             task.cancel()
             await task.value
         }
-        try await runUntilCaughtUp()
+        try await runUntilCaughtUp(as: "first:1")
         let first = try await generation()
         // A clean stop released the lease: the next owner keeps the generation.
-        try await runUntilCaughtUp()
+        try await runUntilCaughtUp(as: "second:2")
         #expect(try await generation() == first)
         // An owner that died without releasing (its name is still recorded): a new generation.
         try await test.sql { conn in try conn.execute("UPDATE eventline.projections SET owner = 'gone:1' WHERE name = 'account_balances'") }
-        try await runUntilCaughtUp()
+        try await runUntilCaughtUp(as: "third:3")
         #expect(try await generation() == first + 1)
     }
 }

@@ -250,6 +250,51 @@ struct ReplayTests {
     }
 }
 
+extension ReplayTests {
+    @Test("a running projector picks up a projection file added to its directory, and rebuilds one whose version went up")
+    func directoryReload() async throws {
+        let test = try await TestStore.make("replayreload")
+        for account in 0..<4 { _ = try await test.store.append(to: "account-\(account)", events: [opened("R\(account)"), deposit(5)]) }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-reload-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func owners(version: Int) -> String {
+            """
+            name: owners
+            version: \(version)
+            key: account_id
+            create: |
+              CREATE TABLE $table (account_id text PRIMARY KEY, owner text NOT NULL, v int NOT NULL)
+            handlers:
+              AccountOpened: |
+                INSERT INTO $table (account_id, owner, v) VALUES (:id, :data.owner, \(version)) RETURNING account_id
+            """
+        }
+        try String(contentsOfFile: Repository.root + "/Projections/account_balances.yaml", encoding: .utf8)
+            .write(toFile: directory + "/account_balances.yaml", atomically: true, encoding: .utf8)
+        let projector = Projector(
+            projections: try ProjectionDirectory.load(directory), configuration: settings(test),
+            reload: { try ProjectionDirectory.load(directory) }, reloadInterval: .milliseconds(200))
+        let task = Task { try? await projector.run() }
+        defer { task.cancel() }
+        try await eventually("account_balances runs") { try await registry(test, "account_balances").checkpoint == 8 }
+        // A new file: projected from the first event, with nothing restarted.
+        try owners(version: 1).write(toFile: directory + "/owners.yaml", atomically: true, encoding: .utf8)
+        try await eventually("the new projection runs") { try await registry(test, "owners").checkpoint == 8 }
+        #expect(try await digest(test, "owners", key: "account_id").hasPrefix("4:"))
+        // Version 2: the running projection restarts with it and is rebuilt.
+        try owners(version: 2).write(toFile: directory + "/owners.yaml", atomically: true, encoding: .utf8)
+        try await eventually("rebuilt at version 2") { try await registry(test, "owners").version == 2 }
+        try await eventually("every row rebuilt") {
+            try await test.sql { conn in
+                try conn.query("SELECT count(*) FROM read_models.owners WHERE v = 2").first!.decode(0, as: Int.self)
+            } == 4
+        }
+        task.cancel()
+        await task.value
+    }
+}
+
 /// Set until cleared, shared between tasks.
 private final class Flag: Sendable {
     private let value = Atomic<Bool>(true)

@@ -19,8 +19,11 @@ enum HistoryBenchmark {
         let eventctl = try eventctlPath()
         let source = try await database(server, "history")
         AppendBenchmark.log("history: writing \(events) bank events (10,000 accounts, a year of days, two currencies)…")
-        try await fill(source, events: events)
-        var rows: [Row] = []
+        let inserting = try await fill(source, events: events)
+        // The raw PostgreSQL reference of the same run: one INSERT … SELECT of the whole history.
+        var rows: [Row] = [Row(
+            name: "(raw) PostgreSQL: INSERT … SELECT generate_series of the history, one statement", events: events,
+            seconds: inserting, peakMegabytes: 0, target: "reference")]
         for name in ["account_balances", "daily_totals"] {
             AppendBenchmark.log("history: eventctl replay \(name)…")
             let (seconds, peak) = try measure(eventctl, ["replay", name, "--projections-dir", projectionsDirectory()], url: source)
@@ -46,10 +49,13 @@ enum HistoryBenchmark {
         Swift.print("")
         Swift.print("History: \(events) events; each run is one eventctl process (release build); peak memory is its maximum RSS.")
         Swift.print("")
-        Swift.print("| run | events | seconds | events/s | peak memory MB | target (memory < 200 MB) |")
-        Swift.print("|---|---:|---:|---:|---:|---|")
+        Swift.print("| run | events | seconds | events/s | vs raw | peak memory MB | target (memory < 200 MB) |")
+        Swift.print("|---|---:|---:|---:|---:|---:|---|")
+        let raw = rows.first.map { Double($0.events) / max($0.seconds, 0.001) } ?? 1
         for row in rows {
-            Swift.print("| \(row.name) | \(row.events) | \(String(format: "%.1f", row.seconds)) | \(String(format: "%.0f", Double(row.events) / max(row.seconds, 0.001))) | \(String(format: "%.0f", row.peakMegabytes)) | \(row.target) |")
+            let rate = Double(row.events) / max(row.seconds, 0.001)
+            let memory = row.peakMegabytes > 0 ? String(format: "%.0f", row.peakMegabytes) : "–"
+            Swift.print("| \(row.name) | \(row.events) | \(String(format: "%.1f", row.seconds)) | \(String(format: "%.0f", rate)) | \(String(format: "%.2f", rate / raw)) | \(memory) | \(row.target) |")
         }
     }
 
@@ -66,10 +72,12 @@ enum HistoryBenchmark {
 
     /// `events` bank events in one statement: 10,000 accounts opened first, then deposits and
     /// (every fifth) withdrawals, 30 s apart over about a year, half in EUR and half in USD.
-    static func fill(_ url: String, events: Int) async throws {
+    /// Returns the INSERT's seconds.
+    static func fill(_ url: String, events: Int) async throws -> Double {
         let connection = DedicatedConnection(conninfo: url)
         defer { connection.shutdown() }
-        try await connection.run { conn in
+        return try await connection.run { conn in
+            let started = ContinuousClock.now
             try conn.execute(unsafeSQL: """
                 INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at)
                 SELECT g, 'account-' || ((g - 1) % 10000), (g - 1) / 10000 + 1, gen_random_uuid(),
@@ -80,8 +88,10 @@ enum HistoryBenchmark {
                        0, '{}'::jsonb, timestamptz '2026-01-01 00:00:00+00' + g * interval '30 seconds'
                 FROM generate_series(1, \(events)) AS g
                 """)
+            let seconds = AppendBenchmark.milliseconds(ContinuousClock.now - started) / 1000
             try conn.execute(unsafeSQL: "UPDATE eventline.log_head SET position = \(events)")
             try conn.execute(unsafeSQL: "VACUUM ANALYZE eventline.events")
+            return seconds
         }
     }
 

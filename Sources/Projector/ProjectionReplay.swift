@@ -59,7 +59,7 @@ public enum ProjectionReplay {
     /// Replays `projection` into a new table; with `dryRun`, compares the new table with the
     /// live one at the same checkpoint (rows and checksum) and drops it instead of swapping.
     public static func run(
-        _ projection: any Projection, databaseURL: String, dryRun: Bool = false, batchSize: Int = 5000,
+        _ projection: any Projection, databaseURL: String, dryRun: Bool = false, batchSize: Int = 1000,
         lockTimeout: Duration = .seconds(5), progress: (@Sendable (ReplayProgress) -> Void)? = nil,
         logger: Logger = Logger(label: "eventline.replay")
     ) async throws -> ReplayResult {
@@ -75,7 +75,7 @@ public enum ProjectionReplay {
         defer { connection.shutdown() }
         return try await connection.run { conn in
             var replay = Replay(
-                projection: projection, conn: conn, batchSize: max(1, batchSize), progress: progress,
+                projection: projection, databaseURL: databaseURL, conn: conn, batchSize: max(1, batchSize), progress: progress,
                 lockTimeoutMilliseconds: Int(lockTimeout.components.seconds * 1000 + lockTimeout.components.attoseconds / 1_000_000_000_000_000))
             return try replay.run(dryRun: dryRun)
         }
@@ -88,6 +88,7 @@ public enum ProjectionReplay {
 /// One replay, on its connection's thread.
 private struct Replay {
     let projection: any Projection
+    let databaseURL: String
     let conn: PostgresConnection
     let batchSize: Int
     let progress: (@Sendable (ReplayProgress) -> Void)?
@@ -99,10 +100,11 @@ private struct Replay {
     var rebuild: String { ReadModelNames.qualified(ProjectionReplay.rebuildTable(projection.name)) }
 
     init(
-        projection: any Projection, conn: PostgresConnection, batchSize: Int, progress: (@Sendable (ReplayProgress) -> Void)?,
-        lockTimeoutMilliseconds: Int
+        projection: any Projection, databaseURL: String, conn: PostgresConnection, batchSize: Int,
+        progress: (@Sendable (ReplayProgress) -> Void)?, lockTimeoutMilliseconds: Int
     ) {
         self.projection = projection
+        self.databaseURL = databaseURL
         self.conn = conn
         self.batchSize = batchSize
         self.progress = progress
@@ -169,6 +171,17 @@ private struct Replay {
     mutating func follow(until target: Target, phase: String) throws {
         var goal = try read(target)
         while true {
+            if goal - position > 2 * batchSize {
+                // Long ranges: the next batches are read and prepared on another connection and
+                // thread while this one applies, so the client's work overlaps PostgreSQL's.
+                let prefetcher = ReplayPrefetcher(
+                    projection: projection, table: rebuild, databaseURL: databaseURL, after: position, upTo: goal, batchSize: batchSize)
+                defer { prefetcher.stop() }
+                while let batch = try prefetcher.next() {
+                    try execute(batch, inTransaction: true)
+                    progress?(ReplayProgress(projection: projection.name, events: applied, position: position, target: goal, phase: phase))
+                }
+            }
             while position < goal {
                 try applyBatch(upTo: goal, inTransaction: true)
                 progress?(ReplayProgress(projection: projection.name, events: applied, position: position, target: goal, phase: phase))
@@ -181,38 +194,22 @@ private struct Replay {
 
     /// Reads the next events after `position` up to `goal` and applies them to the new table.
     mutating func applyBatch(upTo goal: Int, inTransaction: Bool) throws {
-        let events = try EventStore.decodeEvents(try conn.query("""
-            SELECT \(unsafeSQL: EventStore.eventColumns) FROM eventline.events
-            WHERE position > \(position) AND position <= \(goal) AND type = ANY(\(projection.eventTypes))
-            ORDER BY position LIMIT \(batchSize)
-            """))
-        let reached = events.count < batchSize ? goal : events.last!.position
-        var queries: [SQLQuery] = []
-        var owners: [Int] = []
-        if inTransaction { queries.append("BEGIN"); owners.append(-1) }
-        for (index, event) in events.enumerated() {
-            let statements: [SQLQuery]
-            do {
-                statements = try projection.statements(for: event, table: rebuild)
-            } catch {
-                if inTransaction { conn.rollbackQuietly() }
-                throw ReplayError("event \(event.position) (\(event.type)) cannot be applied: \(error)")
-            }
-            for statement in statements {
-                queries.append(statement)
-                owners.append(index)
-            }
-        }
-        if inTransaction { queries.append("COMMIT"); owners.append(-1) }
-        for (offset, result) in try conn.pipeline(queries).enumerated() {
+        let batch = try ReplayBatch.read(
+            projection: projection, table: rebuild, after: position, upTo: goal, batchSize: batchSize, inTransaction: inTransaction, on: conn)
+        try execute(batch, inTransaction: inTransaction)
+    }
+
+    /// Runs a batch's statements in one pipeline; any failure rolls the batch back.
+    mutating func execute(_ batch: ReplayBatch, inTransaction: Bool) throws {
+        for (offset, result) in try conn.pipeline(batch.queries).enumerated() {
             guard case .failure(let error) = result else { continue }
             if inTransaction { conn.rollbackQuietly() }
-            if error.isConnectionError || owners[offset] < 0 { throw error }
-            let event = events[owners[offset]]
+            if error.isConnectionError || batch.owners[offset] < 0 { throw error }
+            let event = batch.events[batch.owners[offset]]
             throw ReplayError("event \(event.position) (handler \(event.type)) failed: \(error.message)")
         }
-        applied += events.count
-        position = reached
+        applied += batch.events.count
+        position = batch.reached
     }
 
     /// Dry run: under a share lock on the live table (its projector waits), brings the new
@@ -308,5 +305,115 @@ private struct Replay {
             conn.rollbackQuietly()
             throw error
         }
+    }
+}
+
+/// A batch of events and the statements that apply them, in pipeline order.
+struct ReplayBatch: @unchecked Sendable {
+    var events: [RecordedEvent]
+    var queries: [SQLQuery]
+    /// For each query, the index of its event (-1: BEGIN, COMMIT).
+    var owners: [Int]
+    /// The position the table reaches once the batch is applied.
+    var reached: Int
+
+    /// Reads the events after `after` up to `upTo` that `projection` handles, and builds their statements.
+    static func read(
+        projection: any Projection, table: String, after: Int, upTo goal: Int, batchSize: Int, inTransaction: Bool,
+        on conn: PostgresConnection
+    ) throws -> ReplayBatch {
+        let events = try EventStore.decodeEvents(try conn.query("""
+            SELECT \(unsafeSQL: EventStore.eventColumns) FROM eventline.events
+            WHERE position > \(after) AND position <= \(goal) AND type = ANY(\(projection.eventTypes))
+            ORDER BY position LIMIT \(batchSize)
+            """))
+        var batch = ReplayBatch(events: events, queries: [], owners: [], reached: events.count < batchSize ? goal : events.last!.position)
+        batch.queries.reserveCapacity(events.count + 2)
+        if inTransaction { batch.queries.append("BEGIN"); batch.owners.append(-1) }
+        for (index, event) in events.enumerated() {
+            let statements: [SQLQuery]
+            do {
+                statements = try projection.statements(for: event, table: table)
+            } catch {
+                throw ReplayError("event \(event.position) (\(event.type)) cannot be applied: \(error)")
+            }
+            for statement in statements {
+                batch.queries.append(statement)
+                batch.owners.append(index)
+            }
+        }
+        if inTransaction { batch.queries.append("COMMIT"); batch.owners.append(-1) }
+        return batch
+    }
+}
+
+/// Reads and prepares the batches of a range on a thread and connection of its own, at most
+/// two ahead of the one being applied.
+final class ReplayPrefetcher: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var ready: [Result<ReplayBatch, any Error>] = []
+    private var done = false
+    private var stopped = false
+
+    init(projection: any Projection, table: String, databaseURL: String, after: Int, upTo goal: Int, batchSize: Int) {
+        let thread = Thread { [self] in
+            produce(projection: projection, table: table, databaseURL: databaseURL, after: after, goal: goal, batchSize: batchSize)
+        }
+        thread.name = "eventline-replay-prefetch"
+        thread.start()
+    }
+
+    private func produce(projection: any Projection, table: String, databaseURL: String, after: Int, goal: Int, batchSize: Int) {
+        do {
+            let conn = try PostgresConnection(conninfo: databaseURL)
+            defer { conn.close() }
+            try conn.execute(unsafeSQL: "SET TimeZone = 'UTC'")
+            try conn.execute(unsafeSQL: "SET jit = off")
+            var position = after
+            while position < goal {
+                let batch = try ReplayBatch.read(
+                    projection: projection, table: table, after: position, upTo: goal, batchSize: batchSize, inTransaction: true, on: conn)
+                condition.lock()
+                while ready.count >= 2 && !stopped { condition.wait() }
+                if stopped {
+                    condition.unlock()
+                    return
+                }
+                ready.append(.success(batch))
+                condition.signal()
+                condition.unlock()
+                position = batch.reached
+            }
+            finish(nil)
+        } catch {
+            finish(error)
+        }
+    }
+
+    private func finish(_ error: (any Error)?) {
+        condition.lock()
+        if let error { ready.append(.failure(error)) }
+        done = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// The next batch in order, or nil once the range is done.
+    func next() throws -> ReplayBatch? {
+        condition.lock()
+        defer { condition.unlock() }
+        while ready.isEmpty && !done { condition.wait() }
+        guard !ready.isEmpty else { return nil }
+        let result = ready.removeFirst()
+        condition.signal()
+        return try result.get()
+    }
+
+    /// Lets the producer go (it stops at its next batch).
+    func stop() {
+        condition.lock()
+        stopped = true
+        condition.broadcast()
+        condition.unlock()
     }
 }

@@ -297,7 +297,7 @@ struct Replay: AsyncParsableCommand {
     @Argument(help: "The projections to rebuild.") var names: [String] = []
     @Flag(help: "Rebuild every projection of the directory.") var all = false
     @Flag(name: .customLong("dry-run"), help: "Build and compare with the live table; do not swap.") var dryRun = false
-    @Option(name: .customLong("batch-size"), help: "Events per transaction while building (default 5000).") var batchSize = 5000
+    @Option(name: .customLong("batch-size"), help: "Events per transaction while building (default 1000).") var batchSize = 1000
 
     func validate() throws {
         if all && !names.isEmpty { throw ValidationError("give projection names or --all, not both") }

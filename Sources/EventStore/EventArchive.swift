@@ -59,13 +59,12 @@ public enum EventArchive {
             buffer.reserveCapacity(2 << 20)
             var after = max(0, from - 1)
             var count = 0
-            let page = SQLQuery("""
-                SELECT position, stream, version, event_id::text, type, data, codec, metadata::text,
-                       to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-                FROM eventline.events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3
-                """)
             while after < last {
-                let rows = try conn.query(SQLQuery(unsafeSQL: page.sql, binds: [after.postgresBind, last.postgresBind, batchSize.postgresBind]))
+                let rows = try conn.query(SQLQuery("""
+                    SELECT position, stream, version, event_id::text, type, data, codec, metadata::text,
+                           to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                    FROM eventline.events WHERE position > \(after) AND position <= \(last) ORDER BY position LIMIT \(batchSize)
+                    """).prepared())
                 guard rows.count > 0 else { break }
                 for row in rows.rows {
                     let position: Int = try row.decode(0)

@@ -254,10 +254,10 @@ private struct Replay {
             do {
                 return try swapOnce()
             } catch let error as PostgresError where error.sqlState == "55P03" && attempt < 10 {
+                // lock_not_available: the batches applied inside the rolled-back swap are undone.
                 (position, applied) = saved
                 progress?(ReplayProgress(projection: projection.name, events: applied, position: position, target: position, phase: "waiting for the live table"))
                 Thread.sleep(forTimeInterval: 0.2 * Double(attempt))
-                _ = error
             }
         }
     }

@@ -24,7 +24,7 @@ struct Export: AsyncParsableCommand {
             let count = try await EventArchive.export(
                 databaseURL: try database.databaseURL, to: file, from: from, to: to, progress: { progress.update($0) })
             progress.finish()
-            print("exported \(count) events to \(file) in \(ProgressLine.seconds(ContinuousClock.now - started))")
+            print("exported \(count) events to \(file) in \(ProgressLine.took(ContinuousClock.now - started))")
         }
     }
 }
@@ -54,7 +54,7 @@ struct Import: AsyncParsableCommand {
                 throw CLIError("\(file): \(error.description); nothing was loaded")
             }
             progress.finish()
-            print("imported \(count) events from \(file) in \(ProgressLine.seconds(ContinuousClock.now - started))")
+            print("imported \(count) events from \(file) in \(ProgressLine.took(ContinuousClock.now - started))")
         }
     }
 }
@@ -87,7 +87,7 @@ final class ProgressLine: Sendable {
             if let last = state.lastPrinted, now - last < interval { return nil }
             state.lastPrinted = now
             state.drawn = true
-            let elapsed = Double((now - state.started).components.attoseconds) / 1e18 + Double((now - state.started).components.seconds)
+            let elapsed = Self.seconds(now - state.started)
             let rate = elapsed > 0 ? Double(events) / elapsed : 0
             var text = "\(verb) \(events) events (position \(position)"
             if let target, target > 0 {
@@ -113,8 +113,12 @@ final class ProgressLine: Sendable {
         if terminal && drawn { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
     }
 
-    static func seconds(_ duration: Duration) -> String {
-        let value = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-        return String(format: "%.2f s", value)
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+
+    /// `1.23 s`.
+    static func took(_ duration: Duration) -> String {
+        String(format: "%.2f s", seconds(duration))
     }
 }

@@ -58,17 +58,15 @@ struct Dev: AsyncParsableCommand {
                 Swift.print("Projecting \(loaded.map(\.name).joined(separator: ", ")) from \(projections.path).")
             }
             // And the transfers reactor, so that transfers complete.
-            var reactorStoreConfiguration = EventStoreConfiguration(databaseURL: url)
-            reactorStoreConfiguration.poolSize = 4
-            let reactorStore = EventStore(reactorStoreConfiguration, logger: CLI.logger)
-            services.append(ReactorService(runner: ReactorRunner(
-                reactors: [TransferProcess(store: reactorStore, logger: CLI.logger)], store: reactorStore, logger: CLI.logger)))
+            let (reactorStore, reactors) = React.runner(url: url, logger: CLI.logger)
+            services.append(ReactorService(runner: reactors))
             try await Server.run(databaseURL: url, configuration: configuration, alongside: services, banner: [
                 "Serving the bank domain on \(base) (Ctrl-C stops it and deletes the database). Try:",
                 "  curl -s -X POST \(base)/v1/commands/account/42 -H 'Content-Type: application/json' -d '{\"type\":\"OpenAccount\",\"data\":{\"owner\":\"Ada\",\"currency\":\"EUR\"}}'",
                 "  curl -s \(base)/v1/streams/account-42",
                 "  curl -s \(base)/v1/read-models/account_balances/42",
             ])
+            await reactorStore.shutdown()  // what the reactor appended commits first
         }
     }
 }

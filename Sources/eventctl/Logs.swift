@@ -7,6 +7,14 @@ enum Logs {
         ProcessInfo.processInfo.environment["EVENTLINE_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
     }
 
+    /// Sets up logging for this process and returns a logger at the configured level.
+    static func logger(_ label: String) -> Logger {
+        bootstrap()
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+
     static func bootstrap() {
         let json = ProcessInfo.processInfo.environment["EVENTLINE_LOG_FORMAT"] == "json"
         LoggingSystem.bootstrap { label in

@@ -82,9 +82,7 @@ struct Project: AsyncParsableCommand {
                 selected = selected.filter { only.contains($0.name) }
             }
             guard !selected.isEmpty else { throw CLIError("no projections in \(projections.path)") }
-            Logs.bootstrap()
-            var logger = Logger(label: "eventline.projector")
-            logger.logLevel = Logs.level
+            let logger = Logs.logger("eventline.projector")
             let checker = DedicatedConnection(conninfo: url)
             defer { checker.shutdown() }
             for projection in selected {
@@ -204,21 +202,23 @@ enum ProjectionReport {
         }
     }
 
+    /// Declared projections that are not built (nil) or built at another version.
+    static func drift(_ statuses: [ProjectionStatus], declared: [YAMLProjection]) -> [(projection: YAMLProjection, built: Int?)] {
+        let built = Dictionary(statuses.map { ($0.name, $0.version) }, uniquingKeysWith: { first, _ in first })
+        return declared.compactMap { projection in
+            let version = built[projection.name]
+            return version == projection.version ? nil : (projection, version)
+        }
+    }
+
     /// Prints the registered projections; with the directory's definitions, also those not
     /// built yet and those whose declared version differs from the built one.
     static func print(_ statuses: [ProjectionStatus], declared: [YAMLProjection]? = nil) {
-        var notes: [String] = []
-        if let declared {
-            let built = Dictionary(statuses.map { ($0.name, $0.version) }, uniquingKeysWith: { first, _ in first })
-            for projection in declared {
-                if let version = built[projection.name] {
-                    if version != projection.version {
-                        notes.append("  \(projection.name)  declared v\(projection.version) in \(projection.source), built v\(version): eventctl replay \(projection.name) (a running projector rebuilds it itself)")
-                    }
-                } else {
-                    notes.append("  \(projection.name)  declared in \(projection.source), not built: eventctl replay \(projection.name) (or eventctl project)")
-                }
+        let notes = drift(statuses, declared: declared ?? []).map { projection, built in
+            if let built {
+                return "  \(projection.name)  declared v\(projection.version) in \(projection.source), built v\(built): eventctl replay \(projection.name) (a running projector rebuilds it itself)"
             }
+            return "  \(projection.name)  declared in \(projection.source), not built: eventctl replay \(projection.name) (or eventctl project)"
         }
         guard !statuses.isEmpty || !notes.isEmpty else {
             Swift.print("projections  none yet (eventctl project starts them)")
@@ -343,7 +343,7 @@ struct Replay: AsyncParsableCommand {
                     throw CLIError("\(projection.name): \(error.description); the live read model is untouched")
                 }
                 line.finish()
-                let took = ProgressLine.seconds(ContinuousClock.now - started)
+                let took = ProgressLine.took(ContinuousClock.now - started)
                 if dryRun {
                     let same = result.matches == true
                     differs = differs || !same

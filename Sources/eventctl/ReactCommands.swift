@@ -34,16 +34,9 @@ struct React: AsyncParsableCommand {
         try await CLI.run {
             let url = try database.databaseURL
             _ = try await ReactorReport.fetch(url)  // installed?
-            Logs.bootstrap()
-            var logger = Logger(label: "eventline.reactor")
-            logger.logLevel = Logs.level
-            var storeConfiguration = EventStoreConfiguration(databaseURL: url)
-            storeConfiguration.poolSize = 4
-            let store = EventStore(storeConfiguration, logger: logger)
-            let all: [any Reactor] = [TransferProcess(store: store, logger: logger)]
-            let selected = only.isEmpty ? all : all.filter { only.contains($0.name) }
-            let runner = ReactorRunner(reactors: selected, store: store, logger: logger)
-            logger.info("reacting", metadata: ["reactor.names": "\(selected.map(\.name).joined(separator: ","))"])
+            let logger = Logs.logger("eventline.reactor")
+            let (store, runner) = Self.runner(url: url, only: only, logger: logger)
+            logger.info("reacting", metadata: ["reactor.names": "\(runner.reactors.map(\.name).joined(separator: ","))"])
             let group = ServiceGroup(
                 services: [ReactorService(runner: runner)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             do {
@@ -55,6 +48,19 @@ struct React: AsyncParsableCommand {
             // The runner has stopped: let what it appended commit, then close.
             await store.shutdown()
         }
+    }
+}
+
+extension React {
+    /// The shipped reactors (or only those named) over a store of their own; the caller shuts
+    /// the store down once the runner has stopped.
+    static func runner(url: String, only: [String] = [], logger: Logger) -> (EventStore, ReactorRunner) {
+        var storeConfiguration = EventStoreConfiguration(databaseURL: url)
+        storeConfiguration.poolSize = 4
+        let store = EventStore(storeConfiguration, logger: logger)
+        let all: [any Reactor] = [TransferProcess(store: store, logger: logger)]
+        let selected = only.isEmpty ? all : all.filter { only.contains($0.name) }
+        return (store, ReactorRunner(reactors: selected, store: store, logger: logger))
     }
 }
 

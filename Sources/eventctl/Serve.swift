@@ -54,15 +54,13 @@ struct Serve: AsyncParsableCommand {
     static func checkProjections(_ options: ProjectionOptions, url: String) async {
         guard FileManager.default.fileExists(atPath: options.path) else { return }
         do {
-            let declared = try options.load()
-            let built = Dictionary((try await ProjectionReport.fetch(url)).map { ($0.name, $0.version) }, uniquingKeysWith: { first, _ in first })
-            for projection in declared {
-                if let version = built[projection.name], version != projection.version {
-                    CLI.logger.warning("read model built at an older version: eventctl replay \(projection.name)", metadata: [
-                        "projection.name": "\(projection.name)", "projection.version.built": "\(version)",
+            for (projection, built) in ProjectionReport.drift(try await ProjectionReport.fetch(url), declared: try options.load()) {
+                if let built {
+                    CLI.logger.warning("read model built at another version: eventctl replay \(projection.name)", metadata: [
+                        "projection.name": "\(projection.name)", "projection.version.built": "\(built)",
                         "projection.version.declared": "\(projection.version)",
                     ])
-                } else if built[projection.name] == nil {
+                } else {
                     CLI.logger.warning("read model not built yet: eventctl project or eventctl replay \(projection.name)", metadata: ["projection.name": "\(projection.name)"])
                 }
             }
@@ -105,9 +103,7 @@ enum Server {
         databaseURL: String, configuration: ServerConfiguration, readModels: ReadModels = ReadModels(),
         alongside services: [any Service] = [], banner: [String] = []
     ) async throws {
-        Logs.bootstrap()
-        var logger = Logger(label: "eventline")
-        logger.logLevel = Logs.level
+        let logger = Logs.logger("eventline")
         var storeConfiguration = EventStoreConfiguration(databaseURL: databaseURL)
         storeConfiguration.poolSize = 16
         let store = EventStore(storeConfiguration, logger: logger)

@@ -14,12 +14,13 @@ private func bank(_ type: String, _ json: String) -> NewEvent {
     NewEvent(type: type, data: Data(json.utf8))
 }
 
-private func configuration(_ test: TestStore) -> ProjectorConfiguration {
+/// Short intervals for tests.
+func configuration(_ test: TestStore, batchSize: Int = 50, interval: Duration = .milliseconds(200)) -> ProjectorConfiguration {
     var configuration = ProjectorConfiguration(databaseURL: test.url)
     configuration.retryDelay = .milliseconds(20)
-    configuration.standbyInterval = .milliseconds(200)
-    configuration.pollInterval = .milliseconds(200)
-    configuration.batchSize = 50
+    configuration.standbyInterval = interval
+    configuration.pollInterval = interval
+    configuration.batchSize = batchSize
     return configuration
 }
 

@@ -15,12 +15,7 @@ private func opened(_ owner: String, _ currency: String = "EUR") -> NewEvent {
 }
 
 private func settings(_ test: TestStore) -> ProjectorConfiguration {
-    var configuration = ProjectorConfiguration(databaseURL: test.url)
-    configuration.standbyInterval = .milliseconds(100)
-    configuration.pollInterval = .milliseconds(100)
-    configuration.retryDelay = .milliseconds(20)
-    configuration.batchSize = 200
-    return configuration
+    configuration(test, batchSize: 200, interval: .milliseconds(100))
 }
 
 private func shipped(_ name: String) throws -> YAMLProjection {

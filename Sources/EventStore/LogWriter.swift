@@ -48,6 +48,30 @@ final class LogWriter: Sendable {
         var pending: [Pending] = []
         var writing = false
         var closed = false
+        /// The appends counted since the last batch was answered, and when it was: how soon
+        /// as many arrive as that batch held tells whether waiting for them pays (`gather`).
+        var answeredAt: ContinuousClock.Instant? = nil
+        var awaitedArrivals = 0
+        /// Moving averages, in seconds: how long a batch's worth of appends takes to arrive
+        /// after a batch is answered, and how long writing a batch takes.
+        var returnTime = 0.0
+        var writeTime = 0.0
+
+        /// Counts one arrival; the last one of a batch's worth records how long they took.
+        mutating func arrived(at now: ContinuousClock.Instant) {
+            guard awaitedArrivals > 0, let answeredAt else { return }
+            awaitedArrivals -= 1
+            if awaitedArrivals == 0 { recordReturn(now - answeredAt) }
+        }
+
+        mutating func recordReturn(_ elapsed: Duration) {
+            returnTime += (LogWriter.seconds(elapsed) - returnTime) / 8
+            answeredAt = nil
+        }
+    }
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 
     /// Counters for metrics and benchmarks.
@@ -95,9 +119,16 @@ final class LogWriter: Sendable {
             // The writer never idles inside a transaction; if its process hangs there, the server
             // ends the session so the head lock does not block every other writer.
             try conn.execute(unsafeSQL: "SET idle_in_transaction_session_timeout = '15s'")
-            // Prepared statements save parsing; a generic plan made while the log was small
-            // would scan the whole table for every stream and id look-up once it has grown.
-            try conn.execute(unsafeSQL: "SET plan_cache_mode = force_custom_plan")
+            // Every statement is prepared and planned once per session (planning each group
+            // again cost a sixth of the server's work). A plan made while the log was small
+            // must still suit it grown: every look-up goes through its index, never a scan of
+            // the table. With scans priced out, JIT would take every plan for a huge one.
+            try conn.execute(unsafeSQL: "SET plan_cache_mode = force_generic_plan")
+            try conn.execute(unsafeSQL: "SET enable_seqscan = off")
+            try conn.execute(unsafeSQL: "SET jit = off")
+            // The fast path's single statement runs in an implicit transaction: pinned to
+            // READ COMMITTED like the explicit ones, whatever the server's default (below).
+            try conn.execute(unsafeSQL: "SET default_transaction_isolation = 'read committed'")
         }
         self.maxBatchEvents = max(1, maxBatchEvents)
         self.logger = logger
@@ -108,9 +139,11 @@ final class LogWriter: Sendable {
     /// Queues `append` for the next group commit and waits for its own outcome.
     func append(_ append: PreparedAppend) async throws -> AppendResult {
         try await withCheckedThrowingContinuation { continuation in
+            let now = ContinuousClock.now
             let startDraining = state.withLock { state -> Bool? in
                 if state.closed { return nil }
                 state.pending.append(Pending(append: append, continuation: continuation))
+                state.arrived(at: now)
                 if state.writing { return false }
                 state.writing = true
                 return true
@@ -149,13 +182,21 @@ final class LogWriter: Sendable {
         }
     }
 
-    /// Waits up to the group window until `target` appends are queued. The appenders of the
-    /// batch just committed usually come straight back with their next append; without this
-    /// wait they would trail the appends that queued meanwhile by one batch, and under load the
-    /// appenders would settle into two half-size groups that commit alternately.
+    /// Waits up to the group window until `target` appends are queued, when they are expected
+    /// soon. Appenders in this process usually come straight back with their next append;
+    /// without this wait they would trail the appends that queued meanwhile by one batch, and
+    /// under load the appenders would settle into two half-size groups that commit alternately.
+    /// Clients farther away (over HTTP, say) take longer to come back than a batch takes to
+    /// write: waiting for them would only idle the writer, so when a batch's worth of appends
+    /// has lately taken more than half a batch's write time to arrive, the next batch is
+    /// written at once and the clients' round trips overlap the writes.
     private func gather(target: Int) {
         guard groupWindow > .zero, target > 1 else { return }
-        let deadline = Date(timeIntervalSinceNow: Double(groupWindow.components.attoseconds) / 1e18 + Double(groupWindow.components.seconds))
+        let worthWaiting = state.withLock { state in
+            state.returnTime <= state.writeTime / 2 && state.returnTime <= Self.seconds(groupWindow)
+        }
+        guard worthWaiting else { return }
+        let deadline = Date(timeIntervalSinceNow: Self.seconds(groupWindow))
         arrivals.lock()
         defer { arrivals.unlock() }
         while state.withLock({ $0.pending.count }) < target, arrivals.wait(until: deadline) {}
@@ -192,8 +233,17 @@ final class LogWriter: Sendable {
             if batch.isEmpty { return }
             let started = ContinuousClock.now
             let outcomes = write(batch.map(\.append), attempt: 1)
-            let elapsed = ContinuousClock.now - started
+            let answered = ContinuousClock.now
+            let elapsed = answered - started
             counters.withLock { $0.writing += elapsed }
+            state.withLock { state in
+                // Appends still awaited from the batch before took longer than a whole batch.
+                if let previous = state.answeredAt { state.recordReturn(answered - previous) }
+                state.writeTime += (Self.seconds(elapsed) - state.writeTime) / 8
+                if batch.count > 1 {
+                    (state.answeredAt, state.awaitedArrivals) = (answered, batch.count)
+                }
+            }
             for (item, outcome) in zip(batch, outcomes) {
                 item.continuation.resume(with: outcome)
             }
@@ -296,56 +346,42 @@ final class LogWriter: Sendable {
         }
     }
 
-    private func writeBatch(_ appends: [PreparedAppend], on conn: PostgresConnection) throws -> [Result<AppendResult, any Error>] {
-        // Phase 1, one round trip: lock the head, then read what the decisions need.
-        let streams = Array(Set(appends.map(\.stream.rawValue)))
-        // Every id is looked up, generated ones too: a hit can only be a retry of the same event.
-        let ids = appends.flatMap { $0.events.map(\.id) }
-        // Every statement of a batch has fixed text and is prepared once per session: rows
-        // travel as binary arrays, so planning costs nothing per batch.
-        var reads: [SQLQuery] = [
-            // Pinned, whatever the server's default: under REPEATABLE READ a second process's
-            // writer would fail with a serialization error every time the head moved.
-            "BEGIN ISOLATION LEVEL READ COMMITTED",
-            SQLQuery("SELECT position, clock_timestamp() FROM eventline.log_head FOR UPDATE").prepared(),
-            // Read after the head lock is held: each statement sees every batch committed before.
-            SQLQuery("""
-                SELECT name, (SELECT max(version) FROM eventline.events WHERE stream = name)
-                FROM unnest(\(PostgresBinaryArray(text: streams))) AS batch (name)
-                """).prepared(),
-        ]
-        reads.append(SQLQuery("""
-            SELECT event_id, stream, version, position, type, recorded_at FROM eventline.events
-            WHERE event_id = ANY(\(PostgresBinaryArray(uuid: ids)))
-            """).prepared())
-        let readResults: [PostgresResult]
-        do {
-            readResults = try conn.pipeline(reads).map { try $0.get() }
-        } catch let error as PostgresError {
-            conn.rollbackQuietly()
-            throw error.isConnectionError ? BatchFailure.beforeCommit(error) : BatchFailure.statement(error)
-        }
-        guard let headRow = readResults[1].first else {
-            conn.rollbackQuietly()
-            throw BatchFailure.statement(PostgresError(
-                code: .server, message: "eventline.log_head has no row; run eventctl migrate"))
-        }
-        let head = try headRow.decode(0, as: Int.self)
-        let now = try headRow.decode(1, as: Date.self)
+    /// One row of a batch: an event with its planned place in the log.
+    private typealias Row = (position: Int, stream: StreamName, version: Int, event: PreparedEvent)
+
+    /// What this writer knows of the log without reading it: the head after its last commit
+    /// and the versions of streams it has lately read or written. Both are exact for as long
+    /// as no other process writes, and the fast path checks exactly that, under the head lock.
+    /// Touched only on the writer's thread.
+    private struct Known {
+        var head: Int? = nil
         var versions: [String: Int] = [:]
-        for row in readResults[2].rows {
-            versions[try row.decode(0, as: String.self)] = try row.decode(1, as: Int?.self) ?? 0
-        }
-        var existing: [UUID: ExistingEvent] = [:]
-        for row in readResults[3].rows {
-            existing[try row.decode(0, as: UUID.self)] = ExistingEvent(
-                stream: try row.decode(1), version: try row.decode(2), position: try row.decode(3),
-                type: try row.decode(4), recordedAt: try row.decode(5))
+        /// Batches left to write the long way after the fast path found another writer.
+        var pausedBatches = 0
+        static let maxStreams = 100_000
+
+        mutating func forget() {
+            head = nil
+            versions = [:]
         }
 
-        // Decide each append in order, as if they ran one after another.
+        mutating func learn(head newHead: Int, versions learned: [String: Int]) {
+            if versions.count + learned.count > Self.maxStreams { versions = [:] }
+            versions.merge(learned) { _, new in new }
+            head = newHead
+        }
+    }
+    private let known = Mutex(Known())
+
+    /// Decides each append in order, as if they ran one after another, against the streams'
+    /// `versions` and the ids already `existing` in the log; plans the rows from `head + 1`.
+    /// `versions` ends holding every stream's version after the batch.
+    private func decide(
+        _ appends: [PreparedAppend], head: Int, versions: inout [String: Int], existing: [UUID: ExistingEvent], now: Date
+    ) -> (outcomes: [Result<AppendResult, any Error>], rows: [Row]) {
+        var existing = existing
         var outcomes: [Result<AppendResult, any Error>] = []
-        var rows: [(position: Int, stream: StreamName, version: Int, event: PreparedEvent)] = []
+        var rows: [Row] = []
         var nextPosition = head + 1
         for append in appends {
             let stream = append.stream.rawValue
@@ -372,10 +408,192 @@ final class LogWriter: Sendable {
                 stream: stream, version: current + append.events.count, position: nextPosition - 1, events: appended,
                 recordedAt: now, wasAlreadyAppended: false)))
         }
+        return (outcomes, rows)
+    }
 
+    /// The rows as the binary arrays every insert of the writer unnests, in column order.
+    private static func rowArrays(_ rows: ArraySlice<Row>) -> [PostgresBinaryArray] {
+        [
+            PostgresBinaryArray(int8: rows.map(\.position)), PostgresBinaryArray(text: rows.map(\.stream.rawValue)),
+            PostgresBinaryArray(int8: rows.map(\.version)), PostgresBinaryArray(uuid: rows.map(\.event.id)),
+            PostgresBinaryArray(text: rows.map(\.event.type)), PostgresBinaryArray(bytea: rows.map(\.event.storedData)),
+            PostgresBinaryArray(int2: rows.map(\.event.codec)), PostgresBinaryArray(jsonb: rows.map(\.event.metadata)),
+        ]
+    }
+
+    private func writeBatch(_ appends: [PreparedAppend], on conn: PostgresConnection) throws -> [Result<AppendResult, any Error>] {
+        if let outcomes = try writeKnownBatch(appends, on: conn) { return outcomes }
+        return try writeReadBatch(appends, on: conn)
+    }
+
+    private func committed(_ appends: [PreparedAppend], rows: Int) {
+        counters.withLock { counters in
+            counters.batches += 1
+            counters.appends += appends.count
+            counters.events += rows
+        }
+        observer.withLock { $0 }?.call(appends.count, rows)
+    }
+
+    /// The fast path, one round trip: when every append succeeds against what the writer knows,
+    /// the head moves only if it still stands where the writer left it (so nobody else has
+    /// written since and every known version is current), and the events are inserted in the
+    /// same statement, stamped with the time the head lock was granted. Returns nil, having
+    /// written nothing, when the batch needs the log read first: an unknown stream, an append
+    /// that would fail, an id already in the log (a unique violation), or another writer.
+    private func writeKnownBatch(_ appends: [PreparedAppend], on conn: PostgresConnection) throws -> [Result<AppendResult, any Error>]? {
+        let plan = known.withLock { known -> (head: Int, versions: [String: Int])? in
+            if known.pausedBatches > 0 {
+                known.pausedBatches -= 1
+                return nil
+            }
+            guard let head = known.head else { return nil }
+            var versions: [String: Int] = [:]
+            for append in appends {
+                let stream = append.stream.rawValue
+                if versions[stream] != nil { continue }
+                if let version = known.versions[stream] {
+                    versions[stream] = version
+                } else if append.expected == .noStream {
+                    // A stream that exists after all makes its version 1 a unique violation.
+                    versions[stream] = 0
+                } else {
+                    return nil
+                }
+            }
+            return (head, versions)
+        }
+        guard let plan else { return nil }
+        var versions = plan.versions
+        // The time is a placeholder until the database answers; it is not written.
+        var (outcomes, rows) = decide(appends, head: plan.head, versions: &versions, existing: [:], now: Date())
+        guard let firstRow = rows.first,
+            !outcomes.contains(where: { if case .failure = $0 { true } else { false } }),
+            rows.count <= Self.maxRowsPerInsert, rows.reduce(0, { $0 + $1.event.storedData.count }) <= Self.maxBytesPerInsert
+        else { return nil }
+        let newHead = plan.head + rows.count
+        let arrays = Self.rowArrays(rows[...])
+        // One statement, so one implicit transaction: it commits whole or not at all.
+        let statements: [SQLQuery] = [
+            // The head row's lock is taken by the UPDATE, which waits for any other writer and
+            // then moves the head only from where this writer left it. The notification is
+            // delivered at COMMIT, so listeners never hear of uncommitted events.
+            SQLQuery("""
+                WITH head AS (
+                    UPDATE eventline.log_head SET position = \(newHead) WHERE position = \(plan.head)
+                    RETURNING clock_timestamp() AS now, pg_notify(\(Self.notificationChannel), position::text)
+                ), written AS (
+                    INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at)
+                    SELECT batch.position, batch.stream, batch.version, batch.event_id, batch.type, batch.data, batch.codec,
+                           batch.metadata, head.now
+                    FROM head, unnest(\(arrays[0]), \(arrays[1]), \(arrays[2]), \(arrays[3]), \(arrays[4]), \(arrays[5]), \(arrays[6]), \(arrays[7]))
+                         AS batch (position, stream, version, event_id, type, data, codec, metadata)
+                    RETURNING 1
+                )
+                SELECT now, (SELECT count(*) FROM written) FROM head
+                """).prepared()
+        ]
+        let session = conn.backendPID
+        let results: [Result<PostgresResult, PostgresError>]
+        do {
+            results = try conn.pipeline(statements)
+        } catch let error as PostgresError where error.isConnectionError {
+            known.withLock { $0.forget() }
+            throw BatchFailure.uncertain(
+                error, firstPosition: firstRow.position, firstId: firstRow.event.id, session: session, planned: outcomes)
+        }
+        if let error = results.lazy.compactMap({ if case .failure(let error) = $0 { error } else { nil } }).first {
+            if error.isConnectionError {
+                known.withLock { $0.forget() }
+                throw BatchFailure.uncertain(
+                    error, firstPosition: firstRow.position, firstId: firstRow.event.id, session: session, planned: outcomes)
+            }
+            // An id already in the log, or a stream that exists after all: nothing was written.
+            return nil
+        }
+        guard case .success(let answer) = results[0], let row = answer.first,
+            try row.decode(1, as: Int.self) == rows.count
+        else {
+            // Another writer moved the head; this transaction committed nothing. Its streams'
+            // versions are unknown now, and while it keeps writing the fast path would miss.
+            known.withLock { known in
+                known.forget()
+                known.pausedBatches = 16
+            }
+            return nil
+        }
+        let now = try row.decode(0, as: Date.self)
+        outcomes = outcomes.map { outcome in
+            outcome.map { result in
+                var result = result
+                result.recordedAt = now
+                return result
+            }
+        }
+        known.withLock { $0.learn(head: newHead, versions: versions) }
+        committed(appends, rows: rows.count)
+        return outcomes
+    }
+
+    /// The long way, two round trips: lock the head and read the streams' versions and any
+    /// given ids already in the log; then decide, insert, move the head, notify and commit.
+    private func writeReadBatch(_ appends: [PreparedAppend], on conn: PostgresConnection) throws -> [Result<AppendResult, any Error>] {
+        // Phase 1, one round trip: lock the head, then read what the decisions need.
+        let streams = Array(Set(appends.map(\.stream.rawValue)))
+        // Every id is looked up, generated ones too: a hit can only be a retry of the same event.
+        let ids = appends.flatMap { $0.events.map(\.id) }
+        // Every statement of a batch has fixed text and is prepared once per session: rows
+        // travel as binary arrays, so planning costs nothing per batch.
+        var reads: [SQLQuery] = [
+            // Pinned, whatever the server's default: under REPEATABLE READ a second process's
+            // writer would fail with a serialization error every time the head moved.
+            "BEGIN ISOLATION LEVEL READ COMMITTED",
+            SQLQuery("SELECT position, clock_timestamp() FROM eventline.log_head FOR UPDATE").prepared(),
+            // Read after the head lock is held: each statement sees every batch committed before.
+            SQLQuery("""
+                SELECT name, (SELECT max(version) FROM eventline.events WHERE stream = name)
+                FROM unnest(\(PostgresBinaryArray(text: streams))) AS batch (name)
+                """).prepared(),
+        ]
+        reads.append(SQLQuery("""
+            SELECT event_id, stream, version, position, type, recorded_at FROM eventline.events
+            WHERE event_id = ANY(\(PostgresBinaryArray(uuid: ids)))
+            """).prepared())
+        let readResults: [PostgresResult]
+        do {
+            readResults = try conn.pipeline(reads).map { try $0.get() }
+        } catch let error as PostgresError {
+            conn.rollbackQuietly()
+            known.withLock { $0.forget() }
+            throw error.isConnectionError ? BatchFailure.beforeCommit(error) : BatchFailure.statement(error)
+        }
+        guard let headRow = readResults[1].first else {
+            conn.rollbackQuietly()
+            throw BatchFailure.statement(PostgresError(
+                code: .server, message: "eventline.log_head has no row; run eventctl migrate"))
+        }
+        let head = try headRow.decode(0, as: Int.self)
+        let now = try headRow.decode(1, as: Date.self)
+        var versions: [String: Int] = [:]
+        for row in readResults[2].rows {
+            versions[try row.decode(0, as: String.self)] = try row.decode(1, as: Int?.self) ?? 0
+        }
+        var existing: [UUID: ExistingEvent] = [:]
+        for row in readResults[3].rows {
+            existing[try row.decode(0, as: UUID.self)] = ExistingEvent(
+                stream: try row.decode(1), version: try row.decode(2), position: try row.decode(3),
+                type: try row.decode(4), recordedAt: try row.decode(5))
+        }
+        // Versions known from before are current only if nobody else has written since.
+        known.withLock { known in
+            if known.head != head { known.forget() }
+        }
+
+        let (outcomes, rows) = decide(appends, head: head, versions: &versions, existing: existing, now: now)
         guard let firstRow = rows.first else {
             // Nothing to write: release the head lock.
             conn.rollbackQuietly()
+            known.withLock { $0.learn(head: head, versions: versions) }
             return outcomes
         }
 
@@ -391,19 +609,16 @@ final class LogWriter: Sendable {
                 bytes += rows[end].event.storedData.count
                 end += 1
             }
-            let chunk = rows[start..<end]
+            let arrays = Self.rowArrays(rows[start..<end])
             writes.append(SQLQuery("""
                 INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at)
                 SELECT position, stream, version, event_id, type, data, codec, metadata, \(now)
-                FROM unnest(\(PostgresBinaryArray(int8: chunk.map(\.position))), \(PostgresBinaryArray(text: chunk.map(\.stream.rawValue))),
-                            \(PostgresBinaryArray(int8: chunk.map(\.version))), \(PostgresBinaryArray(uuid: chunk.map(\.event.id))),
-                            \(PostgresBinaryArray(text: chunk.map(\.event.type))), \(PostgresBinaryArray(bytea: chunk.map(\.event.storedData))),
-                            \(PostgresBinaryArray(int2: chunk.map(\.event.codec))), \(PostgresBinaryArray(jsonb: chunk.map(\.event.metadata))))
+                FROM unnest(\(arrays[0]), \(arrays[1]), \(arrays[2]), \(arrays[3]), \(arrays[4]), \(arrays[5]), \(arrays[6]), \(arrays[7]))
                      AS batch (position, stream, version, event_id, type, data, codec, metadata)
                 """).prepared())
             start = end
         }
-        let newHead = nextPosition - 1
+        let newHead = rows[rows.count - 1].position
         // The notification is delivered at COMMIT, so listeners never hear of uncommitted events.
         writes.append(SQLQuery("""
             UPDATE eventline.log_head SET position = \(newHead)
@@ -416,26 +631,25 @@ final class LogWriter: Sendable {
         do {
             writeResults = try conn.pipeline(writes)
         } catch let error as PostgresError where error.isConnectionError {
+            known.withLock { $0.forget() }
             throw BatchFailure.uncertain(
                 error, firstPosition: firstRow.position, firstId: firstRow.event.id, session: session, planned: outcomes)
         } catch let error as PostgresError {
             conn.rollbackQuietly()
+            known.withLock { $0.forget() }
             throw BatchFailure.statement(error)
         }
         for result in writeResults {
             guard case .failure(let error) = result else { continue }
+            known.withLock { $0.forget() }
             if error.isConnectionError {
                 throw BatchFailure.uncertain(
                     error, firstPosition: firstRow.position, firstId: firstRow.event.id, session: session, planned: outcomes)
             }
             throw BatchFailure.statement(error)
         }
-        counters.withLock { counters in
-            counters.batches += 1
-            counters.appends += appends.count
-            counters.events += rows.count
-        }
-        observer.withLock { $0 }?.call(appends.count, rows.count)
+        known.withLock { $0.learn(head: newHead, versions: versions) }
+        committed(appends, rows: rows.count)
         return outcomes
     }
 

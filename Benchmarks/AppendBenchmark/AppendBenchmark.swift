@@ -1,6 +1,8 @@
 import EmbeddedServers
 import EventStore
 import Foundation
+import HTTPServer
+import Logging
 import PostgresClient
 
 /// `make bench`: group commit against one-transaction-per-row PostgreSQL, on one private server
@@ -58,6 +60,8 @@ struct AppendBenchmark {
     }
 
     static func main() async {
+        // The server's own log handler, as `eventctl serve` installs it.
+        ServerLogging.bootstrap(json: false, level: .error)
         do {
             try await run(Options(CommandLine.arguments))
         } catch {

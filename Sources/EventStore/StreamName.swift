@@ -72,6 +72,8 @@ public enum EventTypeName {
     public static func problem(with type: String) -> String? {
         if type.isEmpty { return "the event type is empty" }
         if type.utf8.count > maxLength { return "the event type is longer than \(maxLength) bytes" }
+        // Printable ASCII without space is the common case, decided without Unicode tables.
+        if type.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) { return nil }
         if type.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0.properties.isWhitespace }) {
             return "the event type contains whitespace or a control character"
         }

@@ -29,6 +29,7 @@ enum JSONIO {
     /// The media type of a Content-Type value, lowercased, without parameters or spaces
     /// (without Foundation, whose trimming bridges through NSString).
     static func mediaTypeName(_ value: String) -> String {
+        if value == contentType { return value }
         let type = value.utf8.prefix { $0 != UInt8(ascii: ";") }
         let isSpace = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
         let trimmed = type.drop(while: isSpace).reversed().drop(while: isSpace).reversed()

@@ -77,13 +77,14 @@ struct Routes: Sendable {
     /// Runs `body` once per idempotency key: a retry with the same body gets the first
     /// response again, also after a restart; a different body under the key is refused.
     func idempotent(
-        _ request: Request, _ context: EventlineRequestContext, scope: String, body raw: Data,
+        _ request: Request, _ context: EventlineRequestContext, scope makeScope: @autoclosure () -> String, body raw: Data,
         _ body: () async throws -> (HTTPResponse.Status, Data)
     ) async throws -> Response {
         guard let key = request.headers[.idempotencyKey] else {
             let (status, data) = try await body()
             return JSONIO.response(status, data)
         }
+        let scope = makeScope()
         guard (1...255).contains(key.utf8.count) else {
             throw Problem.badRequest("the Idempotency-Key header must be 1 to 255 bytes", field: "Idempotency-Key")
         }

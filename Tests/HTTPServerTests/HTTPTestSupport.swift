@@ -8,6 +8,7 @@ import HTTPServer
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
+import Logging
 import NIOCore
 import Projector
 
@@ -20,6 +21,8 @@ struct TestServer {
     var cache: ReadModelCache? = nil
     /// How long a read with atLeast waits.
     var readWaitTimeout: Duration = .seconds(5)
+    /// The server's logger (nil: the default one).
+    var logger: Logger? = nil
 
     static func make(_ label: String, configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
         var server = TestServer(test: try await TestStore.make(label))
@@ -39,7 +42,9 @@ struct TestServer {
         var readConfiguration = ReadModelService.Configuration(databaseURL: test.url)
         readConfiguration.waitTimeout = readWaitTimeout
         let readModels = ReadModelService(readConfiguration, cache: cache)
-        let app = buildApplication(configuration, store: store, commands: commands, readModels: readModels, openAPI: openAPI)
+        let app = buildApplication(
+            configuration, store: store, commands: commands, readModels: readModels, openAPI: openAPI,
+            logger: logger ?? Logger(label: "eventline.http"))
         return try await app.test(.live) { client in try await body(client) }
     }
 }

@@ -493,21 +493,17 @@ final class LogWriter: Sendable {
                 SELECT now, (SELECT count(*) FROM written) FROM head
                 """).prepared()
         ]
-        let session = conn.backendPID
         let results: [Result<PostgresResult, PostgresError>]
         do {
-            results = try conn.pipeline(statements)
-        } catch let error as PostgresError where error.isConnectionError {
+            results = try sendWrites(statements, on: conn, firstRow: firstRow, planned: outcomes)
+        } catch let error as PostgresError {
+            // Refused before or after running: the long way reads the log again, and finds
+            // these ids there if they were written after all.
+            logger.debug("the one-round-trip append failed", metadata: ["error": "\(error)"])
             known.withLock { $0.forget() }
-            throw BatchFailure.uncertain(
-                error, firstPosition: firstRow.position, firstId: firstRow.event.id, session: session, planned: outcomes)
+            return nil
         }
-        if let error = results.lazy.compactMap({ if case .failure(let error) = $0 { error } else { nil } }).first {
-            if error.isConnectionError {
-                known.withLock { $0.forget() }
-                throw BatchFailure.uncertain(
-                    error, firstPosition: firstRow.position, firstId: firstRow.event.id, session: session, planned: outcomes)
-            }
+        if results.contains(where: { if case .failure = $0 { true } else { false } }) {
             // An id already in the log, or a stream that exists after all: nothing was written.
             return nil
         }
@@ -533,6 +529,27 @@ final class LogWriter: Sendable {
         known.withLock { $0.learn(head: newHead, versions: versions) }
         committed(appends, rows: rows.count)
         return outcomes
+    }
+
+    /// Sends the statements that end a batch, its COMMIT among them (explicit or implicit).
+    /// A connection broken meanwhile leaves the commit uncertain (`BatchFailure.uncertain`), and
+    /// the writer forgets what it knew of the log. Other errors are the statements' own.
+    private func sendWrites(
+        _ statements: [SQLQuery], on conn: PostgresConnection, firstRow: Row, planned: [Result<AppendResult, any Error>]
+    ) throws -> [Result<PostgresResult, PostgresError>] {
+        let session = conn.backendPID
+        func uncertain(_ error: PostgresError) -> BatchFailure {
+            known.withLock { $0.forget() }
+            return .uncertain(error, firstPosition: firstRow.position, firstId: firstRow.event.id, session: session, planned: planned)
+        }
+        let results: [Result<PostgresResult, PostgresError>]
+        do {
+            results = try conn.pipeline(statements)
+        } catch let error as PostgresError where error.isConnectionError {
+            throw uncertain(error)
+        }
+        for case .failure(let error) in results where error.isConnectionError { throw uncertain(error) }
+        return results
     }
 
     /// The long way, two round trips: lock the head and read the streams' versions and any
@@ -626,14 +643,9 @@ final class LogWriter: Sendable {
             """).prepared())
         writes.append("COMMIT")
 
-        let session = conn.backendPID
         let writeResults: [Result<PostgresResult, PostgresError>]
         do {
-            writeResults = try conn.pipeline(writes)
-        } catch let error as PostgresError where error.isConnectionError {
-            known.withLock { $0.forget() }
-            throw BatchFailure.uncertain(
-                error, firstPosition: firstRow.position, firstId: firstRow.event.id, session: session, planned: outcomes)
+            writeResults = try sendWrites(writes, on: conn, firstRow: firstRow, planned: outcomes)
         } catch let error as PostgresError {
             conn.rollbackQuietly()
             known.withLock { $0.forget() }
@@ -642,10 +654,6 @@ final class LogWriter: Sendable {
         for result in writeResults {
             guard case .failure(let error) = result else { continue }
             known.withLock { $0.forget() }
-            if error.isConnectionError {
-                throw BatchFailure.uncertain(
-                    error, firstPosition: firstRow.position, firstId: firstRow.event.id, session: session, planned: outcomes)
-            }
             throw BatchFailure.statement(error)
         }
         known.withLock { $0.learn(head: newHead, versions: versions) }

@@ -61,7 +61,7 @@ struct AppendBenchmark {
 
     static func main() async {
         // The server's own log handler, as `eventctl serve` installs it.
-        ServerLogging.bootstrap(json: false, level: .error)
+        ServerLogHandler.bootstrap(format: .text, level: .error)
         do {
             try await run(Options(CommandLine.arguments))
         } catch {

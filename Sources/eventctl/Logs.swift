@@ -17,6 +17,6 @@ enum Logs {
     }
 
     static func bootstrap() {
-        ServerLogging.bootstrap(json: ProcessInfo.processInfo.environment["EVENTLINE_LOG_FORMAT"] == "json", level: level)
+        ServerLogHandler.bootstrap(format: ProcessInfo.processInfo.environment["EVENTLINE_LOG_FORMAT"] == "json" ? .json : .text, level: level)
     }
 }

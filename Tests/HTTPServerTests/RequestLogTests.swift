@@ -26,7 +26,7 @@ struct RequestLogTests {
     func jsonRequestLines() async throws {
         let captured = CapturedLines()
         var server = try await TestServer.make("log-json")
-        var logger = Logger(label: "eventline.http") { label in JSONLogHandler(label: label, write: captured.sink) }
+        var logger = Logger(label: "eventline.http") { label in ServerLogHandler(label: label, format: .json, write: captured.sink) }
         logger.logLevel = .info
         server.logger = logger
         let (given, generated) = try await server.run { client in
@@ -63,7 +63,7 @@ struct RequestLogTests {
     @Test("text lines read as swift-log's stream handler writes them, metadata sorted, and metadata set on a logger is kept")
     func textLines() async throws {
         let captured = CapturedLines()
-        var logger = Logger(label: "eventline.test") { label in TextLogHandler(label: label, write: captured.sink) }
+        var logger = Logger(label: "eventline.test") { label in ServerLogHandler(label: label, format: .text, write: captured.sink) }
         logger.logLevel = .info
         logger[metadataKey: "z.set"] = "on the logger"
         logger.info("hello", metadata: ["a.given": "1"])

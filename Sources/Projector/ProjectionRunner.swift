@@ -38,9 +38,17 @@ public struct ProjectorConfiguration: Sendable {
 /// Something that changes (the log head, a projection's checkpoint), announced by NOTIFY, for
 /// tasks to wait on without polling.
 public final class ChangeSignal: Sendable {
+    /// One wait: announced before its continuation exists, so that a timeout or a
+    /// cancellation that comes first is not lost.
+    private enum Waiter {
+        case announced
+        case waiting(CheckedContinuation<Void, Never>)
+        /// Timed out or cancelled before it began to wait.
+        case released
+    }
     private struct State {
         var generation = 0
-        var waiters: [UUID: CheckedContinuation<Void, Never>] = [:]
+        var waiters: [UUID: Waiter] = [:]
     }
     private let state = Mutex(State())
 
@@ -48,38 +56,61 @@ public final class ChangeSignal: Sendable {
 
     /// Wakes every waiter.
     public func signal() {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+        let waiting = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.generation += 1
-            defer { state.waiters = [:] }
-            return Array(state.waiters.values)
+            var waiting: [CheckedContinuation<Void, Never>] = []
+            for (id, waiter) in state.waiters {
+                // Waits not begun yet see the new generation when they begin.
+                guard case .waiting(let continuation) = waiter else { continue }
+                waiting.append(continuation)
+                state.waiters[id] = nil
+            }
+            return waiting
         }
-        for waiter in waiters { waiter.resume() }
+        for continuation in waiting { continuation.resume() }
     }
 
     /// Counts signals; read it before checking the state, then wait after it.
     public var generation: Int { state.withLock { $0.generation } }
 
-    /// Returns when signalled after `generation`, or after `timeout`.
+    /// Returns when signalled after `generation`, after `timeout`, or when the task is cancelled.
     public func wait(after generation: Int, timeout: Duration) async {
         let id = UUID()
+        state.withLock { $0.waiters[id] = .announced }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let ready = self.state.withLock { state -> Bool in
-                        if state.generation != generation { return true }
-                        state.waiters[id] = continuation
-                        return false
-                    }
-                    if ready { continuation.resume() }
-                }
+                try? await Task.sleep(for: timeout)
+                self.release(id)
             }
-            group.addTask { try? await Task.sleep(for: timeout) }
-            await group.next()
-            // Whichever finished first, release the other.
-            let pending = self.state.withLock { $0.waiters.removeValue(forKey: id) }
-            pending?.resume()
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { state -> Bool in
+                    if state.generation != generation { return true }
+                    if case .released = state.waiters[id] { return true }
+                    state.waiters[id] = .waiting(continuation)
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+            state.withLock { $0.waiters[id] = nil }
             group.cancelAll()
         }
+    }
+
+    /// Ends the wait `id` (timed out, or its task cancelled), whether or not it has begun.
+    private func release(_ id: UUID) {
+        let continuation = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            switch state.waiters[id] {
+            case .waiting(let continuation)?:
+                state.waiters[id] = .released
+                return continuation
+            case .announced?:
+                state.waiters[id] = .released
+                return nil
+            case .released?, nil:
+                return nil
+            }
+        }
+        continuation?.resume()
     }
 }
 

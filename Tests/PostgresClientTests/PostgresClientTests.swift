@@ -176,7 +176,14 @@ struct PostgresClientTests {
                 group.addTask {
                     try await pool.withConnection { conn in
                         gauge.enter()
-                        _ = try conn.query("SELECT pg_sleep(0.02)")
+                        // Holders stay until three have been in at once (bounded, in case the
+                        // pool never lets three in): other suites running in parallel can
+                        // delay the tasks, and a short fixed hold could then never overlap.
+                        var rounds = 0
+                        repeat {
+                            _ = try conn.query("SELECT pg_sleep(0.02)")
+                            rounds += 1
+                        } while gauge.peak < 3 && rounds < 500
                         gauge.leave()
                     }
                 }

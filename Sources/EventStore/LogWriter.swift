@@ -508,17 +508,18 @@ final class LogWriter: Sendable {
             return nil
         }
         guard case .success(let answer) = results[0], let row = answer.first,
-            try row.decode(1, as: Int.self) == rows.count
+            (try? row.decode(1, as: Int.self)) == rows.count, let now = try? row.decode(0, as: Date.self)
         else {
-            // Another writer moved the head; this transaction committed nothing. Its streams'
-            // versions are unknown now, and while it keeps writing the fast path would miss.
+            // Another writer moved the head, so this transaction committed nothing; its
+            // streams' versions are unknown now, and while it keeps writing the fast path would
+            // miss. (An answer that cannot be read ends the same way: the long way finds the
+            // events if they were written.)
             known.withLock { known in
                 known.forget()
                 known.pausedBatches = 16
             }
             return nil
         }
-        let now = try row.decode(0, as: Date.self)
         outcomes = outcomes.map { outcome in
             outcome.map { result in
                 var result = result

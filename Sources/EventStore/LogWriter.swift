@@ -65,13 +65,9 @@ final class LogWriter: Sendable {
         }
 
         mutating func recordReturn(_ elapsed: Duration) {
-            returnTime += (LogWriter.seconds(elapsed) - returnTime) / 8
+            returnTime += (elapsed.inSeconds - returnTime) / 8
             answeredAt = nil
         }
-    }
-
-    static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 
     /// Counters for metrics and benchmarks.
@@ -193,10 +189,10 @@ final class LogWriter: Sendable {
     private func gather(target: Int) {
         guard groupWindow > .zero, target > 1 else { return }
         let worthWaiting = state.withLock { state in
-            state.returnTime <= state.writeTime / 2 && state.returnTime <= Self.seconds(groupWindow)
+            state.returnTime <= state.writeTime / 2 && state.returnTime <= groupWindow.inSeconds
         }
         guard worthWaiting else { return }
-        let deadline = Date(timeIntervalSinceNow: Self.seconds(groupWindow))
+        let deadline = Date(timeIntervalSinceNow: groupWindow.inSeconds)
         arrivals.lock()
         defer { arrivals.unlock() }
         while state.withLock({ $0.pending.count }) < target, arrivals.wait(until: deadline) {}
@@ -239,7 +235,7 @@ final class LogWriter: Sendable {
             state.withLock { state in
                 // Appends still awaited from the batch before took longer than a whole batch.
                 if let previous = state.answeredAt { state.recordReturn(answered - previous) }
-                state.writeTime += (Self.seconds(elapsed) - state.writeTime) / 8
+                state.writeTime += (elapsed.inSeconds - state.writeTime) / 8
                 if batch.count > 1 {
                     (state.answeredAt, state.awaitedArrivals) = (answered, batch.count)
                 }

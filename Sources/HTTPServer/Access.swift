@@ -113,10 +113,10 @@ final class RateLimiter: Sendable {
         let (allowed, tokens) = buckets.withLock { buckets -> (Bool, Double) in
             if buckets.count > 50_000 {
                 // Forget clients whose buckets have refilled: they are as good as new.
-                buckets = buckets.filter { Self.seconds(now - $0.value.updated) * limit.perSecond + $0.value.tokens < burst }
+                buckets = buckets.filter { (now - $0.value.updated).inSeconds * limit.perSecond + $0.value.tokens < burst }
             }
             var bucket = buckets[client] ?? Bucket(tokens: burst, updated: now)
-            bucket.tokens = min(burst, bucket.tokens + Self.seconds(now - bucket.updated) * limit.perSecond)
+            bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated).inSeconds * limit.perSecond)
             bucket.updated = now
             let allowed = bucket.tokens >= 1
             if allowed { bucket.tokens -= 1 }
@@ -138,9 +138,5 @@ final class RateLimiter: Sendable {
                 detail: "the limit is \(limit.perSecond) requests per second with a burst of \(limit.burst)", headers: headers)
         }
         return headers
-    }
-
-    private static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 }

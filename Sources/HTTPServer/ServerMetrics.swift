@@ -61,7 +61,7 @@ public final class ServerMetrics: Sendable {
         registry.makeGauge(name: "eventline_log_writer_appends").set(Double(writer.appends))
         registry.makeGauge(name: "eventline_log_writer_events").set(Double(writer.events))
         registry.makeGauge(name: "eventline_log_writer_busy_seconds")
-            .set(Double(writer.writing.components.seconds) + Double(writer.writing.components.attoseconds) / 1e18)
+            .set(writer.writing.inSeconds)
         let pool = store.poolStatistics
         registry.makeGauge(name: "eventline_db_pool_size").set(Double(pool.size))
         registry.makeGauge(name: "eventline_db_pool_open").set(Double(pool.open))

@@ -76,7 +76,13 @@ public final class ChangeSignal: Sendable {
     /// Returns when signalled after `generation`, after `timeout`, or when the task is cancelled.
     public func wait(after generation: Int, timeout: Duration) async {
         let id = UUID()
-        state.withLock { $0.waiters[id] = .announced }
+        let begun = state.withLock { state -> Bool in
+            // Signalled already: no wait, and no timer.
+            guard state.generation == generation else { return false }
+            state.waiters[id] = .announced
+            return true
+        }
+        guard begun else { return }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 try? await Task.sleep(for: timeout)

@@ -87,7 +87,7 @@ final class ProgressLine: Sendable {
             if let last = state.lastPrinted, now - last < interval { return nil }
             state.lastPrinted = now
             state.drawn = true
-            let elapsed = Self.seconds(now - state.started)
+            let elapsed = (now - state.started).inSeconds
             let rate = elapsed > 0 ? Double(events) / elapsed : 0
             var text = "\(verb) \(events) events (position \(position)"
             if let target, target > 0 {
@@ -113,12 +113,8 @@ final class ProgressLine: Sendable {
         if terminal && drawn { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
     }
 
-    static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-    }
-
     /// `1.23 s`.
     static func took(_ duration: Duration) -> String {
-        String(format: "%.2f s", seconds(duration))
+        String(format: "%.2f s", duration.inSeconds)
     }
 }

@@ -23,14 +23,16 @@ public func buildApplication(
     let readModels = readModels ?? ReadModelService(.init(databaseURL: store.configuration.databaseURL), logger: logger)
     let metrics = ServerMetrics()
     store.observeGroupCommits { appends, events in metrics.recordGroup(appends: appends, events: events) }
-    let router = Router(context: EventlineRequestContext.self)
+    let router = Router(context: EventlineRequestContext.self, options: .autoGenerateHeadEndpoints)
     let access = AccessControl(store: store, refreshInterval: configuration.apiKeyRefresh)
     router.middlewares.add(RequestMiddleware(
         configuration: configuration, metrics: metrics, access: access, limiter: configuration.rateLimit.map(RateLimiter.init),
         logger: logger))
+    let endpoints = Endpoints(router)
     Routes(store: store, commands: commands, configuration: configuration, metrics: metrics, openAPI: openAPI)
-        .register(on: router)
-    ReadModelRoutes(readModels: readModels, configuration: configuration).register(on: router)
+        .register(on: endpoints)
+    ReadModelRoutes(readModels: readModels, configuration: configuration).register(on: endpoints)
+    endpoints.finish()
     return Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "eventline"),

@@ -11,7 +11,7 @@ struct ReadModelRoutes: Sendable {
     let readModels: ReadModelService
     let configuration: ServerConfiguration
 
-    func register(on router: Router<EventlineRequestContext>) {
+    func register(on router: Endpoints) {
         router.get("/v1/read-models") { request, context in try await list(request) }
         router.get("/v1/read-models/:name") { request, context in try await page(request, context) }
         router.get("/v1/read-models/:name/:key") { request, context in try await row(request, context) }

@@ -13,7 +13,7 @@ struct Routes: Sendable {
     let metrics: ServerMetrics
     let openAPI: Data?
 
-    func register(on router: Router<EventlineRequestContext>) {
+    func register(on router: Endpoints) {
         router.post("/v1/commands/:category/:id") { request, context in try await command(request, context) }
         router.post("/v1/streams/:stream/events") { request, context in try await appendEvents(request, context) }
         router.get("/v1/streams/:stream") { request, context in try await readStream(request, context) }

@@ -155,6 +155,39 @@ struct StreamRouteTests {
         }
     }
 
+    @Test("HEAD is GET without a body; OPTIONS is 204 with Allow; another method on a known path is 405 with Allow")
+    func methods() async throws {
+        let server = try await TestServer.make("httpmethods")
+        _ = try await server.test.store.append(to: "m-1", events: [NewEvent(type: "Kept", data: Data("{}".utf8))])
+        try await server.run { client in
+            let get = try await client.send(.get, "/v1/streams/m-1")
+            let head = try await client.send(.head, "/v1/streams/m-1")
+            #expect(head.status == .ok)
+            #expect(head.headers[.contentType] == "application/json")
+            #expect(head.headers[.contentLength] == get.headers[.contentLength])
+            #expect(head.text.isEmpty)
+            #expect(try await client.send(.head, "/v1/streams/nothing-here").status == .notFound)
+
+            let options = try await client.send(.options, "/v1/streams/m-1/events")
+            #expect(options.status == .noContent)
+            #expect(options.headers[.allow] == "POST, OPTIONS")
+            #expect(try await client.send(.options, "/v1/events").headers[.allow] == "GET, HEAD, OPTIONS")
+
+            for (method, uri, allow) in [
+                (HTTPRequest.Method.delete, "/v1/streams/m-1", "GET, HEAD, OPTIONS"), (.put, "/v1/streams/m-1/events", "POST, OPTIONS"),
+                (.get, "/v1/commands/account/1", "POST, OPTIONS"), (.patch, "/health/live", "GET, HEAD, OPTIONS"),
+            ] {
+                let response = try await client.send(method, uri)
+                #expect(response.status == .methodNotAllowed, "\(method) \(uri)")
+                #expect(response.headers[.allow] == allow, "\(method) \(uri)")
+                #expect(response.isProblem)
+                #expect(response.json["type"] as? String == "/problems/method-not-allowed")
+            }
+            #expect(try await client.send(.delete, "/v1/nowhere").status == .notFound)
+        }
+        #expect(try await server.test.store.headPosition() == 1)
+    }
+
     @Test("with the database unreachable, requests fail fast with 503 and readiness says so")
     func databaseDown() async throws {
         let server = try await TestServer.make("httpdown")

@@ -3,6 +3,7 @@ import EventStore
 import Foundation
 import HTTPTypes
 import Hummingbird
+import NIOHTTP1
 import PostgresClient
 
 /// An RFC 9457 problem: every error the API returns is one, as `application/problem+json`.
@@ -97,6 +98,9 @@ extension Problem {
             let detail = status == .contentTooLarge ? "the request body is larger than the server accepts"
                 : status == .notFound ? "no such route" : status.reasonPhrase
             return (Problem(status, code, status.reasonPhrase, detail: detail), status.code >= 500)
+        case let error as HTTPParserError:
+            // A body that breaks HTTP's own framing (a bad chunk size, say) fails only when read.
+            return (Problem(.badRequest, "malformed-request", "The HTTP request is malformed", detail: "the request body cannot be read: \(error)"), false)
         case is CancellationError:
             return (unavailable("the server is shutting down"), false)
         default:

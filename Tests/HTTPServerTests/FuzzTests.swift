@@ -95,8 +95,8 @@ struct FuzzTests {
         let server = try await TestServer.make("httpfuzz") { $0.maxBodySize = 64 * 1024 }
         let store = server.test.store
         try await server.run { client in
-            // Some state for the mutations to hit: open accounts, a stream, a logged event.
-            for seed in Self.seeds.prefix(2) + Self.seeds.suffix(from: 5).prefix(2) {
+            // Some state for the mutations to hit: an open account with a deposit, and two streams.
+            for seed in [Self.seeds[0], Self.seeds[1], Self.seeds[5], Self.seeds[6]] {
                 let response = try await client.execute(
                     uri: seed.path, method: seed.method, headers: seed.headers, body: seed.body.map { ByteBuffer(bytes: $0) })
                 #expect(response.status.code < 300, "\(seed): \(response.status) \(String(buffer: response.body))")

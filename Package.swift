@@ -160,7 +160,7 @@ let package = Package(
             dependencies: ["PostgresClient", "EventlineTestSupport"],
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "LZ4Tests", dependencies: ["LZ4"], swiftSettings: swiftSettings),
+        .testTarget(name: "LZ4Tests", dependencies: ["LZ4", "EventlineTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "CacheTests",
             dependencies: ["Cache", "EmbeddedServers"],

@@ -1,3 +1,4 @@
+import EventlineTestSupport
 import Foundation
 import LZ4
 import Testing

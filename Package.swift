@@ -30,6 +30,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.1.0"),
+        // OTLP over HTTP only (the gRPC exporter's build is larger than all of Eventline's).
+        .package(url: "https://github.com/swift-otel/swift-otel", from: "1.6.0", traits: ["OTLPHTTP"]),
     ],
     targets: [
         // C libraries from Debian's -dev packages.
@@ -62,13 +66,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // Schemas/ compiled into the binary: migrations and the OpenAPI document.
+        .executableTarget(name: "eventline-embed", swiftSettings: swiftSettings),
+        .plugin(name: "EmbedSchemas", capability: .buildTool(), dependencies: ["eventline-embed"]),
+        .target(name: "EventlineSchemas", swiftSettings: swiftSettings, plugins: ["EmbedSchemas"]),
+
         // The event log.
         .target(
             name: "EventStore",
             dependencies: [
-                "PostgresClient",
+                "PostgresClient", "EventlineSchemas",
                 "LZ4",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -76,7 +86,10 @@ let package = Package(
         // Command handling over the event store, and the sample domain.
         .target(
             name: "Aggregates",
-            dependencies: ["EventStore", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "EventStore", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -92,6 +105,8 @@ let package = Package(
                 "EventStore", "PostgresClient", "Cache",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -99,7 +114,11 @@ let package = Package(
         // Reactors (process managers): log consumers that issue commands, with checkpoints and leases.
         .target(
             name: "Reactors",
-            dependencies: ["EventStore", "PostgresClient", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "EventStore", "PostgresClient", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
             swiftSettings: swiftSettings
         ),
 
@@ -107,7 +126,7 @@ let package = Package(
         .target(
             name: "HTTPServer",
             dependencies: [
-                "EventStore", "Aggregates", "PostgresClient", "Projector", "Cache",
+                "EventStore", "Aggregates", "PostgresClient", "Projector", "Cache", "EventlineSchemas",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -115,6 +134,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -140,6 +160,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "OTel", package: "swift-otel"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -204,7 +228,11 @@ let package = Package(
         ),
         .testTarget(
             name: "EventCtlTests",
-            dependencies: ["eventctl", "EventStore", "PostgresClient", "EventlineTestSupport"],
+            dependencies: [
+                "eventctl", "EventStore", "PostgresClient", "EventlineTestSupport", "EmbeddedServers", "BankDomain",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Yams", package: "Yams"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

@@ -84,8 +84,7 @@ struct AppendBenchmark {
         }
         guard options.append > 0 else { return }
         let url = server.url(database: "bench")
-        guard let migrations = Migration.defaultDirectory() else { throw BenchError("cannot find Schemas/migrations") }
-        try await Migrator(databaseURL: url, migrations: Migration.load(from: migrations)).migrate()
+        try await Migrator(databaseURL: url, migrations: Migration.embedded()).migrate()
 
         try await createPgbenchTable(url: url)
         log("preparing 10,000 accounts, one of 10,000 events and one of 10…")

@@ -65,8 +65,7 @@ enum HistoryBenchmark {
         defer { admin.shutdown() }
         try await admin.run { conn in try conn.execute(unsafeSQL: "CREATE DATABASE \(name)") }
         let url = server.url(database: name)
-        guard let migrations = Migration.defaultDirectory() else { throw AppendBenchmark.BenchError("cannot find Schemas/migrations") }
-        try await Migrator(databaseURL: url, migrations: Migration.load(from: migrations)).migrate()
+        try await Migrator(databaseURL: url, migrations: Migration.embedded()).migrate()
         return url
     }
 
@@ -108,8 +107,10 @@ enum HistoryBenchmark {
     }
 
     static func projectionsDirectory() throws -> String {
-        guard let migrations = Migration.defaultDirectory() else { throw AppendBenchmark.BenchError("cannot find the repository") }
-        return URL(fileURLWithPath: migrations).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Projections").path
+        // `make bench` runs in the checkout.
+        let directory = FileManager.default.currentDirectoryPath + "/Projections"
+        guard FileManager.default.fileExists(atPath: directory) else { throw AppendBenchmark.BenchError("run from the checkout: no ./Projections") }
+        return directory
     }
 
     /// The release eventctl beside this executable.

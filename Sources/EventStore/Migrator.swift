@@ -1,3 +1,4 @@
+import EventlineSchemas
 import Foundation
 import PostgresClient
 
@@ -13,25 +14,42 @@ public struct Migration: Sendable, Hashable {
         self.sql = sql
     }
 
-    /// Reads every `NNNN_name.sql` file in `directory`, ordered by number. Duplicate numbers
-    /// and files that do not follow the pattern are errors.
+    /// The migrations compiled into this binary from `Schemas/migrations` (the default: a
+    /// binary migrates a database with nothing beside it on disk).
+    public static func embedded() throws(EventStoreError) -> [Migration] {
+        try parse(EmbeddedSchemaFiles.migrations, source: "the migrations compiled into this binary")
+    }
+
+    /// Reads every `NNNN_name.sql` file in `directory`, ordered by number (a development
+    /// override of the embedded migrations). Duplicate numbers and files that do not follow
+    /// the pattern are errors.
     public static func load(from directory: String) throws(EventStoreError) -> [Migration] {
-        let files: [String]
+        let names: [String]
         do {
-            files = try FileManager.default.contentsOfDirectory(atPath: directory)
+            names = try FileManager.default.contentsOfDirectory(atPath: directory)
         } catch {
             throw EventStoreError(code: .migration, message: "cannot read the migrations directory \(directory)")
         }
+        var files: [(name: String, contents: Data)] = []
+        for name in names.sorted() where name.hasSuffix(".sql") {
+            guard let data = FileManager.default.contents(atPath: directory + "/" + name) else {
+                throw EventStoreError(code: .migration, message: "cannot read migration file \(name)")
+            }
+            files.append((name, data))
+        }
+        return try parse(files, source: directory)
+    }
+
+    /// Numbers and orders migration files; names must be `NNNN_description.sql`, numbers unique.
+    static func parse(_ files: [(name: String, contents: Data)], source: String) throws(EventStoreError) -> [Migration] {
         var migrations: [Migration] = []
-        for file in files.sorted() where file.hasSuffix(".sql") {
+        for (file, data) in files {
             let digits = file.prefix { $0.isNumber }
             guard let version = Int(digits), version > 0, file.dropFirst(digits.count).hasPrefix("_") else {
                 throw EventStoreError(
                     code: .migration, message: "migration file \(file) is not named NNNN_description.sql")
             }
-            guard let data = FileManager.default.contents(atPath: directory + "/" + file),
-                let sql = String(data: data, encoding: .utf8)
-            else {
+            guard let sql = String(data: data, encoding: .utf8) else {
                 throw EventStoreError(code: .migration, message: "cannot read migration file \(file) as UTF-8")
             }
             if let other = migrations.first(where: { $0.version == version }) {
@@ -40,22 +58,9 @@ public struct Migration: Sendable, Hashable {
             migrations.append(Migration(version: version, name: file, sql: sql))
         }
         guard !migrations.isEmpty else {
-            throw EventStoreError(code: .migration, message: "no migrations (NNNN_name.sql) in \(directory)")
+            throw EventStoreError(code: .migration, message: "no migrations (NNNN_name.sql) in \(source)")
         }
         return migrations.sorted { $0.version < $1.version }
-    }
-
-    /// Finds `Schemas/migrations`: the current directory's, or the nearest above the running
-    /// executable (a build folder inside a checkout).
-    public static func defaultDirectory() -> String? {
-        let manager = FileManager.default
-        var candidates = [manager.currentDirectoryPath + "/Schemas/migrations"]
-        var directory = URL(fileURLWithPath: CommandLine.arguments.first ?? ".").resolvingSymlinksInPath().deletingLastPathComponent()
-        for _ in 0..<6 {
-            candidates.append(directory.path + "/Schemas/migrations")
-            directory.deleteLastPathComponent()
-        }
-        return candidates.first { manager.fileExists(atPath: $0) }
     }
 }
 
@@ -162,6 +167,25 @@ public struct Migrator: Sendable {
             }
             return statuses
         }
+    }
+
+    /// Why a process must not run against this database yet, as one line naming the fix, or
+    /// nil when every known migration is applied unchanged. Migrations the database has and
+    /// this binary does not know (a newer release's) are no reason: they only add.
+    public func unreadiness() async throws -> String? {
+        let statuses = try await status()
+        let changed = statuses.filter { $0.state == .changed }
+        if let first = changed.first {
+            return "migration \(first.name) was applied with other contents than this binary's; "
+                + "run the eventctl that applied it, or restore its file"
+        }
+        let pending = statuses.filter { $0.state == .pending }
+        guard !pending.isEmpty else { return nil }
+        let names = pending.count <= 3 ? pending.map(\.name).joined(separator: ", ")
+            : "\(pending.first!.name) … \(pending.last!.name)"
+        let what = pending.count == migrations.count ? "the database is not migrated" : "the database schema is out of date"
+        return "\(what): \(pending.count) pending migration\(pending.count == 1 ? "" : "s") (\(names)); "
+            + "run eventctl migrate, or pass --migrate to apply them first"
     }
 
     private func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {

@@ -18,18 +18,23 @@ import ServiceLifecycle
 /// Read models are served from `readModels` (by default without a cache, from the store's database).
 public func buildApplication(
     _ configuration: ServerConfiguration, store: EventStore, commands: CommandRegistry,
-    readModels: ReadModelService? = nil, openAPI: Data? = nil, logger: Logger = Logger(label: "eventline.http")
+    readModels: ReadModelService? = nil, logger: Logger = Logger(label: "eventline.http")
 ) -> some ApplicationProtocol {
     let readModels = readModels ?? ReadModelService(.init(databaseURL: store.configuration.databaseURL), logger: logger)
     let metrics = ServerMetrics()
     store.observeGroupCommits { appends, events in metrics.recordGroup(appends: appends, events: events) }
     let router = Router(context: EventlineRequestContext.self, options: .autoGenerateHeadEndpoints)
+    if EventTrace.isEnabled {
+        // A server span per request, the child of the caller's `traceparent`; the handlers'
+        // spans and the events' stored trace context hang below it.
+        router.middlewares.add(TracingMiddleware(recordingHeaders: [.requestID, .correlationID]))
+    }
     let access = AccessControl(store: store, refreshInterval: configuration.apiKeyRefresh)
     router.middlewares.add(RequestMiddleware(
         configuration: configuration, metrics: metrics, access: access, limiter: configuration.rateLimit.map(RateLimiter.init),
         logger: logger))
     let endpoints = Endpoints(router)
-    Routes(store: store, commands: commands, configuration: configuration, metrics: metrics, openAPI: openAPI)
+    Routes(store: store, commands: commands, configuration: configuration, metrics: metrics)
         .register(on: endpoints)
     ReadModelRoutes(readModels: readModels, configuration: configuration).register(on: endpoints)
     endpoints.finish()

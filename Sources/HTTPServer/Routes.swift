@@ -1,9 +1,11 @@
 import Aggregates
 import EventStore
+import EventlineSchemas
 import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import PostgresClient
 
 /// The routes of the API, over one event store.
 struct Routes: Sendable {
@@ -11,7 +13,6 @@ struct Routes: Sendable {
     let commands: CommandRegistry
     let configuration: ServerConfiguration
     let metrics: ServerMetrics
-    let openAPI: Data?
 
     func register(on router: Endpoints) {
         router.post("/v1/commands/:category/:id") { request, context in try await command(request, context) }
@@ -26,9 +27,10 @@ struct Routes: Sendable {
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render(store: store))))
         }
         router.get("/openapi.yaml") { _, _ in
-            guard let openAPI else { throw Problem.notFound("this server was started without Schemas/openapi.yaml") }
-            return Response(
-                status: .ok, headers: [.contentType: "application/yaml"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: openAPI)))
+            // The document this binary was built with: it describes exactly the routes above.
+            Response(
+                status: .ok, headers: [.contentType: "application/yaml"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: EmbeddedSchemaFiles.openAPI)))
         }
     }
 
@@ -48,7 +50,7 @@ struct Routes: Sendable {
                 throw Problem.badRequest("data is required and must be a JSON object", field: "data")
             }
             let expectedVersion = try JSONIO.integer(body, "expectedVersion", range: 0...Int(Int64.max))
-            let metadata = try metadataFields(body["metadata"], requestID: context.requestID)
+            let metadata = try metadataFields(body["metadata"], correlationID: context.correlationID ?? context.requestID)
             let ids = request.headers[.idempotencyKey].map { Self.eventIDs(scope: "POST /v1/commands/\(category)/\(id)", key: $0) }
             guard let outcome = try await entry.handle(id, type, ParsedJSON(data), expectedVersion, metadata, ids) else {
                 throw Problem(
@@ -64,13 +66,15 @@ struct Routes: Sendable {
     }
 
     /// Metadata from the request (a JSON object), plus the request id as correlation id when none is given.
-    func metadataFields(_ value: Any?, requestID: String) throws -> [String: JSONValue] {
+    /// A command's metadata: the body's, with `correlationId` (the body's, else the request's
+    /// `X-Correlation-Id`, else its request id).
+    func metadataFields(_ value: Any?, correlationID: String) throws -> [String: JSONValue] {
         var fields: [String: JSONValue] = [:]
         if let value {
             guard value is [String: Any] else { throw Problem.badRequest("metadata must be a JSON object", field: "metadata") }
             fields = try JSONDecoder().decode([String: JSONValue].self, from: JSONIO.encode(value))
         }
-        if fields[MetadataKey.correlationId] == nil { fields[MetadataKey.correlationId] = .string(requestID) }
+        if fields[MetadataKey.correlationId] == nil { fields[MetadataKey.correlationId] = .string(correlationID) }
         return fields
     }
 
@@ -264,6 +268,8 @@ struct Routes: Sendable {
         do {
             let head = try await store.headPosition()
             return JSONIO.response(.ok, Data(#"{"status":"ready","head":\#(head)}"#.utf8))
+        } catch let error as EventStoreError where error.underlying?.isMissingSchema ?? false {
+            throw Problem.schemaMissing(error.underlying!)
         } catch {
             throw Problem.unavailable("the database is not reachable")
         }

@@ -38,16 +38,45 @@ struct DatabaseOptions: ParsableArguments {
     }
 }
 
-/// Where the SQL migrations are.
+/// Which SQL migrations: those compiled into the binary, or a directory's (for development).
 struct MigrationOptions: ParsableArguments {
-    @Option(name: .customLong("migrations-dir"), help: "Directory of NNNN_name.sql files (default: $EVENTLINE_MIGRATIONS_DIR or ./Schemas/migrations).")
+    @Option(
+        name: .customLong("migrations-dir"),
+        help: "Directory of NNNN_name.sql files, instead of those compiled into eventctl (default: $EVENTLINE_MIGRATIONS_DIR).")
     var directory: String?
 
     func load() throws -> [Migration] {
-        guard let path = directory ?? ProcessInfo.processInfo.environment["EVENTLINE_MIGRATIONS_DIR"] ?? Migration.defaultDirectory() else {
-            throw CLIError("cannot find Schemas/migrations: pass --migrations-dir or set EVENTLINE_MIGRATIONS_DIR")
+        if let path = directory ?? ProcessInfo.processInfo.environment["EVENTLINE_MIGRATIONS_DIR"], !path.isEmpty {
+            return try Migration.load(from: path)
         }
-        return try Migration.load(from: path)
+        return try Migration.embedded()
+    }
+}
+
+/// The schema check every long-running command makes before it starts: with migrations
+/// pending it stops with one line naming the fix, unless `--migrate` applies them first.
+struct SchemaOptions: ParsableArguments {
+    @Flag(help: "Apply pending migrations before starting (default: refuse to start with migrations pending).")
+    var migrate = false
+    @OptionGroup var migrations: MigrationOptions
+
+    /// Migrates when asked to, then refuses a database this binary's schema is not applied to.
+    func prepare(databaseURL: String, logger: Logger) async throws {
+        let migrator = Migrator(databaseURL: databaseURL, migrations: try migrations.load())
+        if migrate {
+            for migration in try await migrator.migrate() {
+                logger.info("applied migration", metadata: ["migration.name": "\(migration.name)"])
+            }
+        }
+        let reason: String?
+        do {
+            reason = try await migrator.unreadiness()
+        } catch let error as EventStoreError where error.underlying?.isConnectionError ?? false {
+            // Unreachable now is no reason not to start: readiness says so until it is back.
+            logger.warning("cannot check the database schema now; starting anyway", metadata: ["error": "\(error.message)"])
+            return
+        }
+        if let reason { throw CLIError(reason) }
     }
 }
 

@@ -17,6 +17,7 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var cacheOptions: CacheOptions
     @OptionGroup var projections: ProjectionOptions
+    @OptionGroup var schema: SchemaOptions
     @Option(help: "Address to listen on (default: $EVENTLINE_HTTP_HOST or 127.0.0.1).") var host: String?
     @Option(help: "Port to listen on (default: $EVENTLINE_HTTP_PORT or 8080).") var port: Int?
     @Option(name: .customLong("max-body-size"), help: "Largest request body in bytes (default: $EVENTLINE_MAX_BODY_SIZE or 1 MiB).")
@@ -44,17 +45,26 @@ struct Serve: AsyncParsableCommand {
                 readModels.waitTimeout = .milliseconds(Int(seconds * 1000))
             }
             let url = try database.databaseURL
-            await Self.checkProjections(projections, url: url)
+            try await schema.prepare(databaseURL: url, logger: Logs.logger("eventline"))
+            readModels.declared = await Self.checkProjections(projections, url: url)
             try await Server.run(databaseURL: url, configuration: configuration, readModels: readModels)
         }
     }
 
     /// Read models are served from the database's registry (new ones are picked up while
     /// running); the directory's definitions only say which are not built yet, or out of date.
-    static func checkProjections(_ options: ProjectionOptions, url: String) async {
-        guard FileManager.default.fileExists(atPath: options.path) else { return }
+    /// Returns the names the directory declares.
+    static func checkProjections(_ options: ProjectionOptions, url: String) async -> Set<String> {
+        guard FileManager.default.fileExists(atPath: options.path) else { return [] }
+        let declared: [YAMLProjection]
         do {
-            for (projection, built) in ProjectionReport.drift(try await ProjectionReport.fetch(url), declared: try options.load()) {
+            declared = try options.load()
+        } catch {
+            CLI.logger.warning("cannot read the projections of \(options.path)", metadata: ["error": "\(error)"])
+            return []
+        }
+        do {
+            for (projection, built) in ProjectionReport.drift(try await ProjectionReport.fetch(url), declared: declared) {
                 if let built {
                     CLI.logger.warning("read model built at another version: eventctl replay \(projection.name)", metadata: [
                         "projection.name": "\(projection.name)", "projection.version.built": "\(built)",
@@ -67,6 +77,7 @@ struct Serve: AsyncParsableCommand {
         } catch {
             CLI.logger.warning("cannot check the projections of \(options.path)", metadata: ["error": "\(error)"])
         }
+        return Set(declared.map(\.name))
     }
 
     /// `EVENTLINE_RATE_LIMIT=200/s` (or /m, /h) and `EVENTLINE_RATE_BURST=N`; unset: no limit.
@@ -95,6 +106,8 @@ struct Serve: AsyncParsableCommand {
 struct ReadModels {
     var cache: ReadModelCache?
     var waitTimeout: Duration = .seconds(5)
+    /// The projections the server's projections directory declares.
+    var declared: Set<String> = []
 }
 
 /// Runs the server until SIGTERM or SIGINT; shared by `serve` and `dev`.
@@ -104,34 +117,30 @@ enum Server {
         alongside services: [any Service] = [], banner: [String] = []
     ) async throws {
         let logger = Logs.logger("eventline")
+        // Before the application is built: it adds a tracing middleware when a tracer is installed.
+        let tracing = try Telemetry.bootstrapTracing(serviceName: "eventline-server", logger: logger)
         var storeConfiguration = EventStoreConfiguration(databaseURL: databaseURL)
         storeConfiguration.poolSize = 16
         let store = EventStore(storeConfiguration, logger: logger)
         var commands = CommandRegistry()
         commands.register(CommandHandler<BankAccount>(store: store, logger: logger))
         commands.register(CommandHandler<Transfer>(store: store, logger: logger))
-        let openAPI = OpenAPIFile.find().flatMap { FileManager.default.contents(atPath: $0) }
         var readConfiguration = ReadModelService.Configuration(databaseURL: databaseURL)
         readConfiguration.waitTimeout = readModels.waitTimeout
+        readConfiguration.declared = readModels.declared
         let readService = ReadModelService(readConfiguration, cache: readModels.cache, logger: logger)
         let app = buildApplication(
-            configuration, store: store, commands: commands, readModels: readService, openAPI: openAPI, logger: logger)
+            configuration, store: store, commands: commands, readModels: readService, logger: logger)
         logger.info("serving", metadata: ["http.address": "\(configuration.host):\(configuration.port)"])
         if (try? await store.activeAPIKeyHashes().isEmpty) ?? true {
             logger.warning("no API keys are configured: the server is open to anyone who can reach it")
         }
         for line in banner { print(line) }
         fflush(nil)
-        // The server first: on SIGTERM the services stop in reverse order, the server last.
-        let group = ServiceGroup(services: [app] + services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // The server first: on SIGTERM the services stop in reverse order, the server last (and
+        // the span exporter after it, so that every span is sent).
+        let group = ServiceGroup(
+            services: (tracing.map { [$0] } ?? []) + [app] + services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
-    }
-}
-
-/// Finds `Schemas/openapi.yaml` the way migrations are found.
-enum OpenAPIFile {
-    static func find() -> String? {
-        Migration.defaultDirectory().map { URL(fileURLWithPath: $0).deletingLastPathComponent().appendingPathComponent("openapi.yaml").path }
-            .flatMap { FileManager.default.fileExists(atPath: $0) ? $0 : nil }
     }
 }

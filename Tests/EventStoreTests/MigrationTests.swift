@@ -10,6 +10,14 @@ struct MigrationTests {
         try Migration.load(from: Repository.migrationsDirectory)
     }
 
+    @Test("the migrations compiled into the binary are Schemas/migrations byte for byte, so their checksums match databases migrated from the files")
+    func embeddedMatchFiles() throws {
+        let embedded = try Migration.embedded()
+        let files = try Self.migrations()
+        #expect(embedded.map(\.name) == files.map(\.name))
+        #expect(embedded == files)
+    }
+
     @Test("a fresh database is migrated, and running again changes nothing")
     func freshThenRerun() async throws {
         let database = try await TestDatabase.create("mig")

@@ -21,6 +21,8 @@ struct TestServer {
     var cache: ReadModelCache? = nil
     /// How long a read with atLeast waits.
     var readWaitTimeout: Duration = .seconds(5)
+    /// Projections declared to the server (as its projections directory would).
+    var declaredProjections: Set<String> = []
     /// The server's logger (nil: the default one).
     var logger: Logger? = nil
 
@@ -38,12 +40,12 @@ struct TestServer {
         var commands = CommandRegistry()
         commands.register(CommandHandler<BankAccount>(store: store, configuration: handlerConfiguration))
         commands.register(CommandHandler<Transfer>(store: store))
-        let openAPI = FileManager.default.contents(atPath: Repository.root + "/Schemas/openapi.yaml")
         var readConfiguration = ReadModelService.Configuration(databaseURL: test.url)
         readConfiguration.waitTimeout = readWaitTimeout
+        readConfiguration.declared = declaredProjections
         let readModels = ReadModelService(readConfiguration, cache: cache)
         let app = buildApplication(
-            configuration, store: store, commands: commands, readModels: readModels, openAPI: openAPI,
+            configuration, store: store, commands: commands, readModels: readModels,
             logger: logger ?? Logger(label: "eventline.http"))
         return try await app.test(.live) { client in try await body(client) }
     }
@@ -79,36 +81,7 @@ extension TestResponse {
     var isProblem: Bool { headers[.contentType] == "application/problem+json" }
 }
 
-/// Bytes sent as they are, for requests that break HTTP itself (which a client will not send):
-/// a new connection to 127.0.0.1:`port`, then what the server answers until it closes the
-/// connection or `timeout` passes. Blocking socket calls, on a thread of their own.
+/// Bytes sent as they are to the test server (see `LoopbackHTTP.exchange`).
 func rawExchange(port: Int, _ request: [UInt8], timeout: Double = 3) async throws -> String {
-    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<String, any Error>) in
-        Thread {
-            continuation.resume(with: Result {
-                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                guard fd >= 0 else { throw POSIXError(.EIO) }
-                defer { close(fd) }
-                var address = sockaddr_in()
-                address.sin_family = sa_family_t(AF_INET)
-                address.sin_port = in_port_t(UInt16(port).bigEndian)
-                address.sin_addr.s_addr = inet_addr("127.0.0.1")
-                let connected = withUnsafePointer(to: &address) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-                }
-                guard connected == 0 else { throw POSIXError(.ECONNREFUSED) }
-                var wait = timeval(tv_sec: Int(timeout), tv_usec: 0)
-                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
-                guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == request.count else { throw POSIXError(.EIO) }
-                var answer: [UInt8] = []
-                var buffer = [UInt8](repeating: 0, count: 65536)
-                while true {
-                    let count = recv(fd, &buffer, buffer.count, 0)
-                    if count <= 0 { break }
-                    answer += buffer[0..<count]
-                }
-                return String(decoding: answer, as: UTF8.self)
-            })
-        }.start()
-    }
+    try await LoopbackHTTP.exchange(port: port, request, timeout: timeout)
 }

@@ -19,7 +19,7 @@ struct OutageTests {
         let postgres = try await EmbeddedPostgres.start()
         defer { postgres.stop() }
         let url = postgres.url()
-        try await Migrator(databaseURL: url, migrations: Migration.load(from: Repository.migrationsDirectory)).migrate()
+        try await Migrator(databaseURL: url, migrations: Migration.embedded()).migrate()
         var storeConfiguration = EventStoreConfiguration(databaseURL: url)
         storeConfiguration.acquireTimeout = .seconds(2)
         let store = EventStore(storeConfiguration)

@@ -44,7 +44,7 @@ public struct TestStore: Sendable {
         _ label: String = "store", configure: (inout EventStoreConfiguration) -> Void = { _ in }
     ) async throws -> TestStore {
         let database = try await TestDatabase.create(label)
-        try await Migrator(databaseURL: database.url, migrations: Migration.load(from: Repository.migrationsDirectory)).migrate()
+        try await Migrator(databaseURL: database.url, migrations: Migration.embedded()).migrate()
         var configuration = EventStoreConfiguration(databaseURL: database.url)
         configuration.subscriptionPollInterval = .milliseconds(500)
         configure(&configuration)

@@ -112,13 +112,14 @@ struct LoopbackSocket: ~Copyable {
     }
 }
 
-enum FreePort {
+/// Free TCP ports on 127.0.0.1, for servers started by tests and `eventctl dev`.
+public enum FreePort {
     // Ports handed out recently in this process: two servers starting at the same moment
     // could otherwise be told the same just-released port by the kernel.
     private static let recentlyPicked = Mutex<[Int]>([])
 
     /// A port on 127.0.0.1 that nothing listened on a moment ago (bind to port 0, read it back).
-    static func pick() throws -> Int {
+    public static func pick() throws -> Int {
         for _ in 0..<20 {
             let port = try bindEphemeral()
             let fresh = recentlyPicked.withLock { recent -> Bool in

@@ -79,12 +79,15 @@ extension Problem {
             )
         case let violation as RuleViolation:
             return (Problem(.unprocessableContent, violation.code, "The command was refused", detail: violation.message), false)
+        case let error as EventStoreError where error.underlying?.isMissingSchema ?? false:
+            return (schemaMissing(error.underlying!), false)
         case let error as EventStoreError:
             let problem = fromStore(error)
             return (problem, problem.status.code >= 500 && (error.code == .database || error.code == .corruptEvent))
         case let error as DecodingError:
             return (fromDecoding(error), false)
         case let error as PostgresError:
+            if error.isMissingSchema { return (schemaMissing(error), false) }
             if error.isConnectionError || error.code == .poolTimeout || error.code == .poolClosed {
                 return (unavailable(error.message), false)
             }
@@ -113,6 +116,15 @@ extension Problem {
 
     static func unavailable(_ detail: String) -> Problem {
         Problem(.serviceUnavailable, "unavailable", "The service is unavailable", detail: detail, headers: [.retryAfter: "1"])
+    }
+
+    /// The database lacks what the migrations create: not migrated, or its schema was dropped.
+    /// Operational, not the caller's fault and not a bug: 503 until someone migrates.
+    static func schemaMissing(_ error: PostgresError) -> Problem {
+        Problem(
+            .serviceUnavailable, "schema-missing", "The database schema is missing",
+            detail: "the database is not migrated for this server (\(error.message)); run eventctl migrate",
+            headers: [.retryAfter: "5"])
     }
 
     static func fromStore(_ error: EventStoreError) -> Problem {

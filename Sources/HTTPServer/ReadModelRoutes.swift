@@ -44,7 +44,7 @@ struct ReadModelRoutes: Sendable {
         let query = request.uri.queryParameters
         try JSONIO.rejectUnknownQuery(query, allowed: ["atLeast"])
         let atLeast = try self.atLeast(request)
-        let found = try await withCatalog(name) { info in
+        let found = try await withCatalog(name, atLeast: atLeast) { info in
             do {
                 return try await readModels.row(info, key: key, atLeast: atLeast)
             } catch let error as PostgresError where error.sqlState?.hasPrefix("22") == true {
@@ -80,7 +80,7 @@ struct ReadModelRoutes: Sendable {
             try JSONIO.rejectControlCharacters(String(value), field: String(column))
             filters.append((String(column), String(value)))
         }
-        let page = try await withCatalog(name) { info -> ReadModelPage? in
+        let page = try await withCatalog(name, atLeast: atLeast) { info -> ReadModelPage? in
             for filter in filters where info.type(of: filter.column) == nil {
                 throw Problem(
                     .badRequest, "unknown-column", "The filter names no column of the read model",
@@ -100,6 +100,23 @@ struct ReadModelRoutes: Sendable {
         let next = page.items.count > limit ? items.last.map { JSONValue.quoted(Self.encodeCursor($0.key)) } ?? "null" : "null"
         let body = #"{"items":[\#(items.map(\.json).joined(separator: ","))],"next":\#(next)}"#
         return JSONIO.response(.ok, Data(body.utf8))
+    }
+
+    /// Runs `body` with the projection's catalog entry. When a read waits for a position
+    /// (`atLeast`) and the projection is declared to this server or registered but not built
+    /// yet, waits for it to appear within the read timeout (read-your-writes right after a
+    /// projector starts), then answers as a read that is behind. Returns nil when there is no
+    /// such projection.
+    func withCatalog<T: Sendable>(_ name: String, atLeast: Int?, _ body: (ReadModelInfo) async throws -> T?) async throws -> T? {
+        let deadline = ContinuousClock.now + readModels.configuration.waitTimeout
+        while true {
+            let seen = readModels.changes.generation
+            if let found = try await withCatalog(name, body) { return found }
+            guard let atLeast, ReadModelNames.isValidName(name), try await readModels.mayAppear(name) else { return nil }
+            let remaining = deadline - ContinuousClock.now
+            guard remaining > .zero else { throw ReadModelService.Behind(checkpoint: 0, atLeast: atLeast) }
+            await readModels.changes.wait(after: seen, timeout: min(remaining, .milliseconds(500)))
+        }
     }
 
     /// Runs `body` with the projection's catalog entry; when the table changed under the

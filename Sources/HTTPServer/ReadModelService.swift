@@ -23,6 +23,10 @@ public final class ReadModelService: Service, Sendable {
         public var waitTimeout: Duration = .seconds(5)
         /// The catalog of projections is re-read at least this often.
         public var catalogRefresh: Duration = .seconds(5)
+        /// Projections this server's projections directory declares. A read of one with
+        /// `atLeast` waits for it to be registered and built, as it does for one that is
+        /// registered but behind; a name neither declared nor registered is 404 at once.
+        public var declared: Set<String> = []
 
         public init(databaseURL: String) {
             self.databaseURL = databaseURL
@@ -104,6 +108,13 @@ public final class ReadModelService: Service, Sendable {
     /// Every projection's status with the log head.
     func status() async throws -> [ProjectionStatus] {
         try await withConnection { conn in try ProjectionCatalog.status(on: conn) }
+    }
+
+    /// Whether a projection named `name` is declared to this server or registered in the
+    /// database, so that a read waiting for a position may wait for it to appear.
+    func mayAppear(_ name: String) async throws -> Bool {
+        if configuration.declared.contains(name) { return true }
+        return try await info(name) != nil
     }
 
     /// Waits until `read` returns a result whose checkpoint is at least `atLeast` (no wait when

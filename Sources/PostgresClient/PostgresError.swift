@@ -72,6 +72,21 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
     }
 }
 
+extension PostgresError {
+    /// Whether the error says that the schema this program was built for is not there: a
+    /// table, column, function, type or schema that a migration creates is missing (an
+    /// unmigrated database, or one whose schema was dropped). Nothing the caller sent causes it.
+    public var isMissingSchema: Bool {
+        switch sqlState {
+        case SQLState.undefinedTable, SQLState.undefinedColumn, SQLState.undefinedFunction, SQLState.undefinedObject,
+            SQLState.invalidSchemaName:
+            return true
+        default:
+            return false
+        }
+    }
+}
+
 /// Well-known SQLSTATE values callers branch on.
 public enum SQLState {
     public static let uniqueViolation = "23505"
@@ -79,5 +94,9 @@ public enum SQLState {
     public static let deadlockDetected = "40P01"
     public static let lockNotAvailable = "55P03"
     public static let undefinedTable = "42P01"
+    public static let undefinedColumn = "42703"
+    public static let undefinedFunction = "42883"
+    public static let undefinedObject = "42704"
+    public static let invalidSchemaName = "3F000"
     public static let queryCanceled = "57014"
 }

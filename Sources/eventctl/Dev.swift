@@ -51,8 +51,10 @@ struct Dev: AsyncParsableCommand {
             let base = "http://127.0.0.1:\(port)"
             // The projections of the directory, kept live in this process.
             var services: [any Service] = []
+            var readModels = ReadModels()
             if FileManager.default.fileExists(atPath: projections.path) {
                 let loaded = try projections.load()
+                readModels.declared = Set(loaded.map(\.name))
                 services.append(ProjectorService(projector: Projector(
                     projections: loaded, configuration: ProjectorConfiguration(databaseURL: url), logger: CLI.logger)))
                 Swift.print("Projecting \(loaded.map(\.name).joined(separator: ", ")) from \(projections.path).")
@@ -60,7 +62,7 @@ struct Dev: AsyncParsableCommand {
             // And the transfers reactor, so that transfers complete.
             let (reactorStore, reactors) = React.runner(url: url, logger: CLI.logger)
             services.append(ReactorService(runner: reactors))
-            try await Server.run(databaseURL: url, configuration: configuration, alongside: services, banner: [
+            try await Server.run(databaseURL: url, configuration: configuration, readModels: readModels, alongside: services, banner: [
                 "Serving the bank domain on \(base) (Ctrl-C stops it and deletes the database). Try:",
                 "  curl -s -X POST \(base)/v1/commands/account/42 -H 'Content-Type: application/json' -d '{\"type\":\"OpenAccount\",\"data\":{\"owner\":\"Ada\",\"currency\":\"EUR\"}}'",
                 "  curl -s \(base)/v1/streams/account-42",

@@ -65,6 +65,8 @@ struct Project: AsyncParsableCommand {
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var projections: ProjectionOptions
     @OptionGroup var cacheOptions: CacheOptions
+    @OptionGroup var schema: SchemaOptions
+    @OptionGroup var metrics: MetricsOptions
     @Option(name: .customLong("projection"), help: "Run only this projection (repeatable; default: all in the directory).")
     var only: [String] = []
     @Flag(name: .customLong("no-rebuild"), help: "Do not rebuild a projection whose version changed; wait for eventctl replay (default: $EVENTLINE_REBUILD_ON_VERSION_CHANGE, on).")
@@ -73,6 +75,9 @@ struct Project: AsyncParsableCommand {
     func run() async throws {
         try await CLI.run {
             let url = try database.databaseURL
+            let logger = Logs.logger("eventline.projector")
+            let metricsAddress = try metrics.address()
+            try await schema.prepare(databaseURL: url, logger: logger)
             var selected = try projections.load()
             if !only.isEmpty {
                 let names = Set(selected.map(\.name))
@@ -82,7 +87,6 @@ struct Project: AsyncParsableCommand {
                 selected = selected.filter { only.contains($0.name) }
             }
             guard !selected.isEmpty else { throw CLIError("no projections in \(projections.path)") }
-            let logger = Logs.logger("eventline.projector")
             let checker = DedicatedConnection(conninfo: url)
             defer { checker.shutdown() }
             for projection in selected {
@@ -106,8 +110,17 @@ struct Project: AsyncParsableCommand {
                 projections: selected, configuration: configuration, invalidations: cache.map(RedisInvalidationSink.init),
                 reload: reload, logger: logger)
             logger.info("projecting", metadata: ["projection.names": "\(selected.map(\.name).joined(separator: ","))"])
-            let group = ServiceGroup(
-                services: [ProjectorService(projector: projector)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            // Tracing first, so that it stops last and exports every span; metrics last.
+            var services: [any Service] = []
+            if let tracing = try Telemetry.bootstrapTracing(serviceName: "eventline-projector", logger: logger) { services.append(tracing) }
+            services.append(ProjectorService(projector: projector))
+            if let metricsAddress {
+                ProcessMetrics.bootstrap()
+                services.append(ProcessMetrics.endpoint(host: metricsAddress.host, port: metricsAddress.port, logger: logger) {
+                    ProjectionReport.gauges((try? await ProjectionReport.fetch(url)) ?? [])
+                })
+            }
+            let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             try await group.run()
         }
     }
@@ -199,6 +212,19 @@ enum ProjectionReport {
             let installed = try conn.query("SELECT to_regclass('eventline.projections') IS NOT NULL").first!.decode(0, as: Bool.self)
             guard installed else { throw CLIError("projections are not installed: run eventctl migrate") }
             return try ProjectionCatalog.status(on: conn)
+        }
+    }
+
+    /// Each projection's lag, checkpoint and state, as Prometheus gauges read at a scrape.
+    static func gauges(_ statuses: [ProjectionStatus]) -> [(name: String, labels: [(String, String)], value: Double)] {
+        statuses.flatMap { status -> [(name: String, labels: [(String, String)], value: Double)] in
+            let labels = [("projection", status.name)]
+            return [
+                ("eventline_projection_lag_events", labels, Double(status.lag)),
+                ("eventline_projection_checkpoint", labels, Double(status.checkpoint)),
+                ("eventline_projection_parked", labels, status.state == "parked" ? 1 : 0),
+                ("eventline_projection_failed_attempts", labels, Double(status.failedAttempts)),
+            ]
         }
     }
 

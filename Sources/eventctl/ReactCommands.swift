@@ -18,6 +18,8 @@ struct React: AsyncParsableCommand {
             """)
 
     @OptionGroup var database: DatabaseOptions
+    @OptionGroup var schema: SchemaOptions
+    @OptionGroup var metrics: MetricsOptions
     @Option(name: .customLong("reactor"), help: "Run only this reactor (repeatable; default: all).")
     var only: [String] = []
 
@@ -33,12 +35,22 @@ struct React: AsyncParsableCommand {
     func run() async throws {
         try await CLI.run {
             let url = try database.databaseURL
-            _ = try await ReactorReport.fetch(url)  // installed?
             let logger = Logs.logger("eventline.reactor")
+            let metricsAddress = try metrics.address()
+            try await schema.prepare(databaseURL: url, logger: logger)
             let (store, runner) = Self.runner(url: url, only: only, logger: logger)
             logger.info("reacting", metadata: ["reactor.names": "\(runner.reactors.map(\.name).joined(separator: ","))"])
-            let group = ServiceGroup(
-                services: [ReactorService(runner: runner)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            // Tracing first, so that it stops last and exports every span; metrics last.
+            var services: [any Service] = []
+            if let tracing = try Telemetry.bootstrapTracing(serviceName: "eventline-reactor", logger: logger) { services.append(tracing) }
+            services.append(ReactorService(runner: runner))
+            if let metricsAddress {
+                ProcessMetrics.bootstrap()
+                services.append(ProcessMetrics.endpoint(host: metricsAddress.host, port: metricsAddress.port, logger: logger) {
+                    ReactorReport.gauges((try? await ReactorReport.fetch(url)) ?? [])
+                })
+            }
+            let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             do {
                 try await group.run()
             } catch {
@@ -82,6 +94,18 @@ enum ReactorReport {
             let installed = try conn.query("SELECT to_regclass('eventline.reactors') IS NOT NULL").first!.decode(0, as: Bool.self)
             guard installed else { throw CLIError("reactors are not installed: run eventctl migrate") }
             return try ReactorCatalog.status(on: conn)
+        }
+    }
+
+    /// Each reactor's lag, checkpoint and retries, as Prometheus gauges read at a scrape.
+    static func gauges(_ statuses: [ReactorStatus]) -> [(name: String, labels: [(String, String)], value: Double)] {
+        statuses.flatMap { status -> [(name: String, labels: [(String, String)], value: Double)] in
+            let labels = [("reactor", status.name)]
+            return [
+                ("eventline_reactor_lag_events", labels, Double(status.lag)),
+                ("eventline_reactor_checkpoint", labels, Double(status.checkpoint)),
+                ("eventline_reactor_failed_attempts", labels, Double(status.failedAttempts)),
+            ]
         }
     }
 

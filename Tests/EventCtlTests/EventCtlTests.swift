@@ -7,7 +7,8 @@ import Testing
 @Suite("eventctl end to end", .serialized)
 struct EventCtlTests {
     static func eventctl(_ arguments: [String], url: String? = nil, timeout: TimeInterval = 60) async throws -> ProcessOutput {
-        var environment: [String: String] = ["EVENTLINE_MIGRATIONS_DIR": Repository.migrationsDirectory]
+        // No migrations directory: eventctl uses the migrations compiled into it.
+        var environment: [String: String] = [:]
         if let url { environment["EVENTLINE_DATABASE_URL"] = url }
         return try await runProgram(try Repository.eventctl, arguments, environment: environment, timeout: timeout)
     }
@@ -84,17 +85,20 @@ struct EventCtlTests {
         _ = try await test.store.append(to: "old-1", events: [NewEvent(type: "Old", data: Data("{}".utf8))])
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try Repository.eventctl)
-        process.arguments = ["tail", "--database-url", test.url]
+        // From position 1, however late the process starts; the first event printed shows it
+        // is following, and the next two are committed only then.
+        process.arguments = ["tail", "--database-url", test.url, "--after", "1"]
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
         try process.run()
         defer { if process.isRunning { process.terminate() } }
-        try await Task.sleep(for: .milliseconds(500))
-        for index in 1...3 {
+        let collected = LinesCollector(out.fileHandleForReading)
+        _ = try await test.store.append(to: "new-1", events: [NewEvent(type: "New", data: Data(#"{"i":1}"#.utf8))])
+        try await eventually("the first event printed") { collected.lines.count >= 1 }
+        for index in 2...3 {
             _ = try await test.store.append(to: "new-\(index)", events: [NewEvent(type: "New", data: Data(#"{"i":\#(index)}"#.utf8))])
         }
-        let collected = LinesCollector(out.fileHandleForReading)
         try await eventually("three live events printed") { collected.lines.count >= 3 }
         let lines = collected.lines
         #expect(lines.count == 3)
@@ -112,7 +116,9 @@ struct EventCtlTests {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         // Each loop appends to its own stream with exact versions and records what eventctl acknowledged.
-        var loops: [Process] = []
+        // Whatever happens below, the loops and the appends they started die with the test.
+        let loops = ProcessList()
+        defer { loops.killAll() }
         for worker in 0..<6 {
             // A failed or killed append is retried with the same id and expected version: idempotent.
             let script = """
@@ -135,15 +141,18 @@ struct EventCtlTests {
             try process.run()
             loops.append(process)
         }
-        // Kill appending processes at random moments, mid-append, while the loops go on.
+        // Kill appending processes at random moments, mid-append, while the loops go on: the
+        // eventctl processes below the loops, found by their parents' pids.
         var kills = 0
         for _ in 0..<16 {
             try await Task.sleep(for: .milliseconds(Int.random(in: 100...400)))
-            let pkill = try await runProgram("/usr/bin/pkill", ["-KILL", "-f", "\(eventctl) append w-"])
-            if pkill.status == 0 { kills += 1 }
+            for loop in loops.pids {
+                for pid in descendants(of: loop) where commandLine(of: pid).hasPrefix("\(eventctl) append") {
+                    if kill(pid, SIGKILL) == 0 { kills += 1 }
+                }
+            }
         }
-        for loop in loops { kill(loop.processIdentifier, SIGKILL) }
-        _ = try await runProgram("/usr/bin/pkill", ["-KILL", "-f", "\(eventctl) append w-"])
+        loops.killAll()
         #expect(kills > 0, "no appending process was killed")
         try await Task.sleep(for: .milliseconds(500))
 

@@ -56,7 +56,9 @@ struct AccessTests {
     @Test("over the rate limit: 429 with Retry-After and RateLimit headers, per client")
     func rateLimits() async throws {
         let server = try await TestServer.make("httprate") {
-            $0.rateLimit = RateLimit(perSecond: 1, burst: 3)
+            // One token an hour: however slowly a loaded machine sends the five requests, no
+            // token comes back between them.
+            $0.rateLimit = RateLimit(perSecond: 1.0 / 3600, burst: 3)
             $0.apiKeyRefresh = .milliseconds(100)
         }
         try await server.run { client in

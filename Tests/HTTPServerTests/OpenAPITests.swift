@@ -99,8 +99,9 @@ struct OpenAPITests {
         let responses = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-responses-\(UUID()).json").path
         defer { try? FileManager.default.removeItem(atPath: responses) }
         try log.write(to: responses)
-        let output = try await runProgram("/usr/bin/env", [
-            "python3", Repository.root + "/Tests/HTTPServerTests/validate_openapi.py", Repository.root + "/Schemas/openapi.yaml", responses,
+        // Debian's own python3 with python3-yaml and python3-jsonschema (`make deps`), never pip.
+        let output = try await runProgram("/usr/bin/python3", [
+            Repository.root + "/Tests/HTTPServerTests/validate_openapi.py", Repository.root + "/Schemas/openapi.yaml", responses,
         ])
         #expect(output.status == 0, "\(output.stdout)\(output.stderr)")
         #expect(output.stdout.contains("38 responses checked, 0 failures"), "\(output.stdout)\(output.stderr)")

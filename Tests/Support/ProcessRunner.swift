@@ -10,20 +10,24 @@ public struct ProcessOutput: Sendable {
 /// Runs a program to completion (killing it after `timeout`) and captures its output.
 /// The blocking wait happens on a thread of its own, not on the cooperative pool.
 public func runProgram(
-    _ path: String, _ arguments: [String], environment: [String: String] = [:], timeout: TimeInterval = 60
+    _ path: String, _ arguments: [String], environment: [String: String] = [:], timeout: TimeInterval = 60,
+    currentDirectory: String? = nil
 ) async throws -> ProcessOutput {
     try await withCheckedThrowingContinuation { continuation in
         Thread.detachNewThread {
-            continuation.resume(with: Result { try runProgramBlocking(path, arguments, environment: environment, timeout: timeout) })
+            continuation.resume(with: Result {
+                try runProgramBlocking(path, arguments, environment: environment, timeout: timeout, currentDirectory: currentDirectory)
+            })
         }
     }
 }
 
 private func runProgramBlocking(
-    _ path: String, _ arguments: [String], environment: [String: String], timeout: TimeInterval
+    _ path: String, _ arguments: [String], environment: [String: String], timeout: TimeInterval, currentDirectory: String?
 ) throws -> ProcessOutput {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: path)
+    if let currentDirectory { process.currentDirectoryURL = URL(fileURLWithPath: currentDirectory) }
     process.arguments = arguments
     var env = ProcessInfo.processInfo.environment
     env.removeValue(forKey: "EVENTLINE_DATABASE_URL")

@@ -2,6 +2,7 @@ import EventStore
 import Foundation
 import Logging
 import Synchronization
+import Tracing
 
 /// What a handled command did.
 public struct CommandOutcome: Sendable, Hashable {
@@ -90,9 +91,22 @@ public final class CommandHandler<A: Aggregate>: Sendable {
         eventIDs: (@Sendable (Int) -> UUID)? = nil
     ) async throws -> CommandOutcome {
         let stream = try stream(for: id)
-        let metadataJSON = JSONValue.jsonData(metadata)
-        return try await streamLocks.withLock(stream.rawValue) {
-            try await decideAndAppend(stream, command, expectedVersion: expectedVersion, metadata: metadataJSON, eventIDs: eventIDs)
+        var metadata = metadata
+        CausingEvent.apply(to: &metadata)
+        guard EventTrace.isEnabled else {
+            let metadataJSON = JSONValue.jsonData(metadata)
+            return try await streamLocks.withLock(stream.rawValue) {
+                try await decideAndAppend(stream, command, expectedVersion: expectedVersion, metadata: metadataJSON, eventIDs: eventIDs)
+            }
+        }
+        return try await withSpan("eventline.command \(A.category)") { span in
+            span.attributes["eventline.stream"] = stream.rawValue
+            // Stored with the events: whoever handles them later continues this trace.
+            EventTrace.inject(into: &metadata)
+            let metadataJSON = JSONValue.jsonData(metadata)
+            return try await streamLocks.withLock(stream.rawValue) {
+                try await decideAndAppend(stream, command, expectedVersion: expectedVersion, metadata: metadataJSON, eventIDs: eventIDs)
+            }
         }
     }
 
@@ -106,7 +120,7 @@ public final class CommandHandler<A: Aggregate>: Sendable {
             attempt += 1
             // The cached state is trusted without a read: the append below names its version, so
             // a state made stale by another process is caught as a conflict and reloaded.
-            var (state, version) = try await load(stream, readLog: fresh)
+            var (state, version) = try await EventTrace.withSpan("eventline.load") { try await load(stream, readLog: fresh) }
             if let expectedVersion, expectedVersion != version, !fresh {
                 (state, version) = try await load(stream, readLog: true)
             }
@@ -148,8 +162,9 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                 newEvents.append(NewEvent(id: eventIDs?(index), type: event.typeName, data: try event.encodedData(), metadata: metadataJSON))
             }
             do {
-                let result = try await store.append(
-                    to: stream, expected: version == 0 ? .noStream : .exact(version), events: newEvents)
+                let result = try await EventTrace.withSpan("eventline.append") {
+                    try await store.append(to: stream, expected: version == 0 ? .noStream : .exact(version), events: newEvents)
+                }
                 if result.wasAlreadyAppended {
                     // An earlier run of this very request committed these events.
                     forget(stream.rawValue)

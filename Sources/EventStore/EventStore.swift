@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PostgresClient
+import Tracing
 
 /// Settings for an `EventStore`; every field but the database URL has a default.
 public struct EventStoreConfiguration: Sendable {
@@ -102,7 +103,8 @@ public final class EventStore: Sendable {
 
     /// Appends to a validated stream name; see `append(to:expected:events:)`.
     public func append(to stream: StreamName, expected: ExpectedVersion = .any, events: [NewEvent]) async throws -> AppendResult {
-        let prepared = try prepare(stream, expected: expected, events: events)
+        var prepared = try prepare(stream, expected: expected, events: events)
+        if EventTrace.isEnabled { prepared.trace = ServiceContext.current }
         return try await writer.append(prepared)
     }
 

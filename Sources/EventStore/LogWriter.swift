@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import PostgresClient
 import Synchronization
+import Tracing
 
 /// An event ready for the log: validated, its data encoded for storage.
 struct PreparedEvent: Sendable {
@@ -19,6 +20,8 @@ struct PreparedAppend: Sendable {
     var events: [PreparedEvent]
     /// The stored size of the events' data and metadata, to bound groups by bytes.
     var byteCount: Int
+    /// The appender's trace context (with a tracer installed), for the group commit's span.
+    var trace: ServiceContext? = nil
 }
 
 /// Where an already-written event id sits in the log.
@@ -228,7 +231,13 @@ final class LogWriter: Sendable {
             }
             if batch.isEmpty { return }
             let started = ContinuousClock.now
+            // One span per group commit: the child of the first traced append's span, linked to
+            // the others' (each request's trace then shows the commit that made it durable).
+            let traces = batch.compactMap(\.append.trace)
+            let span = traces.isEmpty ? nil : EventTrace.startSpan("eventline.log_writer.group_commit", parent: traces[0], links: traces.dropFirst())
+            span?.attributes["eventline.group.appends"] = batch.count
             let outcomes = write(batch.map(\.append), attempt: 1)
+            span?.end()
             let answered = ContinuousClock.now
             let elapsed = answered - started
             counters.withLock { $0.writing += elapsed }

@@ -32,6 +32,11 @@ struct RequestMiddleware: RouterMiddleware {
         {
             context.requestID = given
         }
+        if let given = request.headers[.correlationID], (1...128).contains(given.utf8.count),
+            given.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F })
+        {
+            context.correlationID = given
+        }
         let started = ContinuousClock.now
         var response: Response
         var limitHeaders: HTTPFields = [:]

@@ -9,6 +9,9 @@ public struct EventlineRequestContext: RequestContext {
     /// Echoed in the `X-Request-Id` header and in error bodies; taken from the request's own
     /// `X-Request-Id` when it sends a sensible one.
     public var requestID: String
+    /// The correlation id the request's events carry: the request's `X-Correlation-Id` when it
+    /// sends a sensible one, else the request id.
+    public var correlationID: String?
     /// Set by the application from its configuration.
     public var maxUploadSize: Int
     /// The client's address, for rate limiting when the API is open.
@@ -28,5 +31,6 @@ public struct EventlineRequestContext: RequestContext {
 
 extension HTTPField.Name {
     static let requestID = Self("X-Request-Id")!
+    static let correlationID = Self("X-Correlation-Id")!
     static let idempotencyKey = Self("Idempotency-Key")!
 }

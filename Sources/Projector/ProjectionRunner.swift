@@ -1,8 +1,10 @@
 import EventStore
 import Foundation
 import Logging
+import Metrics
 import PostgresClient
 import Synchronization
+import Tracing
 
 /// Told after each committed batch which read-model keys changed (the Redis cache drops them).
 public protocol InvalidationSink: Sendable {
@@ -132,6 +134,23 @@ final class ProjectionRunner: Sendable {
     let logger: Logger
     private let connection: DedicatedConnection
     let table: String
+    private let metrics: Metrics
+
+    /// What the runner reports through swift-metrics (the process decides where it goes).
+    struct Metrics: Sendable {
+        let batchEvents: Recorder
+        let batchDuration: Timer
+        let retries: Counter
+        let parked: Gauge
+
+        init(projection: String) {
+            let dimensions = [("projection", projection)]
+            batchEvents = Recorder(label: "eventline_projection_batch_events", dimensions: dimensions)
+            batchDuration = Timer(label: "eventline_projection_batch_seconds", dimensions: dimensions)
+            retries = Counter(label: "eventline_projection_retries_total", dimensions: dimensions)
+            parked = Gauge(label: "eventline_projection_parked_state", dimensions: dimensions)
+        }
+    }
 
     init(
         projection: any Projection, configuration: ProjectorConfiguration, sink: (any InvalidationSink)?, head: ChangeSignal,
@@ -145,6 +164,7 @@ final class ProjectionRunner: Sendable {
         logger[metadataKey: "projection.name"] = "\(projection.name)"
         self.logger = logger
         self.table = ReadModelNames.qualified(projection.name)
+        self.metrics = Metrics(projection: projection.name)
         self.connection = DedicatedConnection(conninfo: configuration.databaseURL, name: "eventline-projection-\(projection.name)") { conn in
             try conn.execute(unsafeSQL: "SET application_name = 'eventline-projector'")
             try conn.execute(unsafeSQL: "SET TimeZone = 'UTC'")
@@ -291,9 +311,13 @@ final class ProjectionRunner: Sendable {
                 logger.info("new cache generation after a failed invalidation", metadata: ["projection.generation": "\(lease.generation)"])
             }
             let signalled = head.generation
+            let started = ContinuousClock.now
             let step = try await applyBatch(from: checkpoint, lease: lease)
             switch step {
-            case .applied(let to, let keys):
+            case .applied(let to, let keys, let events):
+                metrics.batchEvents.record(events)
+                metrics.batchDuration.record(duration: ContinuousClock.now - started)
+                metrics.parked.record(0)
                 checkpoint = to
                 attempts = 0
                 if !keys.isEmpty, let sink {
@@ -309,12 +333,15 @@ final class ProjectionRunner: Sendable {
             case .failed(let position, let handler, let message, let committed):
                 checkpoint = committed
                 attempts += 1
+                metrics.retries.increment()
                 try await recordFailure(position: position, handler: handler, message: message, attempts: attempts)
                 if attempts >= configuration.maxAttempts {
                     logger.error(
                         "projection parked: an event keeps failing",
                         metadata: ["event.position": "\(position)", "projection.handler": "\(handler)", "error": "\(message)"])
+                    metrics.parked.record(1)
                     try await waitWhileParked()
+                    metrics.parked.record(0)
                     attempts = 0
                     checkpoint = try await currentCheckpoint()
                 } else {
@@ -325,14 +352,16 @@ final class ProjectionRunner: Sendable {
                     try await Task.sleep(for: delay)
                 }
             case .parked:
+                metrics.parked.record(1)
                 try await waitWhileParked()
+                metrics.parked.record(0)
                 checkpoint = try await currentCheckpoint()
             }
         }
     }
 
     enum Step: Sendable {
-        case applied(to: Int, keys: [String])
+        case applied(to: Int, keys: [String], events: Int)
         case caughtUp
         /// An event failed; the events before it committed, up to `checkpoint`.
         case failed(position: Int, handler: String, message: String, checkpoint: Int)
@@ -363,6 +392,12 @@ final class ProjectionRunner: Sendable {
                 """))
             // Caught up to the head when the page is short: events of other types are done too.
             let target = events.count < batchSize ? head : events.last!.position
+            // The batch continues the trace of the request that wrote its first event, linked
+            // to the traces of the others.
+            let span = EventTrace.isEnabled && !events.isEmpty
+                ? EventTrace.startSpan("eventline.projection.apply \(projection.name)", ofKind: .consumer, for: events) : nil
+            span?.attributes["eventline.batch.events"] = events.count
+            defer { span?.end() }
             return try Self.commit(events, from: checkpoint, to: target, projection: projection, table: table, on: conn)
         }
     }
@@ -407,7 +442,7 @@ final class ProjectionRunner: Sendable {
                 return try failure(events, at: index, message: error.message, from: checkpoint, projection: projection, table: table, on: conn)
             }
         }
-        return .applied(to: target, keys: Array(Set(keys)).sorted())
+        return .applied(to: target, keys: Array(Set(keys)).sorted(), events: events.count)
     }
 
     /// events[index] failed: commits the events before it, then reports the failure.
@@ -420,7 +455,7 @@ final class ProjectionRunner: Sendable {
         if failing.position - 1 > checkpoint {
             let prefix = try commit(
                 Array(events[..<index]), from: checkpoint, to: failing.position - 1, projection: projection, table: table, on: conn)
-            if case .applied(let to, _) = prefix { committed = to }
+            if case .applied(let to, _, _) = prefix { committed = to }
         }
         return .failed(position: failing.position, handler: failing.type, message: message, checkpoint: committed)
     }

@@ -1,7 +1,9 @@
 import EventStore
 import Foundation
 import Logging
+import Metrics
 import PostgresClient
+import Tracing
 
 /// Runs reactors in this process: each one catches up from its checkpoint, then follows the log,
 /// woken by the log writer's NOTIFY. One process owns each reactor at a time (a PostgreSQL
@@ -61,9 +63,17 @@ final class ReactorWorker: Sendable {
     let logger: Logger
     /// The session that holds the lease and moves the checkpoint.
     private let connection: DedicatedConnection
+    /// Reported through swift-metrics (the process decides where it goes).
+    private let handled: Timer
+    private let retries: Counter
+    private let retrying: Gauge
 
     init(reactor: any Reactor, store: EventStore, configuration: ReactorConfiguration, logger: Logger) {
         self.reactor = reactor
+        let dimensions = [("reactor", reactor.name)]
+        handled = Timer(label: "eventline_reactor_event_seconds", dimensions: dimensions)
+        retries = Counter(label: "eventline_reactor_retries_total", dimensions: dimensions)
+        retrying = Gauge(label: "eventline_reactor_retrying", dimensions: dimensions)
         self.store = store
         self.configuration = configuration
         var logger = logger
@@ -173,15 +183,29 @@ final class ReactorWorker: Sendable {
     /// Calls the reactor until it handles `event`, with backoff, recording each failure.
     private func react(to event: RecordedEvent, lease: Lease) async throws {
         var attempts = 0
+        // The commands it issues meanwhile carry the event as their cause and keep its
+        // correlation id; with a tracer, they continue the trace that wrote the event.
+        let causing = CausingEvent(event)
         while true {
             try await verify(lease)
             do {
-                try await reactor.react(to: event)
+                let started = ContinuousClock.now
+                try await CausingEvent.$current.withValue(causing) {
+                    guard EventTrace.isEnabled else { return try await reactor.react(to: event) }
+                    let span = EventTrace.startSpan("eventline.reactor.react \(reactor.name)", ofKind: .consumer, for: [event])
+                    defer { span.end() }
+                    span.attributes["eventline.event.position"] = event.position
+                    try await ServiceContext.$current.withValue(span.context) { try await reactor.react(to: event) }
+                }
+                handled.record(duration: ContinuousClock.now - started)
+                if attempts > 0 { retrying.record(0) }
                 return
             } catch is CancellationError {
                 throw CancellationError()
             } catch {
                 attempts += 1
+                retries.increment()
+                retrying.record(1)
                 try await recordFailure(position: event.position, message: "\(error)", attempts: attempts, lease: lease)
                 let delay = min(configuration.retryDelay * (1 << min(attempts - 1, 16)), configuration.maxRetryDelay)
                 logger.warning(

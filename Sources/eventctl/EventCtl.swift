@@ -20,6 +20,10 @@ struct EventCtl: AsyncParsableCommand {
 
     /// Parses and runs, printing any argument error as one line (not the usage text) on stderr.
     static func main() async {
+        // Before any logger exists: a logger keeps the handler it was made with, so every line
+        // of every command follows EVENTLINE_LOG_FORMAT.
+        Logs.bootstrap()
+        EnvironmentVariables.warnAboutUnknown(logger: Logs.logger("eventctl"))
         do {
             var command = try parseAsRoot()
             if var command = command as? any AsyncParsableCommand {

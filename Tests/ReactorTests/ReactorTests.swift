@@ -141,6 +141,42 @@ struct ReactorTests {
         await store.shutdown()
     }
 
+    @Test("a reactor's follow-up events carry the triggering event's id as causationId and keep its correlationId")
+    func causationAndCorrelation() async throws {
+        let test = try await TestStore.make("reactcause")
+        let store = test.store
+        let accounts = CommandHandler<BankAccount>(store: store)
+        try await openAccount(accounts, "a", deposit: 1000)
+        try await openAccount(accounts, "b", deposit: 0)
+        let transfers = CommandHandler<Transfer>(store: store)
+        _ = try await transfers.handle(
+            id: "tc", command: .startTransfer(from: "a", to: "b", amount: 100), metadata: [MetadataKey.correlationId: .string("order-17")])
+        let runner = ReactorRunner(reactors: [TransferProcess(store: store)], store: store, configuration: reactorConfiguration())
+        let task = start(runner)
+        defer { task.cancel() }
+        try await eventually(timeout: .seconds(60), "the transfer completes") {
+            try await transfers.load(transfers.stream(for: "tc")).state.status == .completed
+        }
+        let rows = try await store.readAll()
+        let byID = Dictionary(uniqueKeysWithValues: rows.map { ($0.id.uuidString.lowercased(), $0) })
+        func metadata(_ row: RecordedEvent) -> [String: Any] {
+            (try? JSONSerialization.jsonObject(with: row.metadata)) as? [String: Any] ?? [:]
+        }
+        // Every event after the start: the debit, the credit and the transfer's outcomes.
+        let caused = rows.filter { row in
+            (row.stream == "transfer-tc" && row.version > 1) || metadata(row)["transfer"] as? String == "tc" && row.stream.hasPrefix("account-")
+        }
+        #expect(caused.count == 4, "\(caused.map(\.type))")
+        for row in caused {
+            let fields = metadata(row)
+            #expect(fields[MetadataKey.correlationId] as? String == "order-17", "\(row.type): \(fields)")
+            let cause = try #require(fields[MetadataKey.causationId] as? String, "\(row.type): \(fields)")
+            let trigger = try #require(byID[cause], "\(row.type)'s cause \(cause) is not an event in the log")
+            #expect(trigger.position < row.position)
+            #expect(trigger.stream == "transfer-tc", "\(row.type) was caused by \(trigger.type)")
+        }
+    }
+
     @Test("a step already in the log (a crash after it, before it was recorded) is recorded, not decided again")
     func stepsTakenBeforeACrash() async throws {
         let test = try await TestStore.make("reactcrash")

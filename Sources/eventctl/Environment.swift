@@ -1,0 +1,45 @@
+import Foundation
+import Logging
+
+/// Every environment variable eventctl reads, with what it does: the README's configuration
+/// reference lists the same (a test compares them), and a set `EVENTLINE_*` variable that is not
+/// here is a typo, which eventctl reports at start.
+enum EnvironmentVariables {
+    static let known: [(name: String, meaning: String)] = [
+        ("EVENTLINE_DATABASE_URL", "libpq connection string of the event store (every command)"),
+        ("EVENTLINE_MIGRATIONS_DIR", "use this directory's NNNN_name.sql files instead of the migrations compiled in (development)"),
+        ("EVENTLINE_PROJECTIONS_DIR", "directory of NAME.yaml projections (default ./Projections)"),
+        ("EVENTLINE_HTTP_HOST", "serve: address to listen on (default 127.0.0.1)"),
+        ("EVENTLINE_HTTP_PORT", "serve: port (default 8080)"),
+        ("EVENTLINE_MAX_BODY_SIZE", "serve: largest request body in bytes (default 1 MiB)"),
+        ("EVENTLINE_RATE_LIMIT", "serve: requests per client, 200/s, 12000/m or 100000/h (default: no limit)"),
+        ("EVENTLINE_RATE_BURST", "serve: burst of the rate limit (default: one second's worth)"),
+        ("EVENTLINE_READ_WAIT_TIMEOUT", "serve: seconds a read with atLeast waits (default 5)"),
+        ("EVENTLINE_REDIS_URL", "serve, project, replay: Redis for the read-model cache (default: none)"),
+        ("EVENTLINE_CACHE_TTL", "seconds a cached row lives (default 300)"),
+        ("EVENTLINE_CACHE_PREFIX", "prefix of cache keys and of the invalidation channel (default eventline)"),
+        ("EVENTLINE_REBUILD_ON_VERSION_CHANGE", "project: rebuild a projection whose version changed (default 1; 0 waits for replay)"),
+        ("EVENTLINE_METRICS_PORT", "project, react: serve Prometheus /metrics and /health/live on this port (default: none)"),
+        ("EVENTLINE_METRICS_HOST", "project, react: address of the metrics port (default 127.0.0.1)"),
+        ("EVENTLINE_LOG_FORMAT", "text (default) or json: one JSON object per log line"),
+        ("EVENTLINE_LOG_LEVEL", "trace, debug, info (default for long-running commands), notice, warning, error, critical"),
+        ("EVENTLINE_ANALYST_PASSWORD", "analyst-role: the password (instead of --password)"),
+        ("EVENTLINE_PG_BIN", "dev and the tests: directory of PostgreSQL's initdb and postgres (default: found under /usr/lib/postgresql)"),
+        ("EVENTLINE_TEST_DATABASE_URL", "tests: use this PostgreSQL instead of a private one"),
+        ("EVENTLINE_TEST_REDIS_URL", "tests: use this Redis instead of a private one"),
+    ]
+
+    /// Set `EVENTLINE_*` variables that eventctl does not read.
+    static func unknown(in environment: [String: String] = ProcessInfo.processInfo.environment) -> [String] {
+        let names = Set(known.map(\.name))
+        return environment.keys.filter { $0.hasPrefix("EVENTLINE_") && !names.contains($0) }.sorted()
+    }
+
+    /// Logs a warning for each variable that looks like eventctl's and is not (a typo is
+    /// otherwise silently ignored).
+    static func warnAboutUnknown(logger: Logger) {
+        for name in unknown() {
+            logger.warning("unknown environment variable \(name): eventctl ignores it (see eventctl --help and the README)")
+        }
+    }
+}

@@ -1,0 +1,180 @@
+import EmbeddedServers
+import EventlineTestSupport
+import Foundation
+import Testing
+import Yams
+
+/// docker-compose.yml and the Dockerfile, checked without a Docker engine: each eventline
+/// service's command line and environment runs as a local process against the private
+/// PostgreSQL and Redis, so a typo in a command, a flag or a variable fails here.
+@Suite("docker-compose.yml and the Dockerfile", .serialized)
+struct ComposeTests {
+    struct Service {
+        var name: String
+        var command: [String]
+        var environment: [String: String]
+        var replicas: Int
+    }
+
+    /// The services that run the eventline image, as compose would start them.
+    static func services() throws -> [Service] {
+        let text = try String(contentsOfFile: Repository.root + "/docker-compose.yml", encoding: .utf8)
+        guard let document = try Yams.load(yaml: text) as? [String: Any], let services = document["services"] as? [String: Any] else {
+            throw TestFailure("docker-compose.yml has no services")
+        }
+        return try services.compactMap { name, value -> Service? in
+            guard let service = value as? [String: Any], (service["image"] as? String)?.hasPrefix("eventline") == true else { return nil }
+            guard let command = service["command"] as? [String] else { throw TestFailure("service \(name) has no command list") }
+            let environment = (service["environment"] as? [String: Any] ?? [:]).mapValues { "\($0)" }
+            let replicas = (service["deploy"] as? [String: Any])?["replicas"] as? Int ?? 1
+            return Service(name: name, command: command, environment: environment, replicas: replicas)
+        }.sorted { $0.name < $1.name }
+    }
+
+    /// `command` with every `--port`/`--metrics-port` value replaced by a free local port (in
+    /// compose each container has its own network), and the ports chosen.
+    static func localCommand(_ command: [String]) throws -> (command: [String], ports: [String: Int]) {
+        var result = command
+        var ports: [String: Int] = [:]
+        for index in result.indices.dropLast() where ["--port", "--metrics-port"].contains(result[index]) {
+            let port = try FreePort.pick()
+            result[index + 1] = "\(port)"
+            ports[result[index]] = port
+        }
+        return (result, ports)
+    }
+
+    @Test("every eventline service of docker-compose.yml runs as a process with its command and environment: migrate, server, two projectors, reactor; a transfer reaches the read models; JSON logs; clean SIGTERM")
+    func servicesRunAsProcesses() async throws {
+        let services = try Self.services()
+        #expect(Set(services.map(\.name)) == ["migrate", "server", "projector", "reactor"])
+        #expect(services.first { $0.name == "projector" }?.replicas == 2)
+        let database = try await TestDatabase.create("compose")
+        let redis = try await EmbeddedRedis.testServerURL()
+        let eventctl = try Repository.eventctl
+        // The image's paths and the containers' host names, as this machine has them.
+        func local(_ environment: [String: String]) -> [String: String] {
+            var environment = environment
+            environment["EVENTLINE_DATABASE_URL"] = database.url
+            environment["EVENTLINE_REDIS_URL"] = redis
+            environment["EVENTLINE_PROJECTIONS_DIR"] = Repository.root + "/Projections"
+            environment["PATH"] = "/usr/bin:/bin"
+            return environment
+        }
+        for service in services {
+            #expect(service.environment["EVENTLINE_PROJECTIONS_DIR"] == "/etc/eventline/projections", "\(service.name)")
+            #expect(EnvironmentCheck.unknown(service.environment).isEmpty, "\(service.name): \(EnvironmentCheck.unknown(service.environment))")
+        }
+
+        let migrate = try #require(services.first { $0.name == "migrate" })
+        let migrated = try await runProgram(eventctl, migrate.command, environment: local(migrate.environment))
+        #expect(migrated.status == 0, "\(migrated.stderr)")
+
+        let running = ProcessList()
+        defer { running.killAll() }
+        var started: [(service: String, process: BackgroundProcess, ports: [String: Int])] = []
+        for service in services where service.name != "migrate" {
+            for _ in 0..<service.replicas {
+                let (command, ports) = try Self.localCommand(service.command)
+                let process = try BackgroundProcess(eventctl, command, environment: local(service.environment), replaceEnvironment: true)
+                running.append(process.process)
+                started.append((service.name, process, ports))
+            }
+        }
+        // Each is up: the server ready, the others' health endpoints live.
+        for (name, process, ports) in started {
+            let (port, path) = name == "server" ? (ports["--port"]!, "/health/ready") : (ports["--metrics-port"]!, "/health/live")
+            try await eventually(timeout: .seconds(60), "\(name) answers \(path)") {
+                guard process.isRunning else { throw TestFailure("\(name) exited: \(process.output)") }
+                return (try? await LoopbackHTTP.request(port: port, path, timeout: 2))?.status == 200
+            }
+        }
+        let server = try #require(started.first { $0.service == "server" }?.ports["--port"])
+        func command(_ path: String, _ body: String) async throws -> [String: Any] {
+            let answer = try await LoopbackHTTP.request("POST", port: server, path, body: body)
+            #expect(answer.status == 200, "\(path): \(answer.body)")
+            return (try? JSONSerialization.jsonObject(with: Data(answer.body.utf8))) as? [String: Any] ?? [:]
+        }
+        _ = try await command("/v1/commands/account/c1", #"{"type":"OpenAccount","data":{"owner":"Ada","currency":"EUR"}}"#)
+        _ = try await command("/v1/commands/account/c2", #"{"type":"OpenAccount","data":{"owner":"Bo","currency":"EUR"}}"#)
+        let deposited = try await command("/v1/commands/account/c1", #"{"type":"DepositMoney","data":{"amount":500}}"#)
+        let position = deposited["position"] as? Int ?? 0
+        let balance = try await LoopbackHTTP.request(port: server, "/v1/read-models/account_balances/c1?atLeast=\(position)")
+        #expect(balance.status == 200, "\(balance.body)")
+        #expect(balance.body.contains(#""balance":500"#), "\(balance.body)")
+        _ = try await command("/v1/commands/transfer/t1", #"{"type":"StartTransfer","data":{"from":"c1","to":"c2","amount":200}}"#)
+        try await eventually(timeout: .seconds(60), "the transfer completes and reaches account_balances") {
+            let row = try await LoopbackHTTP.request(port: server, "/v1/read-models/account_balances/c2")
+            return row.status == 200 && row.body.contains(#""balance":200"#)
+        }
+        // The projectors and the reactor export their lag.
+        for (name, _, ports) in started where name != "server" {
+            let metrics = try await LoopbackHTTP.request(port: ports["--metrics-port"]!, "/metrics")
+            let series = name == "reactor" ? "eventline_reactor_lag_events{reactor=\"transfers\"}" : "eventline_projection_lag_events{projection=\"account_balances\"}"
+            #expect(metrics.body.contains(series), "\(name): \(metrics.body.prefix(2000))")
+        }
+        for (name, process, _) in started {
+            #expect(await process.stop() == 0, "\(name) did not stop cleanly: \(process.output.suffix(2000))")
+            // EVENTLINE_LOG_FORMAT=json: every line each process wrote is one JSON object.
+            for line in process.output.split(separator: "\n") {
+                let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+                #expect(object != nil, "\(name) wrote a line that is not JSON: \(line)")
+                #expect(!line.contains("unknown environment variable"), "\(name): \(line)")
+            }
+        }
+    }
+
+    @Test("the Dockerfile builds eventctl with a static Swift runtime, and its runtime stage installs the package of every shared library eventctl links (ldd, dpkg -S)")
+    func runtimeLibraries() async throws {
+        let dockerfile = try String(contentsOfFile: Repository.root + "/Dockerfile", encoding: .utf8)
+        #expect(dockerfile.contains("--static-swift-stdlib"))
+        #expect(dockerfile.contains("USER eventline") && dockerfile.contains(#"ENTRYPOINT ["eventctl"]"#) && dockerfile.contains("HEALTHCHECK"))
+        #expect(dockerfile.contains("COPY Projections /out/etc/eventline/projections"))
+        // The last stage's apt-get install line.
+        let stages = dockerfile.components(separatedBy: "\nFROM ")
+        let runtime = try #require(stages.last)
+        #expect(runtime.hasPrefix("debian:bookworm-slim"))
+        let install = try #require(runtime.range(of: "apt-get install"))
+        let rest = runtime[install.upperBound...].prefix { $0 != "&" }
+        let packages = Set(rest.split(whereSeparator: { $0 == " " || $0 == "\\" || $0 == "\n" }).map(String.init).filter { !$0.hasPrefix("-") })
+
+        // The libraries eventctl names itself (the others come with their packages' dependencies),
+        // where the loader finds them.
+        let dynamic = try await runProgram("/usr/bin/readelf", ["-d", try Repository.eventctl])
+        #expect(dynamic.status == 0, "\(dynamic.stderr)")
+        let needed = Set(dynamic.stdout.split(separator: "\n").compactMap { line -> String? in
+            guard line.contains("(NEEDED)"), let open = line.firstIndex(of: "["), let close = line.lastIndex(of: "]") else { return nil }
+            return String(line[line.index(after: open)..<close])
+        })
+        let ldd = try await runProgram("/usr/bin/ldd", [try Repository.eventctl])
+        #expect(ldd.status == 0, "\(ldd.stderr)")
+        let toolchain = URL(fileURLWithPath: try await runProgram("/usr/bin/env", ["which", "swift"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+            .resolvingSymlinksInPath().deletingLastPathComponent().deletingLastPathComponent().path
+        var checked = 0
+        for line in ldd.stdout.split(separator: "\n") {
+            guard let arrow = line.range(of: "=> ") else { continue }  // linux-vdso, the loader
+            guard needed.contains(line[..<arrow.lowerBound].trimmingCharacters(in: .whitespaces)) else { continue }
+            let path = String(line[arrow.upperBound...].prefix { $0 != " " })
+            // The Swift runtime: linked statically in the image (--static-swift-stdlib).
+            if path.hasPrefix(toolchain) { continue }
+            var owner = try await runProgram("/usr/bin/dpkg", ["-S", path])
+            if owner.status != 0 {
+                owner = try await runProgram("/usr/bin/dpkg", ["-S", URL(fileURLWithPath: path).resolvingSymlinksInPath().path])
+            }
+            #expect(owner.status == 0, "no Debian package provides \(path): \(owner.stderr)")
+            let package = String(owner.stdout.prefix { $0 != ":" })
+            #expect(packages.contains(package), "\(path) comes from \(package), which the runtime stage does not install (\(packages.sorted()))")
+            checked += 1
+        }
+        #expect(checked >= 3, "\(ldd.stdout)")
+    }
+}
+
+/// The eventctl check of variable names, from the outside: `eventctl` warns about the same.
+enum EnvironmentCheck {
+    static func unknown(_ environment: [String: String]) -> [String] {
+        let known = Set(((try? String(contentsOfFile: Repository.root + "/README.md", encoding: .utf8)) ?? "")
+            .components(separatedBy: "`").filter { $0.hasPrefix("EVENTLINE_") || $0.hasPrefix("OTEL_") })
+        return environment.keys.filter { !known.contains($0) }.sorted()
+    }
+}

@@ -93,20 +93,18 @@ public final class CommandHandler<A: Aggregate>: Sendable {
         let stream = try stream(for: id)
         var metadata = metadata
         CausingEvent.apply(to: &metadata)
-        guard EventTrace.isEnabled else {
+        func run(_ metadata: [String: JSONValue]) async throws -> CommandOutcome {
             let metadataJSON = JSONValue.jsonData(metadata)
             return try await streamLocks.withLock(stream.rawValue) {
                 try await decideAndAppend(stream, command, expectedVersion: expectedVersion, metadata: metadataJSON, eventIDs: eventIDs)
             }
         }
+        guard EventTrace.isEnabled else { return try await run(metadata) }
         return try await withSpan("eventline.command \(A.category)") { span in
             span.attributes["eventline.stream"] = stream.rawValue
             // Stored with the events: whoever handles them later continues this trace.
             EventTrace.inject(into: &metadata)
-            let metadataJSON = JSONValue.jsonData(metadata)
-            return try await streamLocks.withLock(stream.rawValue) {
-                try await decideAndAppend(stream, command, expectedVersion: expectedVersion, metadata: metadataJSON, eventIDs: eventIDs)
-            }
+            return try await run(metadata)
         }
     }
 
@@ -133,7 +131,7 @@ public final class CommandHandler<A: Aggregate>: Sendable {
             var events: [A.Event] = []
             var refusal: RuleViolation? = nil
             do {
-                events = try A.decide(command, state)
+                events = try EventTrace.withSpan("eventline.decide") { () throws(RuleViolation) in try A.decide(command, state) }
             } catch {
                 refusal = error
             }

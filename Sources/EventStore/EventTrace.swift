@@ -9,8 +9,10 @@ public enum EventTrace {
     /// The metadata key, as W3C Trace Context names the header.
     public static let metadataKey = "traceparent"
 
-    /// Whether a tracer is installed (`InstrumentationSystem.bootstrap`).
-    public static var isEnabled: Bool { !(InstrumentationSystem.tracer is NoOpTracer) }
+    /// Whether an instrument is installed (`InstrumentationSystem.bootstrap`). Asked on every
+    /// command and append: a concrete type check, not `InstrumentationSystem.tracer`'s search
+    /// through the instruments with a cast to a protocol.
+    public static var isEnabled: Bool { !(InstrumentationSystem.instrument is NoOpInstrument) }
 
     /// Runs `body` in a span named `name` when a tracer is installed, else just runs it.
     public static func withSpan<T>(
@@ -19,6 +21,16 @@ public enum EventTrace {
     ) async rethrows -> T {
         guard isEnabled else { return try await body() }
         return try await Tracing.withSpan(name, ofKind: kind, isolation: isolation) { _ in try await body() }
+    }
+
+    /// Runs `body` in a span named `name` when a tracer is installed, else just runs it.
+    public static func withSpan<T, E: Error>(_ name: String, _ body: () throws(E) -> T) throws(E) -> T {
+        guard isEnabled else { return try body() }
+        let span = Tracing.startSpan(name)
+        defer { span.end() }
+        let result = ServiceContext.$current.withValue(span.context) { Result { () throws(E) -> T in try body() } }
+        if case .failure(let error) = result { span.recordError(error) }
+        return try result.get()
     }
 
     /// The current task's span as a `traceparent` value, or nil when no span is recording.

@@ -24,19 +24,16 @@ struct RequestMiddleware: RouterMiddleware {
         return path.utf8.count > 1 && previous == UInt8(ascii: "/")
     }
 
+    /// An id a client may choose (`X-Request-Id`, `X-Correlation-Id`): 1 to 128 visible ASCII characters.
+    static func isSensibleID(_ text: String) -> Bool {
+        (1...128).contains(text.utf8.count) && text.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F }
+    }
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
         context.maxUploadSize = configuration.maxBodySize
-        if let given = request.headers[.requestID], (1...128).contains(given.utf8.count),
-            given.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F })
-        {
-            context.requestID = given
-        }
-        if let given = request.headers[.correlationID], (1...128).contains(given.utf8.count),
-            given.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F })
-        {
-            context.correlationID = given
-        }
+        if let given = request.headers[.requestID], Self.isSensibleID(given) { context.requestID = given }
+        if let given = request.headers[.correlationID], Self.isSensibleID(given) { context.correlationID = given }
         let started = ContinuousClock.now
         var response: Response
         var limitHeaders: HTTPFields = [:]

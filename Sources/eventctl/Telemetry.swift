@@ -38,6 +38,8 @@ enum Telemetry {
         configuration.logs.enabled = false
         configuration.metrics.enabled = false
         configuration.traces.enabled = true
+        // The exporter's own complaints go through this process's log handler (JSON or text).
+        configuration.diagnosticLogger = .custom(logger)
         do {
             let backend = try OTel.makeTracingBackend(configuration: configuration)
             InstrumentationSystem.bootstrap(backend.factory)

@@ -173,8 +173,29 @@ struct TracingTests {
         }
         #expect(metadata.contains(traceID), "\(metadata)")
         #expect(metadata.contains(#""correlationId": "order-4711""#) || metadata.contains(#""correlationId":"order-4711""#), "\(metadata)")
+
+        // A transfer: the reactor's handling of TransferStarted, and the account commands it
+        // issues, continue the trace of the request that started it.
+        let reactor = try BackgroundProcess(eventctl, ["react"], environment: environment)
+        defer { killProcessTree(reactor.pid) }
+        _ = try await LoopbackHTTP.request(
+            "POST", port: port, "/v1/commands/account/tr2", body: #"{"type":"OpenAccount","data":{"owner":"Bo","currency":"EUR"}}"#)
+        _ = try await LoopbackHTTP.request("POST", port: port, "/v1/commands/account/tr1", body: #"{"type":"DepositMoney","data":{"amount":50}}"#)
+        let transferTrace = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        let started = try await LoopbackHTTP.request(
+            "POST", port: port, "/v1/commands/transfer/tt1", headers: ["traceparent": "00-\(transferTrace)-\(callerSpan)-01"],
+            body: #"{"type":"StartTransfer","data":{"from":"tr1","to":"tr2","amount":20}}"#)
+        #expect(started.status == 200, "\(started.body)")
+        try await eventually(timeout: .seconds(30), "the reactor's spans reach the receiver in the transfer's trace") {
+            let names = receiver.spans.filter { $0.traceID == transferTrace }.map(\.name)
+            return names.contains("eventline.reactor.react transfers") && names.filter { $0 == "eventline.command account" }.count >= 1
+        }
+        let react = try #require(receiver.spans.first { $0.traceID == transferTrace && $0.name == "eventline.reactor.react transfers" })
+        #expect(receiver.spans.contains { $0.traceID == transferTrace && $0.name == "eventline.command account" && $0.parentSpanID == react.spanID })
+
         #expect(await server.stop() == 0, "\(server.output)")
         #expect(await projector.stop() == 0, "\(projector.output)")
+        #expect(await reactor.stop() == 0, "\(reactor.output)")
     }
 
     @Test("an OTLP protocol eventctl is not built for is refused in one line, not a crash")

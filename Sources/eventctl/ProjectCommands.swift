@@ -110,18 +110,9 @@ struct Project: AsyncParsableCommand {
                 projections: selected, configuration: configuration, invalidations: cache.map(RedisInvalidationSink.init),
                 reload: reload, logger: logger)
             logger.info("projecting", metadata: ["projection.names": "\(selected.map(\.name).joined(separator: ","))"])
-            // Tracing first, so that it stops last and exports every span; metrics last.
-            var services: [any Service] = []
-            if let tracing = try Telemetry.bootstrapTracing(serviceName: "eventline-projector", logger: logger) { services.append(tracing) }
-            services.append(ProjectorService(projector: projector))
-            if let metricsAddress {
-                ProcessMetrics.bootstrap()
-                services.append(ProcessMetrics.endpoint(host: metricsAddress.host, port: metricsAddress.port, logger: logger) {
-                    ProjectionReport.gauges((try? await ProjectionReport.fetch(url)) ?? [])
-                })
-            }
-            let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-            try await group.run()
+            try await Telemetry.runObserved(
+                ProjectorService(projector: projector), serviceName: "eventline-projector", metrics: metricsAddress, logger: logger
+            ) { ProjectionReport.gauges((try? await ProjectionReport.fetch(url)) ?? []) }
         }
     }
 }

@@ -40,19 +40,10 @@ struct React: AsyncParsableCommand {
             try await schema.prepare(databaseURL: url, logger: logger)
             let (store, runner) = Self.runner(url: url, only: only, logger: logger)
             logger.info("reacting", metadata: ["reactor.names": "\(runner.reactors.map(\.name).joined(separator: ","))"])
-            // Tracing first, so that it stops last and exports every span; metrics last.
-            var services: [any Service] = []
-            if let tracing = try Telemetry.bootstrapTracing(serviceName: "eventline-reactor", logger: logger) { services.append(tracing) }
-            services.append(ReactorService(runner: runner))
-            if let metricsAddress {
-                ProcessMetrics.bootstrap()
-                services.append(ProcessMetrics.endpoint(host: metricsAddress.host, port: metricsAddress.port, logger: logger) {
-                    ReactorReport.gauges((try? await ReactorReport.fetch(url)) ?? [])
-                })
-            }
-            let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             do {
-                try await group.run()
+                try await Telemetry.runObserved(
+                    ReactorService(runner: runner), serviceName: "eventline-reactor", metrics: metricsAddress, logger: logger
+                ) { ReactorReport.gauges((try? await ReactorReport.fetch(url)) ?? []) }
             } catch {
                 await store.shutdown()
                 throw error

@@ -7,6 +7,7 @@ import OTel
 import Prometheus
 import ServiceLifecycle
 import Tracing
+import UnixSignals
 
 /// Tracing for long-running commands: OpenTelemetry over OTLP/HTTP, configured by the standard
 /// `OTEL_*` variables and off unless an OTLP endpoint is named.
@@ -48,6 +49,24 @@ enum Telemetry {
         } catch {
             throw CLIError("cannot set up tracing: \(error)")
         }
+    }
+}
+
+extension Telemetry {
+    /// Runs `service` until SIGTERM or SIGINT with tracing (when configured) started first, so
+    /// that it stops last and exports every span, and the metrics endpoint (when asked for) last.
+    static func runObserved(
+        _ service: any Service, serviceName: String, metrics address: (host: String, port: Int)?, logger: Logger,
+        gauges: @escaping @Sendable () async -> [(name: String, labels: [(String, String)], value: Double)]
+    ) async throws {
+        var services: [any Service] = []
+        if let tracing = try bootstrapTracing(serviceName: serviceName, logger: logger) { services.append(tracing) }
+        services.append(service)
+        if let address {
+            ProcessMetrics.bootstrap()
+            services.append(ProcessMetrics.endpoint(host: address.host, port: address.port, logger: logger, gauges: gauges))
+        }
+        try await ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger).run()
     }
 }
 

@@ -39,7 +39,7 @@ public func buildApplication(
     ReadModelRoutes(readModels: readModels, configuration: configuration).register(on: endpoints)
     endpoints.finish()
     return Application(
-        router: router,
+        responder: UnknownMethodResponder(base: router.buildResponder()),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "eventline"),
         services: [StoreService(store: store), readModels],
         logger: logger)

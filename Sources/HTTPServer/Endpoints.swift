@@ -27,21 +27,42 @@ final class Endpoints {
         }
     }
 
+    /// The methods HTTP defines (RFC 9110, and PATCH). On a known path, those a path does not
+    /// serve are 405, and so is any other method (`UnknownMethodResponder` routes it as TRACE).
+    static let knownMethods: [HTTPRequest.Method] = [.get, .head, .post, .put, .patch, .delete, .options, .trace, .connect]
+
     /// Adds the OPTIONS and 405 answers of every known path.
     func finish() {
-        let others: [HTTPRequest.Method] = [.get, .post, .put, .patch, .delete, .options, .head]
+        let others = Self.knownMethods.filter { $0 != .connect }
         for (path, served) in methods {
             let allowed = served.contains(.get) ? served + [.head] : served
             let allow = (allowed + [.options]).map(\.rawValue).joined(separator: ", ")
             let shown = path.split(separator: "/").map { $0.hasPrefix(":") ? "{\($0.dropFirst())}" : String($0) }.joined(separator: "/")
             for method in others where !allowed.contains(method) {
-                router.on(RouterPath(path), method: method) { _, _ -> Response in
+                router.on(RouterPath(path), method: method) { _, context -> Response in
                     guard method != .options else { return Response(status: .noContent, headers: [.allow: allow]) }
+                    let sent = context.unrecognizedMethod ?? method
                     throw Problem(
                         .methodNotAllowed, "method-not-allowed", "Method not allowed",
-                        detail: "/\(shown) accepts \(allow), not \(method.rawValue)", headers: [.allow: allow])
+                        detail: "/\(shown) accepts \(allow), not \(sent.rawValue)", headers: [.allow: allow])
                 }
             }
         }
+    }
+}
+
+/// Routes a method HTTP does not define (a WebDAV method, say), which no route can name, as
+/// TRACE: every known path answers TRACE with 405 and its `Allow`, naming the method that was
+/// sent (`EventlineRequestContext.unrecognizedMethod`); an unknown path is 404 as for any method.
+struct UnknownMethodResponder<Base: HTTPResponder>: HTTPResponder where Base.Context == EventlineRequestContext {
+    let base: Base
+
+    func respond(to request: Request, context: EventlineRequestContext) async throws -> Response {
+        guard !Endpoints.knownMethods.contains(request.method) else { return try await base.respond(to: request, context: context) }
+        var head = request.head
+        head.method = .trace
+        var context = context
+        context.unrecognizedMethod = request.method
+        return try await base.respond(to: Request(head: head, body: request.body), context: context)
     }
 }

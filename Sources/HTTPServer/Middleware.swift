@@ -60,6 +60,9 @@ struct RequestMiddleware: RouterMiddleware {
             let (problem, isBug) = Problem.from(error)
             if isBug {
                 logger.error("unhandled error", metadata: ["request.id": "\(context.requestID)", "error": "\(String(reflecting: error))"])
+            } else if problem.status.code >= 500, !(error is Problem) {
+                // The client gets a generic detail; the operator gets the reason.
+                logger.warning("request failed", metadata: ["request.id": "\(context.requestID)", "error": "\(error)"])
             }
             var headers = problem.headers
             headers[.contentType] = "application/problem+json"
@@ -71,11 +74,11 @@ struct RequestMiddleware: RouterMiddleware {
         for field in limitHeaders { response.headers[field.name] = field.value }
         let route = context.endpointPath ?? "unmatched"
         let elapsed = ContinuousClock.now - started
-        metrics.recordRequest(method: request.method.rawValue, route: route, status: response.status.code, duration: elapsed)
+        metrics.recordRequest(method: (context.unrecognizedMethod ?? request.method).rawValue, route: route, status: response.status.code, duration: elapsed)
         logger.info(
             "request",
             metadata: [
-                "request.id": "\(context.requestID)", "http.method": "\(request.method.rawValue)", "http.route": "\(route)",
+                "request.id": "\(context.requestID)", "http.method": "\((context.unrecognizedMethod ?? request.method).rawValue)", "http.route": "\(route)",
                 "http.status": "\(response.status.code)",
                 "duration.ms": "\(String(format: "%.2f", Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1000))",
             ])

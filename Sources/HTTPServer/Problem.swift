@@ -89,7 +89,7 @@ extension Problem {
         case let error as PostgresError:
             if error.isMissingSchema { return (schemaMissing(error), false) }
             if error.isConnectionError || error.code == .poolTimeout || error.code == .poolClosed {
-                return (unavailable(error.message), false)
+                return (unavailable(databaseUnavailable), false)
             }
             if error.code == .invalidParameter {
                 return (Problem(.badRequest, "invalid-request", "The request is not valid", detail: error.message), false)
@@ -113,6 +113,10 @@ extension Problem {
 
     static let internalError = Problem(
         .internalServerError, "internal-error", "Internal server error", detail: "an unexpected error occurred; it has been logged")
+
+    /// What a client is told when the database cannot be reached. libpq's message names hosts,
+    /// ports and users; it goes to the server's log, never to clients.
+    static let databaseUnavailable = "the database is unavailable; retry later"
 
     static func unavailable(_ detail: String) -> Problem {
         Problem(.serviceUnavailable, "unavailable", "The service is unavailable", detail: detail, headers: [.retryAfter: "1"])
@@ -144,7 +148,9 @@ extension Problem {
             return Problem(.badRequest, "invalid-request", "The request is not valid", detail: error.message)
         case .streamNotFound:
             return notFound(error.message)
-        case .unavailable, .shutdown:
+        case .unavailable:
+            return unavailable(databaseUnavailable)
+        case .shutdown:
             return unavailable(error.message)
         case .commitOutcomeUnknown:
             return Problem(

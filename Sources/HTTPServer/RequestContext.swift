@@ -12,6 +12,8 @@ public struct EventlineRequestContext: RequestContext {
     /// The correlation id the request's events carry: the request's `X-Correlation-Id` when it
     /// sends a sensible one, else the request id.
     public var correlationID: String?
+    /// The method the client sent when HTTP does not define it (the router saw TRACE instead).
+    public var unrecognizedMethod: HTTPRequest.Method?
     /// Set by the application from its configuration.
     public var maxUploadSize: Int
     /// The client's address, for rate limiting when the API is open.

@@ -1,9 +1,12 @@
+import Aggregates
+import BankDomain
 import EventStore
 import EventlineTestSupport
 import Foundation
 import HTTPServer
 import HTTPTypes
 import HummingbirdTesting
+import Logging
 import PostgresClient
 import Projector
 import Testing
@@ -58,5 +61,38 @@ struct SchemaStateTests {
             let unknown = try await client.send(.get, "/v1/read-models/no_such_model/a1?atLeast=\(position)")
             #expect(unknown.status == .notFound, "\(unknown.text)")
         }
+    }
+}
+
+@Suite("Database errors told to clients")
+struct DatabaseErrorDetailTests {
+    @Test("an unreachable database is a 503 whose detail names no host, port or user; the server's log keeps libpq's message")
+    func unreachableDatabaseDetail() async throws {
+        let captured = CapturedLines()
+        var logger = Logger(label: "eventline.http") { label in ServerLogHandler(label: label, format: .text, write: captured.sink) }
+        logger.logLevel = .info
+        var storeConfiguration = EventStoreConfiguration(databaseURL: "postgresql://secret_user@127.0.0.1:1/nowhere?connect_timeout=1")
+        storeConfiguration.acquireTimeout = .seconds(2)
+        let store = EventStore(storeConfiguration)
+        var commands = CommandRegistry()
+        commands.register(CommandHandler<BankAccount>(store: store))
+        var configuration = ServerConfiguration()
+        configuration.port = 0
+        let app = buildApplication(configuration, store: store, commands: commands, logger: logger)
+        try await app.test(.live) { client in
+            for response in [
+                try await client.command("1", "OpenAccount", #"{"owner":"Ada","currency":"EUR"}"#),
+                try await client.send(.get, "/v1/streams/account-1"),
+                try await client.send(.get, "/health/ready"),
+            ] {
+                #expect(response.status == .serviceUnavailable, "\(response.text)")
+                #expect(response.isProblem)
+                for secret in ["secret_user", "127.0.0.1", "port 1", "nowhere"] {
+                    #expect(!response.text.contains(secret), "the answer leaks \(secret): \(response.text)")
+                }
+            }
+        }
+        let log = captured.all.joined(separator: "\n")
+        #expect(log.contains("request failed") && log.contains("127.0.0.1"), "\(log)")
     }
 }

@@ -197,6 +197,7 @@ struct StreamRouteTests {
             for (method, uri, allow) in [
                 (HTTPRequest.Method.delete, "/v1/streams/m-1", "GET, HEAD, OPTIONS"), (.put, "/v1/streams/m-1/events", "POST, OPTIONS"),
                 (.get, "/v1/commands/account/1", "POST, OPTIONS"), (.patch, "/health/live", "GET, HEAD, OPTIONS"),
+                (.trace, "/v1/events", "GET, HEAD, OPTIONS"),
             ] {
                 let response = try await client.send(method, uri)
                 #expect(response.status == .methodNotAllowed, "\(method) \(uri)")
@@ -205,6 +206,13 @@ struct StreamRouteTests {
                 #expect(response.json["type"] as? String == "/problems/method-not-allowed")
             }
             #expect(try await client.send(.delete, "/v1/nowhere").status == .notFound)
+            // A method outside HTTP's own (WebDAV's, here; NIO's parser knows it, the router has
+            // no route for it): 405 with Allow on a known path, 404 elsewhere.
+            let propfind = try await client.send(HTTPRequest.Method("PROPFIND")!, "/v1/streams/m-1/events", json: "{}")
+            #expect(propfind.status == .methodNotAllowed, "\(propfind.text)")
+            #expect(propfind.headers[.allow] == "POST, OPTIONS")
+            #expect((propfind.json["detail"] as? String)?.hasSuffix("not PROPFIND") == true, "\(propfind.text)")
+            #expect(try await client.send(HTTPRequest.Method("PROPFIND")!, "/v1/nowhere").status == .notFound)
         }
         #expect(try await server.test.store.headPosition() == 1)
     }

@@ -86,6 +86,12 @@ def main():
             except ValueError as error:
                 failures.append(f"{where}: body is not JSON: {error}")
                 continue
+        elif media.endswith("yaml"):
+            try:
+                body = yaml.safe_load(body)
+            except yaml.YAMLError as error:
+                failures.append(f"{where}: body is not YAML: {error}")
+                continue
         errors = sorted(Draft4Validator(json_schema(schema)).iter_errors(body), key=str)
         for error in errors[:3]:
             failures.append(f"{where}: {error.message} at {list(error.absolute_path)}")

@@ -47,7 +47,7 @@ public struct Problem: Error, Sendable {
         var members = extensions
         members["type"] = .string("/problems/\(code)")
         members["title"] = .string(title)
-        members["status"] = .number(Double(status.code))
+        members["status"] = .integer(status.code)
         members["detail"] = .string(detail)
         members["requestId"] = .string(requestID)
         return JSONValue.jsonData(members)
@@ -63,7 +63,7 @@ extension Problem {
             return (problem, false)
         case let contention as CommandContention:
             var extensions: [String: JSONValue] = ["stream": .string(contention.stream)]
-            if let current = contention.currentVersion { extensions["currentVersion"] = .number(Double(current)) }
+            if let current = contention.currentVersion { extensions["currentVersion"] = .integer(current) }
             return (
                 Problem(
                     .conflict, "contention", "The stream kept changing under the command", detail: contention.description,
@@ -74,7 +74,7 @@ extension Problem {
                 Problem(
                     .gatewayTimeout, "read-model-behind", "The read model has not caught up",
                     detail: "the read model is at position \(behind.checkpoint), not yet at \(behind.atLeast); retry later",
-                    extensions: ["checkpoint": .number(Double(behind.checkpoint)), "atLeast": .number(Double(behind.atLeast))],
+                    extensions: ["checkpoint": .integer(behind.checkpoint), "atLeast": .integer(behind.atLeast)],
                     headers: [.retryAfter: "1"]), false
             )
         case let violation as RuleViolation:
@@ -135,7 +135,7 @@ extension Problem {
         switch error.code {
         case .wrongExpectedVersion:
             var extensions: [String: JSONValue] = [:]
-            if let current = error.currentVersion { extensions["currentVersion"] = .number(Double(current)) }
+            if let current = error.currentVersion { extensions["currentVersion"] = .integer(current) }
             if let stream = error.stream { extensions["stream"] = .string(stream) }
             return Problem(.conflict, "version-conflict", "The stream's version does not match", detail: error.message, extensions: extensions)
         case .duplicateEventId:

@@ -21,16 +21,16 @@ struct ReadModelRoutes: Sendable {
         try JSONIO.rejectUnknownQuery(request.uri.queryParameters, allowed: [])
         let items = try await readModels.status().map { status -> String in
             var fields: [String: JSONValue] = [
-                "name": .string(status.name), "version": .number(Double(status.version)),
-                "checkpoint": .number(Double(status.checkpoint)), "head": .number(Double(status.head)),
-                "lag": .number(Double(status.lag)), "state": .string(status.state),
+                "name": .string(status.name), "version": .integer(status.version),
+                "checkpoint": .integer(status.checkpoint), "head": .integer(status.head),
+                "lag": .integer(status.lag), "state": .string(status.state),
                 "owner": status.owner.map(JSONValue.string) ?? .null, "key": .string(status.keyColumn),
             ]
             if let error = status.error {
                 fields["error"] = .object([
-                    "message": .string(error), "position": status.errorPosition.map { .number(Double($0)) } ?? .null,
+                    "message": .string(error), "position": status.errorPosition.map { .integer($0) } ?? .null,
                     "handler": status.errorHandler.map(JSONValue.string) ?? .null,
-                    "attempts": .number(Double(status.failedAttempts)),
+                    "attempts": .integer(status.failedAttempts),
                 ])
             }
             return String(decoding: JSONValue.jsonData(fields), as: UTF8.self)

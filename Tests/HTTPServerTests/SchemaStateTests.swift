@@ -40,6 +40,21 @@ struct SchemaStateTests {
         }
     }
 
+    @Test("the atLeast a 504 echoes is the integer sent, exactly, past a Double's 2^53")
+    func exactIntegers() async throws {
+        var server = try await TestServer.make("exactints")
+        server.declaredProjections = ["account_balances"]
+        server.readWaitTimeout = .milliseconds(200)
+        try await server.run { client in
+            for big in ["9007199254740993", "10000000000000000", "9223372036854775807"] {
+                let behind = try await client.send(.get, "/v1/read-models/account_balances/a1?atLeast=\(big)")
+                #expect(behind.status == .gatewayTimeout, "\(behind.text)")
+                #expect(behind.text.contains(#""atLeast":\#(big)"#), "\(behind.text)")
+                #expect(behind.text.contains(#""checkpoint":0"#), "\(behind.text)")
+            }
+        }
+    }
+
     @Test("a read with atLeast of a declared projection that no projector has registered yet waits for it; an unknown name is 404 at once")
     func readYourWritesBeforeTheProjectorRegisters() async throws {
         var server = try await TestServer.make("rywdeclared")

@@ -128,6 +128,7 @@ let package = Package(
             dependencies: [
                 "EventStore", "Aggregates", "PostgresClient", "Projector", "Cache", "EventlineSchemas",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -3,7 +3,9 @@ import EventStore
 import Foundation
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import Logging
+import NIOCore
 import ServiceLifecycle
 
 /// Builds the Eventline HTTP application over `store`, serving the aggregates in `commands`.
@@ -40,7 +42,10 @@ public func buildApplication(
     endpoints.finish()
     return Application(
         responder: UnknownMethodResponder(base: router.buildResponder()),
-        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "eventline"),
+        server: .http1(configuration: .init(idleTimeout: TimeAmount(configuration.idleTimeout))),
+        configuration: .init(
+            address: .hostname(configuration.host, port: configuration.port), serverName: "eventline",
+            availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections)),
         services: [StoreService(store: store), readModels],
         logger: logger)
 }

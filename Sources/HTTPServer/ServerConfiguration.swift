@@ -17,6 +17,12 @@ public struct ServerConfiguration: Sendable {
     public var rateLimit: RateLimit? = nil
     /// How often the server re-reads the API keys in force.
     public var apiKeyRefresh: Duration = .seconds(2)
+    /// A connection with no request in progress (idle between requests, or still sending a
+    /// request's head) is closed after this long.
+    public var idleTimeout: Duration = .seconds(30)
+    /// The most connections served at once; past it new connections wait in the listen backlog
+    /// until one closes.
+    public var maxConnections: Int = 1024
 
     public init() {}
 }

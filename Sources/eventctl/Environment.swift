@@ -12,6 +12,8 @@ enum EnvironmentVariables {
         ("EVENTLINE_HTTP_HOST", "serve: address to listen on (default 127.0.0.1)"),
         ("EVENTLINE_HTTP_PORT", "serve: port (default 8080)"),
         ("EVENTLINE_MAX_BODY_SIZE", "serve: largest request body in bytes (default 1 MiB)"),
+        ("EVENTLINE_HTTP_IDLE_TIMEOUT", "serve: seconds before a connection with no request in progress, or a request head still arriving, is closed (default 30)"),
+        ("EVENTLINE_HTTP_MAX_CONNECTIONS", "serve: connections served at once; more wait to be accepted (default 1024)"),
         ("EVENTLINE_RATE_LIMIT", "serve: requests per client, 200/s, 12000/m or 100000/h (default: no limit)"),
         ("EVENTLINE_RATE_BURST", "serve: burst of the rate limit (default: one second's worth)"),
         ("EVENTLINE_READ_WAIT_TIMEOUT", "serve: seconds a read with atLeast waits (default 5)"),

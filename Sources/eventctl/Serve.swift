@@ -36,6 +36,18 @@ struct Serve: AsyncParsableCommand {
             if let port = try port ?? environment["EVENTLINE_HTTP_PORT"].map(Self.parsePort) { configuration.port = port }
             if let size = maxBodySize ?? environment["EVENTLINE_MAX_BODY_SIZE"].flatMap(Int.init) { configuration.maxBodySize = size }
             configuration.rateLimit = try Self.rateLimit(environment)
+            if let text = environment["EVENTLINE_HTTP_IDLE_TIMEOUT"] {
+                guard let seconds = Double(text), seconds > 0, seconds <= 3600 else {
+                    throw CLIError("EVENTLINE_HTTP_IDLE_TIMEOUT must be a number of seconds above 0 and at most 3600, not '\(text)'")
+                }
+                configuration.idleTimeout = .milliseconds(Int(seconds * 1000))
+            }
+            if let text = environment["EVENTLINE_HTTP_MAX_CONNECTIONS"] {
+                guard let count = Int(text), (1...1_000_000).contains(count) else {
+                    throw CLIError("EVENTLINE_HTTP_MAX_CONNECTIONS must be a number from 1 to 1000000, not '\(text)'")
+                }
+                configuration.maxConnections = count
+            }
             var readModels = ReadModels()
             readModels.cache = try cacheOptions.cache(logger: Logger(label: "eventline.cache"))
             if let text = environment["EVENTLINE_READ_WAIT_TIMEOUT"] {

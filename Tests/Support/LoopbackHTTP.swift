@@ -87,7 +87,8 @@ public enum LoopbackHTTP {
         return out
     }
 
-    private static func connect(host: String, port: Int) throws -> Int32 {
+    /// A connected socket to `host`:`port` (blocking), for tests that drive a connection by hand.
+    public static func connect(host: String, port: Int) throws -> Int32 {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)

@@ -1,0 +1,112 @@
+import EmbeddedServers
+import EventlineTestSupport
+import Foundation
+import Synchronization
+import Testing
+
+/// `eventctl serve` on a free port with `environment` added, once it answers.
+private func serve(_ label: String, _ environment: [String: String]) async throws -> (process: BackgroundProcess, port: Int) {
+    let test = try await TestStore.make(label)
+    let port = try FreePort.pick()
+    let process = try BackgroundProcess(
+        try Repository.eventctl, ["serve", "--port", "\(port)"],
+        environment: environment.merging(["EVENTLINE_DATABASE_URL": test.url, "EVENTLINE_PROJECTIONS_DIR": "/nonexistent"]) { $1 })
+    try await eventually("eventctl serve answers") {
+        guard process.isRunning else { throw TestFailure("eventctl serve exited: \(process.output)") }
+        return await LoopbackHTTP.answers(port: port)
+    }
+    return (process, port)
+}
+
+/// A connection driven by hand, byte by byte; the blocking calls run on a thread of their own.
+private func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+    }
+}
+
+/// Whether the server has closed `fd`: a read that returns end of file (waiting up to `seconds`).
+private func closedByServer(_ fd: Int32, within seconds: Int) -> Bool {
+    var wait = timeval(tv_sec: seconds, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = recv(fd, &buffer, buffer.count, 0)
+        if count == 0 { return true }
+        if count < 0 { return errno == ECONNRESET }
+    }
+}
+
+@Suite("HTTP connections: idle timeout and limit", .serialized)
+struct ConnectionLimitTests {
+    @Test("EVENTLINE_HTTP_IDLE_TIMEOUT: a connection that sends nothing, or dribbles a request head, is closed")
+    func idleAndSlowHeads() async throws {
+        let (server, port) = try await serve("httpidle", ["EVENTLINE_HTTP_IDLE_TIMEOUT": "0.5"])
+        defer { killProcessTree(server.pid) }
+        do {
+            let silent = try LoopbackHTTP.connect(host: "localhost", port: port)
+            defer { close(silent) }
+            #expect(try await onThread { closedByServer(silent, within: 20) }, "a silent connection stayed open")
+
+            // One byte every 100 ms of a head that would take 10 s to finish.
+            let slow = try LoopbackHTTP.connect(host: "localhost", port: port)
+            defer { close(slow) }
+            let head = Array("GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: \(String(repeating: "a", count: 70))\r\n\r\n".utf8)
+            let sent = try await onThread { () -> Int in
+                for (index, byte) in head.enumerated() {
+                    var one = byte
+                    if send(slow, &one, 1, Int32(MSG_NOSIGNAL)) != 1 { return index }
+                    var buffer = [UInt8](repeating: 0, count: 16)
+                    if recv(slow, &buffer, buffer.count, Int32(MSG_DONTWAIT)) == 0 { return index }
+                    usleep(100_000)
+                }
+                return head.count
+            }
+            #expect(sent < head.count, "the whole slow head was accepted")
+            // A request that arrives in one piece is served as before.
+            #expect(try await LoopbackHTTP.request(port: port, "/health/live").status == 200)
+        }
+        #expect(await server.stop() == 0, "\(server.output)")
+    }
+
+    @Test("EVENTLINE_HTTP_MAX_CONNECTIONS: past the limit new connections wait until one closes")
+    func connectionLimit() async throws {
+        let (server, port) = try await serve("httpmaxconn", ["EVENTLINE_HTTP_MAX_CONNECTIONS": "2"])
+        defer { killProcessTree(server.pid) }
+        do {
+            let first = try LoopbackHTTP.connect(host: "localhost", port: port)
+            let second = try LoopbackHTTP.connect(host: "localhost", port: port)
+            defer { close(second) }
+            // Both are served: each answers a request and stays open.
+            for fd in [first, second] {
+                let request = Array("GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+                #expect(send(fd, request, request.count, Int32(MSG_NOSIGNAL)) == request.count)
+                let answered = try await onThread { () -> Bool in
+                    var wait = timeval(tv_sec: 10, tv_usec: 0)
+                    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
+                    var buffer = [UInt8](repeating: 0, count: 4096)
+                    return recv(fd, &buffer, buffer.count, 0) > 0
+                }
+                #expect(answered)
+            }
+            // A third waits; once the first closes it is served.
+            let served = Served()
+            let third = Task {
+                let answer = try await LoopbackHTTP.request(port: port, "/health/live", timeout: 30)
+                served.flag.store(true, ordering: .relaxed)
+                return answer
+            }
+            try await Task.sleep(for: .milliseconds(500))
+            let servedEarly = served.flag.load(ordering: .relaxed)
+            #expect(!servedEarly, "a third connection was served past the limit of two")
+            close(first)
+            let answer = try await third.value
+            #expect(answer.status == 200)
+        }
+        #expect(await server.stop() == 0, "\(server.output)")
+    }
+}
+
+private final class Served: Sendable {
+    let flag = Atomic<Bool>(false)
+}

@@ -4,18 +4,11 @@ import Foundation
 import Synchronization
 import Testing
 
-/// `eventctl serve` on a free port with `environment` added, once it answers.
+/// `eventctl serve` over a migrated database of its own, with `environment` added.
 private func serve(_ label: String, _ environment: [String: String]) async throws -> (process: BackgroundProcess, port: Int) {
     let test = try await TestStore.make(label)
-    let port = try FreePort.pick()
-    let process = try BackgroundProcess(
-        try Repository.eventctl, ["serve", "--port", "\(port)"],
-        environment: environment.merging(["EVENTLINE_DATABASE_URL": test.url, "EVENTLINE_PROJECTIONS_DIR": "/nonexistent"]) { $1 })
-    try await eventually("eventctl serve answers") {
-        guard process.isRunning else { throw TestFailure("eventctl serve exited: \(process.output)") }
-        return await LoopbackHTTP.answers(port: port)
-    }
-    return (process, port)
+    return try await DeploymentTests.serve(
+        try Repository.eventctl, url: test.url, environment: environment.merging(["EVENTLINE_PROJECTIONS_DIR": "/nonexistent"]) { $1 })
 }
 
 /// A connection driven by hand, byte by byte; the blocking calls run on a thread of their own.
@@ -25,13 +18,19 @@ private func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) a
     }
 }
 
-/// Whether the server has closed `fd`: a read that returns end of file (waiting up to `seconds`).
-private func closedByServer(_ fd: Int32, within seconds: Int) -> Bool {
+/// What one `recv` on `fd` returns, waiting up to `seconds`: bytes read, 0 when the server
+/// closed the connection, -1 on a timeout or an error.
+private func receive(_ fd: Int32, within seconds: Int) -> Int {
     var wait = timeval(tv_sec: seconds, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
     var buffer = [UInt8](repeating: 0, count: 4096)
+    return recv(fd, &buffer, buffer.count, 0)
+}
+
+/// Whether the server has closed `fd`: a read that returns end of file (waiting up to `seconds`).
+private func closedByServer(_ fd: Int32, within seconds: Int) -> Bool {
     while true {
-        let count = recv(fd, &buffer, buffer.count, 0)
+        let count = receive(fd, within: seconds)
         if count == 0 { return true }
         if count < 0 { return errno == ECONNRESET }
     }
@@ -81,12 +80,7 @@ struct ConnectionLimitTests {
             for fd in [first, second] {
                 let request = Array("GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
                 #expect(send(fd, request, request.count, Int32(MSG_NOSIGNAL)) == request.count)
-                let answered = try await onThread { () -> Bool in
-                    var wait = timeval(tv_sec: 10, tv_usec: 0)
-                    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
-                    var buffer = [UInt8](repeating: 0, count: 4096)
-                    return recv(fd, &buffer, buffer.count, 0) > 0
-                }
+                let answered = try await onThread { receive(fd, within: 10) > 0 }
                 #expect(answered)
             }
             // A third waits; once the first closes it is served.

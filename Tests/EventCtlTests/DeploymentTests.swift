@@ -16,13 +16,14 @@ struct DeploymentTests {
         return (binary, directory)
     }
 
-    /// Starts `eventctl serve` on a free port and waits until it answers.
+    /// Starts `eventctl serve` on a free port (with `environment` added) and waits until it answers.
     static func serve(
-        _ binary: String, url: String, directory: String, extra: [String] = []
+        _ binary: String, url: String, directory: String? = nil, extra: [String] = [], environment: [String: String] = [:]
     ) async throws -> (process: BackgroundProcess, port: Int) {
         let port = try FreePort.pick()
         let process = try BackgroundProcess(
-            binary, ["serve", "--port", "\(port)"] + extra, environment: ["EVENTLINE_DATABASE_URL": url], currentDirectory: directory)
+            binary, ["serve", "--port", "\(port)"] + extra,
+            environment: environment.merging(["EVENTLINE_DATABASE_URL": url]) { $1 }, currentDirectory: directory)
         try await eventually("eventctl serve answers on \(port)") {
             guard process.isRunning else { throw TestFailure("eventctl serve exited: \(process.output)") }
             return await LoopbackHTTP.answers(port: port)

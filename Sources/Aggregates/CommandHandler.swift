@@ -15,6 +15,20 @@ public struct CommandOutcome: Sendable, Hashable {
     public var position: Int?
     /// The events the command wrote, with their versions and positions.
     public var events: [AppendedEvent]
+
+    public init(stream: String, version: Int, position: Int?, events: [AppendedEvent]) {
+        self.stream = stream
+        self.version = version
+        self.position = position
+        self.events = events
+    }
+}
+
+extension CommandOutcome {
+    /// The outcome of an append that wrote the command's events.
+    public init(_ result: AppendResult) {
+        self.init(stream: result.stream, version: result.version, position: result.position, events: result.events)
+    }
 }
 
 /// Errors of command handling that are neither rule violations nor store errors.
@@ -86,9 +100,15 @@ public final class CommandHandler<A: Aggregate>: Sendable {
     /// if the stream is at that version (else `wrongExpectedVersion` with the current version);
     /// without, conflicts with concurrent writers are retried. Throws `RuleViolation` when the
     /// aggregate refuses the command; nothing is written then.
+    ///
+    /// `eventIDs` names the events the command writes (derived from an idempotency key, say).
+    /// A run that finds events with those ids already in the log (an earlier run of the same
+    /// request committed them) answers with what that run wrote and writes nothing: on a
+    /// conflict or a refusal it looks, and with `resumed` (the earlier run was interrupted) it
+    /// looks before deciding at all.
     public func handle(
         id: String, command: A.Command, expectedVersion: Int? = nil, metadata: [String: JSONValue] = [:],
-        eventIDs: (@Sendable (Int) -> UUID)? = nil
+        eventIDs: (@Sendable (Int) -> UUID)? = nil, resumed: Bool = false
     ) async throws -> CommandOutcome {
         let stream = try stream(for: id)
         var metadata = metadata
@@ -96,7 +116,11 @@ public final class CommandHandler<A: Aggregate>: Sendable {
         func run(_ metadata: [String: JSONValue]) async throws -> CommandOutcome {
             let metadataJSON = JSONValue.jsonData(metadata)
             return try await streamLocks.withLock(stream.rawValue) {
-                try await decideAndAppend(stream, command, expectedVersion: expectedVersion, metadata: metadataJSON, eventIDs: eventIDs)
+                if resumed, let eventIDs, let earlier = try await store.appendedEarlier(withIDs: eventIDs) {
+                    return CommandOutcome(earlier)
+                }
+                return try await decideAndAppend(
+                    stream, command, expectedVersion: expectedVersion, metadata: metadataJSON, eventIDs: eventIDs)
             }
         }
         guard EventTrace.isEnabled else { return try await run(metadata) }
@@ -142,6 +166,10 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                     fresh = true
                     continue
                 }
+                // Refused on a state that may hold this very command's events (a retry).
+                if let eventIDs, let earlier = try await store.appendedEarlier(withIDs: eventIDs) {
+                    return CommandOutcome(earlier)
+                }
                 throw refusal
             }
             guard !events.isEmpty else {
@@ -166,15 +194,19 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                 if result.wasAlreadyAppended {
                     // An earlier run of this very request committed these events.
                     forget(stream.rawValue)
-                    return CommandOutcome(stream: result.stream, version: result.version, position: result.position, events: result.events)
+                    return CommandOutcome(result)
                 }
                 let newState = events.reduce(state, A.evolve)
                 remember(stream.rawValue, Cached(version: result.version, state: newState))
                 snapshotIfDue(stream.rawValue, from: version, to: result.version, state: newState)
-                return CommandOutcome(stream: result.stream, version: result.version, position: result.position, events: result.events)
+                return CommandOutcome(result)
             } catch let error as EventStoreError where error.code == .wrongExpectedVersion {
                 forget(stream.rawValue)
                 fresh = true
+                // The conflict may be with this very command's events, written by an earlier run.
+                if let eventIDs, let earlier = try await store.appendedEarlier(withIDs: eventIDs) {
+                    return CommandOutcome(earlier)
+                }
                 if expectedVersion != nil { throw error }
                 guard attempt < configuration.maxAttempts else {
                     throw CommandContention(stream: stream.rawValue, attempts: attempt, currentVersion: error.currentVersion)

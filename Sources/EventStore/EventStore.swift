@@ -19,6 +19,10 @@ public struct EventStoreConfiguration: Sendable {
     /// answered to come back before it writes the next group (it stops waiting as soon as they
     /// have). Zero writes whatever is queued at once.
     public var groupCommitWindow: Duration = .microseconds(500)
+    /// When the connection breaks while a group commits, how long the log writer keeps asking
+    /// the database (which may be restarting) whether the commit happened, before it answers
+    /// the appends `.commitOutcomeUnknown`.
+    public var commitResolutionTimeout: Duration = .seconds(5)
     /// The most events one append may carry.
     public var maxEventsPerAppend: Int = 1000
     /// The largest event data accepted, in bytes.
@@ -52,6 +56,8 @@ public final class EventStore: Sendable {
     public let configuration: EventStoreConfiguration
     let pool: PostgresConnectionPool
     private let writer: LogWriter
+    /// This process's owner identity for idempotency reservations.
+    let presence: PresenceSession
     let logger: Logger
 
     public init(_ configuration: EventStoreConfiguration, logger: Logger = Logger(label: "eventline.store")) {
@@ -62,13 +68,16 @@ public final class EventStore: Sendable {
             acquireTimeout: configuration.acquireTimeout, name: "eventline-read"))
         self.writer = LogWriter(
             conninfo: configuration.databaseURL, maxBatchEvents: configuration.maxBatchEvents,
-            groupWindow: configuration.groupCommitWindow, logger: logger)
+            groupWindow: configuration.groupCommitWindow, resolutionWindow: configuration.commitResolutionTimeout,
+            logger: logger)
+        self.presence = PresenceSession(conninfo: configuration.databaseURL)
     }
 
     /// Lets queued appends commit, then closes every connection. Later calls fail with `.shutdown`.
     public func shutdown() async {
         await writer.shutdown()
         pool.close()
+        presence.shutdown()
     }
 
     /// Group-commit counters: groups written, the appends and events in them, and the time the

@@ -93,6 +93,8 @@ final class LogWriter: Sendable {
     /// Signalled on every arrival, so the writer can wait for a group to gather.
     private let arrivals = NSCondition()
     private let groupWindow: Duration
+    /// How long the writer keeps asking whether a commit whose connection broke happened.
+    private let resolutionWindow: Duration
     private let counters = Mutex(Statistics())
     /// Boxed: a closure kept directly in a `Mutex` is re-abstracted (wrapped in one more thunk)
     /// on every `withLock`, which nests without bound and overflows the stack.
@@ -110,8 +112,9 @@ final class LogWriter: Sendable {
     private let maxBatchEvents: Int
     private let logger: Logger
 
-    init(conninfo: String, maxBatchEvents: Int, groupWindow: Duration, logger: Logger) {
+    init(conninfo: String, maxBatchEvents: Int, groupWindow: Duration, resolutionWindow: Duration, logger: Logger) {
         self.groupWindow = groupWindow
+        self.resolutionWindow = resolutionWindow
         self.connection = DedicatedConnection(conninfo: conninfo, name: "eventline-log-writer") { conn in
             // Named, so that operators can find the writer's session in pg_stat_activity.
             try conn.execute(unsafeSQL: "SET application_name = 'eventline-log-writer'")
@@ -304,19 +307,27 @@ final class LogWriter: Sendable {
         _ appends: [PreparedAppend], error: PostgresError, firstPosition: Int, firstId: UUID, session: Int32,
         planned: [Result<AppendResult, any Error>], attempt: Int
     ) -> [Result<AppendResult, any Error>] {
-        let committed: Bool? = try? connection.withConnectionOnThread { conn in
-            let results = try conn.pipeline([
-                """
-                SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                WHERE pid = \(Int(session))::int AND pid <> pg_backend_pid() AND application_name = 'eventline-log-writer'
-                """,
-                "BEGIN ISOLATION LEVEL READ COMMITTED",
-                "SET LOCAL lock_timeout = '30s'",
-                "SELECT 1 FROM eventline.log_head FOR UPDATE",
-                "SELECT event_id FROM eventline.events WHERE position = \(firstPosition)",
-                "ROLLBACK",
-            ])
-            return try results[4].get().first?.decode(0, as: UUID.self) == firstId
+        // The database may be restarting (a crash ends every session): keep asking until the
+        // resolution window closes, so that the client gets the outcome, not "unknown".
+        let deadline = ContinuousClock.now + resolutionWindow
+        var committed: Bool? = nil
+        while true {
+            committed = try? connection.withConnectionOnThread { conn in
+                let results = try conn.pipeline([
+                    """
+                    SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                    WHERE pid = \(Int(session))::int AND pid <> pg_backend_pid() AND application_name = 'eventline-log-writer'
+                    """,
+                    "BEGIN ISOLATION LEVEL READ COMMITTED",
+                    "SET LOCAL lock_timeout = '30s'",
+                    "SELECT 1 FROM eventline.log_head FOR UPDATE",
+                    "SELECT event_id FROM eventline.events WHERE position = \(firstPosition)",
+                    "ROLLBACK",
+                ])
+                return try results[4].get().first?.decode(0, as: UUID.self) == firstId
+            }
+            if committed != nil || ContinuousClock.now >= deadline { break }
+            Thread.sleep(forTimeInterval: 0.1)
         }
         switch committed {
         case true?:

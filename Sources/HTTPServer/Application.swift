@@ -36,7 +36,7 @@ public func buildApplication(
         configuration: configuration, metrics: metrics, access: access, limiter: configuration.rateLimit.map(RateLimiter.init),
         logger: logger))
     let endpoints = Endpoints(router)
-    Routes(store: store, commands: commands, configuration: configuration, metrics: metrics)
+    Routes(store: store, commands: commands, configuration: configuration, metrics: metrics, logger: logger)
         .register(on: endpoints)
     ReadModelRoutes(readModels: readModels, configuration: configuration).register(on: endpoints)
     endpoints.finish()

@@ -12,7 +12,7 @@ public struct CommandRegistry: Sendable {
         var acceptsEvent: @Sendable (_ type: String, _ data: Data) -> Bool
         var handle: @Sendable (
             _ id: String, _ type: String, _ data: any Sendable, _ expectedVersion: Int?, _ metadata: [String: JSONValue],
-            _ eventIDs: (@Sendable (Int) -> UUID)?
+            _ eventIDs: (@Sendable (Int) -> UUID)?, _ resumed: Bool
         )
             async throws -> CommandOutcome?
     }
@@ -26,10 +26,11 @@ public struct CommandRegistry: Sendable {
         entries[A.category] = Entry(
             commandTypes: A.Command.typeNames, eventTypes: A.Event.typeNames,
             acceptsEvent: { type, data in ((try? A.Event.decode(typeName: type, data: data)) ?? nil) != nil }
-        ) { id, type, data, expectedVersion, metadata, eventIDs in
+        ) { id, type, data, expectedVersion, metadata, eventIDs, resumed in
             guard let command = try A.Command.decode(typeName: type, json: (data as? ParsedJSON)?.value ?? data) else { return nil }
             return try await handler.handle(
-                id: id, command: command, expectedVersion: expectedVersion, metadata: metadata, eventIDs: eventIDs)
+                id: id, command: command, expectedVersion: expectedVersion, metadata: metadata, eventIDs: eventIDs,
+                resumed: resumed)
         }
     }
 

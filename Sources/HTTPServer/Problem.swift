@@ -153,9 +153,13 @@ extension Problem {
         case .shutdown:
             return unavailable(error.message)
         case .commitOutcomeUnknown:
+            // libpq's message stays in the log; the client gets what it can do.
+            var extensions: [String: JSONValue] = [:]
+            if let stream = error.stream { extensions["stream"] = .string(stream) }
             return Problem(
-                .serviceUnavailable, "commit-outcome-unknown", "The outcome is unknown", detail: error.message,
-                headers: [.retryAfter: "1"])
+                .serviceUnavailable, "commit-outcome-unknown", "The outcome is unknown",
+                detail: "the connection to the database broke while the events were being committed, and the database did not come back in time to say whether they were; retry with the same Idempotency-Key to learn the outcome (it is applied at most once), or read the stream",
+                extensions: extensions, headers: [.retryAfter: "1"])
         case .database where error.underlying?.code == .invalidParameter:
             return Problem(.badRequest, "invalid-request", "The request is not valid", detail: error.underlying?.message ?? error.message)
         default:

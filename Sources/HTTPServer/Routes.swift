@@ -4,6 +4,7 @@ import EventlineSchemas
 import Foundation
 import HTTPTypes
 import Hummingbird
+import Logging
 import NIOCore
 import PostgresClient
 
@@ -13,6 +14,7 @@ struct Routes: Sendable {
     let commands: CommandRegistry
     let configuration: ServerConfiguration
     let metrics: ServerMetrics
+    let logger: Logger
 
     func register(on router: Endpoints) {
         router.post("/v1/commands/:category/:id") { request, context in try await command(request, context) }
@@ -43,7 +45,9 @@ struct Routes: Sendable {
             throw Problem.notFound("no aggregate accepts commands in category \(category)")
         }
         let (raw, body) = try await JSONIO.readObject(request, context: context)
-        return try await idempotent(request, context, scope: "POST /v1/commands/\(category)/\(id)", body: raw) {
+        let scope = "POST /v1/commands/\(category)/\(id)"
+        let ids = request.headers[.idempotencyKey].map { Self.eventIDs(scope: scope, key: $0) }
+        return try await idempotent(request, context, scope: scope, body: raw, eventIDs: ids, answer: Self.commandAnswer) { resumed in
             try JSONIO.rejectUnknown(body, allowed: ["type", "data", "expectedVersion", "metadata"])
             guard let type = try JSONIO.string(body, "type") else { throw Problem.badRequest("type is required", field: "type") }
             guard let data = body["data"] as? [String: Any] else {
@@ -51,18 +55,32 @@ struct Routes: Sendable {
             }
             let expectedVersion = try JSONIO.integer(body, "expectedVersion", range: 0...Int(Int64.max))
             let metadata = try metadataFields(body["metadata"], correlationID: context.correlationID ?? context.requestID)
-            let ids = request.headers[.idempotencyKey].map { Self.eventIDs(scope: "POST /v1/commands/\(category)/\(id)", key: $0) }
-            guard let outcome = try await entry.handle(id, type, ParsedJSON(data), expectedVersion, metadata, ids) else {
+            guard let outcome = try await entry.handle(id, type, ParsedJSON(data), expectedVersion, metadata, ids, resumed) else {
                 throw Problem(
                     .unprocessableContent, "unknown-command-type", "Unknown command type",
                     detail: "\(category) accepts \(entry.commandTypes.joined(separator: ", ")), not \(type)",
                     extensions: ["field": "type"])
             }
-            let events = outcome.events.map { #"{"type":\#(JSONValue.quoted($0.type)),"version":\#($0.version),"position":\#($0.position)}"# }
-            let position = outcome.position.map(String.init) ?? "null"
-            let json = #"{"stream":\#(JSONValue.quoted(outcome.stream)),"version":\#(outcome.version),"position":\#(position),"events":[\#(events.joined(separator: ","))]}"#
-            return (.ok, Data(json.utf8))
+            return Self.commandAnswer(outcome)
         }
+    }
+
+    /// A command's 200: the stream, its version, and the events written.
+    static func commandAnswer(_ outcome: CommandOutcome) -> (HTTPResponse.Status, Data) {
+        let events = outcome.events.map { #"{"type":\#(JSONValue.quoted($0.type)),"version":\#($0.version),"position":\#($0.position)}"# }
+        let position = outcome.position.map(String.init) ?? "null"
+        let json = #"{"stream":\#(JSONValue.quoted(outcome.stream)),"version":\#(outcome.version),"position":\#(position),"events":[\#(events.joined(separator: ","))]}"#
+        return (.ok, Data(json.utf8))
+    }
+
+    static func commandAnswer(_ result: AppendResult) -> (HTTPResponse.Status, Data) {
+        commandAnswer(CommandOutcome(result))
+    }
+
+    /// A stream append's 201.
+    static func appendAnswer(_ result: AppendResult) -> (HTTPResponse.Status, Data) {
+        let json = #"{"stream":\#(JSONValue.quoted(result.stream)),"version":\#(result.version),"position":\#(result.position)}"#
+        return (.created, Data(json.utf8))
     }
 
     /// Metadata from the request (a JSON object), plus the request id as correlation id when none is given.
@@ -80,46 +98,64 @@ struct Routes: Sendable {
 
     /// Runs `body` once per idempotency key: a retry with the same body gets the first
     /// response again, also after a restart; a different body under the key is refused.
+    ///
+    /// A request that writes events names them with `eventIDs` (derived from the key), so the
+    /// log itself tells whether a run of it committed: a retry that finds the key's reservation
+    /// still held, or left behind by an interrupted run, looks there and answers with what was
+    /// written (`answer`), exactly as the first run would have. `body` is told when the run it
+    /// makes resumes an interrupted one.
     func idempotent(
         _ request: Request, _ context: EventlineRequestContext, scope makeScope: @autoclosure () -> String, body raw: Data,
-        _ body: () async throws -> (HTTPResponse.Status, Data)
+        eventIDs: (@Sendable (Int) -> UUID)? = nil, answer: ((AppendResult) -> (HTTPResponse.Status, Data))? = nil,
+        _ body: (_ resumed: Bool) async throws -> (HTTPResponse.Status, Data)
     ) async throws -> Response {
         guard let key = request.headers[.idempotencyKey] else {
-            let (status, data) = try await body()
+            let (status, data) = try await body(false)
             return JSONIO.response(status, data)
         }
         let scope = makeScope()
         guard (1...255).contains(key.utf8.count) else {
             throw Problem.badRequest("the Idempotency-Key header must be 1 to 255 bytes", field: "Idempotency-Key")
         }
-        switch try await store.reserveIdempotencyKey(scope: scope, key: key, body: raw, abandonAfter: configuration.idempotencyTakeover) {
-        case .replay(let status, let stored):
-            var response = JSONIO.response(HTTPResponse.Status(code: status), stored)
-            if status >= 400 { response.headers[.contentType] = "application/problem+json" }
+        func replayed(_ status: HTTPResponse.Status, _ stored: Data) -> Response {
+            var response = JSONIO.response(status, stored)
+            if status.code >= 400 { response.headers[.contentType] = "application/problem+json" }
             response.headers[HTTPField.Name("Idempotent-Replayed")!] = "true"
             return response
+        }
+        switch try await store.reserveIdempotencyKey(scope: scope, key: key, body: raw, abandonAfter: configuration.idempotencyTakeover) {
+        case .replay(let status, let stored):
+            return replayed(HTTPResponse.Status(code: status), stored)
         case .mismatch:
             throw Problem(
                 .unprocessableContent, "idempotency-key-reused", "The idempotency key was used with another request",
                 detail: "Idempotency-Key \(key) was first used with a different body")
         case .inProgress:
+            // Its owner is alive, but its events may be committed already: then that is the answer.
+            if let eventIDs, let answer, let earlier = try await store.appendedEarlier(withIDs: eventIDs) {
+                let (status, data) = answer(earlier)
+                return replayed(status, data)
+            }
             throw Problem(
                 .conflict, "idempotency-key-in-progress", "A request with this idempotency key is in progress",
                 detail: "retry once the first request with Idempotency-Key \(key) has finished", headers: [.retryAfter: "1"])
-        case .reserved(let token):
+        case .reserved(let token, let resumed):
+            let status: HTTPResponse.Status
+            let data: Data
             do {
-                let (status, data) = try await body()
-                try await store.completeIdempotencyKey(scope: scope, key: key, token: token, status: Int(status.code), body: data)
-                return JSONIO.response(status, data)
+                (status, data) = try await body(resumed)
             } catch {
                 let (problem, _) = Problem.from(error)
-                if Self.nothingWritten(error) {
+                if Self.nothingWritten(error) && !resumed {
                     // Worth retrying: the next attempt with this key runs the request again.
                     try? await store.releaseIdempotencyKey(scope: scope, key: key, token: token)
+                } else if Self.nothingWritten(error) || Self.outcomeUnknown(error) {
+                    // An earlier run, or this one, may have written: the next retry takes the key
+                    // over at once and looks in the log first.
+                    try? await store.abandonIdempotencyKey(scope: scope, key: key, token: token)
                 } else if problem.status.code >= 500 {
-                    // The outcome is unknown (or storing it failed): keep the reservation. A retry
-                    // after the takeover time runs again with the same event ids, which the
-                    // store recognises, so the command is never applied twice.
+                    // Unexpected: keep the reservation. A retry finds what was written in the log,
+                    // or runs again once the takeover time has passed.
                 } else {
                     // A final answer (a refused command, a conflict) is the answer to every retry too.
                     try? await store.completeIdempotencyKey(
@@ -128,7 +164,40 @@ struct Routes: Sendable {
                 }
                 throw error
             }
+            // The outcome is final now: failing to store it must not turn it into an error.
+            await completeKey(scope: scope, key: key, token: token, status: status, body: data)
+            return JSONIO.response(status, data)
         }
+    }
+
+    /// Stores a request's final response under its key. When the database cannot take it now,
+    /// a background task keeps trying for a while; meanwhile retries find the request's events
+    /// in the log (or, if its server dies, take the reservation over and look there).
+    func completeKey(scope: String, key: String, token: UUID, status: HTTPResponse.Status, body: Data) async {
+        let store = self.store
+        let logger = self.logger
+        let complete: @Sendable () async throws -> Void = {
+            try await store.completeIdempotencyKey(scope: scope, key: key, token: token, status: Int(status.code), body: body)
+        }
+        do {
+            try await complete()
+        } catch {
+            logger.warning(
+                "the response to an idempotency key was not stored; retrying in the background",
+                metadata: ["idempotency.scope": "\(scope)", "error": "\(error)"])
+            Task.detached {
+                for _ in 0..<120 {
+                    try? await Task.sleep(for: .milliseconds(500))
+                    if (try? await complete()) != nil { return }
+                }
+                logger.error("the response to an idempotency key was never stored", metadata: ["idempotency.scope": "\(scope)"])
+            }
+        }
+    }
+
+    /// Whether the request's events may or may not have been committed.
+    static func outcomeUnknown(_ error: any Error) -> Bool {
+        (error as? EventStoreError)?.code == .commitOutcomeUnknown
     }
 
     /// Whether `error` guarantees that the request wrote nothing (the database was not reached,
@@ -159,7 +228,15 @@ struct Routes: Sendable {
     func appendEvents(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let stream = try JSONIO.pathParameter(context, "stream")
         let (raw, body) = try await JSONIO.readObject(request, context: context)
-        return try await idempotent(request, context, scope: "POST /v1/streams/\(stream)/events", body: raw) {
+        let scope = "POST /v1/streams/\(stream)/events"
+        // Events without an id get one derived from the key, so that a retry cannot write them twice.
+        let derived = request.headers[.idempotencyKey].map { Self.eventIDs(scope: scope, key: $0) }
+        let given = Self.givenEventIDs(body)
+        var ids: (@Sendable (Int) -> UUID)? = nil
+        if let derived {
+            ids = { index in given[index] ?? derived(index) }
+        }
+        return try await idempotent(request, context, scope: scope, body: raw, eventIDs: ids, answer: Self.appendAnswer) { _ in
             try JSONIO.rejectUnknown(body, allowed: ["expectedVersion", "events"])
             let expected = try expectedVersion(body["expectedVersion"])
             guard let items = body["events"] as? [Any], !items.isEmpty else {
@@ -170,7 +247,7 @@ struct Routes: Sendable {
                 let place = "events[\(index)]"
                 guard let object = item as? [String: Any] else { throw Problem.badRequest("\(place) must be an object", field: place) }
                 try JSONIO.rejectUnknown(object, allowed: ["id", "type", "data", "metadata"], in: place)
-                var id: UUID? = nil
+                var id: UUID? = ids?(index)
                 if let given = object["id"] {
                     guard let text = given as? String, let uuid = UUID(uuidString: text) else {
                         throw Problem.badRequest("\(place).id must be a UUID", field: "\(place).id")
@@ -198,9 +275,18 @@ struct Routes: Sendable {
                 events.append(NewEvent(id: id, type: type, data: encoded, metadata: metadata))
             }
             let result = try await store.append(to: stream, expected: expected, events: events)
-            let json = #"{"stream":\#(JSONValue.quoted(result.stream)),"version":\#(result.version),"position":\#(result.position)}"#
-            return (.created, Data(json.utf8))
+            return Self.appendAnswer(result)
         }
+    }
+
+    /// The ids the body's events give, by index (unparseable ones are left to validation).
+    static func givenEventIDs(_ body: [String: Any]) -> [Int: UUID] {
+        guard let items = body["events"] as? [Any] else { return [:] }
+        var ids: [Int: UUID] = [:]
+        for (index, item) in items.enumerated() {
+            if let text = (item as? [String: Any])?["id"] as? String, let id = UUID(uuidString: text) { ids[index] = id }
+        }
+        return ids
     }
 
     func expectedVersion(_ value: Any?) throws -> ExpectedVersion {

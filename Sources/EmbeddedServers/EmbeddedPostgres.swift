@@ -135,6 +135,58 @@ public final class EmbeddedPostgres: Sendable {
         }
     }
 
+    /// How `crash(_:)` brings the server down.
+    public enum Crash: Sendable, CaseIterable {
+        /// `pg_ctl stop -m immediate`: SIGQUIT, every process exits at once without a
+        /// checkpoint; the next start recovers from the WAL.
+        case immediateStop
+        /// SIGKILL of the postmaster, as the OOM killer would; its orphaned backends are
+        /// killed too (they would keep the old shared memory and block the restart).
+        case killPostmaster
+    }
+
+    /// Crashes the server but keeps its data; `resume()` starts it again with crash recovery.
+    public func crash(_ how: Crash) async {
+        _ = try? await onDedicatedThread("EmbeddedPostgres.crash") { [self] in
+            let (child, postmaster) = processes.withLock { $0 }
+            switch how {
+            case .immediateStop:
+                ChildProcess.terminate(child, signal: SIGQUIT, grace: .seconds(10), target: postmaster)
+            case .killPostmaster:
+                let backends = Self.children(of: postmaster)
+                ChildProcess.terminate(child, signal: SIGKILL, grace: .seconds(10), target: postmaster)
+                for backend in backends { kill(backend, SIGKILL) }
+                // Orphans are reaped by init; wait until they are gone.
+                let deadline = ContinuousClock.now + .seconds(10)
+                while backends.contains(where: Self.isRunning) && ContinuousClock.now < deadline {
+                    usleep(10_000)
+                }
+            }
+        }
+    }
+
+    /// Whether `pid` is a process that has not exited (a zombie has: it holds no memory).
+    private static func isRunning(_ pid: pid_t) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
+            return false
+        }
+        return stat[stat.index(after: close)...].split(separator: " ").first != "Z"
+    }
+
+    /// The processes whose parent is `pid` (from /proc).
+    private static func children(of pid: pid_t) -> [pid_t] {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        return entries.compactMap { entry -> pid_t? in
+            guard let candidate = pid_t(entry),
+                let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { return nil }
+            // "pid (comm) state ppid …": the name may hold spaces and parentheses.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 1 && pid_t(fields[1]) == pid ? candidate : nil
+        }
+    }
+
     /// Starts the server again on the same data directory and port after `pause()`.
     public func resume() async throws {
         try await onDedicatedThread("EmbeddedPostgres.resume") { [self] in

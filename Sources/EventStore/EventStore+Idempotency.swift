@@ -36,9 +36,9 @@ final class PresenceSession: Sendable {
     private let connection: DedicatedConnection
     private let box = Box()
 
-    init(conninfo: String) {
+    init(conninfo: String, connectTimeout: Duration) {
         let box = self.box
-        connection = DedicatedConnection(conninfo: conninfo, name: "eventline-presence") { conn in
+        connection = DedicatedConnection(conninfo: conninfo, name: "eventline-presence", connectTimeout: connectTimeout) { conn in
             try conn.execute(unsafeSQL: "SET application_name = 'eventline-presence'")
             guard let row = try conn.query("""
                 SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()

@@ -11,6 +11,13 @@ public struct EventStoreConfiguration: Sendable {
     public var poolSize: Int = 10
     /// How long a read waits for a free pooled connection.
     public var acquireTimeout: Duration = .seconds(10)
+    /// How long opening any of the store's connections may take.
+    public var connectTimeout: Duration = PostgresConnection.defaultConnectTimeout
+    /// How long a read may run (PostgreSQL cancels it after this) and, for reads and the log
+    /// writer, how long the server may stay silent before the connection is given up: a hung
+    /// database then fails requests in about this long instead of holding them. Nil: no limit
+    /// (tools that run long statements).
+    public var statementTimeout: Duration? = nil
     /// Event data longer than this many bytes is stored LZ4-compressed.
     public var compressionThreshold: Int = 512
     /// The most events one group commit writes.
@@ -63,14 +70,17 @@ public final class EventStore: Sendable {
     public init(_ configuration: EventStoreConfiguration, logger: Logger = Logger(label: "eventline.store")) {
         self.configuration = configuration
         self.logger = logger
-        self.pool = PostgresConnectionPool(.init(
+        var poolConfiguration = PostgresConnectionPool.Configuration(
             conninfo: configuration.databaseURL, size: configuration.poolSize,
-            acquireTimeout: configuration.acquireTimeout, name: "eventline-read"))
+            acquireTimeout: configuration.acquireTimeout, name: "eventline-read")
+        poolConfiguration.statementTimeout = configuration.statementTimeout
+        poolConfiguration.connectTimeout = configuration.connectTimeout
+        self.pool = PostgresConnectionPool(poolConfiguration)
         self.writer = LogWriter(
             conninfo: configuration.databaseURL, maxBatchEvents: configuration.maxBatchEvents,
             groupWindow: configuration.groupCommitWindow, resolutionWindow: configuration.commitResolutionTimeout,
-            logger: logger)
-        self.presence = PresenceSession(conninfo: configuration.databaseURL)
+            answerTimeout: configuration.statementTimeout, connectTimeout: configuration.connectTimeout, logger: logger)
+        self.presence = PresenceSession(conninfo: configuration.databaseURL, connectTimeout: configuration.connectTimeout)
     }
 
     /// Lets queued appends commit, then closes every connection. Later calls fail with `.shutdown`.

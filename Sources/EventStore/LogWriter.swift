@@ -112,10 +112,17 @@ final class LogWriter: Sendable {
     private let maxBatchEvents: Int
     private let logger: Logger
 
-    init(conninfo: String, maxBatchEvents: Int, groupWindow: Duration, resolutionWindow: Duration, logger: Logger) {
+    /// How long the writer waits for a silent server (more for large groups), or nil.
+    private let answerTimeout: Duration?
+
+    init(
+        conninfo: String, maxBatchEvents: Int, groupWindow: Duration, resolutionWindow: Duration, answerTimeout: Duration?,
+        connectTimeout: Duration, logger: Logger
+    ) {
         self.groupWindow = groupWindow
         self.resolutionWindow = resolutionWindow
-        self.connection = DedicatedConnection(conninfo: conninfo, name: "eventline-log-writer") { conn in
+        self.answerTimeout = answerTimeout
+        self.connection = DedicatedConnection(conninfo: conninfo, name: "eventline-log-writer", connectTimeout: connectTimeout) { conn in
             // Named, so that operators can find the writer's session in pg_stat_activity.
             try conn.execute(unsafeSQL: "SET application_name = 'eventline-log-writer'")
             // The writer never idles inside a transaction; if its process hangs there, the server
@@ -256,7 +263,31 @@ final class LogWriter: Sendable {
                 item.continuation.resume(with: outcome)
             }
             returning = batch.count
+            if let unreachable = Self.unreachable(outcomes) {
+                // The appends that queued while the database could not be reached would only
+                // wait as long again to learn the same: they fail now, having written nothing.
+                let waiting = state.withLock { state -> [Pending] in
+                    defer { state.pending = [] }
+                    return state.pending
+                }
+                for item in waiting {
+                    item.continuation.resume(throwing: EventStoreError.database(unreachable, stream: item.append.stream.rawValue))
+                }
+                returning = 0
+            }
         }
+    }
+
+    /// The connection failure every outcome of a batch reports, when opening a session failed.
+    private static func unreachable(_ outcomes: [Result<AppendResult, any Error>]) -> PostgresError? {
+        var failure: PostgresError? = nil
+        for outcome in outcomes {
+            guard case .failure(let error as EventStoreError) = outcome, error.code == .unavailable,
+                let underlying = error.underlying, underlying.code == .connectionFailed || underlying.timedOut
+            else { return nil }
+            failure = underlying
+        }
+        return failure
     }
 
     // MARK: - One batch
@@ -284,15 +315,17 @@ final class LogWriter: Sendable {
             logger.warning("append failed", metadata: ["stream.name": "\(appends[0].stream)", "error": "\(error)"])
             return [.failure(EventStoreError.database(error, stream: appends[0].stream.rawValue))]
         } catch BatchFailure.beforeCommit(let error) {
-            if attempt < 2 { return write(appends, attempt: attempt + 1) }
+            if attempt < 2 && !error.timedOut { return write(appends, attempt: attempt + 1) }
             return appends.map { .failure(EventStoreError.database(error, stream: $0.stream.rawValue)) }
         } catch BatchFailure.uncertain(let error, let firstPosition, let firstId, let session, let planned) {
             return resolveUncertainCommit(
                 appends, error: error, firstPosition: firstPosition, firstId: firstId, session: session, planned: planned,
                 attempt: attempt)
         } catch let error as PostgresError {
-            // Opening the connection failed.
-            if attempt < 2 { return write(appends, attempt: attempt + 1) }
+            // Opening the connection failed: the database is not reachable now. (A session that
+            // broke in use is replaced on the next attempt; one that cannot be opened, or a
+            // database that does not answer, is not worth a second wait.)
+            if attempt < 2 && error.code != .connectionFailed && !error.timedOut { return write(appends, attempt: attempt + 1) }
             return appends.map { .failure(EventStoreError.database(error, stream: $0.stream.rawValue)) }
         } catch {
             return appends.map { _ in .failure(error) }
@@ -312,19 +345,26 @@ final class LogWriter: Sendable {
         let deadline = ContinuousClock.now + resolutionWindow
         var committed: Bool? = nil
         while true {
-            committed = try? connection.withConnectionOnThread { conn in
-                let results = try conn.pipeline([
-                    """
-                    SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                    WHERE pid = \(Int(session))::int AND pid <> pg_backend_pid() AND application_name = 'eventline-log-writer'
-                    """,
-                    "BEGIN ISOLATION LEVEL READ COMMITTED",
-                    "SET LOCAL lock_timeout = '30s'",
-                    "SELECT 1 FROM eventline.log_head FOR UPDATE",
-                    "SELECT event_id FROM eventline.events WHERE position = \(firstPosition)",
-                    "ROLLBACK",
-                ])
-                return try results[4].get().first?.decode(0, as: UUID.self) == firstId
+            do {
+                committed = try connection.withConnectionOnThread { conn in
+                    let results = try conn.pipeline([
+                        """
+                        SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                        WHERE pid = \(Int(session))::int AND pid <> pg_backend_pid() AND application_name = 'eventline-log-writer'
+                        """,
+                        "BEGIN ISOLATION LEVEL READ COMMITTED",
+                        "SET LOCAL lock_timeout = '30s'",
+                        "SELECT 1 FROM eventline.log_head FOR UPDATE",
+                        "SELECT event_id FROM eventline.events WHERE position = \(firstPosition)",
+                        "ROLLBACK",
+                    ])
+                    return try results[4].get().first?.decode(0, as: UUID.self) == firstId
+                }
+            } catch let failure as PostgresError where failure.timedOut {
+                // A database that does not answer (hung, not restarting) will not say soon.
+                break
+            } catch {
+                committed = nil
             }
             if committed != nil || ContinuousClock.now >= deadline { break }
             Thread.sleep(forTimeInterval: 0.1)
@@ -438,6 +478,10 @@ final class LogWriter: Sendable {
     }
 
     private func writeBatch(_ appends: [PreparedAppend], on conn: PostgresConnection) throws -> [Result<AppendResult, any Error>] {
+        // A large group takes the server longer to insert: a second more per 8 MiB.
+        conn.answerTimeout = answerTimeout.map { base in
+            base + .seconds(appends.reduce(0) { $0 + $1.byteCount } / (8 << 20))
+        }
         if let outcomes = try writeKnownBatch(appends, on: conn) { return outcomes }
         return try writeReadBatch(appends, on: conn)
     }

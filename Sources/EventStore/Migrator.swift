@@ -91,6 +91,8 @@ public struct Migrator: Sendable {
     static let lockKey: Int64 = 0x6576_656E_746D_6967
     public let databaseURL: String
     public let migrations: [Migration]
+    /// How long opening the connection may take.
+    public var connectTimeout: Duration = PostgresConnection.defaultConnectTimeout
 
     public init(databaseURL: String, migrations: [Migration]) {
         self.databaseURL = databaseURL
@@ -143,7 +145,8 @@ public struct Migrator: Sendable {
     /// Each known migration's state, and those the database has that no file names.
     public func status() async throws -> [MigrationStatus] {
         let migrations = self.migrations
-        return try await withConnection { conn in
+        // A few reads: a database that does not answer them in seconds is not going to.
+        return try await withConnection(answerTimeout: .seconds(3)) { conn in
             let exists = try conn.query("SELECT to_regclass('eventline.schema_migrations') IS NOT NULL").first?.decode(0, as: Bool.self) ?? false
             var applied: [Int: (name: String, checksum: String, appliedAt: Date)] = [:]
             if exists {
@@ -188,8 +191,11 @@ public struct Migrator: Sendable {
             + "run eventctl migrate, or pass --migrate to apply them first"
     }
 
-    private func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        let connection = DedicatedConnection(conninfo: databaseURL, name: "eventline-migrate")
+    private func withConnection<T: Sendable>(
+        answerTimeout: Duration? = nil, _ body: @escaping @Sendable (PostgresConnection) throws -> T
+    ) async throws -> T {
+        let connection = DedicatedConnection(
+            conninfo: databaseURL, name: "eventline-migrate", answerTimeout: answerTimeout, connectTimeout: connectTimeout)
         defer { connection.shutdown() }
         do {
             return try await connection.run(body)

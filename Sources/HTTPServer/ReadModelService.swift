@@ -27,6 +27,11 @@ public final class ReadModelService: Service, Sendable {
         /// `atLeast` waits for it to be registered and built, as it does for one that is
         /// registered but behind; a name neither declared nor registered is 404 at once.
         public var declared: Set<String> = []
+        /// The read-model pool's limits: how long a query waits for a connection, may run (and
+        /// the server stay silent), and a connection may take to open.
+        public var acquireTimeout: Duration = .seconds(10)
+        public var statementTimeout: Duration? = nil
+        public var connectTimeout: Duration = PostgresConnection.defaultConnectTimeout
 
         public init(databaseURL: String) {
             self.databaseURL = databaseURL
@@ -50,7 +55,10 @@ public final class ReadModelService: Service, Sendable {
     public init(_ configuration: Configuration, cache: ReadModelCache? = nil, logger: Logger = Logger(label: "eventline.read-models")) {
         self.configuration = configuration
         var poolConfiguration = PostgresConnectionPool.Configuration(
-            conninfo: configuration.databaseURL, size: configuration.poolSize, name: "eventline-read-models")
+            conninfo: configuration.databaseURL, size: configuration.poolSize, acquireTimeout: configuration.acquireTimeout,
+            name: "eventline-read-models")
+        poolConfiguration.statementTimeout = configuration.statementTimeout
+        poolConfiguration.connectTimeout = configuration.connectTimeout
         // to_json renders timestamptz in the session's zone: RFC 3339 in UTC.
         // JIT compiling costs more than these short queries take.
         poolConfiguration.sessionSettings = ["TimeZone": "UTC", "jit": "off"]

@@ -64,14 +64,20 @@ public final class DedicatedConnection: @unchecked Sendable {
     // Touched only on the worker thread.
     private var connection: PostgresConnection?
     private var onConnect: (@Sendable (PostgresConnection) throws -> Void)?
+    private let answerTimeout: Duration?
+    private let connectTimeout: Duration
 
     /// A connection to `conninfo` (opened lazily). `onConnect` runs after every (re)connect, for
-    /// session settings such as LISTEN or `SET`.
+    /// session settings such as LISTEN or `SET`. `answerTimeout` is each new session's
+    /// `PostgresConnection.answerTimeout`.
     public init(
-        conninfo: String, name: String = "eventline-pg",
+        conninfo: String, name: String = "eventline-pg", answerTimeout: Duration? = nil,
+        connectTimeout: Duration = PostgresConnection.defaultConnectTimeout,
         onConnect: (@Sendable (PostgresConnection) throws -> Void)? = nil
     ) {
         self.conninfo = conninfo
+        self.answerTimeout = answerTimeout
+        self.connectTimeout = connectTimeout
         self.worker = BlockingWorker(name: name)
         self.onConnect = onConnect
     }
@@ -121,7 +127,8 @@ public final class DedicatedConnection: @unchecked Sendable {
         if let connection, connection.probeIdle() { return connection }
         connection?.close()
         connection = nil
-        let fresh = try PostgresConnection(conninfo: conninfo)
+        let fresh = try PostgresConnection(conninfo: conninfo, connectTimeout: connectTimeout)
+        fresh.answerTimeout = answerTimeout
         try onConnect?(fresh)
         connection = fresh
         return fresh

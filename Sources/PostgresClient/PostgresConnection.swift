@@ -9,20 +9,35 @@ public final class PostgresConnection {
     /// Statements prepared on this session: SQL text → statement name.
     private var preparedStatements: [String: String] = [:]
 
+    /// How long a statement may wait with no answer from the server before the connection is
+    /// given up (closed, failing with `.connectionClosed`): a server that accepts TCP and never
+    /// answers makes a caller wait this long, not forever. It limits silence, not work: any byte
+    /// from the server starts it again. Nil waits as long as the server takes.
+    public var answerTimeout: Duration?
+
     /// Opens a connection with any string libpq accepts: a `postgres://` URL, `key=value` conninfo,
     /// several hosts with `target_session_attrs`. Unset settings come from the PG* environment.
-    public init(conninfo: String) throws {
-        let conn = Self.connect(conninfo)
+    /// Opening gives up after `connectTimeout` in all (DNS aside), so a database that accepts
+    /// TCP and never answers fails the caller fast.
+    public init(conninfo: String, connectTimeout: Duration = PostgresConnection.defaultConnectTimeout) throws {
+        let (conn, timedOut) = Self.connect(conninfo, timeout: connectTimeout)
         guard let conn, PQstatus(conn) == CONNECTION_OK else {
-            let message = conn.map { Self.trimmed(PQerrorMessage($0)) } ?? "out of memory"
+            var message = conn.map { Self.trimmed(PQerrorMessage($0)) } ?? "out of memory"
+            if timedOut { message = "no answer within \(connectTimeout)" + (message.isEmpty ? "" : " (\(message))") }
             if let conn { PQfinish(conn) }
-            throw PostgresError(code: .connectionFailed, message: "cannot connect to PostgreSQL: \(message)")
+            var error = PostgresError(code: .connectionFailed, message: "cannot connect to PostgreSQL: \(message)")
+            error.timedOut = timedOut
+            throw error
         }
         handle = conn
         // Our binds send timestamps as binary and we decode binary results; pin the session so that
         // text renderings (errors, COPY) are stable whatever the server's defaults.
         _ = try? execute(unsafeSQL: "SET client_encoding = 'UTF8'")
     }
+
+    /// How long opening a connection may take unless the caller says otherwise (the server
+    /// sets its own, shorter limit: `EVENTLINE_DB_CONNECT_TIMEOUT`).
+    public static let defaultConnectTimeout: Duration = .seconds(10)
 
     deinit {
         close()
@@ -32,10 +47,12 @@ public final class PostgresConnection {
     /// that vanished is noticed in about a minute, not after the kernel's two hours.
     private static let defaults: [(String, String)] = [
         ("keepalives", "1"), ("keepalives_idle", "30"), ("keepalives_interval", "10"), ("keepalives_count", "3"),
-        ("tcp_user_timeout", "60000"), ("connect_timeout", "10"),
+        ("tcp_user_timeout", "60000"),
     ]
 
-    private static func connect(_ conninfo: String) -> OpaquePointer? {
+    /// Starts a connection and drives it with poll(2) until it is made, fails, or `timeout`
+    /// passes (libpq's own `connect_timeout` counts whole seconds, 2 at least).
+    private static func connect(_ conninfo: String, timeout: Duration) -> (OpaquePointer?, timedOut: Bool) {
         // With expand_dbname, the connection string given as dbname overrides the entries before it.
         let keywords = defaults.map(\.0) + ["dbname"]
         let values = defaults.map(\.1) + [conninfo]
@@ -47,7 +64,23 @@ public final class PostgresConnection {
         }
         let keywordPointers = cKeywords.map { UnsafePointer($0) } + [nil]
         let valuePointers = cValues.map { UnsafePointer($0) } + [nil]
-        return PQconnectdbParams(keywordPointers, valuePointers, 1)
+        guard let conn = PQconnectStartParams(keywordPointers, valuePointers, 1) else { return (nil, false) }
+        if PQstatus(conn) == CONNECTION_BAD { return (conn, false) }
+        let deadline = ContinuousClock.now + timeout
+        var polling = PGRES_POLLING_WRITING
+        while polling != PGRES_POLLING_OK && polling != PGRES_POLLING_FAILED {
+            let remaining = deadline - ContinuousClock.now
+            guard remaining > .zero else { return (conn, true) }
+            // The socket can change between calls (the next host, or address, is tried).
+            var descriptor = pollfd(
+                fd: PQsocket(conn), events: Int16(polling == PGRES_POLLING_READING ? POLLIN : POLLOUT), revents: 0)
+            let milliseconds = Int32(clamping: max(1, remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000))
+            let ready = poll(&descriptor, 1, milliseconds)
+            if ready < 0 && errno != EINTR { return (conn, false) }
+            if ready == 0 { continue }
+            polling = PQconnectPoll(conn)
+        }
+        return (conn, false)
     }
 
     /// Closes the connection; calling it again does nothing.
@@ -122,13 +155,17 @@ public final class PostgresConnection {
         let conn = try liveHandle(for: query.sql)
         if query.isPrepared {
             let name = try prepare(query)
-            let result = try withParameters(query) { count, _, values, lengths, formats in
-                PQexecPrepared(conn, name, count, values, lengths, formats, 1)
+            let result = try exchange(conn, sql: query.sql) {
+                try withParameters(query) { count, _, values, lengths, formats in
+                    PQsendQueryPrepared(conn, name, count, values, lengths, formats, 1)
+                }
             }
             return try check(result, sql: query.sql)
         }
-        let result = try withParameters(query) { count, types, values, lengths, formats in
-            PQexecParams(conn, query.sql, count, types, values, lengths, formats, 1)
+        let result = try exchange(conn, sql: query.sql) {
+            try withParameters(query) { count, types, values, lengths, formats in
+                PQsendQueryParams(conn, query.sql, count, types, values, lengths, formats, 1)
+            }
         }
         return try check(result, sql: query.sql)
     }
@@ -139,8 +176,10 @@ public final class PostgresConnection {
         let conn = try liveHandle(for: query.sql)
         let name = "eventline_\(preparedStatements.count + 1)"
         let types = query.binds.map { Oid($0.oid) }
-        let result = types.withUnsafeBufferPointer { types in
-            PQprepare(conn, name, query.sql, Int32(types.count), types.baseAddress)
+        let result = try exchange(conn, sql: query.sql) {
+            types.withUnsafeBufferPointer { types in
+                PQsendPrepare(conn, name, query.sql, Int32(types.count), types.baseAddress)
+            }
         }
         _ = try check(result, sql: query.sql)
         preparedStatements[query.sql] = name
@@ -157,8 +196,8 @@ public final class PostgresConnection {
     /// protocol. The caller vouches that the text holds no untrusted input.
     public func execute(unsafeSQL sql: String) throws {
         let conn = try liveHandle(for: sql)
-        // PQexec returns only the last result; errors stop the script and are reported by it.
-        _ = try check(PQexec(conn, sql), sql: sql)
+        // Only the last result counts; errors stop the script and are reported instead.
+        _ = try check(try exchange(conn, sql: sql) { PQsendQuery(conn, sql) }, sql: sql)
     }
 
     /// Runs `body` in a transaction: COMMIT when it returns, ROLLBACK when it throws.
@@ -190,7 +229,7 @@ public final class PostgresConnection {
     /// Rolls back an open transaction, ignoring errors (the connection may already be gone).
     public func rollbackQuietly() {
         guard let handle, PQstatus(handle) == CONNECTION_OK, inTransaction else { return }
-        if let result = PQexec(handle, "ROLLBACK") { PQclear(result) }
+        if let result = try? exchange(handle, sql: "ROLLBACK", { PQsendQuery(handle, "ROLLBACK") }) { PQclear(result) }
     }
 
     // MARK: - Pipeline mode
@@ -215,7 +254,7 @@ public final class PostgresConnection {
         } catch {
             // Results may still be pending; the session cannot leave pipeline mode cleanly, so it
             // is closed (the server rolls back any open transaction) and replaced on next use.
-            if PQpipelineStatus(conn) != PQ_PIPELINE_OFF { close() }
+            if handle != nil, PQpipelineStatus(conn) != PQ_PIPELINE_OFF { close() }
             throw error
         }
     }
@@ -237,6 +276,7 @@ public final class PostgresConnection {
         var outcomes: [Result<PostgresResult, PostgresError>] = []
         outcomes.reserveCapacity(queries.count)
         for query in queries {
+            try awaitAnswer(conn, sql: query.sql)
             guard let result = PQgetResult(conn) else { throw connectionError(sql: query.sql) }
             let status = PQresultStatus(result)
             if status == PGRES_PIPELINE_ABORTED {
@@ -252,10 +292,15 @@ public final class PostgresConnection {
                 }
             }
             // Each statement's results end with a NULL.
-            while let extra = PQgetResult(conn) { PQclear(extra) }
+            while true {
+                try awaitAnswer(conn, sql: query.sql)
+                guard let extra = PQgetResult(conn) else { break }
+                PQclear(extra)
+            }
             if PQstatus(conn) != CONNECTION_OK { throw connectionError(sql: query.sql) }
         }
         // The sync point.
+        try awaitAnswer(conn, sql: "")
         guard let sync = PQgetResult(conn) else { throw connectionError(sql: "") }
         let syncStatus = PQresultStatus(sync)
         PQclear(sync)
@@ -372,6 +417,62 @@ public final class PostgresConnection {
     }
 
     // MARK: - Internals
+
+    /// Sends one statement with `send` and collects its results as PQexec does: the last
+    /// result, or the first error. Every wait for the server is bounded by `answerTimeout`.
+    private func exchange(_ conn: OpaquePointer, sql: String, _ send: () throws -> Int32) throws -> OpaquePointer? {
+        guard try send() == 1 else { throw connectionError(sql: sql) }
+        var kept: OpaquePointer? = nil
+        while true {
+            do {
+                try awaitAnswer(conn, sql: sql)
+            } catch {
+                if let kept { PQclear(kept) }
+                throw error
+            }
+            guard let result = PQgetResult(conn) else { break }
+            let status = PQresultStatus(result)
+            if let previous = kept, PQresultStatus(previous) == PGRES_FATAL_ERROR {
+                PQclear(result)  // the first error is the one to report
+            } else {
+                if let previous = kept { PQclear(previous) }
+                kept = result
+            }
+            // COPY hands the connection to the caller; nothing more comes until it is done.
+            if status == PGRES_COPY_IN || status == PGRES_COPY_OUT || status == PGRES_COPY_BOTH { break }
+        }
+        return kept
+    }
+
+    /// Waits until a result can be read without blocking. With `answerTimeout`, a server
+    /// silent for that long has the connection closed under it: its state is unknown, and a
+    /// statement still running there must not be mistaken for a fresh session's.
+    private func awaitAnswer(_ conn: OpaquePointer, sql: String) throws {
+        guard let limit = answerTimeout else { return }
+        var deadline = ContinuousClock.now + limit
+        while PQisBusy(conn) == 1 {
+            let remaining = deadline - ContinuousClock.now
+            guard remaining > .zero else {
+                close()
+                var error = PostgresError(
+                    code: .connectionClosed,
+                    message: "PostgreSQL did not answer within \(limit); the connection was closed",
+                    query: sql.isEmpty ? nil : sql)
+                error.timedOut = true
+                throw error
+            }
+            var descriptor = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
+            let milliseconds = Int32(clamping: max(1, remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000))
+            let ready = poll(&descriptor, 1, milliseconds)
+            if ready < 0 && errno != EINTR {
+                throw PostgresError(code: .connectionClosed, message: "poll failed: \(String(cString: strerror(errno)))", query: sql)
+            }
+            if ready > 0 {
+                guard PQconsumeInput(conn) == 1 else { throw connectionError(sql: sql) }
+                deadline = ContinuousClock.now + limit
+            }
+        }
+    }
 
     private func liveHandle(for sql: String) throws -> OpaquePointer {
         guard let handle else {

@@ -25,6 +25,12 @@ public final class PostgresConnectionPool: Sendable {
         public var name: String
         /// Session settings made on each new connection (for example `TimeZone: UTC`).
         public var sessionSettings: [String: String] = [:]
+        /// How long a statement may wait for the server: past it the server cancels the
+        /// statement (`statement_timeout`), and a server that does not answer at all has the
+        /// connection closed (`PostgresConnection.answerTimeout`, half a second later). Nil: no limit.
+        public var statementTimeout: Duration? = nil
+        /// How long opening a connection may take.
+        public var connectTimeout: Duration = PostgresConnection.defaultConnectTimeout
 
         public init(conninfo: String, size: Int = 10, acquireTimeout: Duration = .seconds(10), name: String = "eventline-pool") {
             self.conninfo = conninfo
@@ -129,9 +135,15 @@ public final class PostgresConnectionPool: Sendable {
                     continuation.resume(returning: connection)
                 case .create:
                     let applicationName = configuration.name
-                    let settings = configuration.sessionSettings
+                    var sessionSettings = configuration.sessionSettings
+                    if let limit = configuration.statementTimeout {
+                        sessionSettings["statement_timeout"] = "\(max(1, limit.milliseconds))"
+                    }
+                    let settings = sessionSettings
                     continuation.resume(returning: DedicatedConnection(
-                        conninfo: configuration.conninfo, name: "\(configuration.name)-\(id)"
+                        conninfo: configuration.conninfo, name: "\(configuration.name)-\(id)",
+                        answerTimeout: configuration.statementTimeout.map { $0 + .milliseconds(500) },
+                        connectTimeout: configuration.connectTimeout
                     ) { conn in
                         // Named after the pool, so that its sessions can be told apart in pg_stat_activity.
                         try conn.execute("SELECT set_config('application_name', \(applicationName), false)")
@@ -193,5 +205,12 @@ public final class PostgresConnectionPool: Sendable {
         case .shutdown:
             connection.shutdown()
         }
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, rounded down.
+    var milliseconds: Int64 {
+        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
     }
 }

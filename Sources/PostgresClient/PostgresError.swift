@@ -42,6 +42,9 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
     public var constraint: String?
     /// The SQL text of the statement that failed, when known (never its bound values).
     public var query: String?
+    /// The server did not answer in time (connecting, or a statement): it may be hung rather
+    /// than down, and asking it again at once would only wait as long.
+    public var timedOut = false
 
     public init(
         code: Code, message: String, sqlState: String? = nil, detail: String? = nil,

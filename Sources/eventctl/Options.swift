@@ -61,8 +61,11 @@ struct SchemaOptions: ParsableArguments {
     @OptionGroup var migrations: MigrationOptions
 
     /// Migrates when asked to, then refuses a database this binary's schema is not applied to.
-    func prepare(databaseURL: String, logger: Logger) async throws {
-        let migrator = Migrator(databaseURL: databaseURL, migrations: try migrations.load())
+    /// Returns false when the database could not be reached (the process starts anyway).
+    @discardableResult
+    func prepare(databaseURL: String, logger: Logger, connectTimeout: Duration? = nil) async throws -> Bool {
+        var migrator = Migrator(databaseURL: databaseURL, migrations: try migrations.load())
+        if let connectTimeout { migrator.connectTimeout = connectTimeout }
         if migrate {
             for migration in try await migrator.migrate() {
                 logger.info("applied migration", metadata: ["migration.name": "\(migration.name)"])
@@ -74,9 +77,10 @@ struct SchemaOptions: ParsableArguments {
         } catch let error as EventStoreError where error.underlying?.isConnectionError ?? false {
             // Unreachable now is no reason not to start: readiness says so until it is back.
             logger.warning("cannot check the database schema now; starting anyway", metadata: ["error": "\(error.message)"])
-            return
+            return false
         }
         if let reason { throw CLIError(reason) }
+        return true
     }
 }
 

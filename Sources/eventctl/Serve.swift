@@ -56,17 +56,18 @@ struct Serve: AsyncParsableCommand {
                 }
                 readModels.waitTimeout = .milliseconds(Int(seconds * 1000))
             }
+            let timeouts = try DatabaseTimeouts.from(environment)
             let url = try database.databaseURL
-            try await schema.prepare(databaseURL: url, logger: Logs.logger("eventline"))
-            readModels.declared = await Self.checkProjections(projections, url: url)
-            try await Server.run(databaseURL: url, configuration: configuration, readModels: readModels)
+            let reachable = try await schema.prepare(databaseURL: url, logger: Logs.logger("eventline"), connectTimeout: timeouts.connect)
+            readModels.declared = await Self.checkProjections(projections, url: url, reachable: reachable)
+            try await Server.run(databaseURL: url, configuration: configuration, readModels: readModels, timeouts: timeouts)
         }
     }
 
     /// Read models are served from the database's registry (new ones are picked up while
     /// running); the directory's definitions only say which are not built yet, or out of date.
     /// Returns the names the directory declares.
-    static func checkProjections(_ options: ProjectionOptions, url: String) async -> Set<String> {
+    static func checkProjections(_ options: ProjectionOptions, url: String, reachable: Bool = true) async -> Set<String> {
         guard FileManager.default.fileExists(atPath: options.path) else { return [] }
         let declared: [YAMLProjection]
         do {
@@ -75,6 +76,8 @@ struct Serve: AsyncParsableCommand {
             CLI.logger.warning("cannot read the projections of \(options.path)", metadata: ["error": "\(error)"])
             return []
         }
+        // An unreachable database is not asked again: the server listens without waiting for it.
+        if !reachable { return Set(declared.map(\.name)) }
         do {
             for (projection, built) in ProjectionReport.drift(try await ProjectionReport.fetch(url), declared: declared) {
                 if let built {
@@ -114,6 +117,30 @@ struct Serve: AsyncParsableCommand {
     }
 }
 
+/// How long the server's database work may wait: `EVENTLINE_DB_CONNECT_TIMEOUT`,
+/// `EVENTLINE_DB_STATEMENT_TIMEOUT` and `EVENTLINE_DB_POOL_TIMEOUT`, in seconds. A database that
+/// hangs fails requests with 503 in about these times, never holds them.
+struct DatabaseTimeouts {
+    var connect: Duration = .milliseconds(1500)
+    var statement: Duration = .milliseconds(1500)
+    var pool: Duration = .seconds(1)
+
+    static func from(_ environment: [String: String]) throws -> DatabaseTimeouts {
+        var timeouts = DatabaseTimeouts()
+        func seconds(_ name: String, _ range: ClosedRange<Double>) throws -> Duration? {
+            guard let text = environment[name] else { return nil }
+            guard let value = Double(text), range.contains(value) else {
+                throw CLIError("\(name) must be a number of seconds from \(range.lowerBound) to \(Int(range.upperBound)), not '\(text)'")
+            }
+            return .milliseconds(Int(value * 1000))
+        }
+        if let value = try seconds("EVENTLINE_DB_CONNECT_TIMEOUT", 0.1...600) { timeouts.connect = value }
+        if let value = try seconds("EVENTLINE_DB_STATEMENT_TIMEOUT", 0.1...86400) { timeouts.statement = value }
+        if let value = try seconds("EVENTLINE_DB_POOL_TIMEOUT", 0.01...600) { timeouts.pool = value }
+        return timeouts
+    }
+}
+
 /// How the server reads read models.
 struct ReadModels {
     var cache: ReadModelCache?
@@ -126,13 +153,16 @@ struct ReadModels {
 enum Server {
     static func run(
         databaseURL: String, configuration: ServerConfiguration, readModels: ReadModels = ReadModels(),
-        alongside services: [any Service] = [], banner: [String] = []
+        alongside services: [any Service] = [], banner: [String] = [], timeouts: DatabaseTimeouts = DatabaseTimeouts()
     ) async throws {
         let logger = Logs.logger("eventline")
         // Before the application is built: it adds a tracing middleware when a tracer is installed.
         let tracing = try Telemetry.bootstrapTracing(serviceName: "eventline-server", logger: logger)
         var storeConfiguration = EventStoreConfiguration(databaseURL: databaseURL)
         storeConfiguration.poolSize = 16
+        storeConfiguration.connectTimeout = timeouts.connect
+        storeConfiguration.statementTimeout = timeouts.statement
+        storeConfiguration.acquireTimeout = timeouts.pool
         let store = EventStore(storeConfiguration, logger: logger)
         var commands = CommandRegistry()
         commands.register(CommandHandler<BankAccount>(store: store, logger: logger))
@@ -140,12 +170,18 @@ enum Server {
         var readConfiguration = ReadModelService.Configuration(databaseURL: databaseURL)
         readConfiguration.waitTimeout = readModels.waitTimeout
         readConfiguration.declared = readModels.declared
+        readConfiguration.connectTimeout = timeouts.connect
+        readConfiguration.statementTimeout = timeouts.statement
+        readConfiguration.acquireTimeout = timeouts.pool
         let readService = ReadModelService(readConfiguration, cache: readModels.cache, logger: logger)
         let app = buildApplication(
             configuration, store: store, commands: commands, readModels: readService, logger: logger)
         logger.info("serving", metadata: ["http.address": "\(configuration.host):\(configuration.port)"])
-        if (try? await store.activeAPIKeyHashes().isEmpty) ?? true {
-            logger.warning("no API keys are configured: the server is open to anyone who can reach it")
+        // Asked in the background: a database that is down or hung must not delay listening.
+        Task {
+            if (try? await store.activeAPIKeyHashes())?.isEmpty == true {
+                logger.warning("no API keys are configured: the server is open to anyone who can reach it")
+            }
         }
         for line in banner { print(line) }
         fflush(nil)

@@ -59,6 +59,7 @@ struct ComposeTests {
             environment["EVENTLINE_REDIS_URL"] = redis
             environment["EVENTLINE_PROJECTIONS_DIR"] = Repository.root + "/Projections"
             environment["PATH"] = "/usr/bin:/bin"
+            environment.merge(tolerantDatabaseTimeouts) { $1 }
             return environment
         }
         for service in services {

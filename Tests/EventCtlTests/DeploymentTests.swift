@@ -18,12 +18,14 @@ struct DeploymentTests {
 
     /// Starts `eventctl serve` on a free port (with `environment` added) and waits until it answers.
     static func serve(
-        _ binary: String, url: String, directory: String? = nil, extra: [String] = [], environment: [String: String] = [:]
+        _ binary: String, url: String, directory: String? = nil, extra: [String] = [], environment: [String: String] = [:],
+        defaultTimeouts: Bool = false
     ) async throws -> (process: BackgroundProcess, port: Int) {
         let port = try FreePort.pick()
         let process = try BackgroundProcess(
             binary, ["serve", "--port", "\(port)"] + extra,
-            environment: environment.merging(["EVENTLINE_DATABASE_URL": url]) { $1 }, currentDirectory: directory)
+            environment: (defaultTimeouts ? [:] : tolerantDatabaseTimeouts).merging(environment) { $1 }.merging(["EVENTLINE_DATABASE_URL": url]) { $1 },
+            currentDirectory: directory)
         try await eventually("eventctl serve answers on \(port)") {
             guard process.isRunning else { throw TestFailure("eventctl serve exited: \(process.output)") }
             return await LoopbackHTTP.answers(port: port)

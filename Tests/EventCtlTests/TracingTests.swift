@@ -136,7 +136,7 @@ struct TracingTests {
             "EVENTLINE_DATABASE_URL": database.url, "EVENTLINE_PROJECTIONS_DIR": Repository.root + "/Projections",
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:\(receiver.port)", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
-        ]
+        ].merging(tolerantDatabaseTimeouts) { $1 }
         #expect(try await runProgram(eventctl, ["migrate"], environment: environment).status == 0)
         let port = try FreePort.pick()
         let server = try BackgroundProcess(eventctl, ["serve", "--port", "\(port)"], environment: environment)

@@ -117,3 +117,12 @@ public final class ProcessList: @unchecked Sendable {
         }
     }
 }
+
+/// Database timeouts for server processes the tests start against the shared test database.
+/// The server's defaults (1.5 s to connect or answer) suit a database that should answer in
+/// milliseconds; the shared one is busy with every suite at once, and a test about something
+/// else must not fail because a connection took two seconds to open. The tests of the
+/// defaults themselves run against a server of their own.
+public let tolerantDatabaseTimeouts = [
+    "EVENTLINE_DB_CONNECT_TIMEOUT": "15", "EVENTLINE_DB_STATEMENT_TIMEOUT": "60", "EVENTLINE_DB_POOL_TIMEOUT": "15",
+]

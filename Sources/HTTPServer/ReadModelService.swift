@@ -150,11 +150,17 @@ public final class ReadModelService: Service, Sendable {
     /// The row of `info` with key `key`: from the cache when it holds it (and no position is
     /// awaited), else from PostgreSQL, then cached unless an invalidation came after the read.
     func row(_ info: ReadModelInfo, key: String, atLeast: Int?) async throws -> Row? {
+        // A cache that just failed is not asked to store either: the read waits on Redis once.
+        var cacheFailed = false
         if let cache, atLeast == nil {
+            cacheFailed = true
             do {
                 if let hit = try await cache.get(projection: info.name, generation: info.generation, key: key) {
                     return Row(json: hit, cached: true)
                 }
+                cacheFailed = false
+            } catch is ReadModelCache.CircuitOpen {
+                // Redis keeps failing: not asked for now (the cache said so once, when it opened).
             } catch {
                 logger.warning("cache read failed; reading PostgreSQL", metadata: ["error": "\(error)"])
             }
@@ -163,9 +169,10 @@ public final class ReadModelService: Service, Sendable {
             try ReadModelReader.row(info, key: key, on: conn)
         }) else { return nil }
         let json = read.json.map { Array($0.utf8) }
-        if let cache, let json {
+        if let cache, let json, !cacheFailed {
             do {
                 try await cache.store(projection: info.name, generation: read.generation, key: key, row: json, checkpoint: read.checkpoint)
+            } catch is ReadModelCache.CircuitOpen {
             } catch {
                 logger.warning("cache write failed", metadata: ["error": "\(error)"])
             }

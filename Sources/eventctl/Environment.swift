@@ -21,6 +21,7 @@ enum EnvironmentVariables {
         ("EVENTLINE_RATE_BURST", "serve: burst of the rate limit (default: one second's worth)"),
         ("EVENTLINE_READ_WAIT_TIMEOUT", "serve: seconds a read with atLeast waits (default 5)"),
         ("EVENTLINE_REDIS_URL", "serve, project, replay: Redis for the read-model cache (default: none)"),
+        ("EVENTLINE_REDIS_TIMEOUT", "serve, project: seconds a cache read, or an invalidation, waits for Redis before going without it (default 0.25)"),
         ("EVENTLINE_CACHE_TTL", "seconds a cached row lives (default 300)"),
         ("EVENTLINE_CACHE_PREFIX", "prefix of cache keys and of the invalidation channel (default eventline)"),
         ("EVENTLINE_REBUILD_ON_VERSION_CHANGE", "project: rebuild a projection whose version changed (default 1; 0 waits for replay)"),

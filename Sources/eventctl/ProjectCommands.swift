@@ -45,12 +45,25 @@ struct CacheOptions: ParsableArguments {
             guard given > 0 else { throw CLIError("the cache TTL (--cache-ttl, EVENTLINE_CACHE_TTL) must be a positive number of seconds") }
             seconds = given
         }
+        // Redis is a cache: a read waits this long for it before going to PostgreSQL, and a
+        // projector's invalidation as long before starting a new cache generation instead.
+        var timeout = Duration.milliseconds(250)
+        if let text = environment["EVENTLINE_REDIS_TIMEOUT"] {
+            guard let value = Double(text), value >= 0.01, value <= 60 else {
+                throw CLIError("EVENTLINE_REDIS_TIMEOUT must be a number of seconds from 0.01 to 60, not '\(text)'")
+            }
+            timeout = .milliseconds(Int(value * 1000))
+        }
+        let configuration: RedisConfiguration
         do {
-            let prefix = self.prefix ?? environment["EVENTLINE_CACHE_PREFIX"] ?? "eventline"
-            return ReadModelCache(client: try RedisClient(url: url, logger: logger), ttlSeconds: seconds, prefix: prefix)
+            configuration = try RedisConfiguration(url: url, connectTimeout: timeout, commandTimeout: timeout)
         } catch {
             throw CLIError("EVENTLINE_REDIS_URL (--redis-url) is not a Redis URL: \(error)")
         }
+        let prefix = self.prefix ?? environment["EVENTLINE_CACHE_PREFIX"] ?? "eventline"
+        return ReadModelCache(
+            client: RedisClient(configuration: configuration, logger: logger), ttlSeconds: seconds, prefix: prefix,
+            readTimeout: timeout, logger: logger)
     }
 }
 

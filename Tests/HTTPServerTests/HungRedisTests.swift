@@ -1,0 +1,67 @@
+import Cache
+import EmbeddedServers
+import EventStore
+import EventlineTestSupport
+import Foundation
+import HTTPServer
+import HTTPTypes
+import HummingbirdTesting
+import Projector
+import Testing
+
+@Suite("A hung Redis", .serialized)
+struct HungRedisTests {
+    @Test("Redis stopped (SIGSTOP): reads go to PostgreSQL within the 250 ms cap, the breaker stops asking, the projector keeps up; all back once Redis continues")
+    func stoppedRedis() async throws {
+        let redis = try await EmbeddedRedis.start()
+        defer { redis.stop() }
+        let timeout = Duration.milliseconds(250)
+        let client = RedisClient(configuration: try RedisConfiguration(url: redis.url, connectTimeout: timeout, commandTimeout: timeout))
+        defer { client.shutdown() }
+        let cache = ReadModelCache(client: client, ttlSeconds: 60, readTimeout: timeout, breakerCooldown: .seconds(2))
+        var server = try await TestServer.make("hungredis")
+        server.cache = cache
+        let projector = try startProjector(server.test, cache: cache)
+        defer { projector.cancel() }
+        // Whatever happens, Redis continues before it is stopped for good.
+        defer { kill(redis.processIdentifier, SIGCONT) }
+        try await server.run { http in
+            try await http.command("h1", "OpenAccount", #"{"owner":"Hu","currency":"EUR"}"#)
+            var position = http.position(of: try await http.command("h1", "DepositMoney", #"{"amount":100}"#))
+            _ = try await http.waitCaughtUp("account_balances", position: position)
+            _ = try await http.send(.get, "/v1/read-models/account_balances/h1")
+            #expect(try await http.send(.get, "/v1/read-models/account_balances/h1").headers[HTTPField.Name("X-Cache")!] == "hit")
+
+            kill(redis.processIdentifier, SIGSTOP)
+            var slowest = Duration.zero
+            for _ in 0..<10 {
+                let started = ContinuousClock.now
+                let response = try await http.send(.get, "/v1/read-models/account_balances/h1")
+                slowest = max(slowest, ContinuousClock.now - started)
+                #expect(response.status == .ok)
+                #expect(response.json["balance"] as? Int == 100)
+                #expect(response.headers[HTTPField.Name("X-Cache")!] == "miss")
+            }
+            print("hung Redis: slowest of 10 reads \(slowest)")
+            // A bound on waiting (the 250 ms cap, plus the read itself), not a performance figure.
+            #expect(slowest < .seconds(2), "a read waited \(slowest) for a stopped Redis")
+            #expect(cache.isCircuitOpen, "the breaker did not open after 10 failed reads")
+
+            // The projector's invalidations fail fast: it keeps up, and reads see the write.
+            let started = ContinuousClock.now
+            position = http.position(of: try await http.command("h1", "DepositMoney", #"{"amount":5}"#))
+            _ = try await http.waitCaughtUp("account_balances", position: position, within: .seconds(10))
+            print("hung Redis: a write projected and visible after \(ContinuousClock.now - started)")
+            #expect(try await http.send(.get, "/v1/read-models/account_balances/h1").json["balance"] as? Int == 105)
+
+            kill(redis.processIdentifier, SIGCONT)
+            // After the cool-down the cache is used again, with the current row.
+            try await eventually("the cache serves again") {
+                let response = try await http.send(.get, "/v1/read-models/account_balances/h1")
+                #expect(response.json["balance"] as? Int == 105)
+                return response.headers[HTTPField.Name("X-Cache")!] == "hit"
+            }
+            #expect(!cache.isCircuitOpen)
+        }
+    }
+}

@@ -38,7 +38,7 @@ private func closedByServer(_ fd: Int32, within seconds: Int) -> Bool {
 
 @Suite("HTTP connections: idle timeout and limit", .serialized)
 struct ConnectionLimitTests {
-    @Test("EVENTLINE_HTTP_IDLE_TIMEOUT: a connection that sends nothing, or dribbles a request head, is closed")
+    @Test("EVENTLINE_HTTP_IDLE_TIMEOUT: a connection that sends nothing, or dribbles a request head or body, is closed")
     func idleAndSlowHeads() async throws {
         let (server, port) = try await serve("httpidle", ["EVENTLINE_HTTP_IDLE_TIMEOUT": "0.5"])
         defer { killProcessTree(server.pid) }
@@ -62,6 +62,29 @@ struct ConnectionLimitTests {
                 return head.count
             }
             #expect(sent < head.count, "the whole slow head was accepted")
+
+            // A whole head, then a body one byte every 100 ms: 408, and the connection closed.
+            let dribbler = try LoopbackHTTP.connect(host: "localhost", port: port)
+            defer { close(dribbler) }
+            let body = Array(#"{"type":"OpenAccount","data":{"owner":"\#(String(repeating: "a", count: 60))","currency":"EUR"}}"#.utf8)
+            let bodyHead = Array("POST /v1/commands/account/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n".utf8)
+            let answer = try await onThread { () -> String in
+                _ = bodyHead.withUnsafeBytes { send(dribbler, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                var received: [UInt8] = []
+                for byte in body {
+                    var one = byte
+                    if send(dribbler, &one, 1, Int32(MSG_NOSIGNAL)) != 1 { break }
+                    var buffer = [UInt8](repeating: 0, count: 4096)
+                    let count = recv(dribbler, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+                    if count == 0 { break }
+                    if count > 0 { received += buffer[0..<count] }
+                    usleep(100_000)
+                }
+                return String(decoding: received, as: UTF8.self)
+            }
+            #expect(answer.hasPrefix("HTTP/1.1 408"), "\(answer)")
+            #expect(answer.contains("body-timeout") && answer.contains("application/problem+json"), "\(answer)")
+            #expect(try await onThread { closedByServer(dribbler, within: 20) }, "a connection with a timed-out body stayed open")
             // A request that arrives in one piece is served as before.
             #expect(try await LoopbackHTTP.request(port: port, "/health/live").status == 200)
         }

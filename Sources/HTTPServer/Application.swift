@@ -42,7 +42,9 @@ public func buildApplication(
     endpoints.finish()
     return Application(
         responder: UnknownMethodResponder(base: router.buildResponder()),
-        server: .http1(configuration: .init(idleTimeout: TimeAmount(configuration.idleTimeout))),
+        server: .http1(configuration: .init(
+            additionalChannelHandlers: [RequestDeadlineHandler(timeout: TimeAmount(configuration.idleTimeout))],
+            idleTimeout: TimeAmount(configuration.idleTimeout))),
         configuration: .init(
             address: .hostname(configuration.host, port: configuration.port), serverName: "eventline",
             availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections)),

@@ -17,33 +17,13 @@ enum JSONIO {
                 .unsupportedMediaType, "unsupported-media-type", "Unsupported media type",
                 detail: "send the body as application/json (got \(mediaType ?? "no content type"))")
         }
-        let buffer = try await collectBody(request, upTo: context.maxUploadSize, within: context.bodyTimeout)
+        var request = request
+        let buffer = try await request.collectBody(upTo: context.maxUploadSize)
         let raw = Data(buffer.readableBytesView)
         guard JSONValidator.isObject(raw), let object = try? JSONSerialization.jsonObject(with: raw) as? [String: Any] else {
             throw Problem.badRequest("the body is not a JSON object (malformed JSON, invalid UTF-8, or nested too deeply)")
         }
         return (raw, object)
-    }
-
-    /// The request's body, which must arrive within `timeout` of its head: a client that
-    /// dribbles a body holds a connection no longer than one that dribbles a head.
-    static func collectBody(_ request: Request, upTo limit: Int, within timeout: Duration) async throws -> ByteBuffer {
-        let body = request.body
-        let buffer = try await withThrowingTaskGroup(of: ByteBuffer?.self) { group in
-            group.addTask { try await body.collect(upTo: limit) }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                return nil
-            }
-            defer { group.cancelAll() }
-            return try await group.next() ?? nil
-        }
-        guard let buffer else {
-            throw Problem(
-                .requestTimeout, "body-timeout", "The request body took too long",
-                detail: "the request body did not arrive within \(timeout) of its head", headers: [.connection: "close"])
-        }
-        return buffer
     }
 
     /// The media type of a Content-Type value, lowercased, without parameters or spaces

@@ -32,7 +32,6 @@ struct RequestMiddleware: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
         context.maxUploadSize = configuration.maxBodySize
-        context.bodyTimeout = configuration.idleTimeout
         if let given = request.headers[.requestID], Self.isSensibleID(given) { context.requestID = given }
         if let given = request.headers[.correlationID], Self.isSensibleID(given) { context.correlationID = given }
         let started = ContinuousClock.now

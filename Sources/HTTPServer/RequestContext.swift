@@ -16,8 +16,6 @@ public struct EventlineRequestContext: RequestContext {
     public var unrecognizedMethod: HTTPRequest.Method?
     /// Set by the application from its configuration.
     public var maxUploadSize: Int
-    /// How long a request's body may take to arrive once its head has (the idle timeout).
-    public var bodyTimeout: Duration = .seconds(30)
     /// The client's address, for rate limiting when the API is open.
     public var clientAddress: String
 

@@ -1,0 +1,76 @@
+import HTTPTypes
+import NIOCore
+import NIOHTTPTypes
+
+/// Closes a connection whose request has not fully arrived within `timeout` of its head: a
+/// client that dribbles (or stops sending) a body holds a connection no longer than one that
+/// dribbles a head, which the idle timeout closes. When no response has started, the client
+/// is told why first: `408 /problems/body-timeout`. One event-loop timer per request, no task.
+final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    private let timeout: TimeAmount
+    private var deadline: Scheduled<Void>?
+    /// Whether a response head has been written since the last request head.
+    private var responding = false
+
+    init(timeout: TimeAmount) {
+        self.timeout = timeout
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head:
+            deadline?.cancel()
+            responding = false
+            let bound = NIOLoopBound((handler: self, context: context), eventLoop: context.eventLoop)
+            deadline = context.eventLoop.scheduleTask(in: timeout) {
+                bound.value.handler.expire(bound.value.context)
+            }
+        case .end:
+            deadline?.cancel()
+            deadline = nil
+        case .body:
+            break
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .head = unwrapOutboundIn(data) { responding = true }
+        context.write(data, promise: promise)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+    }
+
+    private func expire(_ context: ChannelHandlerContext) {
+        deadline = nil
+        guard !responding else {
+            context.close(promise: nil)
+            return
+        }
+        responding = true
+        let seconds = Double(timeout.nanoseconds) / 1e9
+        let body = #"{"type":"/problems/body-timeout","title":"The request body took too long","status":408,"detail":"the request body did not arrive within \#(seconds) seconds of its head; the connection is closed"}"#
+        var head = HTTPResponse(status: .requestTimeout)
+        head.headerFields[.contentType] = "application/problem+json"
+        head.headerFields[.contentLength] = String(body.utf8.count)
+        head.headerFields[.connection] = "close"
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(context.channel.allocator.buffer(string: body))), promise: nil)
+        let closed = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in closed.value.close(promise: nil) }
+    }
+}

@@ -19,7 +19,7 @@ struct HungRedisTests {
         // and breaker alone keep reads and the projector fast.
         let client = RedisClient(configuration: try RedisConfiguration(url: redis.url, connectTimeout: .seconds(5), commandTimeout: .seconds(5)))
         defer { client.shutdown() }
-        let cache = ReadModelCache(client: client, ttlSeconds: 60, readTimeout: .milliseconds(250), breakerCooldown: .seconds(2))
+        let cache = ReadModelCache(client: client, ttlSeconds: 60, readTimeout: .milliseconds(250), breakerCooldown: .seconds(5))
         var server = try await TestServer.make("hungredis")
         server.cache = cache
         let projector = try startProjector(server.test, cache: cache)
@@ -35,6 +35,7 @@ struct HungRedisTests {
 
             kill(redis.processIdentifier, SIGSTOP)
             var slowest = Duration.zero
+            var sawOpen = false
             for _ in 0..<10 {
                 let started = ContinuousClock.now
                 let response = try await http.send(.get, "/v1/read-models/account_balances/h1")
@@ -42,12 +43,14 @@ struct HungRedisTests {
                 #expect(response.status == .ok)
                 #expect(response.json["balance"] as? Int == 100)
                 #expect(response.headers[HTTPField.Name("X-Cache")!] == "miss")
+                // On a busy machine the cool-down can pass during the reads; once open is enough.
+                if cache.isCircuitOpen { sawOpen = true }
             }
             print("hung Redis: slowest of 10 reads \(slowest)")
             // A bound on waiting (the 250 ms cap, plus the read itself on a busy machine), far below
             // the client's 5 s: not a performance figure.
             #expect(slowest < .seconds(3), "a read waited \(slowest) for a stopped Redis")
-            #expect(cache.isCircuitOpen, "the breaker did not open after 10 failed reads")
+            #expect(sawOpen, "the breaker did not open during 10 failed reads")
 
             // The projector's invalidations fail fast: it keeps up, and reads see the write.
             let started = ContinuousClock.now
@@ -58,7 +61,7 @@ struct HungRedisTests {
 
             kill(redis.processIdentifier, SIGCONT)
             // After the cool-down the cache is used again, with the current row.
-            try await eventually("the cache serves again") {
+            try await eventually(timeout: .seconds(60), "the cache serves again") {
                 let response = try await http.send(.get, "/v1/read-models/account_balances/h1")
                 #expect(response.json["balance"] as? Int == 105)
                 return response.headers[HTTPField.Name("X-Cache")!] == "hit"

@@ -116,9 +116,7 @@ public final class CommandHandler<A: Aggregate>: Sendable {
         func run(_ metadata: [String: JSONValue]) async throws -> CommandOutcome {
             let metadataJSON = JSONValue.jsonData(metadata)
             return try await streamLocks.withLock(stream.rawValue) {
-                if resumed, let eventIDs, let earlier = try await store.appendedEarlier(withIDs: eventIDs) {
-                    return CommandOutcome(earlier)
-                }
+                if resumed, let earlier = try await earlierOutcome(eventIDs) { return earlier }
                 return try await decideAndAppend(
                     stream, command, expectedVersion: expectedVersion, metadata: metadataJSON, eventIDs: eventIDs)
             }
@@ -167,9 +165,7 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                     continue
                 }
                 // Refused on a state that may hold this very command's events (a retry).
-                if let eventIDs, let earlier = try await store.appendedEarlier(withIDs: eventIDs) {
-                    return CommandOutcome(earlier)
-                }
+                if let earlier = try await earlierOutcome(eventIDs) { return earlier }
                 throw refusal
             }
             guard !events.isEmpty else {
@@ -204,9 +200,7 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                 forget(stream.rawValue)
                 fresh = true
                 // The conflict may be with this very command's events, written by an earlier run.
-                if let eventIDs, let earlier = try await store.appendedEarlier(withIDs: eventIDs) {
-                    return CommandOutcome(earlier)
-                }
+                if let earlier = try await earlierOutcome(eventIDs) { return earlier }
                 if expectedVersion != nil { throw error }
                 guard attempt < configuration.maxAttempts else {
                     throw CommandContention(stream: stream.rawValue, attempts: attempt, currentVersion: error.currentVersion)
@@ -216,6 +210,13 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                 try await Task.sleep(for: .microseconds(Int.random(in: 0...(ceiling * 1000))))
             }
         }
+    }
+
+    /// What an earlier run of this request wrote, found by its event ids; nil without ids or
+    /// when the log holds none of them.
+    private func earlierOutcome(_ eventIDs: (@Sendable (Int) -> UUID)?) async throws -> CommandOutcome? {
+        guard let eventIDs, let earlier = try await store.appendedEarlier(withIDs: eventIDs) else { return nil }
+        return CommandOutcome(earlier)
     }
 
     /// The current state and version of `stream`. With `readLog` false, a cached state is

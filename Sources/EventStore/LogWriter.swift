@@ -363,9 +363,7 @@ final class LogWriter: Sendable {
             } catch let failure as PostgresError where failure.timedOut {
                 // A database that does not answer (hung, not restarting) will not say soon.
                 break
-            } catch {
-                committed = nil
-            }
+            } catch {}
             if committed != nil || ContinuousClock.now >= deadline { break }
             Thread.sleep(forTimeInterval: 0.1)
         }

@@ -74,7 +74,7 @@ public final class PostgresConnection {
             // The socket can change between calls (the next host, or address, is tried).
             var descriptor = pollfd(
                 fd: PQsocket(conn), events: Int16(polling == PGRES_POLLING_READING ? POLLIN : POLLOUT), revents: 0)
-            let milliseconds = Int32(clamping: max(1, remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000))
+            let milliseconds = Int32(clamping: max(1, remaining.milliseconds))
             let ready = poll(&descriptor, 1, milliseconds)
             if ready < 0 && errno != EINTR { return (conn, false) }
             if ready == 0 { continue }
@@ -391,7 +391,7 @@ public final class PostgresConnection {
         var received = drainNotifications(conn)
         if !received.isEmpty { return received }
         var descriptor = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
-        let milliseconds = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let milliseconds = Int32(clamping: timeout.milliseconds)
         let ready = poll(&descriptor, 1, milliseconds)
         if ready < 0 && errno != EINTR {
             throw PostgresError(code: .connectionClosed, message: "poll failed: \(String(cString: strerror(errno)))")
@@ -462,7 +462,7 @@ public final class PostgresConnection {
                 throw error
             }
             var descriptor = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
-            let milliseconds = Int32(clamping: max(1, remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000))
+            let milliseconds = Int32(clamping: max(1, remaining.milliseconds))
             let ready = poll(&descriptor, 1, milliseconds)
             if ready < 0 && errno != EINTR {
                 throw PostgresError(code: .connectionClosed, message: "poll failed: \(String(cString: strerror(errno)))", query: sql)

@@ -76,7 +76,7 @@ public enum ProjectionReplay {
         return try await connection.run { conn in
             var replay = Replay(
                 projection: projection, databaseURL: databaseURL, conn: conn, batchSize: max(1, batchSize), progress: progress,
-                lockTimeoutMilliseconds: Int(lockTimeout.components.seconds * 1000 + lockTimeout.components.attoseconds / 1_000_000_000_000_000))
+                lockTimeoutMilliseconds: Int(lockTimeout.milliseconds))
             return try replay.run(dryRun: dryRun)
         }
     }

@@ -36,6 +36,16 @@ enum EnvironmentVariables {
     ]
 
     /// Set `EVENTLINE_*` variables that eventctl does not read.
+    /// `name` as a number of seconds within `range`, or nil when unset; anything else is an
+    /// error naming the variable and the range.
+    static func seconds(_ name: String, in range: ClosedRange<Double>, _ environment: [String: String]) throws -> Duration? {
+        guard let text = environment[name] else { return nil }
+        guard let value = Double(text), range.contains(value) else {
+            throw CLIError("\(name) must be a number of seconds from \(String(format: "%g", range.lowerBound)) to \(String(format: "%g", range.upperBound)), not '\(text)'")
+        }
+        return .milliseconds(Int(value * 1000))
+    }
+
     static func unknown(in environment: [String: String] = ProcessInfo.processInfo.environment) -> [String] {
         let names = Set(known.map(\.name))
         return environment.keys.filter { $0.hasPrefix("EVENTLINE_") && !names.contains($0) }.sorted()

@@ -47,13 +47,7 @@ struct CacheOptions: ParsableArguments {
         }
         // Redis is a cache: a read waits this long for it before going to PostgreSQL, and a
         // projector's invalidation as long before starting a new cache generation instead.
-        var timeout = Duration.milliseconds(250)
-        if let text = environment["EVENTLINE_REDIS_TIMEOUT"] {
-            guard let value = Double(text), value >= 0.01, value <= 60 else {
-                throw CLIError("EVENTLINE_REDIS_TIMEOUT must be a number of seconds from 0.01 to 60, not '\(text)'")
-            }
-            timeout = .milliseconds(Int(value * 1000))
-        }
+        let timeout = try EnvironmentVariables.seconds("EVENTLINE_REDIS_TIMEOUT", in: 0.01...60, environment) ?? .milliseconds(250)
         let configuration: RedisConfiguration
         do {
             configuration = try RedisConfiguration(url: url, connectTimeout: timeout, commandTimeout: timeout)

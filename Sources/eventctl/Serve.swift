@@ -36,11 +36,8 @@ struct Serve: AsyncParsableCommand {
             if let port = try port ?? environment["EVENTLINE_HTTP_PORT"].map(Self.parsePort) { configuration.port = port }
             if let size = maxBodySize ?? environment["EVENTLINE_MAX_BODY_SIZE"].flatMap(Int.init) { configuration.maxBodySize = size }
             configuration.rateLimit = try Self.rateLimit(environment)
-            if let text = environment["EVENTLINE_HTTP_IDLE_TIMEOUT"] {
-                guard let seconds = Double(text), seconds > 0, seconds <= 3600 else {
-                    throw CLIError("EVENTLINE_HTTP_IDLE_TIMEOUT must be a number of seconds above 0 and at most 3600, not '\(text)'")
-                }
-                configuration.idleTimeout = .milliseconds(Int(seconds * 1000))
+            if let timeout = try EnvironmentVariables.seconds("EVENTLINE_HTTP_IDLE_TIMEOUT", in: 0.001...3600, environment) {
+                configuration.idleTimeout = timeout
             }
             if let text = environment["EVENTLINE_HTTP_MAX_CONNECTIONS"] {
                 guard let count = Int(text), (1...1_000_000).contains(count) else {
@@ -50,11 +47,8 @@ struct Serve: AsyncParsableCommand {
             }
             var readModels = ReadModels()
             readModels.cache = try cacheOptions.cache(logger: Logger(label: "eventline.cache"))
-            if let text = environment["EVENTLINE_READ_WAIT_TIMEOUT"] {
-                guard let seconds = Double(text), seconds >= 0, seconds <= 3600 else {
-                    throw CLIError("EVENTLINE_READ_WAIT_TIMEOUT must be a number of seconds from 0 to 3600, not '\(text)'")
-                }
-                readModels.waitTimeout = .milliseconds(Int(seconds * 1000))
+            if let timeout = try EnvironmentVariables.seconds("EVENTLINE_READ_WAIT_TIMEOUT", in: 0...3600, environment) {
+                readModels.waitTimeout = timeout
             }
             let timeouts = try DatabaseTimeouts.from(environment)
             let url = try database.databaseURL
@@ -127,16 +121,9 @@ struct DatabaseTimeouts {
 
     static func from(_ environment: [String: String]) throws -> DatabaseTimeouts {
         var timeouts = DatabaseTimeouts()
-        func seconds(_ name: String, _ range: ClosedRange<Double>) throws -> Duration? {
-            guard let text = environment[name] else { return nil }
-            guard let value = Double(text), range.contains(value) else {
-                throw CLIError("\(name) must be a number of seconds from \(range.lowerBound) to \(Int(range.upperBound)), not '\(text)'")
-            }
-            return .milliseconds(Int(value * 1000))
-        }
-        if let value = try seconds("EVENTLINE_DB_CONNECT_TIMEOUT", 0.1...600) { timeouts.connect = value }
-        if let value = try seconds("EVENTLINE_DB_STATEMENT_TIMEOUT", 0.1...86400) { timeouts.statement = value }
-        if let value = try seconds("EVENTLINE_DB_POOL_TIMEOUT", 0.01...600) { timeouts.pool = value }
+        if let value = try EnvironmentVariables.seconds("EVENTLINE_DB_CONNECT_TIMEOUT", in: 0.1...600, environment) { timeouts.connect = value }
+        if let value = try EnvironmentVariables.seconds("EVENTLINE_DB_STATEMENT_TIMEOUT", in: 0.1...86400, environment) { timeouts.statement = value }
+        if let value = try EnvironmentVariables.seconds("EVENTLINE_DB_POOL_TIMEOUT", in: 0.01...600, environment) { timeouts.pool = value }
         return timeouts
     }
 }

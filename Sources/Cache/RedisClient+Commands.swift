@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Typed conveniences over `send`. Each throws `RedisError.server` for an error reply and
 /// `.protocolError` for a reply of a shape the command cannot return.
 extension RedisClient {
@@ -71,16 +73,27 @@ extension RedisClient {
     }
 
     /// Runs a Lua script with `keys` as KEYS and `args` as ARGV and returns its result; a
-    /// script error is thrown as `.server`. Sends EVALSHA with the script's SHA-1 and, when the
-    /// server does not have the script cached (NOSCRIPT), EVAL on the same connection, which
-    /// caches it for next time.
+    /// script error is thrown as `.server`. Sends EVALSHA with the digest Redis gave the script
+    /// when it was loaded; a script not loaded yet, or no longer known to the server (NOSCRIPT,
+    /// after a restart or SCRIPT FLUSH), is loaded first with SCRIPT LOAD on the same connection.
     public func eval(_ script: String, keys: [String] = [], args: [RedisArgument] = []) async throws -> RedisReply {
-        let sha = SHA1.hex(Array(script.utf8))
         let tail: [RedisArgument] = [.int(keys.count)] + keys.map(RedisArgument.string) + args
+        let known = scriptDigests.withLock { $0[script] }
         let reply = try await run { connection in
-            let cached = try connection.send(["EVALSHA", .string(sha)] + tail)
-            guard cached.serverError?.serverCode == "NOSCRIPT" else { return cached }
-            return try connection.send(["EVAL", .string(script)] + tail)
+            func load() throws -> String {
+                let loaded = try connection.send(["SCRIPT", "LOAD", .string(script)])
+                if let error = loaded.serverError { throw error }
+                guard let digest = loaded.string else { throw RedisError.protocolError("SCRIPT LOAD did not answer a digest") }
+                return digest
+            }
+            var digest = try known ?? load()
+            var reply = try connection.send(["EVALSHA", .string(digest)] + tail)
+            if reply.serverError?.serverCode == "NOSCRIPT" {
+                digest = try load()
+                reply = try connection.send(["EVALSHA", .string(digest)] + tail)
+            }
+            if digest != known { self.scriptDigests.withLock { $0[script] = digest } }
+            return reply
         }
         return try reply.throwingServerError()
     }

@@ -21,6 +21,8 @@ public final class RedisClient: Sendable {
     public let configuration: RedisConfiguration
     private let workers: [RedisWorker]
     private let nextWorker = Atomic<Int>(0)
+    /// The SHA-1 digest Redis gave each script `eval` has loaded (SCRIPT LOAD's answer).
+    let scriptDigests = Mutex<[String: String]>([:])
 
     /// A client for `configuration`; nothing connects until the first call.
     public init(configuration: RedisConfiguration, logger: Logger = Logger(label: "eventline.cache")) {

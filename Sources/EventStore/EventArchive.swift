@@ -25,7 +25,8 @@ public struct ArchiveProgress: Sendable {
 }
 
 /// Moves the log in and out of a store as an LZ4 frame file of NDJSON, one event per line:
-/// `{"position","stream","version","id","type","data","metadata","recordedAt"}`, readable with
+/// `{"position","stream","version","id","type","data","metadata","recordedAt"}` (and
+/// `"schemaVersion"` when one was recorded), as stored (never upcast), readable with
 /// `lz4 -dc FILE`. Both directions stream with constant memory.
 public enum EventArchive {
     /// How many events an export reads, and an import inserts, per statement.
@@ -62,7 +63,7 @@ public enum EventArchive {
             while after < last {
                 let rows = try conn.query(SQLQuery("""
                     SELECT position, stream, version, event_id::text, type, data, codec, metadata::text,
-                           to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                           to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), schema_version
                     FROM eventline.events WHERE position > \(after) AND position <= \(last) ORDER BY position LIMIT \(batchSize)
                     """).prepared())
                 guard rows.count > 0 else { break }
@@ -71,7 +72,8 @@ public enum EventArchive {
                     let data = try PayloadCodec.decode(try row.decode(5, as: Data.self), codec: Int16(try row.decode(6, as: Int.self)))
                     append(#"{"position":\#(position),"stream":\#(JSONValue.quoted(try row.decode(1))),"version":\#(try row.decode(2, as: Int.self)),"id":"\#(try row.decode(3, as: String.self))","type":\#(JSONValue.quoted(try row.decode(4))),"data":"#, to: &buffer)
                     for byte in data { buffer.append(byte == 0x0A || byte == 0x0D ? 0x20 : byte) }
-                    append(#","metadata":\#(try row.decode(7, as: String.self)),"recordedAt":"\#(try row.decode(8, as: String.self))"}"#, to: &buffer)
+                    let schemaVersion = try row.decode(9, as: Int?.self).map { #","schemaVersion":\#($0)"# } ?? ""
+                    append(#","metadata":\#(try row.decode(7, as: String.self)),"recordedAt":"\#(try row.decode(8, as: String.self))"\#(schemaVersion)}"#, to: &buffer)
                     buffer.append(0x0A)
                     after = position
                     count += 1
@@ -217,14 +219,14 @@ public enum EventArchive {
         let encoded = events.map { PayloadCodec.encode($0.data, threshold: 512) }
         do {
             try conn.execute("""
-                INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at)
-                SELECT position, stream, version, event_id, type, data, codec, metadata, recorded_at::timestamptz
+                INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version)
+                SELECT position, stream, version, event_id, type, data, codec, metadata, recorded_at::timestamptz, NULLIF(schema_version, 0)
                 FROM unnest(\(PostgresBinaryArray(int8: events.map(\.position))), \(PostgresBinaryArray(text: events.map(\.stream))),
                             \(PostgresBinaryArray(int8: events.map(\.version))), \(PostgresBinaryArray(uuid: events.map(\.id))),
                             \(PostgresBinaryArray(text: events.map(\.type))), \(PostgresBinaryArray(bytea: encoded.map(\.0))),
                             \(PostgresBinaryArray(int2: encoded.map(\.1.rawValue))), \(PostgresBinaryArray(jsonb: events.map(\.metadata))),
-                            \(PostgresBinaryArray(text: events.map(\.recordedAt))))
-                     AS batch (position, stream, version, event_id, type, data, codec, metadata, recorded_at)
+                            \(PostgresBinaryArray(text: events.map(\.recordedAt))), \(PostgresBinaryArray(int2: events.map(\.schemaVersion))))
+                     AS batch (position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version)
                 """)
         } catch let error as PostgresError where !error.isConnectionError {
             let what: String
@@ -248,6 +250,8 @@ struct ArchivedEvent {
     var data: Data
     var metadata: Data
     var recordedAt: String
+    /// 0: none recorded.
+    var schemaVersion: Int16 = 0
 
     init(_ line: Data, line number: Int) throws {
         func fail(_ message: String) -> ArchiveError { ArchiveError(message, line: number) }
@@ -255,7 +259,7 @@ struct ArchivedEvent {
         var fields: [String: Data] = [:]
         for member in members {
             let key = String(decoding: line[member.key], as: UTF8.self)
-            guard ["position", "stream", "version", "id", "type", "data", "metadata", "recordedAt"].contains(key) else {
+            guard ["position", "stream", "version", "id", "type", "data", "metadata", "recordedAt", "schemaVersion"].contains(key) else {
                 throw fail("unknown field \(key)")
             }
             guard fields[key] == nil else { throw fail("\(key) appears twice") }
@@ -293,6 +297,11 @@ struct ArchivedEvent {
         self.metadata = metadata
         recordedAt = try string("recordedAt")
         guard Self.isTimestamp(recordedAt) else { throw fail("recordedAt must be an RFC 3339 time, not \(recordedAt)") }
+        if fields["schemaVersion"] != nil {
+            let version = try integer("schemaVersion")
+            guard version <= Int(Int16.max) else { throw fail("schemaVersion must be at most \(Int16.max)") }
+            schemaVersion = Int16(version)
+        }
     }
 
     /// `YYYY-MM-DDTHH:MM:SS…` with a zone (`Z` or `±HH:MM`), so that PostgreSQL, which parses

@@ -42,6 +42,9 @@ public struct EventStoreConfiguration: Sendable {
     public var subscriptionPollInterval: Duration = .seconds(1)
     /// Events a subscription reads per page (and so holds at most).
     public var subscriptionBatchSize: Int = 500
+    /// The domain's upcasters: every read of this store returns events in their current shape
+    /// (renamed, data upcast); the stored log is never rewritten.
+    public var upcasters = EventUpcasters()
 
     public init(databaseURL: String) {
         self.databaseURL = databaseURL
@@ -104,7 +107,7 @@ public final class EventStore: Sendable {
     }
 
     /// Read-pool use, for metrics.
-    public var poolStatistics: PostgresConnectionPool.Statistics { pool.statistics }
+    package var poolStatistics: PostgresConnectionPool.Statistics { pool.statistics }
 
     // MARK: - Appending
 
@@ -161,9 +164,13 @@ public final class EventStore: Sendable {
             if Self.containsEscapedNUL(event.metadata) {
                 throw invalid("metadata contains \\u0000, which PostgreSQL's jsonb cannot store")
             }
+            if let version = event.schemaVersion, !(1...Int(Int16.max)).contains(version) {
+                throw invalid("the schema version must be between 1 and \(Int16.max), got \(version)")
+            }
             let (stored, codec) = PayloadCodec.encode(event.data, threshold: configuration.compressionThreshold)
             prepared.append(PreparedEvent(
-                id: event.id, type: event.type, storedData: stored, codec: codec.rawValue, metadata: event.metadata))
+                id: event.id, type: event.type, storedData: stored, codec: codec.rawValue, metadata: event.metadata,
+                schemaVersion: Int16(event.schemaVersion ?? 0)))
             byteCount += stored.count + event.metadata.count
         }
         guard byteCount <= configuration.maxAppendBytes else {
@@ -202,17 +209,36 @@ public final class EventStore: Sendable {
     public static let notificationChannel = LogWriter.notificationChannel
 
     /// The columns `decodeEvents` reads, in order.
-    public static let eventColumns = "position, stream, version, event_id, type, data, codec, metadata, recorded_at"
+    package static let eventColumns = "position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version"
 
-    /// Events from rows of `SELECT \(eventColumns) FROM eventline.events`, payloads decompressed.
-    public static func decodeEvents(_ result: PostgresResult) throws -> [RecordedEvent] {
+    /// Events from rows of `SELECT \(eventColumns) FROM eventline.events`, payloads
+    /// decompressed and, with `upcasters`, in their current shape.
+    package static func decodeEvents(_ result: PostgresResult, upcasters: EventUpcasters = EventUpcasters()) throws -> [RecordedEvent] {
         try result.rows.map { row in
-            RecordedEvent(
+            let event = RecordedEvent(
                 position: try row.decode(0), stream: try row.decode(1), version: try row.decode(2),
                 id: try row.decode(3), type: try row.decode(4),
                 data: try PayloadCodec.decode(try row.decode(5, as: Data.self), codec: Int16(try row.decode(6, as: Int.self))),
-                metadata: try row.decode(7), recordedAt: try row.decode(8))
+                metadata: try row.decode(7), recordedAt: try row.decode(8), schemaVersion: try row.decode(9, as: Int?.self) ?? 1)
+            return upcasters.isEmpty ? event : try upcasters.upcast(event)
         }
+    }
+
+    private func decodeEvents(_ result: PostgresResult) throws -> [RecordedEvent] {
+        try Self.decodeEvents(result, upcasters: configuration.upcasters)
+    }
+
+    /// Up to `limit` events after position `after` and up to `upTo`, of `types` (or their
+    /// aliases), in their current shape: a page for a consumer that reads on a connection of its
+    /// own (a projection, in the transaction that moves its checkpoint).
+    package static func readEvents(
+        on conn: PostgresConnection, after: Int, upTo: Int, types: [String], limit: Int, upcasters: EventUpcasters
+    ) throws -> [RecordedEvent] {
+        try decodeEvents(conn.query("""
+            SELECT \(unsafeSQL: eventColumns) FROM eventline.events
+            WHERE position > \(after) AND position <= \(upTo) AND type = ANY(\(upcasters.storedNames(of: types)))
+            ORDER BY position LIMIT \(limit)
+            """), upcasters: upcasters)
     }
 
     /// Reads up to `limit` events of `stream` starting at version `from` (default: the first
@@ -231,7 +257,7 @@ public final class EventStore: Sendable {
             query = "SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE stream = \(name) AND version <= \(from ?? Int(Int64.max)) ORDER BY version DESC LIMIT \(limit)"
         }
         return try await translatingErrors(stream: name) {
-            try await pool.withConnection { conn in try Self.decodeEvents(conn.query(query)) }
+            try await pool.withConnection { conn in try self.decodeEvents(conn.query(query)) }
         }
     }
 
@@ -243,6 +269,7 @@ public final class EventStore: Sendable {
     ) async throws -> [RecordedEvent] {
         guard limit > 0 && limit <= 10_000 else { throw EventStoreError.invalidArgument("the limit must be between 1 and 10000, got \(limit)") }
         guard position >= 0 else { throw EventStoreError.invalidArgument("the position must be 0 or more, got \(position)") }
+        let types = filter.types.map(configuration.upcasters.storedNames(of:))
         let query: SQLQuery = """
             SELECT \(unsafeSQL: Self.eventColumns) FROM (
                 SELECT \(unsafeSQL: Self.eventColumns),
@@ -250,14 +277,14 @@ public final class EventStore: Sendable {
                 FROM eventline.events
                 WHERE position > \(position)
                   AND (\(filter.category)::text IS NULL OR category = \(filter.category))
-                  AND (\(filter.types)::text[] IS NULL OR type = ANY(\(filter.types)))
+                  AND (\(types)::text[] IS NULL OR type = ANY(\(types)))
                 ORDER BY position LIMIT \(limit)
             ) page
             WHERE \(maxBytes)::bigint IS NULL OR bytes_before < \(maxBytes)
             ORDER BY position
             """
         return try await translatingErrors {
-            try await pool.withConnection { conn in try Self.decodeEvents(conn.query(query)) }
+            try await pool.withConnection { conn in try self.decodeEvents(conn.query(query)) }
         }
     }
 
@@ -267,7 +294,7 @@ public final class EventStore: Sendable {
     public func event(id: UUID) async throws -> RecordedEvent? {
         let query: SQLQuery = "SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE event_id = \(id)"
         return try await translatingErrors {
-            try await pool.withConnection { conn in try Self.decodeEvents(conn.query(query)).first }
+            try await pool.withConnection { conn in try self.decodeEvents(conn.query(query)).first }
         }
     }
 

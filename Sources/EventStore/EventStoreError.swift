@@ -50,12 +50,19 @@ public struct EventStoreError: Error, Sendable, CustomStringConvertible {
     public var expectedVersion: ExpectedVersion?
     /// The stream's actual version, for version conflicts.
     public var currentVersion: Int?
-    /// The underlying database error, if any.
-    public var underlying: PostgresError?
+    /// The underlying database error, if any: the platform's modules look at it; a domain
+    /// switches on `code`.
+    package var underlying: PostgresError?
+    /// The SQLSTATE of the underlying database error, if any.
+    public var sqlState: String? { underlying?.sqlState }
 
-    public init(
+    public init(code: Code, message: String, stream: String? = nil, expectedVersion: ExpectedVersion? = nil, currentVersion: Int? = nil) {
+        self.init(code: code, message: message, stream: stream, expectedVersion: expectedVersion, currentVersion: currentVersion, underlying: nil)
+    }
+
+    package init(
         code: Code, message: String, stream: String? = nil, expectedVersion: ExpectedVersion? = nil,
-        currentVersion: Int? = nil, underlying: PostgresError? = nil
+        currentVersion: Int? = nil, underlying: PostgresError?
     ) {
         self.code = code
         self.message = message

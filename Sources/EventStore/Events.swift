@@ -10,13 +10,16 @@ public struct NewEvent: Sendable, Hashable {
     public var data: Data
     /// A JSON object: correlation and causation ids, command id, user, and anything else.
     public var metadata: Data
+    /// The version of the type's schema `data` follows (nil: none recorded, which reads as 1).
+    public var schemaVersion: Int?
 
     /// An event from raw JSON. `metadata`, when given, must be a JSON object.
-    public init(id: UUID? = nil, type: String, data: Data, metadata: Data? = nil) {
+    public init(id: UUID? = nil, type: String, data: Data, metadata: Data? = nil, schemaVersion: Int? = nil) {
         self.id = id ?? UUID.random()
         self.type = type
         self.data = data
         self.metadata = metadata ?? Data("{}".utf8)
+        self.schemaVersion = schemaVersion
     }
 
     /// An event whose data is `payload` encoded as JSON, with metadata fields.
@@ -57,9 +60,13 @@ public struct RecordedEvent: Sendable, Hashable {
     public var metadata: Data
     /// When the log writer committed it (the database's clock).
     public var recordedAt: Date
+    /// The version of its type's schema `data` follows: as stored (1 when none was recorded),
+    /// or the current one once a domain's upcasters have been applied.
+    public var schemaVersion: Int
 
     public init(
-        position: Int, stream: String, version: Int, id: UUID, type: String, data: Data, metadata: Data, recordedAt: Date
+        position: Int, stream: String, version: Int, id: UUID, type: String, data: Data, metadata: Data, recordedAt: Date,
+        schemaVersion: Int = 1
     ) {
         self.position = position
         self.stream = stream
@@ -69,6 +76,7 @@ public struct RecordedEvent: Sendable, Hashable {
         self.data = data
         self.metadata = metadata
         self.recordedAt = recordedAt
+        self.schemaVersion = schemaVersion
     }
 
     /// The stream's category (the part before the first `-`).

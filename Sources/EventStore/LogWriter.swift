@@ -11,6 +11,8 @@ struct PreparedEvent: Sendable {
     var storedData: Data
     var codec: Int16
     var metadata: Data
+    /// The schema version of the data; 0 when none is recorded (stored as NULL).
+    var schemaVersion: Int16 = 0
 }
 
 /// An append ready for the log writer.
@@ -472,6 +474,7 @@ final class LogWriter: Sendable {
             PostgresBinaryArray(int8: rows.map(\.version)), PostgresBinaryArray(uuid: rows.map(\.event.id)),
             PostgresBinaryArray(text: rows.map(\.event.type)), PostgresBinaryArray(bytea: rows.map(\.event.storedData)),
             PostgresBinaryArray(int2: rows.map(\.event.codec)), PostgresBinaryArray(jsonb: rows.map(\.event.metadata)),
+            PostgresBinaryArray(int2: rows.map(\.event.schemaVersion)),
         ]
     }
 
@@ -541,11 +544,11 @@ final class LogWriter: Sendable {
                     UPDATE eventline.log_head SET position = \(newHead) WHERE position = \(plan.head)
                     RETURNING clock_timestamp() AS now, pg_notify(\(Self.notificationChannel), position::text)
                 ), written AS (
-                    INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at)
+                    INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version)
                     SELECT batch.position, batch.stream, batch.version, batch.event_id, batch.type, batch.data, batch.codec,
-                           batch.metadata, head.now
-                    FROM head, unnest(\(arrays[0]), \(arrays[1]), \(arrays[2]), \(arrays[3]), \(arrays[4]), \(arrays[5]), \(arrays[6]), \(arrays[7]))
-                         AS batch (position, stream, version, event_id, type, data, codec, metadata)
+                           batch.metadata, head.now, NULLIF(batch.schema_version, 0)
+                    FROM head, unnest(\(arrays[0]), \(arrays[1]), \(arrays[2]), \(arrays[3]), \(arrays[4]), \(arrays[5]), \(arrays[6]), \(arrays[7]), \(arrays[8]))
+                         AS batch (position, stream, version, event_id, type, data, codec, metadata, schema_version)
                     RETURNING 1
                 )
                 SELECT now, (SELECT count(*) FROM written) FROM head
@@ -687,10 +690,10 @@ final class LogWriter: Sendable {
             }
             let arrays = Self.rowArrays(rows[start..<end])
             writes.append(SQLQuery("""
-                INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at)
-                SELECT position, stream, version, event_id, type, data, codec, metadata, \(now)
-                FROM unnest(\(arrays[0]), \(arrays[1]), \(arrays[2]), \(arrays[3]), \(arrays[4]), \(arrays[5]), \(arrays[6]), \(arrays[7]))
-                     AS batch (position, stream, version, event_id, type, data, codec, metadata)
+                INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version)
+                SELECT position, stream, version, event_id, type, data, codec, metadata, \(now), NULLIF(schema_version, 0)
+                FROM unnest(\(arrays[0]), \(arrays[1]), \(arrays[2]), \(arrays[3]), \(arrays[4]), \(arrays[5]), \(arrays[6]), \(arrays[7]), \(arrays[8]))
+                     AS batch (position, stream, version, event_id, type, data, codec, metadata, schema_version)
                 """).prepared())
             start = end
         }

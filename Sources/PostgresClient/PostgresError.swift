@@ -102,4 +102,7 @@ public enum SQLState {
     public static let undefinedObject = "42704"
     public static let invalidSchemaName = "3F000"
     public static let queryCanceled = "57014"
+    public static let datatypeMismatch = "42804"
+    /// The class of data exceptions (`22…`): a value that does not fit its type.
+    public static let dataExceptionClass = "22"
 }

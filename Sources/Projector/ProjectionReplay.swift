@@ -2,6 +2,7 @@ import EventStore
 import Foundation
 import Logging
 import PostgresClient
+import ReadModels
 
 /// How far a replay has got.
 public struct ReplayProgress: Sendable {
@@ -61,7 +62,7 @@ public enum ProjectionReplay {
     public static func run(
         _ projection: any Projection, databaseURL: String, dryRun: Bool = false, batchSize: Int = 1000,
         lockTimeout: Duration = .seconds(5), progress: (@Sendable (ReplayProgress) -> Void)? = nil,
-        logger: Logger = Logger(label: "eventline.replay")
+        upcasters: EventUpcasters = EventUpcasters(), logger: Logger = Logger(label: "eventline.replay")
     ) async throws -> ReplayResult {
         let connection = DedicatedConnection(conninfo: databaseURL, name: "eventline-replay-\(projection.name)") { conn in
             try conn.execute(unsafeSQL: "SET application_name = 'eventline-replay'")
@@ -76,7 +77,7 @@ public enum ProjectionReplay {
         return try await connection.run { conn in
             var replay = Replay(
                 projection: projection, databaseURL: databaseURL, conn: conn, batchSize: max(1, batchSize), progress: progress,
-                lockTimeoutMilliseconds: Int(lockTimeout.milliseconds))
+                lockTimeoutMilliseconds: Int(lockTimeout.milliseconds), upcasters: upcasters)
             return try replay.run(dryRun: dryRun)
         }
     }
@@ -93,6 +94,7 @@ private struct Replay {
     let batchSize: Int
     let progress: (@Sendable (ReplayProgress) -> Void)?
     let lockTimeoutMilliseconds: Int
+    let upcasters: EventUpcasters
     var position = 0
     var applied = 0
 
@@ -101,8 +103,9 @@ private struct Replay {
 
     init(
         projection: any Projection, databaseURL: String, conn: PostgresConnection, batchSize: Int,
-        progress: (@Sendable (ReplayProgress) -> Void)?, lockTimeoutMilliseconds: Int
+        progress: (@Sendable (ReplayProgress) -> Void)?, lockTimeoutMilliseconds: Int, upcasters: EventUpcasters
     ) {
+        self.upcasters = upcasters
         self.projection = projection
         self.databaseURL = databaseURL
         self.conn = conn
@@ -175,7 +178,8 @@ private struct Replay {
                 // Long ranges: the next batches are read and prepared on another connection and
                 // thread while this one applies, so the client's work overlaps PostgreSQL's.
                 let prefetcher = ReplayPrefetcher(
-                    projection: projection, table: rebuild, databaseURL: databaseURL, after: position, upTo: goal, batchSize: batchSize)
+                    projection: projection, table: rebuild, databaseURL: databaseURL, after: position, upTo: goal, batchSize: batchSize,
+                    upcasters: upcasters)
                 defer { prefetcher.stop() }
                 while let batch = try prefetcher.next() {
                     try execute(batch, inTransaction: true)
@@ -195,7 +199,8 @@ private struct Replay {
     /// Reads the next events after `position` up to `goal` and applies them to the new table.
     mutating func applyBatch(upTo goal: Int, inTransaction: Bool) throws {
         let batch = try ReplayBatch.read(
-            projection: projection, table: rebuild, after: position, upTo: goal, batchSize: batchSize, inTransaction: inTransaction, on: conn)
+            projection: projection, table: rebuild, after: position, upTo: goal, batchSize: batchSize, inTransaction: inTransaction,
+            upcasters: upcasters, on: conn)
         try execute(batch, inTransaction: inTransaction)
     }
 
@@ -253,7 +258,7 @@ private struct Replay {
             let saved = (position, applied)
             do {
                 return try swapOnce()
-            } catch let error as PostgresError where error.sqlState == "55P03" && attempt < 10 {
+            } catch let error as PostgresError where error.sqlState == SQLState.lockNotAvailable && attempt < 10 {
                 // lock_not_available: the batches applied inside the rolled-back swap are undone.
                 (position, applied) = saved
                 progress?(ReplayProgress(projection: projection.name, events: applied, position: position, target: position, phase: "waiting for the live table"))
@@ -320,13 +325,10 @@ struct ReplayBatch: @unchecked Sendable {
     /// Reads the events after `after` up to `upTo` that `projection` handles, and builds their statements.
     static func read(
         projection: any Projection, table: String, after: Int, upTo goal: Int, batchSize: Int, inTransaction: Bool,
-        on conn: PostgresConnection
+        upcasters: EventUpcasters, on conn: PostgresConnection
     ) throws -> ReplayBatch {
-        let events = try EventStore.decodeEvents(try conn.query("""
-            SELECT \(unsafeSQL: EventStore.eventColumns) FROM eventline.events
-            WHERE position > \(after) AND position <= \(goal) AND type = ANY(\(projection.eventTypes))
-            ORDER BY position LIMIT \(batchSize)
-            """))
+        let events = try EventStore.readEvents(
+            on: conn, after: after, upTo: goal, types: projection.eventTypes, limit: batchSize, upcasters: upcasters)
         var batch = ReplayBatch(events: events, queries: [], owners: [], reached: events.count < batchSize ? goal : events.last!.position)
         batch.queries.reserveCapacity(events.count + 2)
         if inTransaction { batch.queries.append("BEGIN"); batch.owners.append(-1) }
@@ -355,15 +357,22 @@ final class ReplayPrefetcher: @unchecked Sendable {
     private var done = false
     private var stopped = false
 
-    init(projection: any Projection, table: String, databaseURL: String, after: Int, upTo goal: Int, batchSize: Int) {
+    init(
+        projection: any Projection, table: String, databaseURL: String, after: Int, upTo goal: Int, batchSize: Int,
+        upcasters: EventUpcasters
+    ) {
         let thread = Thread { [self] in
-            produce(projection: projection, table: table, databaseURL: databaseURL, after: after, goal: goal, batchSize: batchSize)
+            produce(
+                projection: projection, table: table, databaseURL: databaseURL, after: after, goal: goal, batchSize: batchSize,
+                upcasters: upcasters)
         }
         thread.name = "eventline-replay-prefetch"
         thread.start()
     }
 
-    private func produce(projection: any Projection, table: String, databaseURL: String, after: Int, goal: Int, batchSize: Int) {
+    private func produce(
+        projection: any Projection, table: String, databaseURL: String, after: Int, goal: Int, batchSize: Int, upcasters: EventUpcasters
+    ) {
         do {
             let conn = try PostgresConnection(conninfo: databaseURL)
             defer { conn.close() }
@@ -372,7 +381,8 @@ final class ReplayPrefetcher: @unchecked Sendable {
             var position = after
             while position < goal {
                 let batch = try ReplayBatch.read(
-                    projection: projection, table: table, after: position, upTo: goal, batchSize: batchSize, inTransaction: true, on: conn)
+                    projection: projection, table: table, after: position, upTo: goal, batchSize: batchSize, inTransaction: true,
+                    upcasters: upcasters, on: conn)
                 condition.lock()
                 while ready.count >= 2 && !stopped { condition.wait() }
                 if stopped {

@@ -5,6 +5,7 @@ import Metrics
 import PostgresClient
 import Synchronization
 import Tracing
+import ReadModels
 
 /// Told after each committed batch which read-model keys changed (the Redis cache drops them).
 public protocol InvalidationSink: Sendable {
@@ -31,6 +32,8 @@ public struct ProjectorConfiguration: Sendable {
     public var rebuildOnVersionChange = true
     /// `host:pid`, shown as the owner of the projections this process runs.
     public var ownerName = "\(ProcessInfo.processInfo.hostName):\(getpid())"
+    /// The domain's upcasters: handlers bind `:data.…` from events in their current shape.
+    public var upcasters = EventUpcasters()
 
     public init(databaseURL: String) {
         self.databaseURL = databaseURL
@@ -208,7 +211,8 @@ final class ProjectionRunner: Sendable {
                     if configuration.rebuildOnVersionChange {
                         logger.notice("projection version changed: rebuilding it from the log", metadata: metadata)
                         do {
-                            let result = try await ProjectionReplay.run(projection, databaseURL: configuration.databaseURL, logger: logger)
+                            let result = try await ProjectionReplay.run(
+                                projection, databaseURL: configuration.databaseURL, upcasters: configuration.upcasters, logger: logger)
                             logger.notice("projection rebuilt", metadata: ["projection.checkpoint": "\(result.position)", "events": "\(result.events)"])
                             continue
                         } catch {
@@ -375,6 +379,7 @@ final class ProjectionRunner: Sendable {
         let projection = self.projection
         let table = self.table
         let batchSize = configuration.batchSize
+        let upcasters = configuration.upcasters
         return try await connection.run { conn -> Step in
             guard conn.backendPID == lease.backendPID else { throw LeaseLost() }
             // The projection's state and the log head in one round trip.
@@ -384,12 +389,8 @@ final class ProjectionRunner: Sendable {
             else { return .parked }
             let head = try row.decode(1, as: Int.self)
             guard head > checkpoint else { return .caughtUp }
-            let types = projection.eventTypes
-            let events = try EventStore.decodeEvents(try conn.query("""
-                SELECT \(unsafeSQL: EventStore.eventColumns) FROM eventline.events
-                WHERE position > \(checkpoint) AND position <= \(head) AND type = ANY(\(types))
-                ORDER BY position LIMIT \(batchSize)
-                """))
+            let events = try EventStore.readEvents(
+                on: conn, after: checkpoint, upTo: head, types: projection.eventTypes, limit: batchSize, upcasters: upcasters)
             // Caught up to the head when the page is short: events of other types are done too.
             let target = events.count < batchSize ? head : events.last!.position
             // The batch continues the trace of the request that wrote its first event, linked
@@ -436,7 +437,7 @@ final class ProjectionRunner: Sendable {
             case .failure(let error):
                 if error.isConnectionError { throw error }
                 guard let index = owners[offset] else {
-                    if error.sqlState == "40001" { throw LeaseLost() }  // the checkpoint moved under us
+                    if error.sqlState == SQLState.serializationFailure { throw LeaseLost() }  // the checkpoint moved under us
                     throw error
                 }
                 return try failure(events, at: index, message: error.message, from: checkpoint, projection: projection, table: table, on: conn)

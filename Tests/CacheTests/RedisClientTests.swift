@@ -162,12 +162,12 @@ struct RedisClientTests {
         try await client.del(key)
     }
 
-    @Test("EVAL runs a script with KEYS and ARGV, under the SHA-1 Redis itself gives the script")
+    @Test("eval runs a script with KEYS and ARGV by the digest Redis gives it, and loads it again after SCRIPT FLUSH")
     func eval() async throws {
         let client = try await sharedClient(poolSize: 1)
         defer { client.shutdown() }
         let key = uniqueKey()
-        // A script no server has seen: the first call gets NOSCRIPT and falls back to EVAL.
+        // A script no server has seen: the first call loads it (SCRIPT LOAD) and runs it by its digest.
         let script = "-- \(UUID())\nreturn {KEYS[1], ARGV[1], ARGV[2], redis.call('INCRBY', KEYS[1], ARGV[2])}"
 
         let first = try await client.eval(script, keys: [key], args: ["label", "5"])
@@ -175,10 +175,14 @@ struct RedisClientTests {
         let second = try await client.eval(script, keys: [key], args: [.string("binary"), .int(2)])
         #expect(second.array?.last == .integer(7))
 
-        // EVAL cached the script under the name EVALSHA asks for.
+        // The script is cached under its SHA-1, as Redis computes it.
         let sha = try #require(try await client.send(["SCRIPT", "LOAD", script]).string)
+        #expect(sha.count == 40)
         #expect(try await client.send(["SCRIPT", "EXISTS", sha]) == .array([.integer(1)]))
         #expect(try await client.send(["EVALSHA", sha, "1", key, "x", "1"]).array?.last == .integer(8))
+        // A server that forgot it (a restart, SCRIPT FLUSH) answers NOSCRIPT: loaded again, it runs.
+        _ = try await client.send(["SCRIPT", "FLUSH"])
+        #expect(try await client.eval(script, keys: [key], args: ["again", "1"]).array?.last == .integer(9))
 
         #expect(try await client.eval("return 'no keys'") == .bulk(Array("no keys".utf8)))
         let error = await #expect(throws: RedisError.self) { try await client.eval("return redis.call('NOPE')") }

@@ -1,0 +1,4 @@
+#ifndef EVENTLINE_CCRYPTO_SHIM_H
+#define EVENTLINE_CCRYPTO_SHIM_H
+#include <openssl/evp.h>
+#endif

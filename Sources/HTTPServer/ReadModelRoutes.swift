@@ -5,6 +5,7 @@ import Hummingbird
 import NIOCore
 import PostgresClient
 import Projector
+import ReadModels
 
 /// `GET /v1/read-models…`: the projections' status, one row by key, and pages of rows.
 struct ReadModelRoutes: Sendable {
@@ -47,7 +48,7 @@ struct ReadModelRoutes: Sendable {
         let found = try await withCatalog(name, atLeast: atLeast) { info in
             do {
                 return try await readModels.row(info, key: key, atLeast: atLeast)
-            } catch let error as PostgresError where error.sqlState?.hasPrefix("22") == true {
+            } catch let error as PostgresError where error.sqlState?.hasPrefix(SQLState.dataExceptionClass) == true {
                 // The key cannot be a value of the key column's type: no row has it.
                 return ReadModelService.Row(json: nil, cached: false)
             }
@@ -89,7 +90,7 @@ struct ReadModelRoutes: Sendable {
             }
             do {
                 return try await readModels.page(info, filters: filters, after: after, limit: limit + 1, atLeast: atLeast)
-            } catch let error as PostgresError where error.sqlState?.hasPrefix("22") == true || error.sqlState == "42883" {
+            } catch let error as PostgresError where error.sqlState?.hasPrefix(SQLState.dataExceptionClass) == true || error.sqlState == SQLState.undefinedFunction {
                 throw Problem(
                     .badRequest, "invalid-filter", "A filter value does not fit its column",
                     detail: "a filter or cursor value does not fit its column's type: \(error.message)")
@@ -135,9 +136,9 @@ struct ReadModelRoutes: Sendable {
             }
             do {
                 return try await body(info)
-            } catch let error as PostgresError where !refresh && (error.sqlState == "42P01" || error.sqlState == "42703" || error.sqlState == "42804") {
+            } catch let error as PostgresError where !refresh && (error.sqlState == SQLState.undefinedTable || error.sqlState == SQLState.undefinedColumn || error.sqlState == SQLState.datatypeMismatch) {
                 continue  // the table was rebuilt or dropped since the catalog was read
-            } catch let error as PostgresError where error.sqlState == "42P01" {
+            } catch let error as PostgresError where error.sqlState == SQLState.undefinedTable {
                 return nil
             }
         }

@@ -6,6 +6,7 @@ import PostgresClient
 import Projector
 import ServiceLifecycle
 import Synchronization
+import ReadModels
 
 /// The read side as the server sees it: the projections registered in the database (picked up
 /// while running, so a new projection is served without a restart), row and page reads with

@@ -2,6 +2,7 @@ import EventStore
 import Foundation
 import PostgresClient
 import Synchronization
+import ReadModels
 
 /// A read model built from the log: a table in the `read_models` schema and, per event type,
 /// the statements that apply an event to it. YAML projections (`Projections/*.yaml`) and
@@ -39,40 +40,6 @@ public struct ProjectionError: Error, CustomStringConvertible, Sendable {
     public var description: String {
         if let handler { return "\(source): handler \(handler): \(message)" }
         return "\(source): \(message)"
-    }
-}
-
-/// Names and identifiers used for read models.
-public enum ReadModelNames {
-    /// The schema holding every read model (the analyst role may read it and nothing else).
-    public static let schema = "read_models"
-
-    /// Whether `name` is a valid projection name: `[a-z][a-z0-9_]*`, at most 48 characters (so
-    /// that suffixed names of rebuild tables stay within PostgreSQL's 63).
-    public static func isValidName(_ name: String) -> Bool {
-        guard let first = name.utf8.first, (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(first), name.utf8.count <= 48 else {
-            return false
-        }
-        return name.utf8.allSatisfy { byte in
-            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
-                || byte == UInt8(ascii: "_")
-        }
-    }
-
-    /// Whether `name` is a plain lower-case SQL column name.
-    public static func isValidColumn(_ name: String) -> Bool {
-        guard let first = name.utf8.first, (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(first) || first == UInt8(ascii: "_"),
-            name.utf8.count <= 63
-        else { return false }
-        return name.utf8.allSatisfy { byte in
-            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
-                || byte == UInt8(ascii: "_")
-        }
-    }
-
-    /// The quoted, schema-qualified table `read_models."<table>"`.
-    public static func qualified(_ table: String) -> String {
-        "\(quoteIdentifier(schema)).\(quoteIdentifier(table))"
     }
 }
 

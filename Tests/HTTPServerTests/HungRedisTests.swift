@@ -8,6 +8,7 @@ import HTTPTypes
 import HummingbirdTesting
 import Projector
 import Testing
+import ReadModels
 
 @Suite("A hung Redis", .serialized)
 struct HungRedisTests {

@@ -9,6 +9,7 @@ import HummingbirdTesting
 import NIOCore
 import Projector
 import Testing
+import ReadModels
 
 /// Runs the shipped projections in-process against `test`'s database until the task is cancelled.
 func startProjector(_ test: TestStore, cache: ReadModelCache? = nil) throws -> Task<Void, Never> {

@@ -7,6 +7,7 @@ import PostgresClient
 import Projector
 import Synchronization
 import Testing
+import ReadModels
 
 @Suite("Read-model cache", .serialized)
 struct ReadModelCacheTests {

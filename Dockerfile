@@ -24,7 +24,7 @@ COPY Projections /out/etc/eventline/projections
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libc6 libgcc-s1 libstdc++6 zlib1g libpq5 liblz4-1 ca-certificates curl tzdata \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libc6 libgcc-s1 libstdc++6 zlib1g libpq5 liblz4-1 libssl3 ca-certificates curl tzdata \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin eventline
 COPY --from=build /out/ /

@@ -19,10 +19,18 @@ test-deps:
 build: deps
 	$(SWIFT) build
 
-## test: every test, against a private PostgreSQL (and Redis) started by the test support.
+# The example service, built as its own package against this checkout. It shares the root's
+# build directory, so that Eventline and its dependencies are compiled once (its tests run
+# right after its build: `test --skip-build` runs what the last build in .build described).
+EXAMPLE := --package-path Examples/warehouse --scratch-path .build
+
+## test: every test, against a private PostgreSQL (and Redis) started by the test support;
+## then the example service's build and tests.
 test: test-deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	$(SWIFT) build --build-tests $(EXAMPLE)
+	$(SWIFT) test --skip-build $(EXAMPLE)
 
 ## run: a private PostgreSQL, migrated, serving the bank domain on 127.0.0.1:8080.
 run: build

@@ -11,6 +11,9 @@ let package = Package(
     name: "Eventline",
     platforms: [.macOS(.v15)],
     products: [
+        // What a service built on Eventline imports: `import Eventline`.
+        .library(name: "Eventline", targets: ["Eventline"]),
+        .library(name: "EventlineTesting", targets: ["EventlineTesting"]),
         .library(name: "EventStore", targets: ["EventStore"]),
         .library(name: "Aggregates", targets: ["Aggregates"]),
         .library(name: "Projector", targets: ["Projector"]),
@@ -49,6 +52,12 @@ let package = Package(
             pkgConfig: "liblz4",
             providers: [.apt(["liblz4-dev"])]
         ),
+        // OpenSSL's libcrypto (libpq links it already): hashes, never hand-written.
+        .systemLibrary(
+            name: "CCrypto",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
 
         // Safe layers over the C libraries.
         .target(
@@ -78,7 +87,7 @@ let package = Package(
             name: "EventStore",
             dependencies: [
                 "PostgresClient", "EventlineSchemas",
-                "LZ4",
+                "LZ4", "CCrypto",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
@@ -94,21 +103,29 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .target(
-            name: "BankDomain",
-            dependencies: ["Aggregates", "EventStore", "Reactors", .product(name: "Logging", package: "swift-log")],
-            swiftSettings: swiftSettings
-        ),
 
-        // The read side: declarative (YAML) and Swift projections, the projector, leases.
+
+        // The write side of read models: declarative (YAML) and Swift projections, the
+        // projector, leases, replay.
         .target(
             name: "Projector",
             dependencies: [
-                "EventStore", "PostgresClient", "Cache",
+                "EventStore", "PostgresClient", "ReadModels",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // The read side of read models, for the server: the catalog and row queries, and the
+        // Redis cache-aside that the projector invalidates.
+        .target(
+            name: "ReadModels",
+            dependencies: [
+                "EventStore", "PostgresClient", "Cache",
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -128,7 +145,7 @@ let package = Package(
         .target(
             name: "HTTPServer",
             dependencies: [
-                "EventStore", "Aggregates", "PostgresClient", "Projector", "Cache", "EventlineSchemas",
+                "EventStore", "Aggregates", "PostgresClient", "Projector", "ReadModels", "Cache", "EventlineSchemas",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -153,11 +170,12 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
-        .executableTarget(
-            name: "eventctl",
+        // The framework: the domain declaration and the whole command set, for a service's `@main`.
+        .target(
+            name: "Eventline",
             dependencies: [
-                "EventStore", "HTTPServer", "BankDomain", "Aggregates",
-                "PostgresClient", "Projector", "Reactors", "Cache",
+                "EventStore", "HTTPServer", "Aggregates",
+                "PostgresClient", "Projector", "ReadModels", "Reactors", "Cache",
                 "EmbeddedServers",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -168,6 +186,27 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "OTel", package: "swift-otel"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // The sample domain, built on the public API as any service would be.
+        .target(
+            name: "BankDomain",
+            dependencies: ["Eventline", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(name: "eventctl", dependencies: ["Eventline", "BankDomain"], swiftSettings: swiftSettings),
+
+        // The testing kit: given–when–then for aggregates, upcaster checks, and a domain's
+        // service over a private PostgreSQL for integration tests.
+        .target(
+            name: "EventlineTesting",
+            dependencies: [
+                "Eventline", "EventlineTestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -201,13 +240,14 @@ let package = Package(
         ),
         .testTarget(
             name: "AggregatesTests",
-            dependencies: ["Aggregates", "BankDomain", "EventStore", "EventlineTestSupport"],
+            dependencies: ["Aggregates", "BankDomain", "EventStore", "EventlineTestSupport", "EventlineTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "HTTPServerTests",
             dependencies: [
-                "HTTPServer", "BankDomain", "EventStore", "EventlineTestSupport", "EmbeddedServers", "Projector", "Cache", "PostgresClient",
+                "HTTPServer", "BankDomain", "EventStore", "EventlineTestSupport", "EmbeddedServers", "Projector", "ReadModels", "Cache",
+                "PostgresClient",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -215,7 +255,9 @@ let package = Package(
         ),
         .testTarget(
             name: "ProjectorTests",
-            dependencies: ["Projector", "EventStore", "PostgresClient", "EventlineTestSupport", "Cache", "EmbeddedServers"],
+            dependencies: [
+                "Projector", "ReadModels", "Reactors", "EventStore", "PostgresClient", "EventlineTestSupport", "Cache", "EmbeddedServers",
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

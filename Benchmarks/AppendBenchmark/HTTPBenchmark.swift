@@ -46,7 +46,7 @@ struct HTTPBenchmark {
             for worker in 0..<16 {
                 group.addTask {
                     for id in stride(from: worker + 1, through: Self.accounts, by: 16) {
-                        _ = try await accounts.handle(id: String(id), command: .openAccount(owner: "Bench \(id)", currency: "EUR"))
+                        _ = try await accounts.handle(id: String(id), command: OpenAccount(owner: "Bench \(id)", currency: "EUR"))
                     }
                 }
             }
@@ -54,7 +54,7 @@ struct HTTPBenchmark {
         }
         let deposit = Data(#"{"amount":1}"#.utf8)
         for (name, count) in [("long", 10_000), ("short", 10)] {
-            _ = try await accounts.handle(id: name, command: .openAccount(owner: name, currency: "EUR"))
+            _ = try await accounts.handle(id: name, command: OpenAccount(owner: name, currency: "EUR"))
             var left = count - 1
             while left > 0 {
                 let batch = min(left, 1000)
@@ -72,13 +72,13 @@ struct HTTPBenchmark {
             for worker in 0..<16 {
                 group.addTask {
                     for id in stride(from: worker + 1, through: Self.accounts, by: 16) {
-                        _ = try await accounts.handle(id: String(id), command: .depositMoney(amount: 1))
+                        _ = try await accounts.handle(id: String(id), command: DepositMoney(amount: 1))
                     }
                 }
             }
             try await group.waitForAll()
         }
-        for id in ["long", "short"] { _ = try await accounts.handle(id: id, command: .depositMoney(amount: 1)) }
+        for id in ["long", "short"] { _ = try await accounts.handle(id: id, command: DepositMoney(amount: 1)) }
     }
 
     /// DepositMoney through the server's command handler, in this process, without HTTP: 16
@@ -92,7 +92,7 @@ struct HTTPBenchmark {
                     var latencies: [Double] = []
                     while ContinuousClock.now < end {
                         let started = ContinuousClock.now
-                        _ = try await accounts.handle(id: String(Int.random(in: 1...Self.accounts)), command: .depositMoney(amount: 1))
+                        _ = try await accounts.handle(id: String(Int.random(in: 1...Self.accounts)), command: DepositMoney(amount: 1))
                         latencies.append(AppendBenchmark.milliseconds(ContinuousClock.now - started))
                     }
                     return latencies

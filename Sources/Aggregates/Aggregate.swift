@@ -1,27 +1,31 @@
 import EventStore
 import Foundation
 
-/// A type whose values travel as `{"type": …, "data": …}`: a stable type name and a JSON body.
-/// Commands and events of an aggregate conform, usually as enums with one case per type.
-public protocol TypedJSON: Sendable {
-    /// The stable name of this value's type, for example `MoneyDeposited`.
-    var typeName: String { get }
-    /// The value's data as JSON.
-    func encodedData() throws -> Data
-    /// Decodes a value of type `typeName` from `data`; nil when the type name is unknown.
-    /// Throws `DecodingError` (with the offending field's path) when the data does not fit.
-    static func decode(typeName: String, data: Data) throws -> Self?
-    /// Decodes from JSON already parsed by `JSONSerialization` (the HTTP layer has parsed the
-    /// request); by default it is encoded again and given to `decode(typeName:data:)`.
-    static func decode(typeName: String, json: Any) throws -> Self?
-    /// Every type name this type knows.
-    static var typeNames: [String] { get }
+/// A command: a plain `Codable` value with a stable name, sent as
+/// `{"type": <typeName>, "data": <the value>}`.
+///
+/// ```swift
+/// struct DepositMoney: DomainCommand {
+///     static let typeName = "DepositMoney"
+///     var amount: Int64
+/// }
+/// ```
+/// The platform decodes it strictly: a member the type does not read is refused, and a member
+/// of the wrong type, or a number out of its type's range, is named in the error.
+public protocol DomainCommand: Codable, Sendable {
+    /// The name clients send in `type`. It is part of the API: never change it.
+    static var typeName: String { get }
 }
 
-extension TypedJSON {
-    public static func decode(typeName: String, json: Any) throws -> Self? {
-        try decode(typeName: typeName, data: JSONSerialization.data(withJSONObject: json, options: [.fragmentsAllowed]))
-    }
+/// An event: a plain `Codable` value with a stable name, stored as its type name and its data.
+///
+/// The name is part of the log: rename the Swift type freely, never `typeName` (to rename an
+/// event type, give it a new name and register the old one as an alias in the aggregate's
+/// `upcasters`). When the data's shape changes, register an upcaster from the old shape; the
+/// platform records the schema version each new event is written at.
+public protocol DomainEvent: Codable, Sendable {
+    /// The name the event is stored under.
+    static var typeName: String { get }
 }
 
 /// A broken business rule: the command is refused and nothing is written. `code` is stable and
@@ -45,10 +49,24 @@ public struct RuleViolation: Error, Sendable, Hashable, CustomStringConvertible 
 /// State is a left fold of `evolve` over the stream's events from `initialState`; `decide`
 /// turns a command and the current state into new events or throws `RuleViolation`. Both are
 /// pure: the command handler does the I/O.
+///
+/// ```swift
+/// enum BankAccount: Aggregate {
+///     static let category = "account"
+///     static let commands: [any DomainCommand.Type] = [OpenAccount.self, DepositMoney.self]
+///     static let events: [any DomainEvent.Type] = [AccountOpened.self, MoneyDeposited.self]
+///     static let initialState = State()
+///     static func decide(_ command: any DomainCommand, _ state: State) throws(RuleViolation) -> [any DomainEvent] {
+///         switch command {
+///         case let deposit as DepositMoney: …
+///         default: throw RuleViolation.unhandled(command)
+///         }
+///     }
+///     static func evolve(_ state: State, _ event: any DomainEvent) -> State { … }
+/// }
+/// ```
 public protocol Aggregate: Sendable {
     associatedtype State: Codable & Sendable
-    associatedtype Command: TypedJSON
-    associatedtype Event: TypedJSON
 
     /// The stream category, the part before the first `-` (`account` for `account-42`).
     static var category: String { get }
@@ -58,12 +76,105 @@ public protocol Aggregate: Sendable {
     static var stateVersion: Int { get }
     /// Write a snapshot every this many events (nil: never).
     static var snapshotEvery: Int? { get }
+    /// The commands it accepts, by their type names.
+    static var commands: [any DomainCommand.Type] { get }
+    /// The events it records; the stream holds no others.
+    static var events: [any DomainEvent.Type] { get }
+    /// How its events' shapes and names changed; every reader sees them in the current shape.
+    static var upcasters: EventUpcasters { get }
 
-    static func evolve(_ state: State, _ event: Event) -> State
-    static func decide(_ command: Command, _ state: State) throws(RuleViolation) -> [Event]
+    static func evolve(_ state: State, _ event: any DomainEvent) -> State
+    static func decide(_ command: any DomainCommand, _ state: State) throws(RuleViolation) -> [any DomainEvent]
 }
 
 extension Aggregate {
     public static var stateVersion: Int { 1 }
     public static var snapshotEvery: Int? { 100 }
+    public static var upcasters: EventUpcasters { EventUpcasters() }
+}
+
+extension RuleViolation {
+    /// For the `default:` of a `decide` switch: a command the aggregate lists but does not handle.
+    public static func unhandled(_ command: any DomainCommand) -> RuleViolation {
+        RuleViolation("unhandled-command", "\(type(of: command).typeName) is not handled")
+    }
+}
+
+/// An aggregate's command and event types by name, and the coding of both: built once per
+/// aggregate type.
+public struct AggregateCodec<A: Aggregate>: Sendable {
+    public let commandTypes: [String: any DomainCommand.Type]
+    public let eventTypes: [String: any DomainEvent.Type]
+    /// The schema version each event type is written at.
+    public let eventVersions: [String: Int]
+    public let upcasters: EventUpcasters
+
+    public init() {
+        var commands: [String: any DomainCommand.Type] = [:]
+        for type in A.commands {
+            precondition(commands[type.typeName] == nil, "\(A.self) lists two commands named \(type.typeName)")
+            commands[type.typeName] = type
+        }
+        var events: [String: any DomainEvent.Type] = [:]
+        for type in A.events {
+            precondition(events[type.typeName] == nil, "\(A.self) lists two events named \(type.typeName)")
+            events[type.typeName] = type
+        }
+        commandTypes = commands
+        eventTypes = events
+        upcasters = A.upcasters
+        eventVersions = events.keys.reduce(into: [:]) { versions, name in versions[name] = A.upcasters.currentVersion(of: name) }
+    }
+
+    /// The command of `typeName` in `data`; nil for a name the aggregate does not accept.
+    /// Throws `DecodingError` naming the field at fault.
+    public func command(_ typeName: String, _ data: JSONValue) throws -> (any DomainCommand)? {
+        guard let type = commandTypes[typeName] else { return nil }
+        return try JSONValueDecoder(strict: true).decode(type, from: data) as? any DomainCommand
+    }
+
+    /// The event `recorded` holds (already in its current shape), or nil for a type the
+    /// aggregate does not record.
+    public func event(_ recorded: RecordedEvent) throws -> (any DomainEvent)? {
+        try event(recorded.type, recorded.data)
+    }
+
+    /// An event of `typeName` from its current-shape JSON data.
+    public func event(_ typeName: String, _ data: Data) throws -> (any DomainEvent)? {
+        guard let type = eventTypes[typeName] else { return nil }
+        return try JSONValueDecoder().decode(type, from: JSONValue(parsing: data)) as? any DomainEvent
+    }
+
+    /// Whether the aggregate can read an event of `type` stored at `schemaVersion` with `data`
+    /// (a raw append to one of its streams must not break its commands).
+    public func accepts(type: String, schemaVersion: Int, data: Data) -> Bool {
+        let name = upcasters.currentName(of: type)
+        guard eventTypes[name] != nil else { return false }
+        do {
+            let current = try upcasters.upcast(type: type, version: schemaVersion, data: JSONValue(parsing: data))
+            return try event(name, Data(current.jsonText.utf8)) != nil
+        } catch {
+            return false
+        }
+    }
+
+    /// `event` as a new event for the log: its type name, its data and the schema version it
+    /// is written at. Fails for an event type the aggregate does not list.
+    public func newEvent(_ event: any DomainEvent, id: UUID?, metadata: Data) throws -> NewEvent {
+        let name = type(of: event).typeName
+        guard let version = eventVersions[name] else {
+            throw AggregateError(message: "\(A.self).decide returned \(name), which is not in \(A.self).events")
+        }
+        return NewEvent(id: id, type: name, data: try EventEncoding.encode(event), metadata: metadata, schemaVersion: version)
+    }
+}
+
+/// Event data as the platform writes it: compact JSON with sorted keys (stable bytes, so that a
+/// retried append with the same events is recognised).
+public enum EventEncoding {
+    public static func encode(_ value: some Encodable) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return try encoder.encode(value)
+    }
 }

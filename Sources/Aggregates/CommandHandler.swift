@@ -53,7 +53,7 @@ public struct CommandContention: Error, Sendable, CustomStringConvertible {
 ///
 /// ```swift
 /// let accounts = CommandHandler<BankAccount>(store: store)
-/// let outcome = try await accounts.handle(id: "42", command: .deposit(amount: 500))
+/// let outcome = try await accounts.handle(id: "42", command: DepositMoney(amount: 500))
 /// ```
 /// Loading starts from the newest of an in-memory state cache and the latest snapshot, then
 /// reads only the events after it, so a command's cost does not grow with its stream's length.
@@ -81,6 +81,8 @@ public final class CommandHandler<A: Aggregate>: Sendable {
 
     public let store: EventStore
     public let configuration: Configuration
+    /// The aggregate's command and event types, and how they are read and written.
+    public let codec = AggregateCodec<A>()
     private let logger: Logger
     private let cache = Mutex<[String: Cached]>([:])
     private let streamLocks = KeyedLock()
@@ -107,7 +109,7 @@ public final class CommandHandler<A: Aggregate>: Sendable {
     /// conflict or a refusal it looks, and with `resumed` (the earlier run was interrupted) it
     /// looks before deciding at all.
     public func handle(
-        id: String, command: A.Command, expectedVersion: Int? = nil, metadata: [String: JSONValue] = [:],
+        id: String, command: any DomainCommand, expectedVersion: Int? = nil, metadata: [String: JSONValue] = [:],
         eventIDs: (@Sendable (Int) -> UUID)? = nil, resumed: Bool = false
     ) async throws -> CommandOutcome {
         let stream = try stream(for: id)
@@ -131,7 +133,7 @@ public final class CommandHandler<A: Aggregate>: Sendable {
     }
 
     private func decideAndAppend(
-        _ stream: StreamName, _ command: A.Command, expectedVersion: Int?, metadata metadataJSON: Data,
+        _ stream: StreamName, _ command: any DomainCommand, expectedVersion: Int?, metadata metadataJSON: Data,
         eventIDs: (@Sendable (Int) -> UUID)?
     ) async throws -> CommandOutcome {
         var attempt = 0
@@ -150,7 +152,7 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                     message: "version conflict on stream \(stream): expected \(expectedVersion), current version is \(version)",
                     stream: stream.rawValue, expectedVersion: .exact(expectedVersion), currentVersion: version)
             }
-            var events: [A.Event] = []
+            var events: [any DomainEvent] = []
             var refusal: RuleViolation? = nil
             do {
                 events = try EventTrace.withSpan("eventline.decide") { () throws(RuleViolation) in try A.decide(command, state) }
@@ -180,8 +182,7 @@ public final class CommandHandler<A: Aggregate>: Sendable {
             var newEvents: [NewEvent] = []
             newEvents.reserveCapacity(events.count)
             for index in events.indices {
-                let event = events[index]
-                newEvents.append(NewEvent(id: eventIDs?(index), type: event.typeName, data: try event.encodedData(), metadata: metadataJSON))
+                newEvents.append(try codec.newEvent(events[index], id: eventIDs?(index), metadata: metadataJSON))
             }
             do {
                 let result = try await EventTrace.withSpan("eventline.append") {
@@ -192,7 +193,8 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                     forget(stream.rawValue)
                     return CommandOutcome(result)
                 }
-                let newState = events.reduce(state, A.evolve)
+                var newState = state
+                for event in events { newState = A.evolve(newState, event) }
                 remember(stream.rawValue, Cached(version: result.version, state: newState))
                 snapshotIfDue(stream.rawValue, from: version, to: result.version, state: newState)
                 return CommandOutcome(result)
@@ -255,9 +257,9 @@ public final class CommandHandler<A: Aggregate>: Sendable {
     }
 
     private func apply(_ recorded: RecordedEvent, to state: A.State, in stream: StreamName) throws -> A.State {
-        let decoded: A.Event?
+        let decoded: (any DomainEvent)?
         do {
-            decoded = try A.Event.decode(typeName: recorded.type, data: recorded.data)
+            decoded = try codec.event(codec.upcasters.isEmpty ? recorded : codec.upcasters.upcast(recorded))
         } catch {
             // The log holds it already: this is the aggregate's problem, never the caller's input.
             throw AggregateError(message: "stream \(stream) holds an unreadable \(recorded.type) at version \(recorded.version): \(error)")

@@ -1,5 +1,4 @@
-import Aggregates
-import EventStore
+import Eventline
 import Foundation
 
 /// A money transfer between two bank accounts, in stream category `transfer`.
@@ -46,31 +45,14 @@ public enum Transfer: Aggregate {
 
     public static let initialState = State(status: .new, from: "", to: "", amount: 0, reason: nil)
 
-    /// Commands. Only `startTransfer` is accepted from outside (it is the only one with a JSON
-    /// decoding); the others record what the transfer process did and are issued by it alone.
-    public enum Command: Sendable, Hashable {
-        case startTransfer(from: String, to: String, amount: Int64)
-        /// The withdrawal from `from` is in the log.
-        case recordDebit
-        /// `from` refused the withdrawal (`reason` is its rule code); nothing was taken.
-        case recordDebitRefused(reason: String)
-        /// The deposit to `to` is in the log.
-        case recordCredit
-        /// `to` refused the deposit (`reason` is its rule code); the money must go back.
-        case recordCreditRefused(reason: String)
-        /// The money is back in `from`.
-        case recordRefund
-    }
-
-    /// What happened to a transfer.
-    public enum Event: Sendable, Hashable {
-        case transferStarted(from: String, to: String, amount: Int64)
-        case transferDebited
-        case transferRejected(reason: String)
-        case transferCompleted
-        case transferCreditRefused(reason: String)
-        case transferRefunded
-    }
+    /// Only `StartTransfer` is accepted over HTTP: the outcome commands (`RecordDebit` …) are
+    /// handled in-process for the transfer process alone, so no client can declare a debit or
+    /// a refund that did not happen.
+    public static let commands: [any DomainCommand.Type] = [StartTransfer.self]
+    public static let events: [any DomainEvent.Type] = [
+        TransferStarted.self, TransferDebited.self, TransferRejected.self, TransferCompleted.self, TransferCreditRefused.self,
+        TransferRefunded.self,
+    ]
 
     /// Stable rule codes, one per rule.
     public enum Rule {
@@ -88,60 +70,64 @@ public enum Transfer: Aggregate {
         public static let invalidReason = "invalid-reason"
     }
 
-    public static func evolve(_ state: State, _ event: Event) -> State {
+    public static func evolve(_ state: State, _ event: any DomainEvent) -> State {
         var state = state
         switch event {
-        case .transferStarted(let from, let to, let amount):
+        case let started as TransferStarted:
             state.status = .started
-            state.from = from
-            state.to = to
-            state.amount = amount
-        case .transferDebited:
+            state.from = started.from
+            state.to = started.to
+            state.amount = started.amount
+        case is TransferDebited:
             state.status = .debited
-        case .transferRejected(let reason):
+        case let rejected as TransferRejected:
             state.status = .rejected
-            state.reason = reason
-        case .transferCompleted:
+            state.reason = rejected.reason
+        case is TransferCompleted:
             state.status = .completed
-        case .transferCreditRefused(let reason):
+        case let refused as TransferCreditRefused:
             state.status = .creditRefused
-            state.reason = reason
-        case .transferRefunded:
+            state.reason = refused.reason
+        case is TransferRefunded:
             state.status = .refunded
+        default:
+            break
         }
         return state
     }
 
-    public static func decide(_ command: Command, _ state: State) throws(RuleViolation) -> [Event] {
+    public static func decide(_ command: any DomainCommand, _ state: State) throws(RuleViolation) -> [any DomainEvent] {
         switch command {
-        case .startTransfer(let from, let to, let amount):
+        case let start as StartTransfer:
             guard state.status == .new else { throw RuleViolation(Rule.alreadyStarted, "the transfer is already started") }
-            guard let fromAccount = accountID(from) else {
+            guard let fromAccount = accountID(start.from) else {
                 throw RuleViolation(Rule.invalidTransfer, "from must be an account id (account-<id> must be a valid stream name)")
             }
-            guard let toAccount = accountID(to) else {
+            guard let toAccount = accountID(start.to) else {
                 throw RuleViolation(Rule.invalidTransfer, "to must be an account id (account-<id> must be a valid stream name)")
             }
             guard fromAccount != toAccount else {
                 throw RuleViolation(Rule.invalidTransfer, "from and to must be different accounts")
             }
-            guard amount > 0 else { throw RuleViolation(Rule.invalidAmount, "the amount must be greater than zero") }
-            return [.transferStarted(from: fromAccount, to: toAccount, amount: amount)]
-        case .recordDebit:
-            try expect(.started, state, "RecordDebit")
-            return [.transferDebited]
-        case .recordDebitRefused(let reason):
-            try expect(.started, state, "RecordDebitRefused")
-            return [.transferRejected(reason: try checked(reason))]
-        case .recordCredit:
-            try expect(.debited, state, "RecordCredit")
-            return [.transferCompleted]
-        case .recordCreditRefused(let reason):
-            try expect(.debited, state, "RecordCreditRefused")
-            return [.transferCreditRefused(reason: try checked(reason))]
-        case .recordRefund:
-            try expect(.creditRefused, state, "RecordRefund")
-            return [.transferRefunded]
+            guard start.amount > 0 else { throw RuleViolation(Rule.invalidAmount, "the amount must be greater than zero") }
+            return [TransferStarted(from: fromAccount, to: toAccount, amount: start.amount)]
+        case is RecordDebit:
+            try expect(.started, state, RecordDebit.typeName)
+            return [TransferDebited()]
+        case let refused as RecordDebitRefused:
+            try expect(.started, state, RecordDebitRefused.typeName)
+            return [TransferRejected(reason: try checked(refused.reason))]
+        case is RecordCredit:
+            try expect(.debited, state, RecordCredit.typeName)
+            return [TransferCompleted()]
+        case let refused as RecordCreditRefused:
+            try expect(.debited, state, RecordCreditRefused.typeName)
+            return [TransferCreditRefused(reason: try checked(refused.reason))]
+        case is RecordRefund:
+            try expect(.creditRefused, state, RecordRefund.typeName)
+            return [TransferRefunded()]
+        default:
+            throw .unhandled(command)
         }
     }
 
@@ -165,94 +151,90 @@ public enum Transfer: Aggregate {
     }
 }
 
-// MARK: - Wire format
+// MARK: - Commands
 
-extension Transfer.Command: TypedJSON {
-    /// Only `StartTransfer` is known by name: the outcome commands are never decoded, so no
-    /// client can declare a debit or a refund that did not happen.
-    public static let typeNames = ["StartTransfer"]
-
-    public var typeName: String {
-        switch self {
-        case .startTransfer: "StartTransfer"
-        case .recordDebit: "RecordDebit"
-        case .recordDebitRefused: "RecordDebitRefused"
-        case .recordCredit: "RecordCredit"
-        case .recordCreditRefused: "RecordCreditRefused"
-        case .recordRefund: "RecordRefund"
-        }
-    }
-
-    public func encodedData() throws -> Data {
-        switch self {
-        case .startTransfer(let from, let to, let amount): TransferWire.started(from: from, to: to, amount: amount)
-        case .recordDebitRefused(let reason), .recordCreditRefused(let reason): TransferWire.reason(reason)
-        case .recordDebit, .recordCredit, .recordRefund: Data("{}".utf8)
-        }
-    }
-
-    public static func decode(typeName: String, data: Data) throws -> Self? {
-        guard typeNames.contains(typeName) else { return nil }
-        return try decode(typeName: typeName, json: JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]))
-    }
-
-    public static func decode(typeName: String, json: Any) throws -> Self? {
-        guard typeName == "StartTransfer" else { return nil }
-        let fields = try BankWire.fields(json, allowed: ["from", "to", "amount"])
-        return .startTransfer(
-            from: try BankWire.string(fields, "from"), to: try BankWire.string(fields, "to"), amount: try BankWire.int64(fields, "amount"))
+/// Moves `amount` (minor units, > 0) from account `from` to account `to` (account ids).
+public struct StartTransfer: DomainCommand, Hashable {
+    public static let typeName = "StartTransfer"
+    public var from: String
+    public var to: String
+    public var amount: Int64
+    public init(from: String, to: String, amount: Int64) {
+        self.from = from
+        self.to = to
+        self.amount = amount
     }
 }
 
-extension Transfer.Event: TypedJSON {
-    public static let typeNames = [
-        "TransferStarted", "TransferDebited", "TransferRejected", "TransferCompleted", "TransferCreditRefused", "TransferRefunded",
-    ]
+/// The withdrawal from `from` is in the log.
+public struct RecordDebit: DomainCommand, Hashable {
+    public static let typeName = "RecordDebit"
+    public init() {}
+}
 
-    public var typeName: String {
-        switch self {
-        case .transferStarted: "TransferStarted"
-        case .transferDebited: "TransferDebited"
-        case .transferRejected: "TransferRejected"
-        case .transferCompleted: "TransferCompleted"
-        case .transferCreditRefused: "TransferCreditRefused"
-        case .transferRefunded: "TransferRefunded"
-        }
-    }
+/// `from` refused the withdrawal (`reason` is its rule code); nothing was taken.
+public struct RecordDebitRefused: DomainCommand, Hashable {
+    public static let typeName = "RecordDebitRefused"
+    public var reason: String
+    public init(reason: String) { self.reason = reason }
+}
 
-    public func encodedData() throws -> Data {
-        switch self {
-        case .transferStarted(let from, let to, let amount): TransferWire.started(from: from, to: to, amount: amount)
-        case .transferRejected(let reason), .transferCreditRefused(let reason): TransferWire.reason(reason)
-        case .transferDebited, .transferCompleted, .transferRefunded: Data("{}".utf8)
-        }
-    }
+/// The deposit to `to` is in the log.
+public struct RecordCredit: DomainCommand, Hashable {
+    public static let typeName = "RecordCredit"
+    public init() {}
+}
 
-    /// Events are read leniently (fields added later are ignored): the log outlives the code.
-    public static func decode(typeName: String, data: Data) throws -> Self? {
-        switch typeName {
-        case "TransferStarted":
-            let fields = try BankWire.fields(data, allowed: nil)
-            return .transferStarted(
-                from: try BankWire.string(fields, "from"), to: try BankWire.string(fields, "to"), amount: try BankWire.int64(fields, "amount"))
-        case "TransferRejected":
-            return .transferRejected(reason: try BankWire.string(BankWire.fields(data, allowed: nil), "reason"))
-        case "TransferCreditRefused":
-            return .transferCreditRefused(reason: try BankWire.string(BankWire.fields(data, allowed: nil), "reason"))
-        case "TransferDebited": return .transferDebited
-        case "TransferCompleted": return .transferCompleted
-        case "TransferRefunded": return .transferRefunded
-        default: return nil
-        }
+/// `to` refused the deposit (`reason` is its rule code); the money must go back.
+public struct RecordCreditRefused: DomainCommand, Hashable {
+    public static let typeName = "RecordCreditRefused"
+    public var reason: String
+    public init(reason: String) { self.reason = reason }
+}
+
+/// The money is back in `from`.
+public struct RecordRefund: DomainCommand, Hashable {
+    public static let typeName = "RecordRefund"
+    public init() {}
+}
+
+// MARK: - Events
+
+public struct TransferStarted: DomainEvent, Hashable {
+    public static let typeName = "TransferStarted"
+    public var from: String
+    public var to: String
+    public var amount: Int64
+    public init(from: String, to: String, amount: Int64) {
+        self.from = from
+        self.to = to
+        self.amount = amount
     }
 }
 
-enum TransferWire {
-    static func started(from: String, to: String, amount: Int64) -> Data {
-        Data(#"{"amount":\#(amount),"from":\#(JSONValue.quoted(from)),"to":\#(JSONValue.quoted(to))}"#.utf8)
-    }
+public struct TransferDebited: DomainEvent, Hashable {
+    public static let typeName = "TransferDebited"
+    public init() {}
+}
 
-    static func reason(_ reason: String) -> Data {
-        Data(#"{"reason":\#(JSONValue.quoted(reason))}"#.utf8)
-    }
+public struct TransferRejected: DomainEvent, Hashable {
+    public static let typeName = "TransferRejected"
+    public var reason: String
+    public init(reason: String) { self.reason = reason }
+}
+
+public struct TransferCompleted: DomainEvent, Hashable {
+    public static let typeName = "TransferCompleted"
+    public init() {}
+}
+
+public struct TransferCreditRefused: DomainEvent, Hashable {
+    public static let typeName = "TransferCreditRefused"
+    public var reason: String
+    public init(reason: String) { self.reason = reason }
+}
+
+public struct TransferRefunded: DomainEvent, Hashable {
+    public static let typeName = "TransferRefunded"
+    public init() {}
 }

@@ -1,8 +1,6 @@
-import Aggregates
-import EventStore
+import Eventline
 import Foundation
 import Logging
-import Reactors
 
 /// The reactor that carries out money transfers: it follows `transfer` events and drives each
 /// transfer from its current state until it is finished.
@@ -97,23 +95,23 @@ public struct TransferProcess: Reactor {
         // At most three steps; a few more rounds for outcomes another writer recorded first.
         for _ in 0..<6 {
             let (state, version) = try await transfers.load(stream)
-            let outcome: Transfer.Command
+            let outcome: any DomainCommand
             switch state.status {
             case .new, .completed, .refunded, .rejected:
                 return
             case .started:
-                switch try await accountStep(.debit, transfer: id, account: state.from, .withdrawMoney(amount: state.amount)) {
-                case .done: outcome = .recordDebit
-                case .refused(let rule): outcome = .recordDebitRefused(reason: rule.code)
+                switch try await accountStep(.debit, transfer: id, account: state.from, WithdrawMoney(amount: state.amount)) {
+                case .done: outcome = RecordDebit()
+                case .refused(let rule): outcome = RecordDebitRefused(reason: rule.code)
                 }
             case .debited:
-                switch try await accountStep(.credit, transfer: id, account: state.to, .depositMoney(amount: state.amount)) {
-                case .done: outcome = .recordCredit
-                case .refused(let rule): outcome = .recordCreditRefused(reason: rule.code)
+                switch try await accountStep(.credit, transfer: id, account: state.to, DepositMoney(amount: state.amount)) {
+                case .done: outcome = RecordCredit()
+                case .refused(let rule): outcome = RecordCreditRefused(reason: rule.code)
                 }
             case .creditRefused:
-                switch try await accountStep(.refund, transfer: id, account: state.from, .depositMoney(amount: state.amount)) {
-                case .done: outcome = .recordRefund
+                switch try await accountStep(.refund, transfer: id, account: state.from, DepositMoney(amount: state.amount)) {
+                case .done: outcome = RecordRefund()
                 case .refused(let rule): throw TransferProcessError.refundRefused(transfer: id, account: state.from, rule: rule)
                 }
             }
@@ -131,15 +129,9 @@ public struct TransferProcess: Reactor {
         eventIDs(transfer: id, name: step.rawValue)(0)
     }
 
-    /// Ids derived from the transfer id and a name (SHA-256, shaped as a name-based UUID).
+    /// Ids derived from the transfer id and a name.
     static func eventIDs(transfer id: String, name: String) -> @Sendable (Int) -> UUID {
-        { index in
-            var bytes = Array(SHA256.hash(Array("eventline.transfer\n\(id)\n\(name)\n\(index)".utf8)).prefix(16))
-            bytes[6] = (bytes[6] & 0x0F) | 0x50
-            bytes[8] = (bytes[8] & 0x3F) | 0x80
-            return UUID(uuid: (bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-                               bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]))
-        }
+        { index in UUID.sha256Derived(from: "eventline.transfer\n\(id)\n\(name)\n\(index)") }
     }
 
     enum StepOutcome {
@@ -148,7 +140,7 @@ public struct TransferProcess: Reactor {
     }
 
     /// Runs an account step unless the log shows it already ran.
-    private func accountStep(_ step: Step, transfer id: String, account: String, _ command: BankAccount.Command) async throws -> StepOutcome {
+    private func accountStep(_ step: Step, transfer id: String, account: String, _ command: any DomainCommand) async throws -> StepOutcome {
         let stream = try accounts.stream(for: account)
         let eventID = Self.eventID(transfer: id, step: step)
         if try await isInLog(eventID, stream: stream) {
@@ -187,11 +179,11 @@ public struct TransferProcess: Reactor {
 
     /// Records an outcome at the version the step was decided on. When another writer recorded
     /// one first, the next round reloads and goes on from the state it left.
-    private func record(_ outcome: Transfer.Command, transfer id: String, at version: Int) async throws {
+    private func record(_ outcome: any DomainCommand, transfer id: String, at version: Int) async throws {
         do {
             _ = try await transfers.handle(
                 id: id, command: outcome, expectedVersion: version, metadata: ["transfer": .string(id)],
-                eventIDs: Self.eventIDs(transfer: id, name: outcome.typeName))
+                eventIDs: Self.eventIDs(transfer: id, name: type(of: outcome).typeName))
         } catch let error as EventStoreError where error.code == .wrongExpectedVersion {
             logger.info("transfer moved on before its outcome was recorded", metadata: ["transfer.id": "\(id)"])
         } catch let refusal as RuleViolation where refusal.code == Transfer.Rule.stepOutOfOrder {

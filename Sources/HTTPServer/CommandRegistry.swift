@@ -8,10 +8,10 @@ public struct CommandRegistry: Sendable {
     struct Entry: Sendable {
         var commandTypes: [String]
         var eventTypes: [String]
-        /// Whether an event of this type and data is one the aggregate can read back.
-        var acceptsEvent: @Sendable (_ type: String, _ data: Data) -> Bool
+        /// Whether an event of this type, schema version and data is one the aggregate can read back.
+        var acceptsEvent: @Sendable (_ type: String, _ schemaVersion: Int, _ data: Data) -> Bool
         var handle: @Sendable (
-            _ id: String, _ type: String, _ data: any Sendable, _ expectedVersion: Int?, _ metadata: [String: JSONValue],
+            _ id: String, _ type: String, _ data: JSONValue, _ expectedVersion: Int?, _ metadata: [String: JSONValue],
             _ eventIDs: (@Sendable (Int) -> UUID)?, _ resumed: Bool
         )
             async throws -> CommandOutcome?
@@ -23,11 +23,12 @@ public struct CommandRegistry: Sendable {
 
     /// Accepts commands for aggregate `A` at `/v1/commands/<A.category>/{id}`.
     public mutating func register<A: Aggregate>(_ handler: CommandHandler<A>) {
+        let codec = handler.codec
         entries[A.category] = Entry(
-            commandTypes: A.Command.typeNames, eventTypes: A.Event.typeNames,
-            acceptsEvent: { type, data in ((try? A.Event.decode(typeName: type, data: data)) ?? nil) != nil }
+            commandTypes: codec.commandTypes.keys.sorted(), eventTypes: codec.eventTypes.keys.sorted(),
+            acceptsEvent: { type, version, data in codec.accepts(type: type, schemaVersion: version, data: data) }
         ) { id, type, data, expectedVersion, metadata, eventIDs, resumed in
-            guard let command = try A.Command.decode(typeName: type, json: (data as? ParsedJSON)?.value ?? data) else { return nil }
+            guard let command = try codec.command(type, data) else { return nil }
             return try await handler.handle(
                 id: id, command: command, expectedVersion: expectedVersion, metadata: metadata, eventIDs: eventIDs,
                 resumed: resumed)

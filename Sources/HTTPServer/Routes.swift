@@ -55,7 +55,7 @@ struct Routes: Sendable {
             }
             let expectedVersion = try JSONIO.integer(body, "expectedVersion", range: 0...Int(Int64.max))
             let metadata = try metadataFields(body["metadata"], correlationID: context.correlationID ?? context.requestID)
-            guard let outcome = try await entry.handle(id, type, ParsedJSON(data), expectedVersion, metadata, ids, resumed) else {
+            guard let outcome = try await entry.handle(id, type, JSONValue(foundation: data), expectedVersion, metadata, ids, resumed) else {
                 throw Problem(
                     .unprocessableContent, "unknown-command-type", "Unknown command type",
                     detail: "\(category) accepts \(entry.commandTypes.joined(separator: ", ")), not \(type)",
@@ -214,13 +214,7 @@ struct Routes: Sendable {
     /// Event ids derived from the idempotency key, so that re-running a request whose first run
     /// did commit writes nothing again (the store recognises ids it already holds).
     static func eventIDs(scope: String, key: String) -> @Sendable (Int) -> UUID {
-        { index in
-            var bytes = Array(SHA256.hash(Array("\(scope)\n\(key)\n\(index)".utf8)).prefix(16))
-            bytes[6] = (bytes[6] & 0x0F) | 0x50  // version 5 style: name-based
-            bytes[8] = (bytes[8] & 0x3F) | 0x80  // RFC 4122 variant
-            return UUID(uuid: (bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-                               bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]))
-        }
+        { index in UUID.sha256Derived(from: "\(scope)\n\(key)\n\(index)") }
     }
 
     // MARK: - Streams
@@ -246,7 +240,7 @@ struct Routes: Sendable {
             for (index, item) in items.enumerated() {
                 let place = "events[\(index)]"
                 guard let object = item as? [String: Any] else { throw Problem.badRequest("\(place) must be an object", field: place) }
-                try JSONIO.rejectUnknown(object, allowed: ["id", "type", "data", "metadata"], in: place)
+                try JSONIO.rejectUnknown(object, allowed: ["id", "type", "data", "metadata", "schemaVersion"], in: place)
                 var id: UUID? = ids?(index)
                 if let given = object["id"] {
                     guard let text = given as? String, let uuid = UUID(uuidString: text) else {
@@ -263,16 +257,33 @@ struct Routes: Sendable {
                     }
                     metadata = try JSONIO.encode(given)
                 }
+                let schemaVersion: Int?
+                do {
+                    schemaVersion = try JSONIO.integer(object, "schemaVersion", range: 1...Int(Int16.max))
+                } catch {
+                    throw Problem.badRequest("\(place).schemaVersion must be an integer from 1 to \(Int16.max)", field: "\(place).schemaVersion")
+                }
                 let encoded = try JSONIO.encode(data)
                 // A stream of a registered aggregate only takes events that aggregate can read,
                 // or its commands would fail from then on.
-                if let entry = commands.entries[StreamName.category(of: stream)], !entry.acceptsEvent(type, encoded) {
+                if let entry = commands.entries[StreamName.category(of: stream)], !entry.acceptsEvent(type, schemaVersion ?? 1, encoded) {
                     throw Problem(
                         .unprocessableContent, "invalid-event-for-aggregate", "The aggregate cannot read this event",
                         detail: "\(place) is not a valid event of category \(StreamName.category(of: stream)) (its types: \(entry.eventTypes.joined(separator: ", ")))",
                         extensions: ["field": .string(place)])
                 }
-                events.append(NewEvent(id: id, type: type, data: encoded, metadata: metadata))
+                // Data the domain's upcasters cannot read would fail every read of the stream.
+                let upcasters = store.configuration.upcasters
+                if upcasters.changes(type: type, version: schemaVersion ?? 1) {
+                    do {
+                        _ = try upcasters.upcast(type: type, version: schemaVersion ?? 1, data: JSONValue(foundation: data))
+                    } catch {
+                        throw Problem(
+                            .unprocessableContent, "invalid-event-data", "The event's data does not fit its schema version",
+                            detail: "\(place): \(error)", extensions: ["field": .string("\(place).data")])
+                    }
+                }
+                events.append(NewEvent(id: id, type: type, data: encoded, metadata: metadata, schemaVersion: schemaVersion))
             }
             let result = try await store.append(to: stream, expected: expected, events: events)
             return Self.appendAnswer(result)
@@ -362,9 +373,3 @@ struct Routes: Sendable {
     }
 }
 
-/// A JSON object parsed by Foundation, handed to a command decoder on the same request. The
-/// parsed tree is immutable once made, so crossing into the handler is safe.
-struct ParsedJSON: @unchecked Sendable {
-    let value: Any
-    init(_ value: Any) { self.value = value }
-}

@@ -1,107 +1,97 @@
-import Aggregates
 import BankDomain
-import EventStore
+import EventlineTesting
 import Foundation
 import Testing
 
 @Suite("Transfer rules (pure)")
 struct TransferRuleTests {
+    typealias Spec = AggregateSpec<Transfer>
     typealias State = Transfer.State
+    typealias Rule = Transfer.Rule
 
-    static func refusal(_ command: Transfer.Command, _ state: State) -> String? {
-        do {
-            _ = try Transfer.decide(command, state)
-            return nil
-        } catch {
-            return error.code
-        }
-    }
-
-    static func state(_ events: [Transfer.Event]) -> State {
-        events.reduce(Transfer.initialState, Transfer.evolve)
-    }
-
-    static let started: [Transfer.Event] = [.transferStarted(from: "a", to: "b", amount: 5)]
+    static let started: [any DomainEvent] = [TransferStarted(from: "a", to: "b", amount: 5)]
 
     @Test("StartTransfer needs two different valid account ids and a positive amount, and happens once")
     func starting() throws {
-        #expect(try Transfer.decide(.startTransfer(from: "a", to: "b", amount: 5), Transfer.initialState) == Self.started)
-        let state = Self.state(Self.started)
+        try Spec.given().when(StartTransfer(from: "a", to: "b", amount: 5)).then(Self.started)
+        let state = try Spec.given(Self.started).state
         #expect(state.status == .started && state.from == "a" && state.to == "b" && state.amount == 5 && state.reason == nil)
-        #expect(Self.refusal(.startTransfer(from: "a", to: "b", amount: 5), state) == Transfer.Rule.alreadyStarted)
-        #expect(Self.refusal(.startTransfer(from: "a", to: "a", amount: 5), Transfer.initialState) == Transfer.Rule.invalidTransfer)
+        try Spec.given(Self.started).when(StartTransfer(from: "a", to: "b", amount: 5)).thenRefused(Rule.alreadyStarted)
+        try Spec.given().when(StartTransfer(from: "a", to: "a", amount: 5)).thenRefused(Rule.invalidTransfer)
         // Two spellings of one account (NFC and NFD) are the same account.
-        #expect(Self.refusal(.startTransfer(from: "caf\u{e9}", to: "cafe\u{301}", amount: 5), Transfer.initialState) == Transfer.Rule.invalidTransfer)
+        try Spec.given().when(StartTransfer(from: "caf\u{e9}", to: "cafe\u{301}", amount: 5)).thenRefused(Rule.invalidTransfer)
         for bad in ["", "x\u{1}y", "padded ", String(repeating: "x", count: 250)] {
-            #expect(Self.refusal(.startTransfer(from: bad, to: "b", amount: 5), Transfer.initialState) == Transfer.Rule.invalidTransfer, "\(bad)")
-            #expect(Self.refusal(.startTransfer(from: "a", to: bad, amount: 5), Transfer.initialState) == Transfer.Rule.invalidTransfer, "\(bad)")
+            try Spec.given().when(StartTransfer(from: bad, to: "b", amount: 5)).thenRefused(Rule.invalidTransfer)
+            try Spec.given().when(StartTransfer(from: "a", to: bad, amount: 5)).thenRefused(Rule.invalidTransfer)
         }
-        #expect(Self.refusal(.startTransfer(from: "a", to: "b", amount: 0), Transfer.initialState) == Transfer.Rule.invalidAmount)
-        #expect(Self.refusal(.startTransfer(from: "a", to: "b", amount: -1), Transfer.initialState) == Transfer.Rule.invalidAmount)
+        try Spec.given().when(StartTransfer(from: "a", to: "b", amount: 0)).thenRefused(Rule.invalidAmount)
+        try Spec.given().when(StartTransfer(from: "a", to: "b", amount: -1)).thenRefused(Rule.invalidAmount)
         // Ids with dashes are fine: the account stream is account-<id>.
-        #expect(try Transfer.decide(.startTransfer(from: "eu-1", to: "eu-2", amount: .max), Transfer.initialState).count == 1)
+        try Spec.given().when(StartTransfer(from: "eu-1", to: "eu-2", amount: .max)).then(TransferStarted(from: "eu-1", to: "eu-2", amount: .max))
     }
 
     @Test("each outcome is accepted only in the state it follows from, so no step is recorded twice")
     func outcomes() throws {
-        let every: [Transfer.Command] = [
-            .recordDebit, .recordDebitRefused(reason: "insufficient-funds"), .recordCredit,
-            .recordCreditRefused(reason: "account-not-open"), .recordRefund,
+        let every: [any DomainCommand] = [
+            RecordDebit(), RecordDebitRefused(reason: "insufficient-funds"), RecordCredit(),
+            RecordCreditRefused(reason: "account-not-open"), RecordRefund(),
         ]
-        // Which outcomes each state accepts, and the event each one gives.
-        let accepted: [State.Status: [Transfer.Command: Transfer.Event]] = [
-            .started: [.recordDebit: .transferDebited, .recordDebitRefused(reason: "insufficient-funds"): .transferRejected(reason: "insufficient-funds")],
-            .debited: [.recordCredit: .transferCompleted, .recordCreditRefused(reason: "account-not-open"): .transferCreditRefused(reason: "account-not-open")],
-            .creditRefused: [.recordRefund: .transferRefunded],
+        // Which outcomes each state accepts (by command name), and the event each one gives.
+        let accepted: [State.Status: [String: any DomainEvent]] = [
+            .started: ["RecordDebit": TransferDebited(), "RecordDebitRefused": TransferRejected(reason: "insufficient-funds")],
+            .debited: ["RecordCredit": TransferCompleted(), "RecordCreditRefused": TransferCreditRefused(reason: "account-not-open")],
+            .creditRefused: ["RecordRefund": TransferRefunded()],
         ]
-        let histories: [State.Status: [Transfer.Event]] = [
+        let histories: [State.Status: [any DomainEvent]] = [
             .new: [],
             .started: Self.started,
-            .debited: Self.started + [.transferDebited],
-            .creditRefused: Self.started + [.transferDebited, .transferCreditRefused(reason: "account-not-open")],
-            .completed: Self.started + [.transferDebited, .transferCompleted],
-            .refunded: Self.started + [.transferDebited, .transferCreditRefused(reason: "account-not-open"), .transferRefunded],
-            .rejected: Self.started + [.transferRejected(reason: "insufficient-funds")],
+            .debited: Self.started + [TransferDebited()],
+            .creditRefused: Self.started + [TransferDebited(), TransferCreditRefused(reason: "account-not-open")],
+            .completed: Self.started + [TransferDebited(), TransferCompleted()],
+            .refunded: Self.started + [TransferDebited(), TransferCreditRefused(reason: "account-not-open"), TransferRefunded()],
+            .rejected: Self.started + [TransferRejected(reason: "insufficient-funds")],
         ]
         #expect(Set(histories.keys) == Set(State.Status.allCases))
         for (status, history) in histories {
-            let state = Self.state(history)
-            #expect(state.status == status)
-            #expect(state.status.isTerminal == [.completed, .refunded, .rejected].contains(status))
+            let given = try Spec.given(history)
+            #expect(given.state.status == status)
+            #expect(given.state.status.isTerminal == [.completed, .refunded, .rejected].contains(status))
             for command in every {
-                if let event = accepted[status]?[command] {
-                    #expect(try Transfer.decide(command, state) == [event], "\(status) \(command)")
+                if let event = accepted[status]?[type(of: command).typeName] {
+                    try given.when(command).then(event)
                 } else {
-                    let expected = status == .new ? Transfer.Rule.notStarted : Transfer.Rule.stepOutOfOrder
-                    #expect(Self.refusal(command, state) == expected, "\(status) \(command)")
+                    try given.when(command).thenRefused(status == .new ? Rule.notStarted : Rule.stepOutOfOrder)
                 }
             }
         }
-        #expect(Self.state(histories[.rejected]!).reason == "insufficient-funds")
-        #expect(Self.state(histories[.refunded]!).reason == "account-not-open")
-        #expect(Self.refusal(.recordDebitRefused(reason: ""), Self.state(Self.started)) == Transfer.Rule.invalidReason)
+        #expect(try Spec.given(histories[.rejected]!).state.reason == "insufficient-funds")
+        #expect(try Spec.given(histories[.refunded]!).state.reason == "account-not-open")
+        try Spec.given(Self.started).when(RecordDebitRefused(reason: "")).thenRefused(Rule.invalidReason)
     }
 
     @Test("only StartTransfer decodes from JSON: the outcome commands cannot come from outside")
     func wire() throws {
-        #expect(try Transfer.Command.decode(typeName: "StartTransfer", data: Data(#"{"from":"1","to":"2","amount":300}"#.utf8))
-            == .startTransfer(from: "1", to: "2", amount: 300))
-        #expect(Transfer.Command.typeNames == ["StartTransfer"])
-        for command: Transfer.Command in [.recordDebit, .recordDebitRefused(reason: "x"), .recordCredit, .recordCreditRefused(reason: "x"), .recordRefund] {
-            #expect(try Transfer.Command.decode(typeName: command.typeName, data: command.encodedData()) == nil)
+        let codec = AggregateCodec<Transfer>()
+        func decode(_ type: String, _ body: String) throws -> (any DomainCommand)? {
+            try codec.command(type, JSONValue(parsing: Data(body.utf8)))
+        }
+        #expect(try decode("StartTransfer", #"{"from":"1","to":"2","amount":300}"#) as? StartTransfer == StartTransfer(from: "1", to: "2", amount: 300))
+        #expect(codec.commandTypes.keys.sorted() == ["StartTransfer"])
+        for command: any DomainCommand in [RecordDebit(), RecordDebitRefused(reason: "x"), RecordCredit(), RecordCreditRefused(reason: "x"), RecordRefund()] {
+            #expect(try decode(type(of: command).typeName, String(decoding: try EventEncoding.encode(command), as: UTF8.self)) == nil)
         }
         for body in [#"{"from":"1","to":"2"}"#, #"{"from":"1","to":"2","amount":"3"}"#, #"{"from":1,"to":"2","amount":3}"#,
                      #"{"from":"1","to":"2","amount":3,"fee":1}"#] {
-            #expect(throws: DecodingError.self, "\(body)") {
-                try Transfer.Command.decode(typeName: "StartTransfer", data: Data(body.utf8))
-            }
+            #expect(throws: DecodingError.self, "\(body)") { try decode("StartTransfer", body) }
         }
-        for event: Transfer.Event in [
-            .transferStarted(from: "a\"b", to: "ü", amount: .max), .transferDebited, .transferRejected(reason: "insufficient-funds"),
-            .transferCompleted, .transferCreditRefused(reason: "account-not-open"), .transferRefunded,
-        ] {
-            #expect(try Transfer.Event.decode(typeName: event.typeName, data: event.encodedData()) == event)
-            #expect(Transfer.Event.typeNames.contains(event.typeName))
+        let events: [any DomainEvent] = [
+            TransferStarted(from: "a\"b", to: "ü", amount: .max), TransferDebited(), TransferRejected(reason: "insufficient-funds"),
+            TransferCompleted(), TransferCreditRefused(reason: "account-not-open"), TransferRefunded(),
+        ]
+        for event in events {
+            let stored = try codec.newEvent(event, id: nil, metadata: Data("{}".utf8))
+            let read = try #require(try codec.event(stored.type, stored.data))
+            #expect(try EventEncoding.encode(read) == EventEncoding.encode(event))
         }
     }
 }

@@ -1,4 +1,5 @@
 import Aggregates
+import EventStore
 import BankDomain
 import EventlineTestSupport
 import Foundation
@@ -13,11 +14,13 @@ struct CommandSchemaTests {
     /// Every command type the sample server registers, with its decoder.
     static let decoders: [String: @Sendable (Data) throws -> Bool] = {
         var decoders: [String: @Sendable (Data) throws -> Bool] = [:]
-        for type in BankAccount.Command.typeNames {
-            decoders[type] = { try BankAccount.Command.decode(typeName: type, data: $0) != nil }
+        let accounts = AggregateCodec<BankAccount>()
+        for type in accounts.commandTypes.keys {
+            decoders[type] = { try accounts.command(type, JSONValue(parsing: $0)) != nil }
         }
-        for type in Transfer.Command.typeNames {
-            decoders[type] = { try Transfer.Command.decode(typeName: type, data: $0) != nil }
+        let transfers = AggregateCodec<Transfer>()
+        for type in transfers.commandTypes.keys {
+            decoders[type] = { try transfers.command(type, JSONValue(parsing: $0)) != nil }
         }
         return decoders
     }()

@@ -11,6 +11,7 @@ import HummingbirdTesting
 import Logging
 import NIOCore
 import Projector
+import ReadModels
 
 /// A live server (real HTTP on loopback) over a migrated test database.
 struct TestServer {

@@ -104,7 +104,7 @@ struct ReactorKillTests {
         let initial: Int64 = 1_000_000
         for account in 1...5 { try await openAccount(accounts, "\(account)", deposit: initial) }
         try await openAccount(accounts, "6", deposit: 0)
-        _ = try await accounts.handle(id: "6", command: .closeAccount)
+        _ = try await accounts.handle(id: "6", command: CloseAccount())
 
         var processes = [try Self.reactor(test.url, logs: logs), try Self.reactor(test.url, logs: logs)]
         defer { for process in processes where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
@@ -122,7 +122,7 @@ struct ReactorKillTests {
                     for planned in Self.plan[(round * Self.plan.count / 8)..<((round + 1) * Self.plan.count / 8)] {
                         group.addTask {
                             _ = try await transfers.handle(
-                                id: planned.id, command: .startTransfer(from: planned.from, to: planned.to, amount: planned.amount))
+                                id: planned.id, command: StartTransfer(from: planned.from, to: planned.to, amount: planned.amount))
                         }
                     }
                     try await group.waitForAll()

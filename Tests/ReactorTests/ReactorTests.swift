@@ -32,8 +32,8 @@ func reactorStatus(_ test: TestStore) async throws -> [ReactorStatus] {
 
 /// Opens `account` with `deposit` in it (0: nothing deposited).
 func openAccount(_ accounts: CommandHandler<BankAccount>, _ account: String, deposit: Int64) async throws {
-    _ = try await accounts.handle(id: account, command: .openAccount(owner: "Owner \(account)", currency: "EUR"))
-    if deposit > 0 { _ = try await accounts.handle(id: account, command: .depositMoney(amount: deposit)) }
+    _ = try await accounts.handle(id: account, command: OpenAccount(owner: "Owner \(account)", currency: "EUR"))
+    if deposit > 0 { _ = try await accounts.handle(id: account, command: DepositMoney(amount: deposit)) }
 }
 
 /// The transfers read model, run in-process over `test` until it has caught up with the log.
@@ -69,7 +69,7 @@ struct ReactorTests {
         try await openAccount(accounts, "a", deposit: 1000)
         try await openAccount(accounts, "b", deposit: 0)
         try await openAccount(accounts, "c", deposit: 0)
-        _ = try await accounts.handle(id: "c", command: .closeAccount)
+        _ = try await accounts.handle(id: "c", command: CloseAccount())
         let plan: [(id: String, from: String, to: String, amount: Int64, state: Transfer.State.Status, reason: String?)] = [
             ("t1", "a", "b", 300, .completed, nil),
             ("t2", "a", "b", 5000, .rejected, BankAccount.Rule.insufficientFunds),
@@ -80,7 +80,7 @@ struct ReactorTests {
         ]
         // t6 spends what t1 brings: transfers of one reactor run in log order.
         for transfer in plan {
-            _ = try await transfers.handle(id: transfer.id, command: .startTransfer(from: transfer.from, to: transfer.to, amount: transfer.amount))
+            _ = try await transfers.handle(id: transfer.id, command: StartTransfer(from: transfer.from, to: transfer.to, amount: transfer.amount))
         }
         // Some events of other categories, which the reactor passes over.
         _ = try await store.append(to: "noise-1", events: [NewEvent(type: "Noise", data: Data("{}".utf8))])
@@ -150,7 +150,7 @@ struct ReactorTests {
         try await openAccount(accounts, "b", deposit: 0)
         let transfers = CommandHandler<Transfer>(store: store)
         _ = try await transfers.handle(
-            id: "tc", command: .startTransfer(from: "a", to: "b", amount: 100), metadata: [MetadataKey.correlationId: .string("order-17")])
+            id: "tc", command: StartTransfer(from: "a", to: "b", amount: 100), metadata: [MetadataKey.correlationId: .string("order-17")])
         let runner = ReactorRunner(reactors: [TransferProcess(store: store)], store: store, configuration: reactorConfiguration())
         let task = start(runner)
         defer { task.cancel() }
@@ -186,9 +186,9 @@ struct ReactorTests {
         try await openAccount(accounts, "a", deposit: 100)
         try await openAccount(accounts, "b", deposit: 0)
         try await openAccount(accounts, "c", deposit: 0)
-        _ = try await accounts.handle(id: "c", command: .closeAccount)
+        _ = try await accounts.handle(id: "c", command: CloseAccount())
         let process = TransferProcess(store: store)
-        func takeStep(_ transfer: String, _ step: TransferProcess.Step, _ account: String, _ command: BankAccount.Command) async throws {
+        func takeStep(_ transfer: String, _ step: TransferProcess.Step, _ account: String, _ command: any DomainCommand) async throws {
             let id = TransferProcess.eventID(transfer: transfer, step: step)
             _ = try await accounts.handle(
                 id: account, command: command, metadata: ["transfer": .string(transfer), "step": .string(step.rawValue)], eventIDs: { _ in id })
@@ -196,27 +196,27 @@ struct ReactorTests {
 
         // t1: the whole balance was withdrawn, then the process died. Deciding again would be
         // refused for insufficient funds (the money is gone) and reject the transfer.
-        _ = try await transfers.handle(id: "t1", command: .startTransfer(from: "a", to: "b", amount: 100))
-        try await takeStep("t1", .debit, "a", .withdrawMoney(amount: 100))
+        _ = try await transfers.handle(id: "t1", command: StartTransfer(from: "a", to: "b", amount: 100))
+        try await takeStep("t1", .debit, "a", WithdrawMoney(amount: 100))
         try await process.drive("t1")
         #expect(try await transfers.load("transfer-t1").state.status == .completed)
         #expect(try await accounts.load("account-a").state.balance == 0)
         #expect(try await accounts.load("account-b").state.balance == 100)
 
         // t2: the credit was applied, then the process died before recording it.
-        _ = try await transfers.handle(id: "t2", command: .startTransfer(from: "b", to: "a", amount: 60))
-        try await takeStep("t2", .debit, "b", .withdrawMoney(amount: 60))
-        _ = try await transfers.handle(id: "t2", command: .recordDebit)
-        try await takeStep("t2", .credit, "a", .depositMoney(amount: 60))
+        _ = try await transfers.handle(id: "t2", command: StartTransfer(from: "b", to: "a", amount: 60))
+        try await takeStep("t2", .debit, "b", WithdrawMoney(amount: 60))
+        _ = try await transfers.handle(id: "t2", command: RecordDebit())
+        try await takeStep("t2", .credit, "a", DepositMoney(amount: 60))
         try await process.drive("t2")
         #expect(try await transfers.load("transfer-t2").state.status == .completed)
 
         // t3: the refund was applied, then the process died before recording it.
-        _ = try await transfers.handle(id: "t3", command: .startTransfer(from: "a", to: "c", amount: 60))
-        try await takeStep("t3", .debit, "a", .withdrawMoney(amount: 60))
-        _ = try await transfers.handle(id: "t3", command: .recordDebit)
-        _ = try await transfers.handle(id: "t3", command: .recordCreditRefused(reason: BankAccount.Rule.notOpen))
-        try await takeStep("t3", .refund, "a", .depositMoney(amount: 60))
+        _ = try await transfers.handle(id: "t3", command: StartTransfer(from: "a", to: "c", amount: 60))
+        try await takeStep("t3", .debit, "a", WithdrawMoney(amount: 60))
+        _ = try await transfers.handle(id: "t3", command: RecordDebit())
+        _ = try await transfers.handle(id: "t3", command: RecordCreditRefused(reason: BankAccount.Rule.notOpen))
+        try await takeStep("t3", .refund, "a", DepositMoney(amount: 60))
         try await process.drive("t3")
         #expect(try await transfers.load("transfer-t3").state.status == .refunded)
 
@@ -248,10 +248,10 @@ struct ReactorTests {
         let accounts = CommandHandler<BankAccount>(store: store)
         let transfers = CommandHandler<Transfer>(store: store)
         try await openAccount(accounts, "a", deposit: 10)
-        _ = try await transfers.handle(id: "t", command: .startTransfer(from: "a", to: "gone", amount: 10))
+        _ = try await transfers.handle(id: "t", command: StartTransfer(from: "a", to: "gone", amount: 10))
         _ = try await accounts.handle(
-            id: "a", command: .withdrawMoney(amount: 10), eventIDs: { _ in TransferProcess.eventID(transfer: "t", step: .debit) })
-        _ = try await accounts.handle(id: "a", command: .closeAccount)
+            id: "a", command: WithdrawMoney(amount: 10), eventIDs: { _ in TransferProcess.eventID(transfer: "t", step: .debit) })
+        _ = try await accounts.handle(id: "a", command: CloseAccount())
         let runner = ReactorRunner(reactors: [TransferProcess(store: store)], store: store, configuration: reactorConfiguration())
         let task = start(runner)
         defer { task.cancel() }

@@ -31,7 +31,7 @@ struct DatabaseOptions: ParsableArguments {
 
     /// Opens an event store with a small pool, enough for one command.
     func openStore() throws -> EventStore {
-        var configuration = EventStoreConfiguration(databaseURL: try databaseURL)
+        var configuration = Domain.current.storeConfiguration(databaseURL: try databaseURL)
         configuration.poolSize = 2
         configuration.acquireTimeout = .seconds(15)
         return EventStore(configuration, logger: CLI.logger)
@@ -42,7 +42,7 @@ struct DatabaseOptions: ParsableArguments {
 struct MigrationOptions: ParsableArguments {
     @Option(
         name: .customLong("migrations-dir"),
-        help: "Directory of NNNN_name.sql files, instead of those compiled into eventctl (default: $EVENTLINE_MIGRATIONS_DIR).")
+        help: "Directory of NNNN_name.sql files, instead of those compiled into \(CLI.name) (default: $EVENTLINE_MIGRATIONS_DIR).")
     var directory: String?
 
     func load() throws -> [Migration] {
@@ -95,6 +95,9 @@ struct CLIError: Error, CustomStringConvertible {
 }
 
 enum CLI {
+    /// The executable's name, for messages.
+    static var name: String { Domain.current.name }
+
     static let logger: Logger = {
         var logger = Logger(label: "eventctl")
         let level = ProcessInfo.processInfo.environment["EVENTLINE_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:))
@@ -130,7 +133,7 @@ enum CLI {
 
     static func fail(_ message: String, code: Int32) -> Never {
         let line = message.replacingOccurrences(of: "\n", with: " ")
-        FileHandle.standardError.write(Data("eventctl: error: \(line)\n".utf8))
+        FileHandle.standardError.write(Data("\(CLI.name): error: \(line)\n".utf8))
         exit(code)
     }
 }

@@ -55,7 +55,7 @@ enum EnvironmentVariables {
     /// otherwise silently ignored).
     static func warnAboutUnknown(logger: Logger) {
         for name in unknown() {
-            logger.warning("unknown environment variable \(name): eventctl ignores it (see eventctl --help and the README)")
+            logger.warning("unknown environment variable \(name): \(CLI.name) ignores it (see \(CLI.name) --help and the README)")
         }
     }
 }

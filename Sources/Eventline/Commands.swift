@@ -132,10 +132,10 @@ enum StatusReport {
         Swift.print("database     \(info.database) on \(info.server) as \(info.user)")
         Swift.print("server       \(info.version)")
         guard info.hasEventLog else {
-            Swift.print("event log    not installed: run eventctl migrate")
+            Swift.print("event log    not installed: run \(CLI.name) migrate")
             return
         }
-        var configuration = EventStoreConfiguration(databaseURL: url)
+        var configuration = Domain.current.storeConfiguration(databaseURL: url)
         configuration.poolSize = 1
         let store = EventStore(configuration, logger: CLI.logger)
         let summary = try await store.summary()

@@ -23,7 +23,7 @@ enum Telemetry {
         // swift-otel stops the process on settings it was not built for; refuse them in one line.
         let protocolName = environment["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] ?? environment["OTEL_EXPORTER_OTLP_PROTOCOL"] ?? "http/protobuf"
         guard ["http/protobuf", "http/json"].contains(protocolName) else {
-            throw CLIError("OTEL_EXPORTER_OTLP_PROTOCOL=\(protocolName) is not supported: eventctl exports OTLP over HTTP (http/protobuf or http/json)")
+            throw CLIError("OTEL_EXPORTER_OTLP_PROTOCOL=\(protocolName) is not supported: \(CLI.name) exports OTLP over HTTP (http/protobuf or http/json)")
         }
         if let propagators = environment["OTEL_PROPAGATORS"], !propagators.isEmpty,
             let other = propagators.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) })

@@ -1,6 +1,5 @@
 import Aggregates
 import ArgumentParser
-import BankDomain
 import EventStore
 import Foundation
 import HTTPServer
@@ -9,10 +8,11 @@ import Logging
 import Projector
 import ServiceLifecycle
 import UnixSignals
+import ReadModels
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve the HTTP API (commands for the bank domain: accounts and transfers; streams, the log, health, metrics).")
+        abstract: "Serve the HTTP API (the domain's commands; streams, the log, read models, health, metrics).")
 
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var cacheOptions: CacheOptions
@@ -75,12 +75,12 @@ struct Serve: AsyncParsableCommand {
         do {
             for (projection, built) in ProjectionReport.drift(try await ProjectionReport.fetch(url), declared: declared) {
                 if let built {
-                    CLI.logger.warning("read model built at another version: eventctl replay \(projection.name)", metadata: [
+                    CLI.logger.warning("read model built at another version: \(CLI.name) replay \(projection.name)", metadata: [
                         "projection.name": "\(projection.name)", "projection.version.built": "\(built)",
                         "projection.version.declared": "\(projection.version)",
                     ])
                 } else {
-                    CLI.logger.warning("read model not built yet: eventctl project or eventctl replay \(projection.name)", metadata: ["projection.name": "\(projection.name)"])
+                    CLI.logger.warning("read model not built yet: \(CLI.name) project or \(CLI.name) replay \(projection.name)", metadata: ["projection.name": "\(projection.name)"])
                 }
             }
         } catch {
@@ -140,20 +140,18 @@ struct ReadModels {
 enum Server {
     static func run(
         databaseURL: String, configuration: ServerConfiguration, readModels: ReadModels = ReadModels(),
-        alongside services: [any Service] = [], banner: [String] = [], timeouts: DatabaseTimeouts = DatabaseTimeouts()
+        alongside services: [any Service] = [], banner: [String] = [], timeouts: DatabaseTimeouts = DatabaseTimeouts(),
+        domain: Domain = .current
     ) async throws {
         let logger = Logs.logger("eventline")
         // Before the application is built: it adds a tracing middleware when a tracer is installed.
         let tracing = try Telemetry.bootstrapTracing(serviceName: "eventline-server", logger: logger)
-        var storeConfiguration = EventStoreConfiguration(databaseURL: databaseURL)
+        var storeConfiguration = domain.storeConfiguration(databaseURL: databaseURL)
         storeConfiguration.poolSize = 16
         storeConfiguration.connectTimeout = timeouts.connect
         storeConfiguration.statementTimeout = timeouts.statement
         storeConfiguration.acquireTimeout = timeouts.pool
         let store = EventStore(storeConfiguration, logger: logger)
-        var commands = CommandRegistry()
-        commands.register(CommandHandler<BankAccount>(store: store, logger: logger))
-        commands.register(CommandHandler<Transfer>(store: store, logger: logger))
         var readConfiguration = ReadModelService.Configuration(databaseURL: databaseURL)
         readConfiguration.waitTimeout = readModels.waitTimeout
         readConfiguration.declared = readModels.declared
@@ -161,8 +159,7 @@ enum Server {
         readConfiguration.statementTimeout = timeouts.statement
         readConfiguration.acquireTimeout = timeouts.pool
         let readService = ReadModelService(readConfiguration, cache: readModels.cache, logger: logger)
-        let app = buildApplication(
-            configuration, store: store, commands: commands, readModels: readService, logger: logger)
+        let app = Eventline.application(domain, store: store, configuration: configuration, readModels: readService, logger: logger)
         logger.info("serving", metadata: ["http.address": "\(configuration.host):\(configuration.port)"])
         // Asked in the background: a database that is down or hung must not delay listening.
         Task {
@@ -177,5 +174,20 @@ enum Server {
         let group = ServiceGroup(
             services: (tracing.map { [$0] } ?? []) + [app] + services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
+    }
+}
+
+extension Eventline {
+    /// The HTTP application `serve` runs for `domain`: its commands at `/v1/commands/…`, the
+    /// log, streams, read models, health and metrics, over `store` (build it with
+    /// `domain.storeConfiguration(databaseURL:)` so that reads see current shapes). A test runs
+    /// it on port 0.
+    public static func application(
+        _ domain: Domain, store: EventStore, configuration: ServerConfiguration = ServerConfiguration(),
+        readModels: ReadModelService? = nil, logger: Logger = Logger(label: "eventline")
+    ) -> some ApplicationProtocol {
+        buildApplication(
+            configuration, store: store, commands: domain.commandRegistry(store: store, logger: logger), readModels: readModels,
+            logger: logger)
     }
 }

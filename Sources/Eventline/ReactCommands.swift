@@ -1,5 +1,4 @@
 import ArgumentParser
-import BankDomain
 import EventStore
 import Foundation
 import Logging
@@ -58,10 +57,10 @@ extension React {
     /// The shipped reactors (or only those named) over a store of their own; the caller shuts
     /// the store down once the runner has stopped.
     static func runner(url: String, only: [String] = [], logger: Logger) -> (EventStore, ReactorRunner) {
-        var storeConfiguration = EventStoreConfiguration(databaseURL: url)
+        var storeConfiguration = Domain.current.storeConfiguration(databaseURL: url)
         storeConfiguration.poolSize = 4
         let store = EventStore(storeConfiguration, logger: logger)
-        let all: [any Reactor] = [TransferProcess(store: store, logger: logger)]
+        let all = Domain.current.reactors(store: store, logger: logger)
         let selected = only.isEmpty ? all : all.filter { only.contains($0.name) }
         return (store, ReactorRunner(reactors: selected, store: store, logger: logger))
     }
@@ -83,7 +82,7 @@ enum ReactorReport {
     static func fetch(_ url: String) async throws -> [ReactorStatus] {
         try await CLI.withConnection(url) { conn in
             let installed = try conn.query("SELECT to_regclass('eventline.reactors') IS NOT NULL").first!.decode(0, as: Bool.self)
-            guard installed else { throw CLIError("reactors are not installed: run eventctl migrate") }
+            guard installed else { throw CLIError("reactors are not installed: run \(CLI.name) migrate") }
             return try ReactorCatalog.status(on: conn)
         }
     }
@@ -102,7 +101,7 @@ enum ReactorReport {
 
     static func print(_ statuses: [ReactorStatus]) {
         guard !statuses.isEmpty else {
-            Swift.print("reactors     none yet (eventctl react starts them)")
+            Swift.print("reactors     none yet (\(CLI.name) react starts them)")
             return
         }
         Swift.print("reactors")

@@ -1,5 +1,4 @@
 import ArgumentParser
-import BankDomain
 import EmbeddedServers
 import EventStore
 import Foundation
@@ -11,7 +10,7 @@ import ServiceLifecycle
 
 struct Dev: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Start a private PostgreSQL, migrate it, and serve the bank domain until interrupted (or run a short demo).")
+        abstract: "Start a private PostgreSQL, migrate it, and serve the domain until interrupted (or run a short demo).")
 
     @OptionGroup var migrations: MigrationOptions
     @OptionGroup var projections: ProjectionOptions
@@ -36,7 +35,7 @@ struct Dev: AsyncParsableCommand {
             if demo {
                 try await Demo.run(databaseURL: url)
                 Swift.print("")
-                Swift.print("$ eventctl status")
+                Swift.print("$ \(CLI.name) status")
                 try await StatusReport.print(databaseURL: url, migrations: loaded)
                 return
             }
@@ -56,18 +55,20 @@ struct Dev: AsyncParsableCommand {
                 let loaded = try projections.load()
                 readModels.declared = Set(loaded.map(\.name))
                 services.append(ProjectorService(projector: Projector(
-                    projections: loaded, configuration: ProjectorConfiguration(databaseURL: url), logger: CLI.logger)))
+                    projections: loaded, configuration: Domain.current.projectorConfiguration(databaseURL: url), logger: CLI.logger)))
                 Swift.print("Projecting \(loaded.map(\.name).joined(separator: ", ")) from \(projections.path).")
             }
-            // And the transfers reactor, so that transfers complete.
+            // And the domain's reactors (the bank's carry out transfers).
             let (reactorStore, reactors) = React.runner(url: url, logger: CLI.logger)
             services.append(ReactorService(runner: reactors))
-            try await Server.run(databaseURL: url, configuration: configuration, readModels: readModels, alongside: services, banner: [
-                "Serving the bank domain on \(base) (Ctrl-C stops it and deletes the database). Try:",
-                "  curl -s -X POST \(base)/v1/commands/account/42 -H 'Content-Type: application/json' -d '{\"type\":\"OpenAccount\",\"data\":{\"owner\":\"Ada\",\"currency\":\"EUR\"}}'",
-                "  curl -s \(base)/v1/streams/account-42",
-                "  curl -s \(base)/v1/read-models/account_balances/42",
-            ])
+            let domain = Domain.current
+            var banner = ["Serving the \(domain.name) domain on \(base) (Ctrl-C stops it and deletes the database)."]
+            if !domain.devExamples.isEmpty {
+                banner[0] += " Try:"
+                banner += domain.devExamples.map { "  " + $0.replacingOccurrences(of: "{base}", with: base) }
+            }
+            try await Server.run(
+                databaseURL: url, configuration: configuration, readModels: readModels, alongside: services, banner: banner)
             await reactorStore.shutdown()  // what the reactor appended commits first
         }
     }
@@ -76,9 +77,9 @@ struct Dev: AsyncParsableCommand {
 /// A short walk through the event store, printed as the equivalent eventctl commands.
 enum Demo {
     static func run(databaseURL: String) async throws {
-        let store = EventStore(EventStoreConfiguration(databaseURL: databaseURL), logger: CLI.logger)
+        let store = EventStore(Domain.current.storeConfiguration(databaseURL: databaseURL), logger: CLI.logger)
         let stream = "account-\(Int.random(in: 1000...9999))"
-        func show(_ command: String) { Swift.print("\n$ eventctl \(command)") }
+        func show(_ command: String) { Swift.print("\n$ \(CLI.name) \(command)") }
 
         show("append \(stream) --type AccountOpened --data '{\"owner\":\"Ada\",\"currency\":\"EUR\"}' --expected-version no-stream")
         var result = try await store.append(
@@ -100,7 +101,7 @@ enum Demo {
                 to: stream, expected: .exact(1), events: [NewEvent(type: "MoneyWithdrawn", data: Data(#"{"amount":100}"#.utf8))])
             Swift.print("unexpected: the stale append succeeded")
         } catch let error as EventStoreError where error.code == .wrongExpectedVersion {
-            Swift.print("eventctl: error: \(error.message)   (exit code 3)")
+            Swift.print("\(CLI.name): error: \(error.message)   (exit code 3)")
         }
 
         show("read \(stream)")

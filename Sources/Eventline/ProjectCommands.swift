@@ -8,14 +8,15 @@ import Projector
 import ServiceLifecycle
 import Synchronization
 import UnixSignals
+import ReadModels
 
 /// Where the projection definitions are.
 struct ProjectionOptions: ParsableArguments {
-    @Option(name: .customLong("projections-dir"), help: "Directory of NAME.yaml projections (default: $EVENTLINE_PROJECTIONS_DIR or ./Projections).")
+    @Option(name: .customLong("projections-dir"), help: "Directory of NAME.yaml projections (default: $EVENTLINE_PROJECTIONS_DIR or ./\(Domain.current.projectionsDirectory)).")
     var directory: String?
 
     var path: String {
-        directory ?? ProcessInfo.processInfo.environment["EVENTLINE_PROJECTIONS_DIR"] ?? "Projections"
+        directory ?? ProcessInfo.processInfo.environment["EVENTLINE_PROJECTIONS_DIR"] ?? Domain.current.projectionsDirectory
     }
 
     func load() throws -> [YAMLProjection] {
@@ -76,7 +77,7 @@ struct Project: AsyncParsableCommand {
     @OptionGroup var metrics: MetricsOptions
     @Option(name: .customLong("projection"), help: "Run only this projection (repeatable; default: all in the directory).")
     var only: [String] = []
-    @Flag(name: .customLong("no-rebuild"), help: "Do not rebuild a projection whose version changed; wait for eventctl replay (default: $EVENTLINE_REBUILD_ON_VERSION_CHANGE, on).")
+    @Flag(name: .customLong("no-rebuild"), help: "Do not rebuild a projection whose version changed; wait for \(CLI.name) replay (default: $EVENTLINE_REBUILD_ON_VERSION_CHANGE, on).")
     var noRebuild = false
 
     func run() async throws {
@@ -107,7 +108,7 @@ struct Project: AsyncParsableCommand {
             }
             let cache = try cacheOptions.cache(logger: logger)
             defer { cache?.client.shutdown() }
-            var configuration = ProjectorConfiguration(databaseURL: url)
+            var configuration = Domain.current.projectorConfiguration(databaseURL: url)
             let rebuildSetting = ProcessInfo.processInfo.environment["EVENTLINE_REBUILD_ON_VERSION_CHANGE"]?.lowercased()
             configuration.rebuildOnVersionChange = !noRebuild && !["0", "false", "off", "no"].contains(rebuildSetting ?? "")
             // Without --projection, files added to (or changed in) the directory are picked up
@@ -208,7 +209,7 @@ enum ProjectionReport {
     static func fetch(_ url: String) async throws -> [ProjectionStatus] {
         try await CLI.withConnection(url) { conn in
             let installed = try conn.query("SELECT to_regclass('eventline.projections') IS NOT NULL").first!.decode(0, as: Bool.self)
-            guard installed else { throw CLIError("projections are not installed: run eventctl migrate") }
+            guard installed else { throw CLIError("projections are not installed: run \(CLI.name) migrate") }
             return try ProjectionCatalog.status(on: conn)
         }
     }
@@ -240,12 +241,12 @@ enum ProjectionReport {
     static func print(_ statuses: [ProjectionStatus], declared: [YAMLProjection]? = nil) {
         let notes = drift(statuses, declared: declared ?? []).map { projection, built in
             if let built {
-                return "  \(projection.name)  declared v\(projection.version) in \(projection.source), built v\(built): eventctl replay \(projection.name) (a running projector rebuilds it itself)"
+                return "  \(projection.name)  declared v\(projection.version) in \(projection.source), built v\(built): \(CLI.name) replay \(projection.name) (a running projector rebuilds it itself)"
             }
-            return "  \(projection.name)  declared in \(projection.source), not built: eventctl replay \(projection.name) (or eventctl project)"
+            return "  \(projection.name)  declared in \(projection.source), not built: \(CLI.name) replay \(projection.name) (or \(CLI.name) project)"
         }
         guard !statuses.isEmpty || !notes.isEmpty else {
-            Swift.print("projections  none yet (eventctl project starts them)")
+            Swift.print("projections  none yet (\(CLI.name) project starts them)")
             return
         }
         Swift.print("projections")
@@ -285,7 +286,7 @@ struct AnalystRole: AsyncParsableCommand {
             guard password.count >= 8 else { throw CLIError("the password must have at least 8 characters") }
             try await database.withConnection { conn in
                 let exists = try conn.query("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'eventline_analyst')").first!.decode(0, as: Bool.self)
-                guard exists else { throw CLIError("the role eventline_analyst does not exist: run eventctl migrate") }
+                guard exists else { throw CLIError("the role eventline_analyst does not exist: run \(CLI.name) migrate") }
                 // ALTER ROLE takes no bind parameters: the password goes in as a quoted literal.
                 let literal = try conn.quoteLiteral(password)
                 try conn.execute(unsafeSQL: "ALTER ROLE eventline_analyst LOGIN PASSWORD \(literal)")
@@ -359,9 +360,11 @@ struct Replay: AsyncParsableCommand {
                 let started = ContinuousClock.now
                 let result: ReplayResult
                 do {
-                    result = try await ProjectionReplay.run(projection, databaseURL: url, dryRun: dryRun, batchSize: batchSize, progress: { progress in
-                        line.update(events: progress.events, position: progress.position, target: progress.target, note: progress.phase)
-                    })
+                    result = try await ProjectionReplay.run(
+                        projection, databaseURL: url, dryRun: dryRun, batchSize: batchSize,
+                        progress: { progress in
+                            line.update(events: progress.events, position: progress.position, target: progress.target, note: progress.phase)
+                        }, upcasters: Domain.current.upcasters)
                 } catch let error as ReplayError {
                     line.finish()
                     throw CLIError("\(projection.name): \(error.description); the live read model is untouched")

@@ -19,10 +19,11 @@ test-deps:
 build: deps
 	$(SWIFT) build
 
-# The example service, built as its own package against this checkout. It shares the root's
-# build directory, so that Eventline and its dependencies are compiled once (its tests run
-# right after its build: `test --skip-build` runs what the last build in .build described).
-EXAMPLE := --package-path Examples/warehouse --scratch-path .build
+# The example service, built as its own package against this checkout, as a team's service
+# would be. It has a build directory of its own: sharing the root's saves a cold build of the
+# dependencies, but SwiftPM then misses changes of Eventline's modules in the example's own
+# targets, and an incremental build links stale objects.
+EXAMPLE := --package-path Examples/warehouse
 
 ## test: every test, against a private PostgreSQL (and Redis) started by the test support;
 ## then the example service's build and tests.

@@ -130,7 +130,7 @@ public struct AggregateCodec<A: Aggregate>: Sendable {
     /// Throws `DecodingError` naming the field at fault.
     public func command(_ typeName: String, _ data: JSONValue) throws -> (any DomainCommand)? {
         guard let type = commandTypes[typeName] else { return nil }
-        return try JSONValueDecoder(strict: true).decode(type, from: data) as? any DomainCommand
+        return try JSONValueDecoder(strict: true).decodeValue(of: type, from: data) as? any DomainCommand
     }
 
     /// The event `recorded` holds (already in its current shape), or nil for a type the
@@ -142,14 +142,14 @@ public struct AggregateCodec<A: Aggregate>: Sendable {
     /// An event of `typeName` from its current-shape JSON data.
     public func event(_ typeName: String, _ data: Data) throws -> (any DomainEvent)? {
         guard let type = eventTypes[typeName] else { return nil }
-        return try JSONValueDecoder().decode(type, from: JSONValue(parsing: data)) as? any DomainEvent
+        return try JSONValueDecoder().decodeValue(of: type, from: JSONValue(parsing: data)) as? any DomainEvent
     }
 
     /// Whether the aggregate can read an event of `type` stored at `schemaVersion` with `data`
     /// (a raw append to one of its streams must not break its commands).
     public func accepts(type: String, schemaVersion: Int, data: Data) -> Bool {
         let name = upcasters.currentName(of: type)
-        guard eventTypes[name] != nil else { return false }
+        guard let current = eventVersions[name], schemaVersion <= current else { return false }
         do {
             let current = try upcasters.upcast(type: type, version: schemaVersion, data: JSONValue(parsing: data))
             return try event(name, Data(current.jsonText.utf8)) != nil

@@ -7,7 +7,7 @@ public enum Bank {
         var domain = Domain(name: name, abstract: "Operate an Eventline event store serving the sample bank (accounts and transfers).")
         domain.register(BankAccount.self)
         domain.register(Transfer.self)
-        domain.reactor { store, logger in TransferProcess(store: store, logger: logger) }
+        domain.reactor("transfers") { store, logger in TransferProcess(store: store, logger: logger) }
         domain.devExamples = [
             #"curl -s -X POST {base}/v1/commands/account/42 -H 'Content-Type: application/json' -d '{"type":"OpenAccount","data":{"owner":"Ada","currency":"EUR"}}'"#,
             "curl -s {base}/v1/streams/account-42",

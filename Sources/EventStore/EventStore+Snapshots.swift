@@ -94,7 +94,7 @@ extension EventStore {
                 position: try row.decode(1), stream: name, version: try row.decode(2), id: try row.decode(3), type: try row.decode(4),
                 data: try PayloadCodec.decode(try row.decode(5, as: Data.self), codec: Int16(try row.decode(6, as: Int.self))),
                 metadata: try row.decode(7), recordedAt: try row.decode(8), schemaVersion: try row.decode(9, as: Int?.self) ?? 1)
-            events.append(configuration.upcasters.isEmpty ? event : try configuration.upcasters.upcast(event))
+            events.append(try Self.upcast(event, configuration.upcasters))
         }
         return (snapshot, unusable, events)
     }

@@ -167,6 +167,12 @@ public final class EventStore: Sendable {
             if let version = event.schemaVersion, !(1...Int(Int16.max)).contains(version) {
                 throw invalid("the schema version must be between 1 and \(Int16.max), got \(version)")
             }
+            // Data the domain's upcasters cannot read would stop every reader of the log at it.
+            if !configuration.upcasters.isEmpty,
+                let problem = configuration.upcasters.problem(type: event.type, version: event.schemaVersion ?? 1, data: event.data)
+            {
+                throw invalid(problem)
+            }
             let (stored, codec) = PayloadCodec.encode(event.data, threshold: configuration.compressionThreshold)
             prepared.append(PreparedEvent(
                 id: event.id, type: event.type, storedData: stored, codec: codec.rawValue, metadata: event.metadata,
@@ -220,7 +226,19 @@ public final class EventStore: Sendable {
                 id: try row.decode(3), type: try row.decode(4),
                 data: try PayloadCodec.decode(try row.decode(5, as: Data.self), codec: Int16(try row.decode(6, as: Int.self))),
                 metadata: try row.decode(7), recordedAt: try row.decode(8), schemaVersion: try row.decode(9, as: Int?.self) ?? 1)
-            return upcasters.isEmpty ? event : try upcasters.upcast(event)
+            return try upcast(event, upcasters)
+        }
+    }
+
+    /// `event` in its current shape; data the upcasters refuse is a corrupt event.
+    static func upcast(_ event: RecordedEvent, _ upcasters: EventUpcasters) throws -> RecordedEvent {
+        guard !upcasters.isEmpty else { return event }
+        do {
+            return try upcasters.upcast(event)
+        } catch let error as UpcastError {
+            throw EventStoreError(
+                code: .corruptEvent, message: "event \(event.position) (\(event.type) in \(event.stream)) cannot be read: \(error)",
+                stream: event.stream)
         }
     }
 
@@ -234,7 +252,12 @@ public final class EventStore: Sendable {
     package static func readEvents(
         on conn: PostgresConnection, after: Int, upTo: Int, types: [String], limit: Int, upcasters: EventUpcasters
     ) throws -> [RecordedEvent] {
-        try decodeEvents(conn.query("""
+        // Events reach the consumer under their current names: a handler of an old name would
+        // never be called.
+        if let old = types.first(where: upcasters.isAlias) {
+            throw EventStoreError.invalidArgument("\(old) is renamed to \(upcasters.currentName(of: old)): handle it under that name")
+        }
+        return try decodeEvents(conn.query("""
             SELECT \(unsafeSQL: eventColumns) FROM eventline.events
             WHERE position > \(after) AND position <= \(upTo) AND type = ANY(\(upcasters.storedNames(of: types)))
             ORDER BY position LIMIT \(limit)

@@ -34,6 +34,7 @@ public struct EventUpcasters: Sendable {
     /// programming error and traps when the domain is built.
     public mutating func register(_ type: String, from version: Int, _ upcast: @escaping Upcast) {
         precondition(version >= 1, "an upcaster of \(type) must start from version 1 or later, not \(version)")
+        precondition(renamed[type] == nil, "\(type) is renamed to \(renamed[type] ?? ""): register its upcasters under that name")
         precondition(steps[type]?[version] == nil, "\(type) has two upcasters from version \(version)")
         steps[type, default: [:]][version] = upcast
         currentVersions[type] = max(currentVersions[type] ?? 1, version + 1)
@@ -42,19 +43,49 @@ public struct EventUpcasters: Sendable {
             "the upcasters of \(type) must go from version 1 to \(currentVersions[type]!) without a gap")
     }
 
-    /// Events stored as `oldName` read as `currentName`.
+    /// Events stored as `oldName` read as `currentName`. A name is renamed once, to a name that
+    /// is not itself renamed (rename `A` to `C` and `B` to `C`, never `A` to `B` to `C`), and has
+    /// no upcasters of its own; a mistake traps when the domain is built.
     public mutating func alias(_ oldName: String, as currentName: String) {
         precondition(oldName != currentName, "\(oldName) cannot be an alias of itself")
         precondition(renamed[currentName] == nil, "\(currentName) is itself renamed to \(renamed[currentName] ?? "")")
+        precondition(!renamed.values.contains(oldName), "\(oldName) is the new name of another type; rename that type to \(currentName) directly")
+        precondition(renamed[oldName] == nil || renamed[oldName] == currentName, "\(oldName) is already renamed to \(renamed[oldName] ?? "")")
+        precondition(steps[oldName] == nil, "\(oldName) has upcasters: register them under \(currentName)")
         renamed[oldName] = currentName
     }
 
+    /// The types that have upcasters.
+    public var typesWithSteps: [String] { steps.keys.sorted() }
+
+    /// Whether `type` is an old name that reads as another.
+    public func isAlias(_ type: String) -> Bool { renamed[type] != nil }
+
     /// Adds every step and alias of `other` (a domain is built from several aggregates).
     public mutating func merge(_ other: EventUpcasters) {
-        for (type, chain) in other.steps {
+        for (type, chain) in other.steps.sorted(by: { $0.key < $1.key }) {
             for (version, upcast) in chain.sorted(by: { $0.key < $1.key }) { register(type, from: version, upcast) }
         }
-        for (old, new) in other.renamed { alias(old, as: new) }
+        for (old, new) in other.renamed.sorted(by: { $0.key < $1.key }) { alias(old, as: new) }
+    }
+
+    /// Why an event of `type` cannot be stored at `version` for these upcasters, or nil: a
+    /// version newer than the type's current one (it would skip the steps added later), or data
+    /// the steps from its version cannot read (every later read of it would fail).
+    public func problem(type: String, version: Int, data: Data) -> String? {
+        let current = currentVersion(of: currentName(of: type))
+        if version > current, current > 1 {
+            return "schema version \(version) of \(type) is newer than the current one, \(current)"
+        }
+        guard changes(type: type, version: version), version < current else { return nil }
+        do {
+            _ = try upcast(type: type, version: version, data: JSONValue(parsing: data))
+            return nil
+        } catch let error as UpcastError {
+            return error.description
+        } catch {
+            return "the data is not JSON: \(error)"
+        }
     }
 
     /// The version new events of `type` are written at: 1 plus the number of steps.
@@ -144,8 +175,8 @@ extension JSONValue {
 
     private static func number(_ number: NSNumber) -> JSONValue {
         // JSONSerialization gives booleans as NSNumber too; their type code tells them apart.
-        let code = String(cString: number.objCType)
-        if code == "c" {
+        let code = UInt8(bitPattern: number.objCType.pointee)
+        if code == UInt8(ascii: "c") {
             return .bool(number.boolValue)
         }
         if let decimal = number as? NSDecimalNumber {
@@ -153,8 +184,8 @@ extension JSONValue {
             return .number(decimal.doubleValue)
         }
         switch code {
-        case "s", "i", "l", "q": return .integer(number.intValue)
-        case "C", "S", "I", "L", "Q":
+        case UInt8(ascii: "s"), UInt8(ascii: "i"), UInt8(ascii: "l"), UInt8(ascii: "q"): return .integer(number.intValue)
+        case UInt8(ascii: "C"), UInt8(ascii: "S"), UInt8(ascii: "I"), UInt8(ascii: "L"), UInt8(ascii: "Q"):
             if let exact = Int(exactly: number.uint64Value) { return .integer(exact) }
             return .number(number.doubleValue)
         default:

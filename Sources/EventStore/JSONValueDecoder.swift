@@ -24,7 +24,7 @@ public struct JSONValueDecoder: Sendable {
     }
 
     /// Decodes a value of the existential `type` (a metatype chosen at run time by type name).
-    public func decode(_ type: any Decodable.Type, from value: JSONValue) throws -> any Decodable {
+    public func decodeValue(of type: any Decodable.Type, from value: JSONValue) throws -> any Decodable {
         let tracker = KeyTracker(enabled: strict)
         let decoded = try type.init(from: TreeDecoder(value: value, codingPath: [], tracker: tracker))
         try tracker.check(root: value)
@@ -45,22 +45,40 @@ private final class KeyTracker {
     }
 
     let enabled: Bool
-    var seen: [Seen] = []
+    /// One entry per object, by its path: a type may read one object through several
+    /// containers (a discriminator read first, a superDecoder), and what any of them asked for
+    /// counts.
+    var seen: [String: Seen] = [:]
+    /// Paths decoded whole (as a `JSONValue`): nothing below them is unknown.
+    var consumed: Set<String> = []
 
     init(enabled: Bool) { self.enabled = enabled }
 
+    static func key(_ path: [any CodingKey]) -> String { path.map(\.stringValue).joined(separator: "\u{1}") }
+
     func track(_ path: [any CodingKey], _ members: [String: JSONValue]) -> Seen? {
         guard enabled else { return nil }
+        let key = Self.key(path)
+        if let entry = seen[key] { return entry }
         let entry = Seen(path: path, members: members)
-        seen.append(entry)
+        seen[key] = entry
         return entry
+    }
+
+    func consume(_ path: [any CodingKey]) {
+        if enabled { consumed.insert(Self.key(path)) }
+    }
+
+    private func isConsumed(_ path: [any CodingKey]) -> Bool {
+        guard !consumed.isEmpty else { return false }
+        return (0...path.count).contains { consumed.contains(Self.key(Array(path.prefix($0)))) }
     }
 
     /// Throws for the first member no decode asked for. A strict decode reads an object (a
     /// type with no members never opens one, so its object must be empty).
     func check(root: JSONValue) throws {
-        guard enabled else { return }
-        if !seen.contains(where: { $0.path.isEmpty }) {
+        guard enabled, !consumed.contains("") else { return }
+        if seen[""] == nil {
             guard case .object(let members) = root else {
                 throw DecodingError.typeMismatch([String: Any].self, .init(codingPath: [], debugDescription: "must be a JSON object"))
             }
@@ -68,7 +86,7 @@ private final class KeyTracker {
                 throw DecodingError.dataCorrupted(.init(codingPath: [AnyKey(unknown)], debugDescription: "is not a known field"))
             }
         }
-        for entry in seen {
+        for entry in seen.values.sorted(by: { $0.path.count < $1.path.count }) where !isConsumed(entry.path) {
             if let unknown = entry.members.keys.filter({ !entry.asked.contains($0) }).sorted().first {
                 throw DecodingError.dataCorrupted(.init(codingPath: entry.path + [AnyKey(unknown)], debugDescription: "is not a known field"))
             }
@@ -153,18 +171,46 @@ private enum Primitive {
 
     static func decode<T: Decodable>(_ type: T.Type, _ value: JSONValue, _ path: [any CodingKey], _ tracker: KeyTracker) throws -> T {
         // The common leaf types directly, so that their errors name the field as above.
-        switch type {
-        case is String.Type: return try string(value, path) as! T
-        case is Int.Type: return try integer(value, path, as: Int.self) as! T
-        case is Int64.Type: return try integer(value, path, as: Int64.self) as! T
-        case is Int32.Type: return try integer(value, path, as: Int32.self) as! T
-        case is UInt.Type: return try integer(value, path, as: UInt.self) as! T
-        case is UInt64.Type: return try integer(value, path, as: UInt64.self) as! T
-        case is Bool.Type: return try bool(value, path) as! T
-        case is Double.Type: return try double(value, path) as! T
-        case is JSONValue.Type: return value as! T
-        default: return try T(from: TreeDecoder(value: value, codingPath: path, tracker: tracker))
+        // Metatype identity, not `is` casts: this runs for every field, unspecialised.
+        if T.self == String.self { return try string(value, path) as! T }
+        if T.self == Int64.self { return try integer(value, path, as: Int64.self) as! T }
+        if T.self == Int.self { return try integer(value, path, as: Int.self) as! T }
+        if T.self == Bool.self { return try bool(value, path) as! T }
+        if T.self == Double.self { return try double(value, path) as! T }
+        if T.self == Int32.self { return try integer(value, path, as: Int32.self) as! T }
+        if T.self == UInt.self { return try integer(value, path, as: UInt.self) as! T }
+        if T.self == UInt64.self { return try integer(value, path, as: UInt64.self) as! T }
+        if T.self == JSONValue.self {
+            tracker.consume(path)
+            return value as! T
         }
+        // As JSONEncoder writes them (the platform's event encoding), not as their own Codable
+        // conformances would read a tree.
+        if T.self == URL.self {
+            guard let url = URL(string: try string(value, path)) else {
+                throw DecodingError.dataCorrupted(.init(codingPath: path, debugDescription: "must be a URL"))
+            }
+            return url as! T
+        }
+        if T.self == Data.self {
+            guard let data = Data(base64Encoded: try string(value, path)) else {
+                throw DecodingError.dataCorrupted(.init(codingPath: path, debugDescription: "must be base64"))
+            }
+            return data as! T
+        }
+        if T.self == Decimal.self {
+            switch value {
+            case .integer(let number): return Decimal(number) as! T
+            case .number(let number): return Decimal(number) as! T
+            case .string(let text):
+                guard let decimal = Decimal(string: text, locale: Locale(identifier: "en_US_POSIX")) else {
+                    throw DecodingError.dataCorrupted(.init(codingPath: path, debugDescription: "must be a decimal number"))
+                }
+                return decimal as! T
+            default: throw mismatch(Decimal.self, value, path, "must be a number")
+            }
+        }
+        return try T(from: TreeDecoder(value: value, codingPath: path, tracker: tracker))
     }
 }
 

@@ -59,8 +59,9 @@ struct Dev: AsyncParsableCommand {
                 Swift.print("Projecting \(loaded.map(\.name).joined(separator: ", ")) from \(projections.path).")
             }
             // And the domain's reactors (the bank's carry out transfers).
+            // A runner with nothing to run returns at once, which would end the whole group.
             let (reactorStore, reactors) = React.runner(url: url, logger: CLI.logger)
-            services.append(ReactorService(runner: reactors))
+            if !reactors.reactors.isEmpty { services.append(ReactorService(runner: reactors)) }
             let domain = Domain.current
             var banner = ["Serving the \(domain.name) domain on \(base) (Ctrl-C stops it and deletes the database)."]
             if !domain.devExamples.isEmpty {

@@ -18,6 +18,7 @@ import Synchronization
 ///     static func main() async {
 ///         var domain = Domain(name: "warehouse")
 ///         domain.register(Item.self)
+///         domain.reactor("restock") { store, logger in Restock(store: store, logger: logger) }
 ///         await Eventline.main(domain)
 ///     }
 /// }
@@ -35,7 +36,11 @@ public struct Domain: Sendable {
     public private(set) var upcasters = EventUpcasters()
 
     private var aggregates: [@Sendable (EventStore, Logger, inout CommandRegistry) -> Void] = []
-    private var reactorFactories: [@Sendable (EventStore, Logger) -> any Reactor] = []
+    private var reactorFactories: [(name: String, make: @Sendable (EventStore, Logger) -> any Reactor)] = []
+    /// Each registered aggregate's event type names, to keep one event type to one aggregate.
+    private var eventTypeNames: [String: String] = [:]
+    /// Types whose upcasters came from `upcast(_:)`, not from an aggregate.
+    private var extraUpcastTypes: Set<String> = []
     /// The registered aggregates' categories, in registration order.
     public private(set) var categories: [String] = []
     /// What `dev` prints under "Try:" once it serves, with `{base}` standing for the server's
@@ -50,21 +55,40 @@ public struct Domain: Sendable {
 
     /// Accepts commands for `A` at `POST /v1/commands/<A.category>/{id}`, and reads its events
     /// through its upcasters everywhere.
+    ///
+    /// A domain is checked as it is built (a mistake traps at start-up, before anything is
+    /// served): one aggregate per category, one aggregate per event type, and no upcasters for
+    /// its events from elsewhere, so that the version an event is written at is the one its
+    /// readers upcast from.
     public mutating func register<A: Aggregate>(_ aggregate: A.Type) {
         precondition(!categories.contains(A.category), "two aggregates of category \(A.category)")
-        _ = AggregateCodec<A>()  // traps now, at start-up, on duplicate type names
+        let codec = AggregateCodec<A>()  // traps on duplicate type names
+        for name in codec.eventTypes.keys {
+            if let other = eventTypeNames[name] { preconditionFailure("\(other) and \(A.self) both list the event \(name)") }
+            precondition(!extraUpcastTypes.contains(name), "upcasters of \(name) belong in \(A.self).upcasters")
+            eventTypeNames[name] = "\(A.self)"
+        }
         categories.append(A.category)
         upcasters.merge(A.upcasters)
         aggregates.append { store, logger, registry in registry.register(CommandHandler<A>(store: store, logger: logger)) }
     }
 
-    /// Runs the reactor `make` builds (over the store of the `react` command) in `react`.
-    public mutating func reactor(_ make: @escaping @Sendable (EventStore, Logger) -> any Reactor) {
-        reactorFactories.append(make)
+    /// Runs the reactor `make` builds (over the store of the `react` command) in `react` and
+    /// `dev`, under `name` (its `Reactor.name`: the key of its checkpoint and lease).
+    public mutating func reactor(_ name: String, _ make: @escaping @Sendable (EventStore, Logger) -> any Reactor) {
+        precondition(!reactorFactories.contains { $0.name == name }, "two reactors named \(name)")
+        reactorFactories.append((name, make))
     }
 
-    /// Adds upcasters that no aggregate declares.
+    /// The declared reactors' names.
+    public var reactorNames: [String] { reactorFactories.map(\.name) }
+
+    /// Adds upcasters of events no aggregate lists (those only projections or reactors read).
     public mutating func upcast(_ more: EventUpcasters) {
+        for name in more.typesWithSteps {
+            if let owner = eventTypeNames[name] { preconditionFailure("upcasters of \(name) belong in \(owner).upcasters") }
+            extraUpcastTypes.insert(name)
+        }
         upcasters.merge(more)
     }
 
@@ -75,9 +99,13 @@ public struct Domain: Sendable {
         return registry
     }
 
-    /// The domain's reactors over `store`.
-    public func reactors(store: EventStore, logger: Logger) -> [any Reactor] {
-        reactorFactories.map { $0(store, logger) }
+    /// The domain's reactors (or those named in `only`) over `store`.
+    public func reactors(store: EventStore, logger: Logger, only: [String] = []) -> [any Reactor] {
+        reactorFactories.filter { only.isEmpty || only.contains($0.name) }.map { entry in
+            let reactor = entry.make(store, logger)
+            precondition(reactor.name == entry.name, "the reactor declared as \(entry.name) is named \(reactor.name)")
+            return reactor
+        }
     }
 
     /// A store configuration that reads this domain's events in their current shape.

@@ -11,9 +11,9 @@ struct React: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run reactors (process managers): follow the log from each checkpoint and issue commands (until SIGTERM or SIGINT).",
         discussion: """
-            Reactors: transfers (carries out money transfers: debit, credit, refund). One process \
-            owns each reactor at a time; start several for failover: the others stand by and take \
-            over within seconds when the owner dies. Delivery is at-least-once; reactors are idempotent.
+            The domain's reactors run here. One process owns each reactor at a time; start several \
+            for failover: the others stand by and take over within seconds when the owner dies. \
+            Delivery is at-least-once; reactors are idempotent.
             """)
 
     @OptionGroup var database: DatabaseOptions
@@ -22,10 +22,11 @@ struct React: AsyncParsableCommand {
     @Option(name: .customLong("reactor"), help: "Run only this reactor (repeatable; default: all).")
     var only: [String] = []
 
-    /// The reactors this executable ships, by name.
-    static let names = ["transfers"]
+    /// The reactors this executable's domain declares, by name.
+    static var names: [String] { Domain.current.reactorNames }
 
     func validate() throws {
+        guard !Self.names.isEmpty else { throw ValidationError("the \(CLI.name) domain declares no reactors") }
         if let unknown = only.first(where: { !Self.names.contains($0) }) {
             throw ValidationError("no reactor named \(unknown) (there are: \(Self.names.joined(separator: ", ")))")
         }
@@ -60,8 +61,7 @@ extension React {
         var storeConfiguration = Domain.current.storeConfiguration(databaseURL: url)
         storeConfiguration.poolSize = 4
         let store = EventStore(storeConfiguration, logger: logger)
-        let all = Domain.current.reactors(store: store, logger: logger)
-        let selected = only.isEmpty ? all : all.filter { only.contains($0.name) }
+        let selected = Domain.current.reactors(store: store, logger: logger, only: only)
         return (store, ReactorRunner(reactors: selected, store: store, logger: logger))
     }
 }

@@ -38,10 +38,18 @@ public struct DomainTestServer: Sendable {
         let projector = projections.isEmpty ? nil : Projector(
             projections: projections, configuration: domain.projectorConfiguration(databaseURL: test.url), logger: logger)
         let projecting = Task { try await projector?.run() }
-        defer { projecting.cancel() }
-        let result = try await app.test(.live) { client in try await body(client) }
+        let outcome: Result<T, any Error>
+        do {
+            outcome = .success(try await app.test(.live) { client in try await body(client) })
+        } catch {
+            outcome = .failure(error)
+        }
+        projecting.cancel()
+        // A projector that failed (not one that was stopped) is the test's failure too.
+        let projected = await projecting.result
         await store.shutdown()
-        return result
+        if case .failure(let error) = projected, !(error is CancellationError), case .success = outcome { throw error }
+        return try outcome.get()
     }
 }
 

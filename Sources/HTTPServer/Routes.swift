@@ -273,15 +273,10 @@ struct Routes: Sendable {
                         extensions: ["field": .string(place)])
                 }
                 // Data the domain's upcasters cannot read would fail every read of the stream.
-                let upcasters = store.configuration.upcasters
-                if upcasters.changes(type: type, version: schemaVersion ?? 1) {
-                    do {
-                        _ = try upcasters.upcast(type: type, version: schemaVersion ?? 1, data: JSONValue(foundation: data))
-                    } catch {
-                        throw Problem(
-                            .unprocessableContent, "invalid-event-data", "The event's data does not fit its schema version",
-                            detail: "\(place): \(error)", extensions: ["field": .string("\(place).data")])
-                    }
+                if let problem = store.configuration.upcasters.problem(type: type, version: schemaVersion ?? 1, data: encoded) {
+                    throw Problem(
+                        .unprocessableContent, "invalid-event-data", "The event's data does not fit its schema version",
+                        detail: "\(place): \(problem)", extensions: ["field": .string("\(place).\(schemaVersion == nil ? "data" : "schemaVersion")")])
                 }
                 events.append(NewEvent(id: id, type: type, data: encoded, metadata: metadata, schemaVersion: schemaVersion))
             }

@@ -30,7 +30,7 @@ public enum ReactorCatalog {
     }
 
     /// Every registered reactor (or only `name`), with the log head read in the same snapshot.
-    public static func status(on conn: PostgresConnection, name: String? = nil) throws -> [ReactorStatus] {
+    package static func status(on conn: PostgresConnection, name: String? = nil) throws -> [ReactorStatus] {
         // The head and the held locks are read once, not per reactor: the planner has no
         // statistics for these small tables, and a per-row subplan over a cross join was
         // estimated costly enough to be JIT-compiled on every call (~0.2 s).

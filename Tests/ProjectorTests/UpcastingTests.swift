@@ -118,18 +118,58 @@ struct UpcastingTests {
         await target.store.shutdown()
     }
 
-    @Test("a schema version out of range is refused before anything is written; data an upcaster refuses fails the read, naming it")
+    @Test("appends the upcasters could not read are refused before anything is written; a stored one fails its reads, naming it")
     func badInput() async throws {
         let test = try await TestStore.make("upcastbad") { $0.upcasters = Self.upcasters }
-        for version in [0, -1, 40_000] {
-            await #expect(throws: EventStoreError.self) {
-                try await test.store.append(to: "thing-9", events: [NewEvent(type: "ThingMade", data: Data("{}".utf8), schemaVersion: version)])
-            }
+        let refused: [NewEvent] = [
+            NewEvent(type: "ThingMade", data: Data("{}".utf8), schemaVersion: 0),
+            NewEvent(type: "ThingMade", data: Data("{}".utf8), schemaVersion: 40_000),
+            // Newer than the current version 2: it would skip a step added later.
+            NewEvent(type: "ThingMade", data: Data(#"{"n":1}"#.utf8), schemaVersion: 3),
+            // Version 1 data that is not an object: the step from 1 cannot read it.
+            NewEvent(type: "ThingMade", data: Data("[1]".utf8)),
+            NewEvent(type: "ThingBuilt", data: Data("7".utf8)),
+        ]
+        for event in refused {
+            let error = await #expect(throws: EventStoreError.self) { try await test.store.append(to: "thing-9", events: [event]) }
+            #expect(error?.code == .invalidEvent, "\(event)")
         }
         #expect(try await test.store.headPosition() == 0)
-        _ = try await test.store.append(to: "thing-9", events: [NewEvent(type: "ThingMade", data: Data("[1]".utf8))])
-        let error = await #expect(throws: UpcastError.self) { try await test.store.readStream("thing-9") }
-        #expect(error?.description.contains("ThingMade data of version 1") == true)
+        // A type with no upcasters may carry any version its own consumers understand.
+        _ = try await test.store.append(to: "other-1", events: [NewEvent(type: "Other", data: Data("{}".utf8), schemaVersion: 5)])
+        #expect(try await test.store.readStream("other-1").first?.schemaVersion == 5)
+        // Written around the store (by hand), the event is reported, not skipped or crashed on.
+        try await test.sql { conn in
+            try conn.execute("""
+                INSERT INTO eventline.events (position, stream, version, event_id, type, data, recorded_at)
+                VALUES (2, 'thing-9', 1, gen_random_uuid(), 'ThingMade', convert_to('[1]', 'UTF8'), now())
+                """)
+            try conn.execute("UPDATE eventline.log_head SET position = 2")
+        }
+        let error = await #expect(throws: EventStoreError.self) { try await test.store.readStream("thing-9") }
+        #expect(error?.code == .corruptEvent)
+        #expect(error?.description.contains("event 2 (ThingMade in thing-9)") == true, "\(error?.description ?? "")")
+        await test.store.shutdown()
+    }
+
+    @Test("a projection handler under an old (aliased) name is an error, not silently never called")
+    func aliasedHandler() async throws {
+        let test = try await TestStore.make("upcastalias") { $0.upcasters = Self.upcasters }
+        try await Self.writeMixedLog(test.store)
+        let projection = try ProjectionDirectory.parse("""
+            name: built
+            version: 1
+            key: id
+            create: |
+              CREATE TABLE $table (id text PRIMARY KEY)
+            handlers:
+              ThingBuilt: |
+                INSERT INTO $table (id) VALUES (:id) RETURNING id
+            """, source: "built.yaml")
+        let error = await #expect(throws: (any Error).self) {
+            try await ProjectionReplay.run(projection, databaseURL: test.url, upcasters: Self.upcasters)
+        }
+        #expect("\(error.map { "\($0)" } ?? "")".contains("ThingBuilt is renamed to ThingMade"))
         await test.store.shutdown()
     }
 

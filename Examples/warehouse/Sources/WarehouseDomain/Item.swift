@@ -29,9 +29,19 @@ public enum Item: Aggregate {
         /// The quantity reserved per order.
         public var reservations: [String: Int64] = [:]
 
-        public var reserved: Int64 { reservations.values.reduce(0, +) }
+        /// Saturating, like the folds: `decide` keeps the numbers in range, and a log written
+        /// around it (raw appends) must not crash a command.
+        public var reserved: Int64 {
+            reservations.values.reduce(0) { sum, quantity in
+                let (total, overflow) = sum.addingReportingOverflow(quantity)
+                return overflow ? .max : total
+            }
+        }
         /// What can still be reserved.
-        public var available: Int64 { received - reserved }
+        public var available: Int64 {
+            let (difference, overflow) = received.subtractingReportingOverflow(reserved)
+            return overflow ? .min : difference
+        }
     }
 
     public static let initialState = State()

@@ -299,7 +299,7 @@ public final class EventStore: Sendable {
                        sum(length(data)) OVER (ORDER BY position) - length(data) AS bytes_before
                 FROM eventline.events
                 WHERE position > \(position)
-                  AND (\(filter.category)::text IS NULL OR category = \(filter.category))
+                  AND (\(filter.categories)::text[] IS NULL OR category = ANY(\(filter.categories)))
                   AND (\(types)::text[] IS NULL OR type = ANY(\(types)))
                 ORDER BY position LIMIT \(limit)
             ) page

@@ -120,13 +120,18 @@ public struct AppendResult: Sendable, Hashable {
 
 /// Which events a log read returns.
 public struct EventFilter: Sendable, Hashable {
-    /// Only events whose stream is in this category.
-    public var category: String?
+    /// Only events whose stream is in one of these categories (nil: all categories).
+    public var categories: [String]?
     /// Only events of these types (nil: all types).
     public var types: [String]?
 
     public init(category: String? = nil, types: [String]? = nil) {
-        self.category = category
+        self.categories = category.map { [$0] }
+        self.types = types
+    }
+
+    public init(categories: [String]?, types: [String]? = nil) {
+        self.categories = categories
         self.types = types
     }
 

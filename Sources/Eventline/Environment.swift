@@ -13,6 +13,7 @@ enum EnvironmentVariables {
         ("EVENTLINE_HTTP_PORT", "serve: port (default 8080)"),
         ("EVENTLINE_MAX_BODY_SIZE", "serve: largest request body in bytes (default 1 MiB)"),
         ("EVENTLINE_HTTP_IDLE_TIMEOUT", "serve: seconds before a connection with no request in progress, or a request head still arriving, is closed (default 30)"),
+        ("EVENTLINE_LIVE_HEARTBEAT", "serve: seconds of silence after which a live feed client (GET /v1/events/live) gets a heartbeat comment (default 15)"),
         ("EVENTLINE_HTTP_MAX_CONNECTIONS", "serve: connections served at once; more wait to be accepted (default 1024)"),
         ("EVENTLINE_DB_CONNECT_TIMEOUT", "serve: seconds opening a database connection may take (default 1.5)"),
         ("EVENTLINE_DB_STATEMENT_TIMEOUT", "serve: seconds a statement may run, and the database stay silent, before the request fails with 503 (default 1.5)"),

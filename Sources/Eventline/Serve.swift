@@ -39,6 +39,9 @@ struct Serve: AsyncParsableCommand {
             if let timeout = try EnvironmentVariables.seconds("EVENTLINE_HTTP_IDLE_TIMEOUT", in: 0.001...3600, environment) {
                 configuration.idleTimeout = timeout
             }
+            if let heartbeat = try EnvironmentVariables.seconds("EVENTLINE_LIVE_HEARTBEAT", in: 0.01...3600, environment) {
+                configuration.liveHeartbeat = heartbeat
+            }
             if let text = environment["EVENTLINE_HTTP_MAX_CONNECTIONS"] {
                 guard let count = Int(text), (1...1_000_000).contains(count) else {
                     throw CLIError("EVENTLINE_HTTP_MAX_CONNECTIONS must be a number from 1 to 1000000, not '\(text)'")

@@ -36,7 +36,8 @@ public func buildApplication(
         configuration: configuration, metrics: metrics, access: access, limiter: configuration.rateLimit.map(RateLimiter.init),
         logger: logger))
     let endpoints = Endpoints(router)
-    Routes(store: store, commands: commands, configuration: configuration, metrics: metrics, logger: logger)
+    let live = LiveFeed(store: store, heartbeat: configuration.liveHeartbeat)
+    Routes(store: store, commands: commands, configuration: configuration, metrics: metrics, live: live, logger: logger)
         .register(on: endpoints)
     ReadModelRoutes(readModels: readModels, configuration: configuration).register(on: endpoints)
     endpoints.finish()
@@ -48,7 +49,7 @@ public func buildApplication(
         configuration: .init(
             address: .hostname(configuration.host, port: configuration.port), serverName: "eventline",
             availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections)),
-        services: [StoreService(store: store), readModels],
+        services: [StoreService(store: store), readModels, live],
         logger: logger)
 }
 

@@ -14,6 +14,7 @@ struct Routes: Sendable {
     let commands: CommandRegistry
     let configuration: ServerConfiguration
     let metrics: ServerMetrics
+    let live: LiveFeed
     let logger: Logger
 
     func register(on router: Endpoints) {
@@ -21,6 +22,7 @@ struct Routes: Sendable {
         router.post("/v1/streams/:stream/events") { request, context in try await appendEvents(request, context) }
         router.get("/v1/streams/:stream") { request, context in try await readStream(request, context) }
         router.get("/v1/events") { request, context in try await readLog(request, context) }
+        router.get("/v1/events/live") { request, context in try liveLog(request, context) }
         router.get("/health/live") { _, _ in JSONIO.response(.ok, Data(#"{"status":"ok"}"#.utf8)) }
         router.get("/health/ready") { _, _ in try await ready() }
         router.get("/metrics") { _, _ in
@@ -346,12 +348,41 @@ struct Routes: Sendable {
         try JSONIO.rejectUnknownQuery(query, allowed: ["after", "limit", "category", "type"])
         let after = try JSONIO.queryInteger(query, "after", range: 0...Int(Int64.max)) ?? 0
         let limit = try JSONIO.queryInteger(query, "limit", range: 1...configuration.maxReadLimit) ?? 100
-        let types = query.getAll("type").map { String($0) }
-        let filter = EventFilter(category: query["category"].map { String($0) }, types: types.isEmpty ? nil : types)
+        let filter = try Self.logFilter(query)
         let events = try await store.readAll(after: after, limit: limit, filter: filter)
         let next = events.count == limit ? String(events.last!.position) : "null"
         let json = #"{"events":[\#(events.map { JSONIO.event($0, includeStream: true) }.joined(separator: ","))],"next":\#(next)}"#
         return JSONIO.response(.ok, Data(json.utf8))
+    }
+
+    /// `category=a,b` and `type=X,Y` (each also repeatable): events of any of the categories
+    /// and any of the types.
+    static func logFilter(_ query: Hummingbird.Parameters) throws -> EventFilter {
+        func list(_ name: String) throws -> [String]? {
+            let values = query.getAll(name).flatMap { $0.split(separator: ",", omittingEmptySubsequences: false) }.map(String.init)
+            if values.contains(where: \.isEmpty) { throw Problem.badRequest("\(name) must be a comma-separated list of names", field: name) }
+            return values.isEmpty ? nil : values
+        }
+        return EventFilter(categories: try list("category"), types: try list("type"))
+    }
+
+    /// `GET /v1/events/live`: the log from `after` (or the client's `Last-Event-ID`, which a
+    /// reconnecting EventSource sends), then live, as server-sent events or NDJSON.
+    func liveLog(_ request: Request, _ context: EventlineRequestContext) throws -> Response {
+        let query = request.uri.queryParameters
+        try JSONIO.rejectUnknownQuery(query, allowed: ["after", "category", "type"])
+        var after = try JSONIO.queryInteger(query, "after", range: 0...Int(Int64.max)) ?? 0
+        if let last = request.headers[HTTPField.Name("Last-Event-ID")!] {
+            guard let position = Int(last), position >= 0 else {
+                throw Problem.badRequest("Last-Event-ID must be a log position (an integer of 0 or more)", field: "Last-Event-ID")
+            }
+            after = position
+        }
+        let filter = try Self.logFilter(query)
+        let accept = request.headers[.accept] ?? ""
+        let format: LiveFeed.Format = accept.contains("application/x-ndjson") && !accept.contains("text/event-stream")
+            ? .ndjson : .serverSentEvents
+        return live.response(after: after, filter: filter, format: format, logger: logger)
     }
 
     // MARK: - Health

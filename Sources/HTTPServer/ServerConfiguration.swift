@@ -23,6 +23,9 @@ public struct ServerConfiguration: Sendable {
     /// The most connections served at once; past it new connections wait in the listen backlog
     /// until one closes.
     public var maxConnections: Int = 1024
+    /// How often a live feed client that has had nothing for this long gets a heartbeat (a
+    /// comment line), so that proxies and clients can tell a quiet log from a dead connection.
+    public var liveHeartbeat: Duration = .seconds(15)
 
     public init() {}
 }

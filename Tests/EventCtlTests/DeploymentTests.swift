@@ -80,3 +80,38 @@ struct DeploymentTests {
         #expect(status.stdout.contains(", 0 pending"), "\(status.stdout)")
     }
 }
+
+@Suite("The live feed of a server process")
+struct LiveFeedProcessTests {
+    @Test("SIGTERM ends a live stream with a final comment and the server exits at once; the client resumes elsewhere with Last-Event-ID")
+    func shutdownEndsStreams() async throws {
+        let test = try await TestStore.make("liveterm")
+        for n in 1...3 { _ = try await test.store.append(to: "thing-\(n)", events: [NewEvent(type: "Made", data: Data("{}".utf8))]) }
+        let (server, port) = try await DeploymentTests.serve(
+            try Repository.eventctl, url: test.url, environment: ["EVENTLINE_LIVE_HEARTBEAT": "0.2"])
+        let request = Array("GET /v1/events/live?after=1 HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8)
+        // The stream stays open until the server goes: its answer is everything it sent.
+        let stream = Task { try await LoopbackHTTP.exchange(host: "127.0.0.1", port: port, request, timeout: 30) }
+        try await Task.sleep(for: .seconds(1))
+        let started = ContinuousClock.now
+        let status = await server.stop(signal: SIGTERM, timeout: 15)
+        let took = ContinuousClock.now - started
+        let answer = try await stream.value.replacingOccurrences(of: "\r\n", with: "\n")
+        #expect(status == 0, "\(server.output)")
+        #expect(took < .seconds(10), "a live stream must not hold the shutdown: \(took)")
+        let ids = answer.split(separator: "\n").filter { $0.hasPrefix("id: ") }.map { String($0.dropFirst(4)) }
+        #expect(ids == ["2", "3"], "\(answer)")
+        #expect(answer.contains(": heartbeat"))
+        #expect(answer.contains(": the server is shutting down; reconnect after 3"), "\(answer)")
+
+        // Another server process: the client resumes with the last id it has.
+        let (again, port2) = try await DeploymentTests.serve(try Repository.eventctl, url: test.url)
+        _ = try await test.store.append(to: "thing-4", events: [NewEvent(type: "Made", data: Data("{}".utf8))])
+        let resumed = try await LoopbackHTTP.exchange(
+            host: "127.0.0.1", port: port2,
+            Array("GET /v1/events/live HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: 3\r\n\r\n".utf8), timeout: 2)
+        #expect(resumed.replacingOccurrences(of: "\r\n", with: "\n").split(separator: "\n").filter { $0.hasPrefix("id: ") } == ["id: 4"])
+        await again.stop()
+        await test.store.shutdown()
+    }
+}

@@ -93,7 +93,7 @@ struct AppendBenchmark {
         let (serverTask, serverStore, serverAccounts) = try await HTTPBenchmark.start(url: url, port: port)
         log("warming the server's state cache: one deposit per account…")
         try await HTTPBenchmark.warmUp(serverAccounts)
-        var e: [Sample] = [], f: [Sample] = [], g: [Sample] = [], h: [Sample] = [], i: [Sample] = []
+        var e: [Sample] = [], f: [Sample] = [], g: [Sample] = [], h: [Sample] = [], i: [Sample] = [], j: [Sample] = []
         // The machine is shared and noisy: the runs are interleaved, round after round, and
         // each figure is the median over the rounds; ratios compare medians of one run.
         var a: [Sample] = [], b: [Sample] = [], c: [Sample] = []
@@ -118,6 +118,8 @@ struct AppendBenchmark {
                 cpuMicroseconds: http.cpuMicroseconds, switches: http.switches))
             let live = try await HTTPBenchmark.wrk(port: port, connections: options.clients, seconds: 5, script: "wrk.path = \"/health/live\"")
             h.append(Sample(eventsPerSecond: live.rate, p50: live.p50, p99: live.p99, cpuMicroseconds: live.cpuMicroseconds, switches: live.switches))
+            log("(j) live feed: 100 clients following while 16 appenders write, \(options.seconds) s…")
+            j.append(try await LiveFeedBenchmark.run(url: url, port: port, clients: 100, appenders: 16, seconds: options.seconds))
             log("(f, g) one client on the 10-event and the 10,000-event account…")
             for (id, into) in [("short", 0), ("long", 1)] {
                 let single = try await HTTPBenchmark.wrk(port: port, connections: 1, seconds: 5, script: HTTPBenchmark.singleAccountScript(id))
@@ -139,6 +141,7 @@ struct AppendBenchmark {
             ("(f) HTTP DepositMoney, 1 connection, a 10-event account", f),
             ("(g) HTTP DepositMoney, 1 connection, a 10,000-event account", g),
             ("(h) HTTP GET /health/live, 16 connections (the HTTP stack alone)", h),
+            ("(j) live feed: 100 clients following 16 appenders (events delivered/s, summed; ms from ack to receipt)", j),
         ]
         let baseline = median(a.map(\.eventsPerSecond))!
         print("")

@@ -137,6 +137,13 @@ public struct EventFilter: Sendable, Hashable {
 
     /// Every event.
     public static let all = EventFilter()
+
+    /// Whether `event` (as read, in its current shape) passes the filter.
+    public func matches(_ event: RecordedEvent) -> Bool {
+        if let categories, !categories.contains(event.category) { return false }
+        if let types, !types.contains(event.type) { return false }
+        return true
+    }
 }
 
 /// The order of a stream read.

@@ -12,20 +12,37 @@ import Synchronization
 /// The live feed of the log (`GET /v1/events/live`): each client catches up from the table,
 /// then follows the log writer's NOTIFY, one page at a time.
 ///
-/// One LISTEN session per server wakes every client (a client costs no connection while it
-/// waits). A client never skips or repeats an event: it reads "after the last position sent",
-/// and positions are dense and commit-ordered. It holds at most one page: the next is read only
-/// once the last is written, so a slow client is served from the table at its own pace and
-/// never buffered without bound. On graceful shutdown every stream ends with a final comment,
+/// One LISTEN session and one reader per server follow the log's head and keep its newest
+/// events in memory (the tail: a contiguous run of positions, bounded in events and bytes).
+/// A client at the tail takes what matches its filter from there, so a commit costs one read
+/// however many clients follow; a client behind the tail (catching up, or slow) reads its own
+/// pages from the table. A client never skips or repeats an event: it moves "after the last
+/// position seen", over dense, commit-ordered positions. It holds at most one page: the next is
+/// taken only once the last is written, so a slow client is served from the table at its own
+/// pace and never buffered without bound. On graceful shutdown every stream ends with a final comment,
 /// so that the server can stop (and the client reconnect elsewhere with `Last-Event-ID`).
 final class LiveFeed: Service, Sendable {
     let store: EventStore
     let heartbeat: Duration
     /// Signalled at every commit, every poll tick and every reconnect of the listener.
     let head = ChangeSignal()
+    /// Signalled when the tail has new events (or the feed closes).
+    let tailed = ChangeSignal()
+    /// The newest events of the log: every event after `start` up to `end`, in position order.
+    private struct Tail {
+        var start: Int
+        var end: Int
+        var events: [RecordedEvent] = []
+        var bytes = 0
+    }
+    /// Nil until the reader has found the head.
+    private let tail = Mutex<Tail?>(nil)
+    static let tailEvents = 10_000
+    static let tailBytes = 16 << 20
     private let closing = Atomic<Bool>(false)
+    private let streaming = Atomic<Int>(0)
     /// Clients streaming now (for metrics).
-    let clients = Atomic<Int>(0)
+    var clients: Int { streaming.load(ordering: .relaxed) }
 
     init(store: EventStore, heartbeat: Duration) {
         self.store = store
@@ -40,8 +57,78 @@ final class LiveFeed: Service, Sendable {
                     pollInterval: self.store.configuration.subscriptionPollInterval)
                 for await _ in events { self.head.signal() }
             }
+            group.addTask { await self.followTail() }
             try? await gracefulShutdown()
             group.cancelAll()
+        }
+    }
+
+    /// Reads every new event once, into the tail.
+    private func followTail() async {
+        var backoff: Duration = .milliseconds(50)
+        while !Task.isCancelled {
+            let generation = head.generation
+            do {
+                guard let end = tail.withLock({ $0?.end }) else {
+                    let position = try await store.headPosition()
+                    tail.withLock { $0 = Tail(start: position, end: position) }
+                    continue
+                }
+                let page = try await store.readAll(
+                    after: end, limit: store.configuration.subscriptionBatchSize, maxBytes: store.configuration.subscriptionPageBytes)
+                backoff = .milliseconds(50)
+                guard let last = page.last else {
+                    await head.wait(after: generation, timeout: store.configuration.subscriptionPollInterval)
+                    // Also a tick for the clients at the tail, which wait with no timer of their
+                    // own: they look at their heartbeat at least this often.
+                    tailed.signal()
+                    continue
+                }
+                tail.withLock { tail in
+                    guard var current = tail else { return }
+                    current.events += page
+                    current.bytes += page.reduce(0) { $0 + $1.data.count + $1.metadata.count }
+                    current.end = last.position
+                    // Bounded: the oldest go; a client behind them reads the table.
+                    var drop = 0
+                    while drop < current.events.count
+                        && (current.events.count - drop > Self.tailEvents || current.bytes > Self.tailBytes)
+                    {
+                        current.bytes -= current.events[drop].data.count + current.events[drop].metadata.count
+                        drop += 1
+                    }
+                    if drop > 0 {
+                        current.start = current.events[drop - 1].position
+                        current.events.removeFirst(drop)
+                    }
+                    tail = current
+                }
+                tailed.signal()
+            } catch {
+                // The database is away or the store is closing: the clients read the table meanwhile.
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(5))
+            }
+        }
+    }
+
+    /// What the tail holds for a client after `position`: nil when the client is behind the
+    /// tail (it must read the table); else the events that match `filter` (at most `limit`) and
+    /// the position the client has then seen up to.
+    private func fromTail(after position: Int, filter: EventFilter, limit: Int) -> (events: [RecordedEvent], upTo: Int)? {
+        tail.withLock { tail -> ([RecordedEvent], Int)? in
+            guard let tail, position >= tail.start, position <= tail.end else { return nil }
+            var matching: [RecordedEvent] = []
+            var upTo = position
+            // Positions are dense: the event after `position` sits at a known index.
+            var index = position - tail.start
+            while index < tail.events.count && matching.count < limit {
+                let event = tail.events[index]
+                if filter.matches(event) { matching.append(event) }
+                upTo = event.position
+                index += 1
+            }
+            return (matching, upTo)
         }
     }
 
@@ -49,6 +136,7 @@ final class LiveFeed: Service, Sendable {
     func close() {
         closing.store(true, ordering: .relaxed)
         head.signal()
+        tailed.signal()
     }
 
     var isClosing: Bool { closing.load(ordering: .relaxed) }
@@ -88,21 +176,50 @@ final class LiveFeed: Service, Sendable {
     }
 
     /// The response that streams the events after `position` matching `filter`.
-    func response(after position: Int, filter: EventFilter, format: Format, logger: Logger) -> Response {
+    func response(
+        after position: Int, filter: EventFilter, format: Format, connectionClosed: EventLoopFuture<Void>?, logger: Logger
+    ) -> Response {
         let store = self.store
         let pageSize = store.configuration.subscriptionBatchSize
         let pageBytes = store.configuration.subscriptionPageBytes
         let body = ResponseBody { writer in
-            self.clients.add(1, ordering: .relaxed)
-            defer { self.clients.subtract(1, ordering: .relaxed) }
+            self.streaming.add(1, ordering: .relaxed)
+            defer { self.streaming.subtract(1, ordering: .relaxed) }
             var position = position
+            // A client that has gone ends its stream at once, instead of at its next heartbeat:
+            // woken at every commit until then, it would cost CPU for nothing.
+            let gone = Gone()
+            connectionClosed?.whenComplete { _ in
+                gone.flag.store(true, ordering: .relaxed)
+                self.tailed.signal()
+                self.head.signal()
+            }
             func send(_ text: String) async throws { try await writer.write(ByteBuffer(string: text)) }
             try await send(format.comment("eventline live feed after \(position)"))
             var lastWrite = ContinuousClock.now
             // The server's graceful shutdown waits for requests in flight: a stream must end then.
             try await withGracefulShutdownHandler {
-            while !Task.isCancelled && !self.isClosing {
-                let generation = self.head.generation
+            while !Task.isCancelled && !self.isClosing && !gone.flag.load(ordering: .relaxed) {
+                let generation = self.tailed.generation
+                if let (page, upTo) = self.fromTail(after: position, filter: filter, limit: pageSize) {
+                    if !page.isEmpty {
+                        try await send(page.map(format.frame).joined())
+                        lastWrite = .now
+                    }
+                    let moved = upTo > position
+                    position = upTo
+                    if moved { continue }
+                    let idle = ContinuousClock.now - lastWrite
+                    if idle >= self.heartbeat {
+                        try await send(format.comment("heartbeat"))
+                        lastWrite = .now
+                        continue
+                    }
+                    await self.tailed.wait(after: generation)
+                    continue
+                }
+                // Behind the tail (or no tail yet): the table.
+                let headGeneration = self.head.generation
                 let page: [RecordedEvent]
                 do {
                     page = try await store.readAll(after: position, limit: pageSize, filter: filter, maxBytes: pageBytes)
@@ -113,7 +230,7 @@ final class LiveFeed: Service, Sendable {
                     logger.warning("live feed read failed; retrying", metadata: ["error": "\(error)"])
                     try await send(format.comment("the log cannot be read now; retrying"))
                     lastWrite = .now
-                    await self.head.wait(after: generation, timeout: self.heartbeat)
+                    await self.head.wait(after: headGeneration, timeout: self.heartbeat)
                     continue
                 }
                 if !page.isEmpty {
@@ -128,7 +245,7 @@ final class LiveFeed: Service, Sendable {
                     lastWrite = .now
                     continue
                 }
-                await self.head.wait(after: generation, timeout: self.heartbeat - idle)
+                await self.head.wait(after: headGeneration, timeout: self.heartbeat - idle)
             }
             } onGracefulShutdown: {
                 self.close()
@@ -140,4 +257,9 @@ final class LiveFeed: Service, Sendable {
         headers[HTTPField.Name("X-Accel-Buffering")!] = "no"  // a proxy in front must not buffer the stream
         return Response(status: .ok, headers: headers, body: body)
     }
+}
+
+/// Set once the client of a stream has gone.
+private final class Gone: Sendable {
+    let flag = Atomic<Bool>(false)
 }

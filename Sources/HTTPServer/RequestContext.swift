@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import NIOCore
 
 /// The per-request context: Hummingbird's core plus the request id.
 public struct EventlineRequestContext: RequestContext {
@@ -18,10 +19,14 @@ public struct EventlineRequestContext: RequestContext {
     public var maxUploadSize: Int
     /// The client's address, for rate limiting when the API is open.
     public var clientAddress: String
+    /// Completes when the client's connection closes: a stream that only writes now and then
+    /// (the live feed) learns of a gone client from it, not from its next write.
+    public var connectionClosed: EventLoopFuture<Void>?
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
         self.clientAddress = source.channel.remoteAddress?.ipAddress ?? "unknown"
+        self.connectionClosed = source.channel.closeFuture
         self.requestID = Self.newID()
         self.maxUploadSize = 1 << 20
     }

@@ -28,7 +28,7 @@ struct Routes: Sendable {
         router.get("/metrics") { _, _ in
             Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render(store: store))))
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render(store: store, liveClients: live.clients))))
         }
         router.get("/openapi.yaml") { _, _ in
             // The document this binary was built with: it describes exactly the routes above.
@@ -378,11 +378,14 @@ struct Routes: Sendable {
             }
             after = position
         }
-        let filter = try Self.logFilter(query)
+        var filter = try Self.logFilter(query)
+        // Events are shown under their current names: so are the types asked for.
+        let upcasters = store.configuration.upcasters
+        filter.types = filter.types.map { types in types.map(upcasters.currentName(of:)).reduce(into: []) { if !$0.contains($1) { $0.append($1) } } }
         let accept = request.headers[.accept] ?? ""
         let format: LiveFeed.Format = accept.contains("application/x-ndjson") && !accept.contains("text/event-stream")
             ? .ndjson : .serverSentEvents
-        return live.response(after: after, filter: filter, format: format, logger: logger)
+        return live.response(after: after, filter: filter, format: format, connectionClosed: context.connectionClosed, logger: logger)
     }
 
     // MARK: - Health

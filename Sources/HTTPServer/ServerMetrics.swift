@@ -55,7 +55,8 @@ public final class ServerMetrics: Sendable {
     }
 
     /// The Prometheus text exposition, with the store's counters read now.
-    func render(store: EventStore) -> [UInt8] {
+    func render(store: EventStore, liveClients: Int) -> [UInt8] {
+        registry.makeGauge(name: "eventline_live_clients").set(Double(liveClients))
         let writer = store.writerStatistics
         registry.makeGauge(name: "eventline_log_writer_groups").set(Double(writer.batches))
         registry.makeGauge(name: "eventline_log_writer_appends").set(Double(writer.appends))

@@ -107,6 +107,33 @@ public final class ChangeSignal: Sendable {
         }
     }
 
+    /// Returns when signalled after `generation`, or when the task is cancelled: a wait with no
+    /// timer, for waiters that are woken often (the signaller guarantees a wake-up every so
+    /// often, so none waits for long).
+    public func wait(after generation: Int) async {
+        let id = UUID()
+        let begun = state.withLock { state -> Bool in
+            guard state.generation == generation else { return false }
+            state.waiters[id] = .announced
+            return true
+        }
+        guard begun else { return }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { state -> Bool in
+                    if state.generation != generation { return true }
+                    if case .released = state.waiters[id] { return true }
+                    state.waiters[id] = .waiting(continuation)
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+            state.withLock { _ = $0.waiters.removeValue(forKey: id) }
+        } onCancel: {
+            self.release(id)
+        }
+    }
+
     /// Ends the wait `id` (timed out, or its task cancelled), whether or not it has begun.
     private func release(_ id: UUID) {
         let continuation = state.withLock { state -> CheckedContinuation<Void, Never>? in

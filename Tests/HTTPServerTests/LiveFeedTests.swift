@@ -114,12 +114,18 @@ struct LiveFeedTests {
             #expect(late.ids == expected.filter { $0 > resumeAfter })
             #expect(early.events.allSatisfy { ($0["type"] as? String) == "Made" && ($0["stream"] as? String)?.hasPrefix("noise") == false })
             #expect(early.events.map { $0["position"] as? Int } == expected.map { Optional($0) })
+            let metrics = try await client.send(.get, "/metrics")
+            #expect(metrics.text.contains("eventline_live_clients 2"), "\(metrics.text)")
             // Quiet: heartbeats keep the connection alive.
             try await eventually("a heartbeat") { early.body.contains(": heartbeat") }
             #expect(early.text.hasPrefix("HTTP/1.1 200"))
             #expect(early.text.lowercased().contains("content-type: text/event-stream"))
             early.disconnect()
             late.disconnect()
+            // The server notices at once, not at a heartbeat or a write.
+            try await eventually("the streams ended") {
+                try await client.send(.get, "/metrics").text.contains("eventline_live_clients 0")
+            }
         }
         await store.shutdown()
     }

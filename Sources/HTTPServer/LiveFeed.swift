@@ -28,6 +28,8 @@ final class LiveFeed: Service, Sendable {
     let head = ChangeSignal()
     /// Signalled when the tail has new events (or the feed closes).
     let tailed = ChangeSignal()
+    /// Signalled when a client connects: the tail is kept only while someone follows it.
+    private let demand = ChangeSignal()
     /// The newest events of the log: every event after `start` up to `end`, in position order.
     private struct Tail {
         var start: Int
@@ -67,6 +69,13 @@ final class LiveFeed: Service, Sendable {
     private func followTail() async {
         var backoff: Duration = .milliseconds(50)
         while !Task.isCancelled {
+            // No client, no reading: an idle feed costs the log writer's commits nothing.
+            if clients == 0 {
+                tail.withLock { $0 = nil }
+                let wanted = demand.generation
+                if clients == 0 { await demand.wait(after: wanted) }
+                continue
+            }
             let generation = head.generation
             do {
                 guard let end = tail.withLock({ $0?.end }) else {
@@ -184,6 +193,7 @@ final class LiveFeed: Service, Sendable {
         let pageBytes = store.configuration.subscriptionPageBytes
         let body = ResponseBody { writer in
             self.streaming.add(1, ordering: .relaxed)
+            self.demand.signal()
             defer { self.streaming.subtract(1, ordering: .relaxed) }
             var position = position
             // A client that has gone ends its stream at once, instead of at its next heartbeat:

@@ -210,43 +210,35 @@ final class LiveFeed: Service, Sendable {
             // The server's graceful shutdown waits for requests in flight: a stream must end then.
             try await withGracefulShutdownHandler {
             while !Task.isCancelled && !self.isClosing && !gone.flag.load(ordering: .relaxed) {
-                let generation = self.tailed.generation
-                if let (page, upTo) = self.fromTail(after: position, filter: filter, limit: pageSize) {
-                    if !page.isEmpty {
-                        try await send(page.map(format.frame).joined())
-                        lastWrite = .now
-                    }
-                    let moved = upTo > position
-                    position = upTo
-                    if moved { continue }
-                    let idle = ContinuousClock.now - lastWrite
-                    if idle >= self.heartbeat {
-                        try await send(format.comment("heartbeat"))
-                        lastWrite = .now
-                        continue
-                    }
-                    await self.tailed.wait(after: generation)
-                    continue
-                }
-                // Behind the tail (or no tail yet): the table.
+                let tailGeneration = self.tailed.generation
                 let headGeneration = self.head.generation
                 let page: [RecordedEvent]
-                do {
-                    page = try await store.readAll(after: position, limit: pageSize, filter: filter, maxBytes: pageBytes)
-                } catch let error as EventStoreError where error.code == .shutdown {
-                    break
-                } catch {
-                    // The database is away: say so, keep the client, and read again after the next wake-up.
-                    logger.warning("live feed read failed; retrying", metadata: ["error": "\(error)"])
-                    try await send(format.comment("the log cannot be read now; retrying"))
-                    lastWrite = .now
-                    await self.head.wait(after: headGeneration, timeout: self.heartbeat)
-                    continue
+                let upTo: Int
+                let atTail: Bool
+                if let (events, end) = self.fromTail(after: position, filter: filter, limit: pageSize) {
+                    (page, upTo, atTail) = (events, end, true)
+                } else {
+                    // Behind the tail (or no tail yet): the table.
+                    do {
+                        page = try await store.readAll(after: position, limit: pageSize, filter: filter, maxBytes: pageBytes)
+                    } catch let error as EventStoreError where error.code == .shutdown {
+                        break
+                    } catch {
+                        // The database is away: say so, keep the client, and read again after the next wake-up.
+                        logger.warning("live feed read failed; retrying", metadata: ["error": "\(error)"])
+                        try await send(format.comment("the log cannot be read now; retrying"))
+                        lastWrite = .now
+                        await self.head.wait(after: headGeneration, timeout: self.heartbeat)
+                        continue
+                    }
+                    (upTo, atTail) = (page.last?.position ?? position, false)
                 }
                 if !page.isEmpty {
                     try await send(page.map(format.frame).joined())
-                    position = page[page.count - 1].position
                     lastWrite = .now
+                }
+                if upTo > position {
+                    position = upTo
                     continue
                 }
                 let idle = ContinuousClock.now - lastWrite
@@ -255,7 +247,12 @@ final class LiveFeed: Service, Sendable {
                     lastWrite = .now
                     continue
                 }
-                await self.head.wait(after: headGeneration, timeout: self.heartbeat - idle)
+                // At the tail the reader ticks every poll interval: no timer of our own.
+                if atTail {
+                    await self.tailed.wait(after: tailGeneration)
+                } else {
+                    await self.head.wait(after: headGeneration, timeout: self.heartbeat - idle)
+                }
             }
             } onGracefulShutdown: {
                 self.close()

@@ -80,29 +80,14 @@ public final class ChangeSignal: Sendable {
 
     /// Returns when signalled after `generation`, after `timeout`, or when the task is cancelled.
     public func wait(after generation: Int, timeout: Duration) async {
-        let id = UUID()
-        let begun = state.withLock { state -> Bool in
-            // Signalled already: no wait, and no timer.
-            guard state.generation == generation else { return false }
-            state.waiters[id] = .announced
-            return true
-        }
-        guard begun else { return }
+        // Signalled already: no wait, and no timer.
+        guard let id = announce(after: generation) else { return }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 try? await Task.sleep(for: timeout)
                 self.release(id)
             }
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let ready = state.withLock { state -> Bool in
-                    if state.generation != generation { return true }
-                    if case .released = state.waiters[id] { return true }
-                    state.waiters[id] = .waiting(continuation)
-                    return false
-                }
-                if ready { continuation.resume() }
-            }
-            state.withLock { $0.waiters[id] = nil }
+            await park(id, after: generation)
             group.cancelAll()
         }
     }
@@ -111,27 +96,36 @@ public final class ChangeSignal: Sendable {
     /// timer, for waiters that are woken often (the signaller guarantees a wake-up every so
     /// often, so none waits for long).
     public func wait(after generation: Int) async {
-        let id = UUID()
-        let begun = state.withLock { state -> Bool in
-            guard state.generation == generation else { return false }
-            state.waiters[id] = .announced
-            return true
-        }
-        guard begun else { return }
+        guard let id = announce(after: generation) else { return }
         await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let ready = state.withLock { state -> Bool in
-                    if state.generation != generation { return true }
-                    if case .released = state.waiters[id] { return true }
-                    state.waiters[id] = .waiting(continuation)
-                    return false
-                }
-                if ready { continuation.resume() }
-            }
-            state.withLock { _ = $0.waiters.removeValue(forKey: id) }
+            await park(id, after: generation)
         } onCancel: {
             self.release(id)
         }
+    }
+
+    /// Registers a wait that has not begun; nil when signalled after `generation` already.
+    private func announce(after generation: Int) -> UUID? {
+        let id = UUID()
+        return state.withLock { state -> UUID? in
+            guard state.generation == generation else { return nil }
+            state.waiters[id] = .announced
+            return id
+        }
+    }
+
+    /// Waits until the wait `id` is signalled or released, then forgets it.
+    private func park(_ id: UUID, after generation: Int) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = state.withLock { state -> Bool in
+                if state.generation != generation { return true }
+                if case .released = state.waiters[id] { return true }
+                state.waiters[id] = .waiting(continuation)
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+        state.withLock { $0.waiters[id] = nil }
     }
 
     /// Ends the wait `id` (timed out, or its task cancelled), whether or not it has begun.

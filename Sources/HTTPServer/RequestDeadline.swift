@@ -6,6 +6,11 @@ import NIOHTTPTypes
 /// client that dribbles (or stops sending) a body holds a connection no longer than one that
 /// dribbles a head, which the idle timeout closes. When no response has started, the client
 /// is told why first: `408 /problems/body-timeout`. One event-loop timer per request, no task.
+///
+/// The close after a 408 lingers, as nginx's does: the server shuts its side down, then reads
+/// and discards what the client still sends for up to `linger`, and only then closes. A
+/// socket closed with unread bytes answers the client's next byte with a reset, and a reset
+/// makes the client's kernel drop the 408 it has not read yet.
 final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -13,15 +18,20 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
     typealias OutboundOut = HTTPResponsePart
 
     private let timeout: TimeAmount
+    private let linger: TimeAmount
     private var deadline: Scheduled<Void>?
+    /// Set once a 408 has been written: from then on what the client sends is discarded.
+    private var expired = false
     /// Whether a response head has been written since the last request head.
     private var responding = false
 
-    init(timeout: TimeAmount) {
+    init(timeout: TimeAmount, linger: TimeAmount = .seconds(2)) {
         self.timeout = timeout
+        self.linger = linger
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !expired else { return }
         switch unwrapInboundIn(data) {
         case .head:
             deadline?.cancel()
@@ -37,6 +47,18 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
             break
         }
         context.fireChannelRead(data)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if expired { context.read() } else { context.fireChannelReadComplete() }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if expired, let event = event as? ChannelEvent, event == .inputClosed {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -62,6 +84,7 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
             return
         }
         responding = true
+        expired = true
         let seconds = Double(timeout.nanoseconds) / 1e9
         let body = #"{"type":"/problems/body-timeout","title":"The request body took too long","status":408,"detail":"the request body did not arrive within \#(seconds) seconds of its head; the connection is closed"}"#
         var head = HTTPResponse(status: .requestTimeout)
@@ -70,7 +93,18 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
         head.headerFields[.connection] = "close"
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.write(wrapOutboundOut(.body(context.channel.allocator.buffer(string: body))), promise: nil)
-        let closed = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in closed.value.close(promise: nil) }
+        let bound = NIOLoopBound((handler: self, context: context), eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+            bound.value.handler.lingeringClose(bound.value.context)
+        }
+    }
+
+    /// Half-closes, keeps reading (`channelRead` discards) until the client closes or `linger`
+    /// has passed, then closes.
+    private func lingeringClose(_ context: ChannelHandlerContext) {
+        let channel = context.channel
+        context.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+        context.read()
+        context.eventLoop.scheduleTask(in: linger) { channel.close(promise: nil) }
     }
 }

@@ -11,6 +11,11 @@ import NIOHTTPTypes
 /// and discards what the client still sends for up to `linger`, and only then closes. A
 /// socket closed with unread bytes answers the client's next byte with a reset, and a reset
 /// makes the client's kernel drop the 408 it has not read yet.
+///
+/// A client that closes its side while its response is streaming (the live feed) has gone:
+/// the connection is closed then, so the stream ends at once instead of at its next write.
+/// (The server allows half-closed connections, so without this only a failed write would
+/// tell.) A client that half-closes before its response begins is answered as usual.
 final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -24,6 +29,8 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var expired = false
     /// Whether a response head has been written since the last request head.
     private var responding = false
+    /// Whether that response is a stream (no length) still being written.
+    private var streaming = false
 
     init(timeout: TimeAmount, linger: TimeAmount = .seconds(2)) {
         self.timeout = timeout
@@ -54,7 +61,7 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if expired, let event = event as? ChannelEvent, event == .inputClosed {
+        if let event = event as? ChannelEvent, event == .inputClosed, expired || streaming {
             context.close(promise: nil)
             return
         }
@@ -62,7 +69,16 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .head = unwrapOutboundIn(data) { responding = true }
+        switch unwrapOutboundIn(data) {
+        case .head(let head):
+            responding = true
+            // A body of unknown length is a stream; a sized one is written at once.
+            streaming = head.headerFields[.contentLength] == nil
+        case .end:
+            streaming = false
+        case .body:
+            break
+        }
         context.write(data, promise: promise)
     }
 

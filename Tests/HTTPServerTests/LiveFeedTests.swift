@@ -170,4 +170,25 @@ struct LiveFeedTests {
         }
         await store.shutdown()
     }
+
+    @Test("a client that leaves a quiet stream ends it at once, not at its next heartbeat or event")
+    func clientLeavesQuietStream() async throws {
+        // A heartbeat far longer than the test's wait: only the close can end the stream.
+        let server = try await TestServer.make("livegone") { $0.liveHeartbeat = .seconds(600) }
+        let store = server.test.store
+        try await server.run { client in
+            let port = try #require(client.port)
+            let quiet = try LiveClient(port: port, path: "/v1/events/live?category=nobody")
+            try await eventually("the stream began") { quiet.body.contains("eventline live feed") }
+            try await eventually("the client is counted") {
+                try await client.send(.get, "/metrics").text.contains("eventline_live_clients 1")
+            }
+            quiet.disconnect()
+            try await eventually(timeout: .seconds(10), "the stream ended") {
+                try await client.send(.get, "/metrics").text.contains("eventline_live_clients 0")
+            }
+            #expect(quiet.ended)
+        }
+        await store.shutdown()
+    }
 }

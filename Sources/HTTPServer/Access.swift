@@ -38,6 +38,12 @@ final class AccessControl: Sendable {
     static func requiredScope(method: HTTPRequest.Method, path: String) -> APIKeyScope? {
         if path.hasPrefix("/health/") { return nil }
         if path == "/metrics" { return .admin }
+        if path.hasPrefix("/v1/consumer-groups") {
+            // Creating, changing and deleting groups (webhooks reach other systems) and
+            // retrying parked events are for admins; consuming only reads the log.
+            if method == .put || method == .delete || path.hasSuffix("/parked/retry") { return .admin }
+            return .read
+        }
         if method == .post && path.hasPrefix("/v1/") { return .commands }
         return .read
     }

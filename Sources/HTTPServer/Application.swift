@@ -6,6 +6,7 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
+import Projector
 import ServiceLifecycle
 
 /// Builds the Eventline HTTP application over `store`, serving the aggregates in `commands`.
@@ -36,9 +37,11 @@ public func buildApplication(
         configuration: configuration, metrics: metrics, access: access, limiter: configuration.rateLimit.map(RateLimiter.init),
         logger: logger))
     let endpoints = Endpoints(router)
-    let live = LiveFeed(store: store, heartbeat: configuration.liveHeartbeat)
+    let groupChanges = ChangeSignal()
+    let live = LiveFeed(store: store, heartbeat: configuration.liveHeartbeat, commits: groupChanges)
     Routes(store: store, commands: commands, configuration: configuration, metrics: metrics, live: live, logger: logger)
         .register(on: endpoints)
+    ConsumerGroupRoutes(store: store, changes: groupChanges).register(on: endpoints)
     ReadModelRoutes(readModels: readModels, configuration: configuration).register(on: endpoints)
     endpoints.finish()
     return Application(

@@ -17,6 +17,8 @@ final class Endpoints {
 
     func get(_ path: String, _ handler: @escaping Handler) { add(path, .get, handler) }
     func post(_ path: String, _ handler: @escaping Handler) { add(path, .post, handler) }
+    func put(_ path: String, _ handler: @escaping Handler) { add(path, .put, handler) }
+    func delete(_ path: String, _ handler: @escaping Handler) { add(path, .delete, handler) }
 
     private func add(_ path: String, _ method: HTTPRequest.Method, _ handler: @escaping Handler) {
         router.on(RouterPath(path), method: method, use: handler)

@@ -24,7 +24,8 @@ import Synchronization
 final class LiveFeed: Service, Sendable {
     let store: EventStore
     let heartbeat: Duration
-    /// Signalled at every commit, every poll tick and every reconnect of the listener.
+    /// Signalled at every commit, every poll tick and every reconnect of the listener (the
+    /// server's one LISTEN session).
     let head = ChangeSignal()
     /// Signalled when the tail has new events (or the feed closes).
     let tailed = ChangeSignal()
@@ -46,9 +47,13 @@ final class LiveFeed: Service, Sendable {
     /// Clients streaming now (for metrics).
     var clients: Int { streaming.load(ordering: .relaxed) }
 
-    init(store: EventStore, heartbeat: Duration) {
+    /// Also signalled at every commit and poll tick (for waiting consumer-group fetches).
+    private let commits: ChangeSignal?
+
+    init(store: EventStore, heartbeat: Duration, commits: ChangeSignal? = nil) {
         self.store = store
         self.heartbeat = heartbeat
+        self.commits = commits
     }
 
     func run() async throws {
@@ -57,7 +62,10 @@ final class LiveFeed: Service, Sendable {
                 let events = PostgresListener.events(
                     conninfo: self.store.configuration.databaseURL, channels: [EventStore.notificationChannel],
                     pollInterval: self.store.configuration.subscriptionPollInterval)
-                for await _ in events { self.head.signal() }
+                for await _ in events {
+                    self.head.signal()
+                    self.commits?.signal()
+                }
             }
             group.addTask { await self.followTail() }
             try? await gracefulShutdown()

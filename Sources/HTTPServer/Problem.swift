@@ -77,6 +77,8 @@ extension Problem {
                     extensions: ["checkpoint": .integer(behind.checkpoint), "atLeast": .integer(behind.atLeast)],
                     headers: [.retryAfter: "1"]), false
             )
+        case let webhook as ConsumerGroupDeliveredByWebhook:
+            return (Problem(.conflict, "consumer-group-webhook", "The group delivers itself by webhook", detail: webhook.description), false)
         case let violation as RuleViolation:
             return (Problem(.unprocessableContent, violation.code, "The command was refused", detail: violation.message), false)
         case let error as EventStoreError where error.underlying?.isMissingSchema ?? false:

@@ -26,9 +26,12 @@ struct Routes: Sendable {
         router.get("/health/live") { _, _ in JSONIO.response(.ok, Data(#"{"status":"ok"}"#.utf8)) }
         router.get("/health/ready") { _, _ in try await ready() }
         router.get("/metrics") { _, _ in
-            Response(
+            // Consumer groups are read at the scrape (their state is in the database, shared by
+            // every server); a database that cannot answer leaves them out, not the scrape.
+            let groups = try? await store.consumerGroups()
+            return Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render(store: store, liveClients: live.clients))))
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render(store: store, liveClients: live.clients, groups: groups))))
         }
         router.get("/openapi.yaml") { _, _ in
             // The document this binary was built with: it describes exactly the routes above.

@@ -45,6 +45,14 @@ public final class ServerMetrics: Sendable {
         metrics.1.recordNanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
     }
 
+    /// Per consumer group: positions behind the head, deliveries in flight, events waiting,
+    /// parked, and redeliveries ever.
+    static let groupGauges = [
+        "eventline_consumer_group_lag_events", "eventline_consumer_group_in_flight", "eventline_consumer_group_waiting",
+        "eventline_consumer_group_parked", "eventline_consumer_group_redeliveries",
+    ]
+    private let reportedGroups = Mutex<Set<String>>([])
+
     private let groupAppends: ValueHistogram
     private let groupEvents: ValueHistogram
 
@@ -55,8 +63,23 @@ public final class ServerMetrics: Sendable {
     }
 
     /// The Prometheus text exposition, with the store's counters read now.
-    func render(store: EventStore, liveClients: Int) -> [UInt8] {
+    func render(store: EventStore, liveClients: Int, groups: [ConsumerGroupStatus]? = nil) -> [UInt8] {
         registry.makeGauge(name: "eventline_live_clients").set(Double(liveClients))
+        if let groups {
+            let names = Set(groups.map(\.name))
+            reportedGroups.withLock { reported in
+                // A deleted group's series go with it.
+                for gone in reported.subtracting(names) {
+                    for name in Self.groupGauges { registry.unregisterGauge(registry.makeGauge(name: name, labels: [("group", gone)])) }
+                }
+                reported = names
+            }
+            for group in groups {
+                let labels = [("group", group.name)]
+                let values = [group.lag, group.inFlight, group.waiting, group.parked, group.redeliveries]
+                for (name, value) in zip(Self.groupGauges, values) { registry.makeGauge(name: name, labels: labels).set(Double(value)) }
+            }
+        }
         let writer = store.writerStatistics
         registry.makeGauge(name: "eventline_log_writer_groups").set(Double(writer.batches))
         registry.makeGauge(name: "eventline_log_writer_appends").set(Double(writer.appends))

@@ -1,0 +1,468 @@
+import Foundation
+import PostgresClient
+
+/// Where a group delivers itself: batches POSTed by `deliver`, signed with `secret`.
+public struct ConsumerGroupWebhook: Sendable, Hashable {
+    public var url: String
+    public var secret: String
+    public var batchSize: Int
+
+    public init(url: String, secret: String, batchSize: Int = 100) {
+        self.url = url
+        self.secret = secret
+        self.batchSize = batchSize
+    }
+}
+
+/// What a consumer group follows and how it delivers.
+public struct ConsumerGroupSettings: Sendable, Hashable {
+    /// Only events of these categories and types (nil: all).
+    public var filter: EventFilter
+    /// The group starts with the events after this position (fixed once the group exists).
+    public var startAfter: Int
+    /// Deliveries of one event before it is parked.
+    public var maxDeliveries: Int
+    /// How long a consumer has to acknowledge a delivery before it is delivered again.
+    public var ackTimeout: Duration
+    public var webhook: ConsumerGroupWebhook?
+
+    public init(
+        filter: EventFilter = .all, startAfter: Int = 0, maxDeliveries: Int = 5, ackTimeout: Duration = .seconds(30),
+        webhook: ConsumerGroupWebhook? = nil
+    ) {
+        self.filter = filter
+        self.startAfter = startAfter
+        self.maxDeliveries = maxDeliveries
+        self.ackTimeout = ackTimeout
+        self.webhook = webhook
+    }
+
+    public static let maxDeliveriesRange = 1...100
+    /// In seconds.
+    public static let ackTimeoutRange = 1...3600
+    public static let batchSizeRange = 1...1000
+
+    /// Why these settings cannot be stored, or nil.
+    public func problem() -> (field: String, message: String)? {
+        for (field, names) in [("categories", filter.categories), ("types", filter.types)] {
+            if let names, names.isEmpty || names.contains(where: { $0.isEmpty || $0.utf8.count > 200 }) {
+                return (field, "\(field) must be a non-empty list of names (1 to 200 bytes each), or absent for all")
+            }
+        }
+        if startAfter < 0 { return ("startAfter", "startAfter must be a position of 0 or more") }
+        if !Self.maxDeliveriesRange.contains(maxDeliveries) {
+            return ("maxDeliveries", "maxDeliveries must be an integer from 1 to 100")
+        }
+        let seconds = ackTimeout.components.seconds
+        if ackTimeout.components.attoseconds != 0 || !Self.ackTimeoutRange.contains(Int(seconds)) {
+            return ("ackTimeout", "ackTimeout must be a whole number of seconds from 1 to 3600")
+        }
+        if let webhook {
+            guard let url = URL(string: webhook.url), let scheme = url.scheme?.lowercased(), ["http", "https"].contains(scheme),
+                let host = url.host, !host.isEmpty, webhook.url.utf8.count <= 2000
+            else {
+                return ("webhook.url", "webhook.url must be an absolute http or https URL (at most 2000 bytes)")
+            }
+            if webhook.secret.isEmpty || webhook.secret.utf8.count > 1000 {
+                return ("webhook.secret", "webhook.secret must be 1 to 1000 bytes")
+            }
+            if !Self.batchSizeRange.contains(webhook.batchSize) {
+                return ("webhook.batchSize", "webhook.batchSize must be an integer from 1 to 1000")
+            }
+        }
+        return nil
+    }
+}
+
+/// A consumer group as stored, with its progress.
+public struct ConsumerGroupStatus: Sendable {
+    public var name: String
+    public var settings: ConsumerGroupSettings
+    /// The position up to which every event of the group is acknowledged or parked.
+    public var checkpoint: Int
+    /// The log's head when the status was read.
+    public var head: Int
+    /// Positions of the log after the checkpoint.
+    public var lag: Int { max(0, head - checkpoint) }
+    /// Events handed to a consumer and not acknowledged yet.
+    public var inFlight: Int
+    /// Events waiting for delivery (the group has scanned them; later ones are not counted).
+    public var waiting: Int
+    public var parked: Int
+    /// Deliveries after the first, ever.
+    public var redeliveries: Int
+    /// The consumers that fetched in the last `recentConsumers`, newest first.
+    public var consumers: [(name: String, lastSeen: Date)]
+    public var createdAt: Date
+
+    public static let recentConsumers: Duration = .seconds(300)
+}
+
+/// An event handed to a consumer: acknowledge it with `deliveryId` within the ack timeout.
+public struct ConsumerGroupMessage: Sendable {
+    public var deliveryId: UUID
+    /// 1 for the first delivery.
+    public var attempt: Int
+    public var event: RecordedEvent
+}
+
+/// An event the group gave up on after `maxDeliveries` attempts.
+public struct ParkedMessage: Sendable {
+    public var attempt: Int
+    public var parkedAt: Date
+    /// What the last attempt's consumer said, if anything (a webhook's status, say).
+    public var lastError: String?
+    public var event: RecordedEvent
+}
+
+/// The outcome of acknowledging (or refusing) deliveries: those that were in flight, and those
+/// that were not (acknowledged already, timed out and handed out again, or unknown).
+public struct DeliverySettlement: Sendable, Equatable {
+    public var settled: [UUID]
+    public var stale: [UUID]
+}
+
+/// A fetch of a group with a webhook from a consumer (or the other way round).
+public struct ConsumerGroupDeliveredByWebhook: Error, Sendable, CustomStringConvertible {
+    public var group: String
+    /// Whether the group has a webhook (and the fetch came from a consumer).
+    public var hasWebhook: Bool
+    public var description: String {
+        hasWebhook
+            ? "consumer group \(group) delivers itself by webhook; consumers cannot fetch from it"
+            : "consumer group \(group) has no webhook"
+    }
+}
+
+/// Consumer groups: state in PostgreSQL (migration 0009), served by any process.
+///
+/// A fetch runs in one transaction under a lock on the group's row: it returns timed-out
+/// deliveries to the queue (or parks them), scans the log past the group's `scanned` position
+/// into queued rows (a bounded window), then hands out the earliest queued events whose
+/// stream has nothing earlier outstanding, so a stream's events are delivered one at a time and
+/// in order. An acknowledgement deletes the delivery's row; the checkpoint is the position
+/// before the earliest row still outstanding.
+extension EventStore {
+    /// Whether `name` can name a group: `[a-z0-9][a-z0-9_.-]*`, at most 100 characters.
+    public static func isValidConsumerGroupName(_ name: String) -> Bool {
+        guard let first = name.utf8.first, name.utf8.count <= 100 else { return false }
+        func allowed(_ byte: UInt8, first: Bool) -> Bool {
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+                || (!first && (byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "-")))
+        }
+        return allowed(first, first: true) && name.utf8.dropFirst().allSatisfy { allowed($0, first: false) }
+    }
+
+    /// Queued rows a fetch keeps at most (it scans the log only below this).
+    static let consumerGroupWindow = 5000
+
+    private func checkGroupName(_ name: String) throws {
+        guard Self.isValidConsumerGroupName(name) else {
+            throw EventStoreError.invalidArgument("a consumer group's name is [a-z0-9][a-z0-9_.-]* (at most 100 characters), not \(name)")
+        }
+    }
+
+    /// Creates the group or changes its settings; true when it was created. A group's
+    /// `startAfter` is fixed once it exists.
+    public func putConsumerGroup(_ name: String, _ settings: ConsumerGroupSettings) async throws -> Bool {
+        try checkGroupName(name)
+        if let problem = settings.problem() { throw EventStoreError.invalidArgument(problem.message) }
+        let types = settings.filter.types.map(configuration.upcasters.storedNames(of:))
+        let timeout = Int(settings.ackTimeout.components.seconds) * 1000
+        let webhook = settings.webhook
+        return try await translatingErrors {
+            try await pool.withConnection { conn in
+                try conn.transaction { conn in
+                    if let row = try conn.query("SELECT start_after FROM eventline.consumer_groups WHERE name = \(name) FOR UPDATE").first {
+                        let startAfter = try row.decode(0, as: Int.self)
+                        guard startAfter == settings.startAfter else {
+                            throw EventStoreError.invalidArgument(
+                                "consumer group \(name) starts after position \(startAfter); delete it and create it again to start elsewhere")
+                        }
+                        try conn.execute("""
+                            UPDATE eventline.consumer_groups SET categories = \(settings.filter.categories), types = \(types),
+                                max_deliveries = \(settings.maxDeliveries), ack_timeout_ms = \(timeout),
+                                webhook_url = \(webhook?.url), webhook_secret = \(webhook?.secret), webhook_batch_size = \(webhook?.batchSize),
+                                updated_at = now()
+                            WHERE name = \(name)
+                            """)
+                        return false
+                    }
+                    try conn.execute("""
+                        INSERT INTO eventline.consumer_groups
+                            (name, categories, types, start_after, max_deliveries, ack_timeout_ms, webhook_url, webhook_secret, webhook_batch_size, scanned)
+                        VALUES (\(name), \(settings.filter.categories), \(types), \(settings.startAfter), \(settings.maxDeliveries), \(timeout),
+                                \(webhook?.url), \(webhook?.secret), \(webhook?.batchSize), \(settings.startAfter))
+                        """)
+                    return true
+                }
+            }
+        }
+    }
+
+    /// Deletes the group and everything it has not delivered; false when there was none.
+    public func deleteConsumerGroup(_ name: String) async throws -> Bool {
+        try checkGroupName(name)
+        return try await translatingErrors {
+            try await pool.withConnection { conn in
+                try conn.execute("DELETE FROM eventline.consumer_groups WHERE name = \(name)") == 1
+            }
+        }
+    }
+
+    /// The group `name` with its progress, or nil.
+    public func consumerGroup(_ name: String) async throws -> ConsumerGroupStatus? {
+        try checkGroupName(name)
+        return try await consumerGroups(only: name).first
+    }
+
+    /// Every group (or only `only`), by name.
+    public func consumerGroups(only: String? = nil) async throws -> [ConsumerGroupStatus] {
+        let upcasters = configuration.upcasters
+        return try await translatingErrors {
+            try await pool.withConnection { conn in
+                let head = try conn.query("SELECT position FROM eventline.log_head").first?.decode(0, as: Int.self) ?? 0
+                let groups = try conn.query("""
+                    SELECT g.name, to_json(g.categories)::text, to_json(g.types)::text, g.start_after, g.max_deliveries, g.ack_timeout_ms,
+                           g.webhook_url, g.webhook_secret, g.webhook_batch_size, g.scanned, g.redeliveries, g.created_at,
+                           (SELECT min(m.position) FROM eventline.consumer_group_messages m
+                             WHERE m.group_name = g.name AND m.state <> 'parked'),
+                           (SELECT count(*) FILTER (WHERE m.state = 'delivered') FROM eventline.consumer_group_messages m WHERE m.group_name = g.name),
+                           (SELECT count(*) FILTER (WHERE m.state = 'ready') FROM eventline.consumer_group_messages m WHERE m.group_name = g.name),
+                           (SELECT count(*) FILTER (WHERE m.state = 'parked') FROM eventline.consumer_group_messages m WHERE m.group_name = g.name)
+                    FROM eventline.consumer_groups g
+                    WHERE \(only)::text IS NULL OR g.name = \(only)::text
+                    ORDER BY g.name
+                    """)
+                let consumers = try conn.query("""
+                    SELECT group_name, consumer, last_seen FROM eventline.consumer_group_consumers
+                    WHERE (\(only)::text IS NULL OR group_name = \(only)::text)
+                      AND last_seen > now() - make_interval(secs => \(Double(ConsumerGroupStatus.recentConsumers.components.seconds)))
+                    ORDER BY last_seen DESC
+                    """)
+                var seen: [String: [(name: String, lastSeen: Date)]] = [:]
+                for row in consumers.rows {
+                    seen[try row.decode(0), default: []].append((try row.decode(1), try row.decode(2)))
+                }
+                return try groups.rows.map { row in
+                    func names(_ index: Int) throws -> [String]? {
+                        guard let json = try row.decode(index, as: String?.self) else { return nil }
+                        return try JSONDecoder().decode([String]?.self, from: Data(json.utf8))
+                    }
+                    let name: String = try row.decode(0)
+                    var webhook: ConsumerGroupWebhook? = nil
+                    if let url = try row.decode(6, as: String?.self) {
+                        webhook = ConsumerGroupWebhook(url: url, secret: try row.decode(7), batchSize: try row.decode(8))
+                    }
+                    // Types are shown under their current names.
+                    let types = try names(2).map { $0.map(upcasters.currentName(of:)).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } } }
+                    let settings = ConsumerGroupSettings(
+                        filter: EventFilter(categories: try names(1), types: types), startAfter: try row.decode(3),
+                        maxDeliveries: try row.decode(4), ackTimeout: .milliseconds(try row.decode(5, as: Int.self)), webhook: webhook)
+                    let scanned: Int = try row.decode(9)
+                    let earliest = try row.decode(12, as: Int?.self)
+                    return ConsumerGroupStatus(
+                        name: name, settings: settings, checkpoint: earliest.map { $0 - 1 } ?? scanned, head: head,
+                        inFlight: try row.decode(13), waiting: try row.decode(14), parked: try row.decode(15),
+                        redeliveries: try row.decode(10), consumers: seen[name] ?? [], createdAt: try row.decode(11))
+                }
+            }
+        }
+    }
+
+    /// Hands `consumer` up to `max` events of the group (none when nothing can be delivered
+    /// now), or nil when the group does not exist.
+    /// A group with a webhook is delivered by `deliver` only (`byWebhook`): a fetch from
+    /// anywhere else throws `ConsumerGroupDeliveredByWebhook`.
+    public func fetch(group name: String, consumer: String, max: Int, byWebhook: Bool = false) async throws -> [ConsumerGroupMessage]? {
+        try checkGroupName(name)
+        guard !consumer.isEmpty, consumer.utf8.count <= 200, !consumer.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            throw EventStoreError.invalidArgument("a consumer's name is 1 to 200 bytes with no control characters")
+        }
+        guard (1...1000).contains(max) else { throw EventStoreError.invalidArgument("max must be from 1 to 1000, got \(max)") }
+        let upcasters = configuration.upcasters
+        let window = Self.consumerGroupWindow
+        return try await translatingErrors {
+            try await pool.withConnection { conn -> [ConsumerGroupMessage]? in
+                let handed = try conn.transaction { conn -> [(position: Int, attempt: Int, id: UUID)]? in
+                    guard let group = try conn.query("""
+                        SELECT scanned, max_deliveries, ack_timeout_ms, webhook_url IS NOT NULL
+                        FROM eventline.consumer_groups WHERE name = \(name) FOR UPDATE
+                        """).first
+                    else { return nil }
+                    guard try group.decode(3, as: Bool.self) == byWebhook else {
+                        throw ConsumerGroupDeliveredByWebhook(group: name, hasWebhook: !byWebhook)
+                    }
+                    let scanned: Int = try group.decode(0)
+                    let maxDeliveries: Int = try group.decode(1)
+                    let timeout: Int = try group.decode(2)
+                    // Deliveries whose ack deadline passed wait again, or are parked.
+                    try conn.execute("""
+                        UPDATE eventline.consumer_group_messages
+                        SET state = CASE WHEN attempt >= \(maxDeliveries) THEN 'parked' ELSE 'ready' END,
+                            parked_at = CASE WHEN attempt >= \(maxDeliveries) THEN now() END,
+                            last_error = 'not acknowledged in time', delivery_id = NULL, consumer = NULL, due_at = now()
+                        WHERE group_name = \(name) AND state = 'delivered' AND due_at <= now()
+                        """)
+                    // The log past `scanned`, into the queue, while the queue is short.
+                    let queued = try conn.query("""
+                        SELECT count(*) FROM (SELECT 1 FROM eventline.consumer_group_messages
+                                              WHERE group_name = \(name) AND state = 'ready' LIMIT \(window)) q
+                        """).first!.decode(0, as: Int.self)
+                    if queued < window {
+                        let head = try conn.query("SELECT position FROM eventline.log_head").first?.decode(0, as: Int.self) ?? 0
+                        if head > scanned {
+                            let limit = Swift.min(window - queued, Swift.max(1000, max * 4))
+                            let last = try conn.query("""
+                                WITH picked AS (
+                                    SELECT e.position, e.stream FROM eventline.events e, eventline.consumer_groups g
+                                    WHERE g.name = \(name) AND e.position > \(scanned) AND e.position <= \(head)
+                                      AND (g.categories IS NULL OR e.category = ANY(g.categories))
+                                      AND (g.types IS NULL OR e.type = ANY(g.types))
+                                    ORDER BY e.position LIMIT \(limit)
+                                ), queued AS (
+                                    INSERT INTO eventline.consumer_group_messages (group_name, position, stream)
+                                    SELECT \(name), position, stream FROM picked
+                                    RETURNING position
+                                )
+                                SELECT count(*), max(position) FROM queued
+                                """).first!
+                            let count = try last.decode(0, as: Int.self)
+                            let upTo = count == limit ? try last.decode(1, as: Int.self) : head
+                            try conn.execute("UPDATE eventline.consumer_groups SET scanned = \(upTo) WHERE name = \(name)")
+                        }
+                    }
+                    // The earliest waiting events whose stream has nothing earlier outstanding.
+                    let handed = try conn.query("""
+                        WITH picked AS (
+                            SELECT m.position FROM eventline.consumer_group_messages m
+                            WHERE m.group_name = \(name) AND m.state = 'ready' AND m.due_at <= now()
+                              AND NOT EXISTS (
+                                  SELECT 1 FROM eventline.consumer_group_messages e
+                                  WHERE e.group_name = m.group_name AND e.stream = m.stream AND e.position < m.position
+                                    AND e.state <> 'parked')
+                            ORDER BY m.position LIMIT \(max)
+                        )
+                        UPDATE eventline.consumer_group_messages m
+                        SET state = 'delivered', attempt = m.attempt + 1, delivery_id = gen_random_uuid(), consumer = \(consumer),
+                            due_at = now() + make_interval(secs => \(Double(timeout) / 1000))
+                        FROM picked WHERE m.group_name = \(name) AND m.position = picked.position
+                        RETURNING m.position, m.attempt, m.delivery_id
+                        """).rows.map { row in (position: try row.decode(0, as: Int.self), attempt: try row.decode(1, as: Int.self), id: try row.decode(2, as: UUID.self)) }
+                    let again = handed.filter { $0.attempt > 1 }.count
+                    if again > 0 {
+                        try conn.execute("UPDATE eventline.consumer_groups SET redeliveries = redeliveries + \(again) WHERE name = \(name)")
+                    }
+                    try conn.execute("""
+                        INSERT INTO eventline.consumer_group_consumers (group_name, consumer) VALUES (\(name), \(consumer))
+                        ON CONFLICT (group_name, consumer) DO UPDATE SET last_seen = now()
+                        """)
+                    return handed.sorted { $0.position < $1.position }
+                }
+                guard let handed else { return nil }
+                guard !handed.isEmpty else { return [] }
+                // Events never change: read after the commit, outside the lock.
+                let events = try Self.decodeEvents(conn.query("""
+                    SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE position = ANY(\(handed.map(\.position))) ORDER BY position
+                    """), upcasters: upcasters)
+                return zip(handed, events).map { ConsumerGroupMessage(deliveryId: $0.id, attempt: $0.attempt, event: $1) }
+            }
+        }
+    }
+
+    /// Acknowledges deliveries: their events are done for the group.
+    public func acknowledge(group name: String, deliveryIds: [UUID]) async throws -> DeliverySettlement? {
+        try checkGroupName(name)
+        return try await settle(name, deliveryIds) { conn in
+            try conn.query("""
+                DELETE FROM eventline.consumer_group_messages
+                WHERE group_name = \(name) AND delivery_id = ANY(\(deliveryIds)) AND state = 'delivered'
+                RETURNING delivery_id
+                """)
+        }
+    }
+
+    /// Refuses deliveries: each is delivered again after `retryAfter` (or parked, if that was
+    /// its last attempt). `reason` is kept with it (shown when parked).
+    public func refuse(group name: String, deliveryIds: [UUID], retryAfter: Duration = .zero, reason: String? = nil) async throws -> DeliverySettlement? {
+        try checkGroupName(name)
+        let seconds = Double(retryAfter.components.seconds) + Double(retryAfter.components.attoseconds) / 1e18
+        guard seconds >= 0 && seconds <= 86_400 else { throw EventStoreError.invalidArgument("retryAfter must be from 0 to 86400 seconds") }
+        return try await settle(name, deliveryIds) { conn in
+            try conn.query("""
+                WITH target AS (
+                    SELECT position, delivery_id FROM eventline.consumer_group_messages
+                    WHERE group_name = \(name) AND delivery_id = ANY(\(deliveryIds)) AND state = 'delivered'
+                    FOR UPDATE
+                )
+                UPDATE eventline.consumer_group_messages m
+                SET state = CASE WHEN m.attempt >= g.max_deliveries THEN 'parked' ELSE 'ready' END,
+                    parked_at = CASE WHEN m.attempt >= g.max_deliveries THEN now() END,
+                    due_at = now() + make_interval(secs => \(seconds)), delivery_id = NULL, consumer = NULL,
+                    last_error = \(reason ?? "refused by the consumer")
+                FROM target, eventline.consumer_groups g
+                WHERE m.group_name = \(name) AND m.position = target.position AND g.name = m.group_name
+                RETURNING target.delivery_id
+                """)
+        }
+    }
+
+    /// Runs `statement` (which returns the delivery ids it settled) for a group that exists.
+    private func settle(
+        _ name: String, _ deliveryIds: [UUID], _ statement: @escaping @Sendable (PostgresConnection) throws -> PostgresResult
+    ) async throws -> DeliverySettlement? {
+        guard (1...1000).contains(deliveryIds.count) else { throw EventStoreError.invalidArgument("give 1 to 1000 delivery ids") }
+        return try await translatingErrors {
+            try await pool.withConnection { conn -> DeliverySettlement? in
+                guard try conn.query("SELECT 1 FROM eventline.consumer_groups WHERE name = \(name)").first != nil else { return nil }
+                let rows = try statement(conn)
+                var settled: Set<UUID> = []
+                for row in rows.rows { settled.insert(try row.decode(0, as: UUID.self)) }
+                return DeliverySettlement(
+                    settled: deliveryIds.filter { settled.contains($0) }, stale: deliveryIds.filter { !settled.contains($0) })
+            }
+        }
+    }
+
+    /// The group's parked events after position `after`, oldest first, or nil when the group
+    /// does not exist.
+    public func parkedMessages(group name: String, after: Int = 0, limit: Int = 100) async throws -> [ParkedMessage]? {
+        try checkGroupName(name)
+        guard (1...1000).contains(limit) else { throw EventStoreError.invalidArgument("limit must be from 1 to 1000, got \(limit)") }
+        let upcasters = configuration.upcasters
+        return try await translatingErrors {
+            try await pool.withConnection { conn -> [ParkedMessage]? in
+                guard try conn.query("SELECT 1 FROM eventline.consumer_groups WHERE name = \(name)").first != nil else { return nil }
+                let parked = try conn.query("""
+                    SELECT position, attempt, parked_at, last_error FROM eventline.consumer_group_messages
+                    WHERE group_name = \(name) AND state = 'parked' AND position > \(after)
+                    ORDER BY position LIMIT \(limit)
+                    """).rows.map { row in
+                        (position: try row.decode(0, as: Int.self), attempt: try row.decode(1, as: Int.self),
+                         parkedAt: try row.decode(2, as: Date.self), error: try row.decode(3, as: String?.self))
+                    }
+                guard !parked.isEmpty else { return [] }
+                let events = try Self.decodeEvents(conn.query("""
+                    SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE position = ANY(\(parked.map(\.position))) ORDER BY position
+                    """), upcasters: upcasters)
+                return zip(parked, events).map { ParkedMessage(attempt: $0.attempt, parkedAt: $0.parkedAt, lastError: $0.error, event: $1) }
+            }
+        }
+    }
+
+    /// Puts parked events back in the queue with fresh attempts: those at `positions`, or
+    /// all. Returns how many, or nil when the group does not exist.
+    public func retryParked(group name: String, positions: [Int]? = nil) async throws -> Int? {
+        try checkGroupName(name)
+        return try await translatingErrors {
+            try await pool.withConnection { conn -> Int? in
+                guard try conn.query("SELECT 1 FROM eventline.consumer_groups WHERE name = \(name)").first != nil else { return nil }
+                return try conn.execute("""
+                    UPDATE eventline.consumer_group_messages
+                    SET state = 'ready', attempt = 0, due_at = now(), parked_at = NULL, last_error = NULL
+                    WHERE group_name = \(name) AND state = 'parked' AND (\(positions)::bigint[] IS NULL OR position = ANY(\(positions)))
+                    """)
+            }
+        }
+    }
+}

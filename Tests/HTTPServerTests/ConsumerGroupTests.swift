@@ -1,0 +1,198 @@
+import EventStore
+import EventlineTestSupport
+import Foundation
+import HTTPServer
+import HTTPTypes
+import HummingbirdTesting
+import Testing
+
+/// Consumer groups over real HTTP and PostgreSQL: settings and bad input, then the delivery
+/// rules one by one (stream order, acks, nacks, ack timeouts, parking, retries, long polls).
+@Suite("Consumer groups", .timeLimit(.minutes(3)))
+struct ConsumerGroupTests {
+    /// The messages of a fetch: (deliveryId, attempt, position, stream, version).
+    struct Message {
+        var deliveryId: String
+        var attempt: Int
+        var position: Int
+        var stream: String
+        var version: Int
+    }
+
+    static func messages(_ response: TestResponse) -> [Message] {
+        ((response.json["messages"] as? [[String: Any]]) ?? []).compactMap { item in
+            guard let id = item["deliveryId"] as? String, let attempt = item["attempt"] as? Int, let position = item["position"] as? Int,
+                let stream = item["stream"] as? String, let version = item["version"] as? Int
+            else { return nil }
+            return Message(deliveryId: id, attempt: attempt, position: position, stream: stream, version: version)
+        }
+    }
+
+    static func fetch(_ client: any TestClientProtocol, _ group: String, consumer: String, max: Int = 100, wait: Int = 0) async throws -> [Message] {
+        let response = try await client.send(.post, "/v1/consumer-groups/\(group)/fetch", json: #"{"consumer":"\#(consumer)","max":\#(max),"wait":\#(wait)}"#)
+        #expect(response.status == .ok, "\(response.text)")
+        return messages(response)
+    }
+
+    static func ack(_ client: any TestClientProtocol, _ group: String, _ ids: [String]) async throws -> TestResponse {
+        try await client.send(.post, "/v1/consumer-groups/\(group)/ack", json: #"{"deliveryIds":[\#(ids.map { "\"\($0)\"" }.joined(separator: ","))]}"#)
+    }
+
+    @Test("a group is created, changed, shown, listed and deleted; bad settings are problems that change nothing")
+    func settings() async throws {
+        let server = try await TestServer.make("cgsettings")
+        let store = server.test.store
+        try await server.run { client in
+            let created = try await client.send(
+                .put, "/v1/consumer-groups/billing", json: #"{"categories":["account"],"types":["MoneyDeposited"],"maxDeliveries":3,"ackTimeout":10}"#)
+            #expect(created.status == .created, "\(created.text)")
+            #expect(created.headers[.location] == "/v1/consumer-groups/billing")
+            #expect(created.json["categories"] as? [String] == ["account"])
+            #expect(created.json["types"] as? [String] == ["MoneyDeposited"])
+            #expect(created.json["maxDeliveries"] as? Int == 3)
+            #expect(created.json["ackTimeout"] as? Int == 10)
+            #expect(created.json["checkpoint"] as? Int == 0)
+            #expect(created.json["webhook"] is NSNull)
+            let changed = try await client.send(.put, "/v1/consumer-groups/billing", json: #"{"categories":["account","transfer"]}"#)
+            #expect(changed.status == .ok, "\(changed.text)")
+            #expect(changed.json["categories"] as? [String] == ["account", "transfer"])
+            #expect(changed.json["types"] is NSNull)
+            #expect(changed.json["maxDeliveries"] as? Int == 5)
+
+            let hooked = try await client.send(
+                .put, "/v1/consumer-groups/hooked", json: #"{"webhook":{"url":"http://127.0.0.1:9/hook","secret":"s3cret","batchSize":10}}"#)
+            #expect(hooked.status == .created, "\(hooked.text)")
+            #expect(!hooked.text.contains("s3cret"), "the webhook's secret is shown: \(hooked.text)")
+            #expect((hooked.json["webhook"] as? [String: Any])?["url"] as? String == "http://127.0.0.1:9/hook")
+            // A consumer cannot fetch from a group that delivers itself.
+            let refused = try await client.send(.post, "/v1/consumer-groups/hooked/fetch", json: #"{"consumer":"c1"}"#)
+            #expect(refused.status == .conflict && refused.isProblem, "\(refused.text)")
+            #expect(refused.json["type"] as? String == "/problems/consumer-group-webhook")
+
+            for (path, body, field) in [
+                ("/v1/consumer-groups/Bad!", #"{}"#, "name"),
+                ("/v1/consumer-groups/g", #"{"maxDeliveries":0}"#, "maxDeliveries"),
+                ("/v1/consumer-groups/g", #"{"ackTimeout":"soon"}"#, "ackTimeout"),
+                ("/v1/consumer-groups/g", #"{"ackTimeout":0}"#, "ackTimeout"),
+                ("/v1/consumer-groups/g", #"{"categories":[]}"#, "categories"),
+                ("/v1/consumer-groups/g", #"{"types":[1]}"#, "types"),
+                ("/v1/consumer-groups/g", #"{"startAfter":-1}"#, "startAfter"),
+                ("/v1/consumer-groups/g", #"{"colour":"red"}"#, "colour"),
+                ("/v1/consumer-groups/g", #"{"webhook":{"url":"ftp://x/","secret":"s"}}"#, "webhook.url"),
+                ("/v1/consumer-groups/g", #"{"webhook":{"url":"http://x/"}}"#, "webhook.secret"),
+                ("/v1/consumer-groups/g", #"{"webhook":{"url":"http://x/","secret":"s","batchSize":0}}"#, "webhook.batchSize"),
+            ] {
+                let response = try await client.send(.put, path, json: body)
+                #expect(response.status == .badRequest && response.isProblem, "\(path) \(body): \(response.text)")
+                #expect(response.json["field"] as? String == field, "\(body): \(response.text)")
+            }
+            let moved = try await client.send(.put, "/v1/consumer-groups/billing", json: #"{"startAfter":7}"#)
+            #expect(moved.status == .conflict && moved.json["type"] as? String == "/problems/consumer-group-start-fixed", "\(moved.text)")
+
+            let list = try await client.send(.get, "/v1/consumer-groups")
+            #expect((list.json["groups"] as? [[String: Any]])?.compactMap { $0["name"] as? String } == ["billing", "hooked"])
+            #expect(try await client.send(.delete, "/v1/consumer-groups/billing").status == .noContent)
+            let gone = try await client.send(.get, "/v1/consumer-groups/billing")
+            #expect(gone.status == .notFound && gone.json["type"] as? String == "/problems/consumer-group-not-found")
+            #expect(try await client.send(.delete, "/v1/consumer-groups/billing").status == .notFound)
+            let orphan = try await client.send(.post, "/v1/consumer-groups/billing/fetch", json: #"{"consumer":"c1"}"#)
+            #expect(orphan.status == .notFound && orphan.isProblem)
+        }
+        #expect(try await store.headPosition() == 0)
+        await store.shutdown()
+    }
+
+    @Test("stream order, acks, nacks, ack timeouts, parking after maxDeliveries, retrying parked events and long polls")
+    func deliveryRules() async throws {
+        let server = try await TestServer.make("cgdelivery")
+        let store = server.test.store
+        @Sendable func append(_ stream: String, _ count: Int) async throws {
+            _ = try await store.append(to: stream, events: (0..<count).map { _ in NewEvent(type: "Made", data: Data("{}".utf8)) })
+        }
+        try await append("thing-1", 3)  // positions 1, 2, 3
+        try await append("thing-2", 1)  // 4
+        try await append("other-1", 1)  // 5, not in the group
+        try await server.run { client in
+            let put = try await client.send(.put, "/v1/consumer-groups/g", json: #"{"categories":["thing"],"maxDeliveries":2,"ackTimeout":3}"#)
+            #expect(put.status == .created)
+            // thing-1's later events wait behind its first.
+            let first = try await Self.fetch(client, "g", consumer: "c1")
+            #expect(first.map(\.position) == [1, 4])
+            #expect(first.allSatisfy { $0.attempt == 1 })
+            #expect(try await Self.fetch(client, "g", consumer: "c2").isEmpty)
+            let acked = try await Self.ack(client, "g", [first[0].deliveryId])
+            #expect(acked.json["acknowledged"] as? [String] == [first[0].deliveryId], "\(acked.text)")
+            let again = try await Self.ack(client, "g", [first[0].deliveryId])
+            #expect(again.json["stale"] as? [String] == [first[0].deliveryId], "\(again.text)")
+
+            let second = try await Self.fetch(client, "g", consumer: "c2")
+            #expect(second.map(\.position) == [2])
+            let nacked = try await client.send(
+                .post, "/v1/consumer-groups/g/nack", json: #"{"deliveryIds":["\#(second[0].deliveryId)"],"retryAfter":0}"#)
+            #expect(nacked.json["nacked"] as? [String] == [second[0].deliveryId], "\(nacked.text)")
+            let retried = try await Self.fetch(client, "g", consumer: "c2")
+            #expect(retried.map(\.position) == [2])
+            #expect(retried.first?.attempt == 2)
+            // Neither 2 (its last attempt) nor 4 is acknowledged in time: 2 is parked and its
+            // stream goes on with 3; 4 is delivered again.
+            try await Task.sleep(for: .milliseconds(3300))
+            let third = try await Self.fetch(client, "g", consumer: "c3")
+            #expect(third.map(\.position) == [3, 4], "\(third)")
+            #expect(third.map(\.attempt) == [1, 2])
+            #expect(try await Self.ack(client, "g", third.map(\.deliveryId)).json["acknowledged"] as? [String] == third.map(\.deliveryId))
+
+            let parked = try await client.send(.get, "/v1/consumer-groups/g/parked")
+            let items = parked.json["parked"] as? [[String: Any]] ?? []
+            #expect(items.compactMap { $0["position"] as? Int } == [2], "\(parked.text)")
+            #expect(items.first?["attempt"] as? Int == 2)
+            #expect(items.first?["lastError"] as? String == "not acknowledged in time")
+            var shown = try await client.send(.get, "/v1/consumer-groups/g")
+            #expect(shown.json["parked"] as? Int == 1)
+            #expect(shown.json["inFlight"] as? Int == 0)
+            #expect(shown.json["checkpoint"] as? Int == 5, "\(shown.text)")
+            #expect(shown.json["redeliveries"] as? Int == 2)
+            #expect((shown.json["consumers"] as? [[String: Any]])?.compactMap { $0["name"] as? String }.sorted() == ["c1", "c2", "c3"])
+            let metrics = try await client.send(.get, "/metrics")
+            #expect(metrics.text.contains(#"eventline_consumer_group_parked{group="g"} 1"#), "\(metrics.text)")
+            #expect(metrics.text.contains(#"eventline_consumer_group_redeliveries{group="g"} 2"#))
+
+            // Retried, a parked event is delivered afresh; the checkpoint goes back to it meanwhile.
+            let retry = try await client.send(.post, "/v1/consumer-groups/g/parked/retry", json: #"{"positions":[2]}"#)
+            #expect(retry.json["retried"] as? Int == 1, "\(retry.text)")
+            shown = try await client.send(.get, "/v1/consumer-groups/g")
+            #expect(shown.json["checkpoint"] as? Int == 1)
+            let fourth = try await Self.fetch(client, "g", consumer: "c1")
+            #expect(fourth.map(\.position) == [2])
+            #expect(fourth.first?.attempt == 1)
+            _ = try await Self.ack(client, "g", fourth.map(\.deliveryId))
+            shown = try await client.send(.get, "/v1/consumer-groups/g")
+            #expect(shown.json["checkpoint"] as? Int == 5 && shown.json["parked"] as? Int == 0, "\(shown.text)")
+
+            // A fetch with nothing to deliver waits for the next matching commit.
+            let waiting = Task { try await Self.fetch(client, "g", consumer: "c1", wait: 30) }
+            try await Task.sleep(for: .milliseconds(300))
+            try await append("other-2", 1)  // 6: not the group's; the fetch goes on waiting
+            try await append("thing-3", 1)  // 7
+            let woken = try await waiting.value
+            #expect(woken.map(\.position) == [7])
+
+            // Bad input: a problem, and nothing settled.
+            for (path, body, field) in [
+                ("/v1/consumer-groups/g/fetch", #"{}"#, "consumer"),
+                ("/v1/consumer-groups/g/fetch", #"{"consumer":"c","max":0}"#, "max"),
+                ("/v1/consumer-groups/g/fetch", #"{"consumer":"c","wait":61}"#, "wait"),
+                ("/v1/consumer-groups/g/ack", #"{"deliveryIds":[]}"#, "deliveryIds"),
+                ("/v1/consumer-groups/g/ack", #"{"deliveryIds":["nope"]}"#, "deliveryIds[0]"),
+                ("/v1/consumer-groups/g/nack", #"{"deliveryIds":["\#(woken[0].deliveryId)"],"retryAfter":-1}"#, "retryAfter"),
+                ("/v1/consumer-groups/g/parked/retry", #"{"positions":[0]}"#, "positions[0]"),
+            ] {
+                let response = try await client.send(.post, path, json: body)
+                #expect(response.status == .badRequest && response.isProblem, "\(path) \(body): \(response.text)")
+                #expect(response.json["field"] as? String == field, "\(body): \(response.text)")
+            }
+            shown = try await client.send(.get, "/v1/consumer-groups/g")
+            #expect(shown.json["inFlight"] as? Int == 1, "\(shown.text)")
+        }
+        await store.shutdown()
+    }
+}

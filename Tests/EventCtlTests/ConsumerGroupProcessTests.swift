@@ -1,0 +1,186 @@
+import EventStore
+import EventlineTestSupport
+import Foundation
+import Synchronization
+import Testing
+
+/// Consumer groups served by `eventctl serve` processes: competing consumers over two servers
+/// while appends run, one consumer that dies holding deliveries, and a server SIGKILLed and
+/// restarted mid-run.
+@Suite("Consumer groups across server processes", .serialized)
+struct ConsumerGroupProcessTests {
+    struct Delivery: Sendable {
+        var consumer: String
+        var deliveryId: String
+        var attempt: Int
+        var position: Int
+        var stream: String
+        var version: Int
+    }
+
+    final class Run: Sendable {
+        /// Every delivery, in the order the consumers received them.
+        let deliveries = Mutex<[Delivery]>([])
+        let acknowledged = Mutex<Set<Int>>([])
+        /// Events whose ack was sent but not answered (its server died): acknowledged or not.
+        let uncertain = Mutex<Set<Int>>([])
+        /// The servers' ports; a consumer whose server fails tries the next.
+        let ports: Mutex<[Int]>
+        let stop = Atomic<Bool>(false)
+
+        init(ports: [Int]) { self.ports = Mutex(ports) }
+
+        func port(_ index: Int) -> Int { ports.withLock { $0[index % $0.count] } }
+    }
+
+    static func parse(_ body: String, consumer: String) -> [Delivery] {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
+            let messages = object["messages"] as? [[String: Any]]
+        else { return [] }
+        return messages.compactMap { item in
+            guard let id = item["deliveryId"] as? String, let attempt = item["attempt"] as? Int, let position = item["position"] as? Int,
+                let stream = item["stream"] as? String, let version = item["version"] as? Int
+            else { return nil }
+            return Delivery(consumer: consumer, deliveryId: id, attempt: attempt, position: position, stream: stream, version: version)
+        }
+    }
+
+    /// One consumer: fetches, records and acknowledges, on server `index` and, when that one
+    /// fails, the next. One that `dies` does so after a few batches: it takes one more and
+    /// is gone without acknowledging it (as a SIGKILLed consumer would be).
+    static func consume(_ run: Run, name: String, index: Int, dies: Bool) async {
+        var server = index
+        var batches = 0
+        while !run.stop.load(ordering: .relaxed) {
+            let port = run.port(server)
+            do {
+                let answer = try await LoopbackHTTP.request(
+                    "POST", port: port, "/v1/consumer-groups/orders/fetch", body: #"{"consumer":"\#(name)","max":10,"wait":1}"#,
+                    timeout: 10)
+                guard answer.status == 200 else { throw POSIXError(.EIO) }
+                let got = parse(answer.body, consumer: name)
+                run.deliveries.withLock { $0 += got }
+                guard !got.isEmpty else { continue }
+                batches += 1
+                if dies && batches == 5 { return }
+                let ids = got.map { "\"\($0.deliveryId)\"" }.joined(separator: ",")
+                guard let acked = try? await LoopbackHTTP.request(
+                    "POST", port: port, "/v1/consumer-groups/orders/ack", body: #"{"deliveryIds":[\#(ids)]}"#, timeout: 10)
+                else {
+                    // The server may have committed the ack before it died; if not, the events
+                    // come again after their timeout.
+                    run.uncertain.withLock { $0.formUnion(got.map(\.position)) }
+                    throw POSIXError(.EIO)
+                }
+                guard acked.status == 200,
+                    let object = try? JSONSerialization.jsonObject(with: Data(acked.body.utf8)) as? [String: Any],
+                    let settled = object["acknowledged"] as? [String]
+                else { throw POSIXError(.EIO) }
+                let positions = got.filter { settled.contains($0.deliveryId) }.map(\.position)
+                run.acknowledged.withLock { $0.formUnion(positions) }
+            } catch {
+                // The server is down (or being replaced): the next one.
+                server += 1
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
+    }
+
+    @Test("four consumers on two servers under appends, one dying with deliveries unacknowledged, one server SIGKILLed and restarted: every event acknowledged, each stream in order, no event held twice at once")
+    func competingConsumers() async throws {
+        let test = try await TestStore.make("cgprocs")
+        let environment = ["EVENTLINE_PROJECTIONS_DIR": "/nonexistent"]
+        let (first, firstPort) = try await DeploymentTests.serve(try Repository.eventctl, url: test.url, environment: environment)
+        let (second, secondPort) = try await DeploymentTests.serve(try Repository.eventctl, url: test.url, environment: environment)
+        let replacement = Mutex<BackgroundProcess?>(nil)
+        defer {
+            killProcessTree(first.pid)
+            killProcessTree(second.pid)
+            if let process = replacement.withLock({ $0 }) { killProcessTree(process.pid) }
+        }
+        let created = try await LoopbackHTTP.request(
+            "PUT", port: firstPort, "/v1/consumer-groups/orders", body: #"{"categories":["order"],"ackTimeout":3,"maxDeliveries":100}"#)
+        #expect(created.status == 201, "\(created.body)")
+
+        let run = Run(ports: [firstPort, secondPort])
+        let consumers = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for index in 0..<4 {
+                    group.addTask { await Self.consume(run, name: "c\(index + 1)", index: index, dies: index == 3) }
+                }
+            }
+        }
+        // Four appenders, 60 events each over ten streams, with noise the group does not take.
+        let store = test.store
+        let appenders = Task {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for writer in 0..<4 {
+                    group.addTask {
+                        for n in 0..<60 {
+                            _ = try await store.append(to: "order-\((writer * 60 + n) % 10)", events: [NewEvent(type: "Placed", data: Data(#"{"n":\#(n)}"#.utf8))])
+                            if n % 10 == 0 { _ = try await store.append(to: "other-\(writer)", events: [NewEvent(type: "Noise", data: Data("{}".utf8))]) }
+                            try await Task.sleep(for: .milliseconds(15))
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        // Mid-run, the first server is killed outright and another takes its place.
+        try await eventually("some events acknowledged") { run.acknowledged.withLock { $0.count } >= 40 }
+        killProcessTree(first.pid)
+        let (third, thirdPort) = try await DeploymentTests.serve(try Repository.eventctl, url: test.url, environment: environment)
+        replacement.withLock { $0 = third }
+        run.ports.withLock { $0[0] = thirdPort }
+
+        try await appenders.value
+        let expected = try await store.readAll(limit: 10_000, filter: EventFilter(category: "order"))
+        #expect(expected.count == 240)
+        // Done when the group says so: every event up to the last acknowledged (or parked, and
+        // nothing is), none in flight or waiting.
+        let last = try #require(expected.last?.position)
+        /// The group's parked count and redeliveries, as last shown.
+        let status = Mutex<(parked: Int, redeliveries: Int)>((0, 0))
+        try await eventually(timeout: .seconds(90), "every event acknowledged") {
+            guard let shown = try? await LoopbackHTTP.request(port: run.port(1), "/v1/consumer-groups/orders"),
+                let group = try? JSONSerialization.jsonObject(with: Data(shown.body.utf8)) as? [String: Any]
+            else { return false }
+            let counts = (group["parked"] as? Int ?? -1, group["redeliveries"] as? Int ?? -1)
+            status.withLock { $0 = counts }
+            return (group["checkpoint"] as? Int ?? 0) >= last && group["inFlight"] as? Int == 0 && group["waiting"] as? Int == 0
+        }
+        run.stop.store(true, ordering: .relaxed)
+        await consumers.value
+
+        let deliveries = run.deliveries.withLock { $0 }
+        // Every event reached a consumer, and each one's ack was answered (or lost with a server).
+        #expect(Set(deliveries.map(\.position)).isSuperset(of: expected.map(\.position)))
+        let settled = run.acknowledged.withLock { $0 }.union(run.uncertain.withLock { $0 })
+        #expect(settled.isSuperset(of: expected.map(\.position)), "\(Set(expected.map(\.position)).subtracting(settled).sorted())")
+        #expect(status.withLock { $0.parked } == 0)
+        // No event was held by two consumers at once: each attempt of a position was handed out
+        // once, by whichever server (two servers deciding alone would repeat an attempt).
+        var attempts: [Int: [Int]] = [:]
+        for delivery in deliveries { attempts[delivery.position, default: []].append(delivery.attempt) }
+        for (position, seen) in attempts {
+            #expect(Set(seen).count == seen.count, "position \(position) was handed out twice at attempt \(seen)")
+        }
+        #expect(Set(deliveries.map(\.deliveryId)).count == deliveries.count)
+        // Each stream's events reached the consumers in order (an event comes again only after
+        // its ack timeout, never after a later one of its stream).
+        for stream in Set(deliveries.map(\.stream)) {
+            let versions = deliveries.filter { $0.stream == stream }.map(\.version)
+            #expect(versions == versions.sorted(), "\(stream) was delivered out of order: \(versions)")
+        }
+        // What the consumer that died held went to the others, after its ack timeout.
+        let held = Set(deliveries.filter { $0.consumer == "c4" }.map(\.position))
+        #expect(!held.isEmpty)
+        #expect(deliveries.contains { $0.attempt > 1 && held.contains($0.position) && $0.consumer != "c4" })
+        #expect(deliveries.allSatisfy { $0.stream.hasPrefix("order-") })
+
+        #expect(status.withLock { $0.redeliveries } > 0)
+        #expect(await second.stop() == 0, "\(second.output)")
+        #expect(await third.stop() == 0, "\(third.output)")
+        await store.shutdown()
+    }
+}

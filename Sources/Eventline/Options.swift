@@ -118,6 +118,8 @@ enum CLI {
             try await body()
         } catch let error as CLIError {
             fail(error.description, code: error.exitCode)
+        } catch let error as EventStoreError where error.underlying?.isMissingSchema ?? false {
+            fail("the database has no (or an older) Eventline schema: run \(CLI.name) migrate", code: 1)
         } catch let error as EventStoreError {
             fail(error.message, code: error.code == .wrongExpectedVersion ? 3 : 1)
         } catch let error as ValidationError {

@@ -184,3 +184,46 @@ struct ConsumerGroupProcessTests {
         await store.shutdown()
     }
 }
+
+@Suite("eventctl consumer-groups")
+struct ConsumerGroupCommandTests {
+    @Test("lists and shows groups, lists parked events and retries them; a missing group or schema is one line")
+    func listShowParkedRetry() async throws {
+        let test = try await TestStore.make("cgcli")
+        let store = test.store
+        for n in 1...3 { _ = try await store.append(to: "order-\(n)", events: [NewEvent(type: "Placed", data: Data(#"{"n":\#(n)}"#.utf8))]) }
+        #expect(try await store.putConsumerGroup("shipping", ConsumerGroupSettings(filter: EventFilter(category: "order"), maxDeliveries: 1)))
+        // The first event is refused on its only attempt: parked.
+        let messages = try #require(try await store.fetch(group: "shipping", consumer: "c1", max: 1))
+        #expect(messages.map(\.event.position) == [1])
+        _ = try await store.refuse(group: "shipping", deliveryIds: messages.map(\.deliveryId), reason: "no address")
+
+        var output = try await EventCtlTests.eventctl(["consumer-groups"], url: test.url)
+        #expect(output.status == 0, "\(output.stderr)")
+        #expect(output.stdout.contains("shipping"), "\(output.stdout)")
+        output = try await EventCtlTests.eventctl(["consumer-groups", "show", "shipping"], url: test.url)
+        #expect(output.stdout.contains("categories:     order"), "\(output.stdout)")
+        #expect(output.stdout.contains("parked:         1"), "\(output.stdout)")
+        #expect(output.stdout.contains("consumer:       c1"), "\(output.stdout)")
+        output = try await EventCtlTests.eventctl(["consumer-groups", "parked", "shipping"], url: test.url)
+        #expect(output.stdout.hasPrefix("1\torder-1@1\tPlaced"), "\(output.stdout)")
+        #expect(output.stdout.contains("no address"))
+        output = try await EventCtlTests.eventctl(["consumer-groups", "retry", "shipping", "--position", "1"], url: test.url)
+        #expect(output.stdout.contains("retried 1 parked event of shipping"), "\(output.stdout) \(output.stderr)")
+        let again = try #require(try await store.fetch(group: "shipping", consumer: "c2", max: 10))
+        #expect(again.map(\.event.position) == [1, 2, 3])
+        #expect(again.first?.attempt == 1)
+
+        EventCtlTests.expectOneLineError(
+            try await EventCtlTests.eventctl(["consumer-groups", "show", "nope"], url: test.url), containing: "no consumer group nope")
+        EventCtlTests.expectOneLineError(
+            try await EventCtlTests.eventctl(["consumer-groups", "parked", "shipping", "--limit", "0"], url: test.url), containing: "--limit")
+        output = try await EventCtlTests.eventctl(["consumer-groups", "delete", "shipping"], url: test.url)
+        #expect(output.stdout.contains("deleted consumer group shipping"))
+        #expect(try await store.consumerGroups().isEmpty)
+
+        let empty = try await TestDatabase.create("cgclibare")
+        EventCtlTests.expectOneLineError(try await EventCtlTests.eventctl(["consumer-groups"], url: empty.url), containing: "migrate")
+        await store.shutdown()
+    }
+}

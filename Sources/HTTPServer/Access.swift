@@ -41,7 +41,7 @@ final class AccessControl: Sendable {
         if path.hasPrefix("/v1/consumer-groups") {
             // Creating, changing and deleting groups (webhooks reach other systems) and
             // retrying parked events are for admins; consuming only reads the log.
-            if method == .put || method == .delete || path.hasSuffix("/parked/retry") { return .admin }
+            if method == .put || method == .delete || path.contains("/parked/retry") { return .admin }
             return .read
         }
         if method == .post && path.hasPrefix("/v1/") { return .commands }

@@ -45,6 +45,17 @@ struct AccessTests {
             #expect(try await client.send(.get, "/metrics", headers: Self.bearer(writer)).status == .forbidden)
             #expect(try await client.send(.get, "/metrics", headers: Self.bearer(admin.key)).status == .ok)
             #expect(try await client.send(.get, "/v1/events").status == .unauthorized)
+            // Consumer groups: admins create, change, delete and retry; a read key consumes.
+            let group = #"{"categories":["account"]}"#
+            #expect(try await client.send(.put, "/v1/consumer-groups/g", json: group, headers: Self.bearer(writer)).status == .forbidden)
+            #expect(try await client.send(.put, "/v1/consumer-groups/g", json: group, headers: Self.bearer(admin.key)).status == .created)
+            let fetched = try await client.send(.post, "/v1/consumer-groups/g/fetch", json: #"{"consumer":"c"}"#, headers: Self.bearer(reader))
+            #expect(fetched.status == .ok && fetched.text.contains("AccountOpened"), "\(fetched.text)")
+            #expect(try await client.send(.get, "/v1/consumer-groups/g", headers: Self.bearer(reader)).status == .ok)
+            #expect(try await client.send(.post, "/v1/consumer-groups/g/parked/retry", headers: Self.bearer(writer)).status == .forbidden)
+            #expect(try await client.send(.delete, "/v1/consumer-groups/g", headers: Self.bearer(writer)).status == .forbidden)
+            #expect(try await client.send(.post, "/v1/consumer-groups/g/parked/retry", headers: Self.bearer(admin.key)).status == .ok)
+            #expect(try await client.send(.delete, "/v1/consumer-groups/g", headers: Self.bearer(admin.key)).status == .noContent)
 
             #expect(try await server.test.store.revokeAPIKey(id: admin.record.id))
             try await Task.sleep(for: .milliseconds(300))

@@ -47,6 +47,16 @@ struct FuzzTests {
             Case(method: .get, path: "/v1/read-models/accounts/f1"),
             Case(method: .get, path: "/health/ready"),
             Case(method: .get, path: "/metrics"),
+            Case(
+                method: .put, path: "/v1/consumer-groups/fz", headers: [.contentType: "application/json"],
+                body: Array(#"{"categories":["account","fuzz"],"types":null,"startAfter":0,"maxDeliveries":2,"ackTimeout":5}"#.utf8)),
+            Case(method: .get, path: "/v1/consumer-groups"),
+            Case(method: .get, path: "/v1/consumer-groups/fz"),
+            post("/v1/consumer-groups/fz/fetch", #"{"consumer":"c1","max":2,"wait":0}"#),
+            post("/v1/consumer-groups/fz/ack", #"{"deliveryIds":["6f1c2b1e-9a4d-4c59-8f4e-2d3c1b0a9e87"]}"#),
+            post("/v1/consumer-groups/fz/nack", #"{"deliveryIds":["6f1c2b1e-9a4d-4c59-8f4e-2d3c1b0a9e87"],"retryAfter":1}"#),
+            Case(method: .get, path: "/v1/consumer-groups/fz/parked?after=0&limit=5"),
+            post("/v1/consumer-groups/fz/parked/retry", #"{"positions":[1,2]}"#),
         ]
     }()
 
@@ -84,7 +94,8 @@ struct FuzzTests {
         let store = server.test.store
         try await server.run { client in
             // Some state for the mutations to hit: an open account with a deposit, and two streams.
-            for seed in [Self.seeds[0], Self.seeds[1], Self.seeds[5], Self.seeds[6]] {
+            let group = Self.seeds.first { $0.method == .put }!
+            for seed in [Self.seeds[0], Self.seeds[1], Self.seeds[5], Self.seeds[6], group] {
                 let response = try await client.execute(
                     uri: seed.path, method: seed.method, headers: seed.headers, body: seed.body.map { ByteBuffer(bytes: $0) })
                 #expect(response.status.code < 300, "\(seed): \(response.status) \(String(buffer: response.body))")

@@ -75,6 +75,33 @@ struct OpenAPITests {
             try await call(.get, "/v1/events/live?after=-1", "/v1/events/live")
             try await call(.get, "/v1/events/live", "/v1/events/live", headers: [HTTPField.Name("Last-Event-ID")!: "not-a-position"])
 
+            let group = "/v1/consumer-groups/{name}"
+            try await call(.put, "/v1/consumer-groups/notes", group, json: #"{"categories":["notes"],"maxDeliveries":1,"ackTimeout":5}"#)
+            try await call(.put, "/v1/consumer-groups/notes", group, json: #"{"categories":["notes"],"maxDeliveries":1}"#)
+            try await call(.put, "/v1/consumer-groups/notes", group, json: #"{"startAfter":3}"#)
+            try await call(.put, "/v1/consumer-groups/notes", group, json: #"{"maxDeliveries":0}"#)
+            try await call(.put, "/v1/consumer-groups/hook", group, json: #"{"webhook":{"url":"http://127.0.0.1:1/","secret":"s"}}"#)
+            try await call(.get, "/v1/consumer-groups/notes", group)
+            try await call(.get, "/v1/consumer-groups/hook", group)
+            try await call(.get, "/v1/consumer-groups/none", group)
+            try await call(.get, "/v1/consumer-groups", "/v1/consumer-groups")
+            let fetched = try await client.send(.post, "/v1/consumer-groups/notes/fetch", json: #"{"consumer":"c1","max":5}"#)
+            log.record(.post, group + "/fetch", fetched)
+            let ids = ((fetched.json["messages"] as? [[String: Any]]) ?? []).compactMap { $0["deliveryId"] as? String }
+            #expect(!ids.isEmpty, "\(fetched.text)")
+            try await call(.post, "/v1/consumer-groups/notes/fetch", group + "/fetch", json: #"{"consumer":"c1","wait":0}"#)
+            try await call(.post, "/v1/consumer-groups/notes/fetch", group + "/fetch", json: #"{"max":5}"#)
+            try await call(.post, "/v1/consumer-groups/hook/fetch", group + "/fetch", json: #"{"consumer":"c1"}"#)
+            try await call(.post, "/v1/consumer-groups/notes/nack", group + "/nack", json: #"{"deliveryIds":["\#(ids[0])"],"retryAfter":0}"#)
+            try await call(.post, "/v1/consumer-groups/notes/ack", group + "/ack", json: #"{"deliveryIds":["\#(ids[0])"]}"#)
+            try await call(.post, "/v1/consumer-groups/notes/ack", group + "/ack", json: #"{"deliveryIds":"all"}"#)
+            try await call(.get, "/v1/consumer-groups/notes/parked", group + "/parked")
+            try await call(.get, "/v1/consumer-groups/notes/parked?limit=0", group + "/parked")
+            try await call(.post, "/v1/consumer-groups/notes/parked/retry", group + "/parked/retry", json: #"{"positions":[1]}"#)
+            try await call(.post, "/v1/consumer-groups/none/parked/retry", group + "/parked/retry", json: "{}")
+            try await call(.delete, "/v1/consumer-groups/hook", group)
+            try await call(.delete, "/v1/consumer-groups/hook", group)
+
             let projector = try startProjector(test)
             defer { projector.cancel() }
             _ = try await client.waitCaughtUp("account_balances", position: 1)
@@ -107,6 +134,6 @@ struct OpenAPITests {
             Repository.root + "/Tests/HTTPServerTests/validate_openapi.py", Repository.root + "/Schemas/openapi.yaml", responses,
         ])
         #expect(output.status == 0, "\(output.stdout)\(output.stderr)")
-        #expect(output.stdout.contains("41 responses checked, 0 failures"), "\(output.stdout)\(output.stderr)")
+        #expect(output.stdout.contains("63 responses checked, 0 failures"), "\(output.stdout)\(output.stderr)")
     }
 }

@@ -59,3 +59,8 @@ CREATE TABLE eventline.consumer_group_consumers (
     last_seen    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (group_name, consumer)
 );
+
+-- One `deliver` process at a time delivers a group with a webhook: it holds the session
+-- advisory lock (eventline.webhook_lock_namespace(), hashtext(name)); the others stand by.
+CREATE FUNCTION eventline.webhook_lock_namespace() RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$ SELECT 1165380691 $$;

@@ -1,4 +1,5 @@
 #ifndef EVENTLINE_CCRYPTO_SHIM_H
 #define EVENTLINE_CCRYPTO_SHIM_H
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #endif

@@ -104,6 +104,29 @@ public struct ConsumerGroupMessage: Sendable {
     /// 1 for the first delivery.
     public var attempt: Int
     public var event: RecordedEvent
+
+    /// The message as the API (and a webhook's batch) shows it: the event, with its delivery.
+    public var json: String {
+        #"{"deliveryId":"\#(deliveryId.uuidString.lowercased())","attempt":\#(attempt),"# + event.json(includeStream: true).dropFirst()
+    }
+
+    /// The API's timestamps: ISO 8601 with milliseconds.
+    public static let timestampStyle = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+}
+
+extension RecordedEvent {
+    /// The event as the API shows it: its data in the current shape (the stored JSON byte for
+    /// byte unless an upcaster changed it), its metadata as stored.
+    public func json(includeStream: Bool) -> String {
+        var out = "{\"id\":\"\(id.uuidString.lowercased())\""
+        if includeStream { out += ",\"stream\":\(JSONValue.quoted(stream))" }
+        out += ",\"type\":\(JSONValue.quoted(type)),\"version\":\(version),\"position\":\(position)"
+        out += ",\"schemaVersion\":\(schemaVersion)"
+        out += ",\"data\":\(String(decoding: data, as: UTF8.self))"
+        out += ",\"metadata\":\(String(decoding: metadata, as: UTF8.self))"
+        out += ",\"recordedAt\":\"\(recordedAt.formatted(ConsumerGroupMessage.timestampStyle))\"}"
+        return out
+    }
 }
 
 /// An event the group gave up on after `maxDeliveries` attempts.

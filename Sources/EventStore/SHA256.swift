@@ -19,10 +19,39 @@ public enum SHA256 {
 
     /// The digest as 64 lowercase hex digits.
     public static func hex(_ message: some Sequence<UInt8>) -> String {
-        hash(message).map { byte in
-            let digits = Array("0123456789abcdef".utf8)
-            return String(decoding: [digits[Int(byte >> 4)], digits[Int(byte & 0x0F)]], as: UTF8.self)
-        }.joined()
+        hexDigits(hash(message))
+    }
+
+    /// Bytes as lowercase hex digits.
+    static func hexDigits(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count * 2)
+        for byte in bytes { out += [digits[Int(byte >> 4)], digits[Int(byte & 0x0F)]] }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) from libcrypto: what signs a webhook's batches.
+public enum HMACSHA256 {
+    /// The 32-byte MAC of `message` under `key`.
+    public static func mac(key: some Sequence<UInt8>, message: some Sequence<UInt8>) -> [UInt8] {
+        let key = Array(key)
+        let message = Array(message)
+        var mac = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        let result = key.withUnsafeBytes { key in
+            message.withUnsafeBytes { message in
+                HMAC(EVP_sha256(), key.baseAddress, Int32(key.count), message.baseAddress?.assumingMemoryBound(to: UInt8.self), message.count, &mac, &length)
+            }
+        }
+        precondition(result != nil && length == 32, "libcrypto's HMAC-SHA256 failed")
+        return Array(mac.prefix(32))
+    }
+
+    /// The MAC as 64 lowercase hex digits.
+    public static func hex(key: some Sequence<UInt8>, message: some Sequence<UInt8>) -> String {
+        SHA256.hexDigits(mac(key: key, message: message))
     }
 }
 

@@ -6,7 +6,6 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
-import Projector
 import ServiceLifecycle
 
 /// Builds the Eventline HTTP application over `store`, serving the aggregates in `commands`.

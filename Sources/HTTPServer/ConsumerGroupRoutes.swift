@@ -3,7 +3,6 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
-import Projector
 import ServiceLifecycle
 import Synchronization
 
@@ -117,10 +116,7 @@ struct ConsumerGroupRoutes: Sendable {
             stopping.flag.store(true, ordering: .relaxed)
             changes.signal()
         }
-        let items = messages.map { message in
-            #"{"deliveryId":"\#(message.deliveryId.uuidString.lowercased())","attempt":\#(message.attempt),"#
-                + JSONIO.event(message.event, includeStream: true).dropFirst()
-        }
+        let items = messages.map(\.json)
         return JSONIO.response(.ok, Data(#"{"messages":[\#(items.joined(separator: ","))]}"#.utf8))
     }
 

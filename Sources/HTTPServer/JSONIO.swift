@@ -104,19 +104,11 @@ enum JSONIO {
     }
 
 
-    static let timestampStyle = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+    static let timestampStyle = ConsumerGroupMessage.timestampStyle
 
-    /// An event as the API shows it: its data in the current shape (the stored JSON byte for byte
-    /// unless an upcaster changed it), its metadata as stored.
+    /// An event as the API shows it (see `RecordedEvent.json(includeStream:)`).
     static func event(_ event: RecordedEvent, includeStream: Bool) -> String {
-        var out = "{\"id\":\"\(event.id.uuidString.lowercased())\""
-        if includeStream { out += ",\"stream\":\(JSONValue.quoted(event.stream))" }
-        out += ",\"type\":\(JSONValue.quoted(event.type)),\"version\":\(event.version),\"position\":\(event.position)"
-        out += ",\"schemaVersion\":\(event.schemaVersion)"
-        out += ",\"data\":\(String(decoding: event.data, as: UTF8.self))"
-        out += ",\"metadata\":\(String(decoding: event.metadata, as: UTF8.self))"
-        out += ",\"recordedAt\":\"\(event.recordedAt.formatted(timestampStyle))\"}"
-        return out
+        event.json(includeStream: includeStream)
     }
 
     /// Refuses query parameters not in `allowed`, and control characters in values.

@@ -1,9 +1,9 @@
-import Projector
+import EventStore
 import Synchronization
 import Testing
 
 /// Atomics cannot be captured by escaping closures; a class holding one can.
-final class Counter: Sendable {
+final class SignalCounter: Sendable {
     let count = Atomic<Int>(0)
 }
 
@@ -41,7 +41,7 @@ struct ChangeSignalTests {
 
         // Cancelled before, while or just after it begins: every one of these waits ends,
         // though nothing signals and the timeout is an hour away.
-        let ended = Counter()
+        let ended = SignalCounter()
         let allEnded = await Self.finishes(within: .seconds(60)) {
             await withTaskGroup(of: Void.self) { group in
                 for index in 0..<500 {

@@ -39,6 +39,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.1.0"),
         // OTLP over HTTP only (the gRPC exporter's build is larger than all of Eventline's).
         .package(url: "https://github.com/swift-otel/swift-otel", from: "1.6.0", traits: ["OTLPHTTP"]),
+        // Webhook delivery; swift-otel's OTLP/HTTP exporter depends on it already.
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // C libraries from Debian's -dev packages.
@@ -135,6 +137,10 @@ let package = Package(
             name: "Reactors",
             dependencies: [
                 "EventStore", "PostgresClient", .product(name: "Logging", package: "swift-log"),
+                // Webhooks: a kept HTTP client (already in the graph through swift-otel's OTLP/HTTP exporter).
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
@@ -264,6 +270,9 @@ let package = Package(
             name: "ReactorTests",
             dependencies: [
                 "Reactors", "BankDomain", "Aggregates", "EventStore", "PostgresClient", "Projector", "EventlineTestSupport",
+                // The webhook receiver on loopback.
+                "EmbeddedServers", .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -1,0 +1,204 @@
+import EmbeddedServers
+import EventStore
+import HTTPTypes
+import EventlineTestSupport
+import Foundation
+import Hummingbird
+import Reactors
+import Synchronization
+import Testing
+
+/// A webhook receiver on loopback (Hummingbird): answers each POST as `answer` says for that
+/// attempt, and keeps every request it was sent.
+final class WebhookReceiver: Sendable {
+    struct Received: Sendable {
+        var body: String
+        var signature: String?
+        var group: String?
+        /// The status it was answered with (0: no answer, the receiver hung).
+        var status: Int
+    }
+
+    /// What to do with the n-th request (0-based): a status, or hang for that long.
+    enum Answer: Sendable {
+        case status(Int)
+        case hang(Duration)
+    }
+
+    private final class State: Sendable {
+        let requests = Mutex<[Received]>([])
+    }
+
+    let port: Int
+    private let state = State()
+    private let task: Task<Void, any Error>
+
+    init(answer: @escaping @Sendable (Int) -> Answer) throws {
+        let port = try FreePort.pick()
+        self.port = port
+        let state = self.state
+        let router = Router()
+        router.post("/hook") { request, _ -> Response in
+            let body = String(buffer: try await request.body.collect(upTo: 16 << 20))
+            let index = state.requests.withLock { $0.count }
+            var received = Received(
+                body: body, signature: request.headers[HTTPField.Name("Eventline-Signature")!],
+                group: request.headers[HTTPField.Name("Eventline-Group")!], status: 0)
+            switch answer(index) {
+            case .hang(let duration):
+                state.requests.withLock { $0.append(received) }
+                try await Task.sleep(for: duration)
+                return Response(status: .ok)
+            case .status(let code):
+                received.status = code
+                state.requests.withLock { $0.append(received) }
+                return Response(status: HTTPResponse.Status(code: code))
+            }
+        }
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)))
+        task = Task { try await app.runService() }
+    }
+
+    var url: String { "http://127.0.0.1:\(port)/hook" }
+    var requests: [Received] { state.requests.withLock { $0 } }
+
+    func stop() { task.cancel() }
+
+    /// The messages of a request's batch: (position, stream, version, attempt).
+    static func messages(_ body: String) -> [(position: Int, stream: String, version: Int, attempt: Int)] {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
+            let messages = object["messages"] as? [[String: Any]]
+        else { return [] }
+        return messages.compactMap { message in
+            guard let position = message["position"] as? Int, let stream = message["stream"] as? String,
+                let version = message["version"] as? Int, let attempt = message["attempt"] as? Int
+            else { return nil }
+            return (position, stream, version, attempt)
+        }
+    }
+}
+
+@Suite("Webhooks", .serialized, .timeLimit(.minutes(3)))
+struct WebhookTests {
+    @Test("HMAC-SHA256 gives RFC 4231's answers")
+    func hmacVectors() {
+        #expect(HMACSHA256.hex(key: Array("Jefe".utf8), message: Array("what do ya want for nothing?".utf8))
+            == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        #expect(HMACSHA256.hex(key: [UInt8](repeating: 0x0b, count: 20), message: Array("Hi There".utf8))
+            == "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")
+    }
+
+    static func deliverer(_ store: EventStore, only: String) -> Task<Void, any Error> {
+        var configuration = WebhookConfiguration()
+        configuration.requestTimeout = .seconds(1)
+        configuration.retryDelay = .milliseconds(100)
+        configuration.maxRetryDelay = .milliseconds(400)
+        configuration.refreshInterval = .milliseconds(200)
+        configuration.pollInterval = .milliseconds(200)
+        configuration.only = [only]
+        let deliverer = WebhookDeliverer(store: store, configuration: configuration)
+        return Task { try await deliverer.run() }
+    }
+
+    @Test("batches are signed, retried after errors and a hung receiver, and every event arrives, each stream in order")
+    func retriedUntilDelivered() async throws {
+        let test = try await TestStore.make("webhookok")
+        let store = test.store
+        // The first answer is a 500, the second never comes in time; then all is well.
+        let receiver = try WebhookReceiver { index in
+            switch index {
+            case 0: .status(500)
+            case 1: .hang(.seconds(3))
+            default: .status(204)
+            }
+        }
+        defer { receiver.stop() }
+        let secret = "s3cret-\(UUID())"
+        _ = try await store.putConsumerGroup(
+            "hooked", ConsumerGroupSettings(
+                filter: EventFilter(category: "order"), maxDeliveries: 10, ackTimeout: .seconds(30),
+                webhook: ConsumerGroupWebhook(url: receiver.url, secret: secret, batchSize: 5)))
+        let delivery = Self.deliverer(store, only: "hooked")
+        // Appends while delivery runs: three streams, and noise the group does not take.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for writer in 0..<3 {
+                group.addTask {
+                    for n in 0..<10 {
+                        _ = try await store.append(to: "order-\(writer)", events: [NewEvent(type: "Placed", data: Data(#"{"n":\#(n)}"#.utf8))])
+                        _ = try await store.append(to: "noise-\(writer)", events: [NewEvent(type: "Noise", data: Data("{}".utf8))])
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let expected = try await store.readAll(limit: 1000, filter: EventFilter(category: "order")).map(\.position)
+        #expect(expected.count == 30)
+        try await eventually("every event delivered") {
+            let status = try await store.consumerGroup("hooked")
+            return status.map { $0.checkpoint >= expected.last! && $0.inFlight == 0 && $0.waiting == 0 } ?? false
+        }
+        delivery.cancel()
+        _ = try? await delivery.value
+
+        let requests = receiver.requests
+        #expect(requests.count >= 3)
+        #expect(requests[0].status == 500 && requests[1].status == 0)
+        for request in requests {
+            #expect(request.group == "hooked")
+            #expect(request.signature == "sha256=" + HMACSHA256.hex(key: Array(secret.utf8), message: Array(request.body.utf8)))
+        }
+        // What the receiver accepted holds every event; the first two batches came again.
+        let accepted = requests.filter { (200..<300).contains($0.status) }.flatMap { WebhookReceiver.messages($0.body) }
+        #expect(Set(accepted.map(\.position)) == Set(expected))
+        let first = Set(WebhookReceiver.messages(requests[0].body).map(\.position))
+        #expect(!first.isEmpty && first.isSubset(of: Set(accepted.map(\.position))))
+        #expect(accepted.contains { $0.attempt >= 3 }, "the first batch was delivered a third time")
+        // Each stream's events arrived in order, every batch at most one per stream.
+        for stream in Set(accepted.map(\.stream)) {
+            let versions = accepted.filter { $0.stream == stream }.map(\.version)
+            #expect(versions == versions.sorted(), "\(stream): \(versions)")
+        }
+        for request in requests {
+            let streams = WebhookReceiver.messages(request.body).map(\.stream)
+            #expect(Set(streams).count == streams.count)
+            #expect(streams.allSatisfy { $0.hasPrefix("order-") })
+        }
+        await store.shutdown()
+    }
+
+    @Test("a receiver that always fails gets maxDeliveries attempts of each event, which is then parked; retried, it is delivered")
+    func parkedWhenNeverAccepted() async throws {
+        let test = try await TestStore.make("webhookpark")
+        let store = test.store
+        final class Flag: Sendable { let on = Atomic<Bool>(false) }
+        let flag = Flag()
+        let receiver = try WebhookReceiver { _ in flag.on.load(ordering: .relaxed) ? .status(200) : .status(503) }
+        defer { receiver.stop() }
+        for n in 1...3 { _ = try await store.append(to: "order-\(n)", events: [NewEvent(type: "Placed", data: Data("{}".utf8))]) }
+        _ = try await store.putConsumerGroup(
+            "failing", ConsumerGroupSettings(
+                filter: EventFilter(category: "order"), maxDeliveries: 2,
+                webhook: ConsumerGroupWebhook(url: receiver.url, secret: "k", batchSize: 10)))
+        let delivery = Self.deliverer(store, only: "failing")
+        defer { delivery.cancel() }
+        try await eventually("every event parked") { try await store.consumerGroup("failing")?.parked == 3 }
+        let parked = try #require(try await store.parkedMessages(group: "failing"))
+        #expect(parked.map(\.event.position) == [1, 2, 3])
+        #expect(parked.allSatisfy { $0.attempt == 2 && $0.lastError == "HTTP 503" })
+        // Each event was sent exactly maxDeliveries times.
+        let sent = receiver.requests.flatMap { WebhookReceiver.messages($0.body) }.map(\.position)
+        #expect(sent.sorted() == [1, 1, 2, 2, 3, 3], "\(sent)")
+
+        flag.on.store(true, ordering: .relaxed)
+        #expect(try await store.retryParked(group: "failing") == 3)
+        try await eventually("the retried events delivered") {
+            let status = try await store.consumerGroup("failing")
+            return status.map { $0.parked == 0 && $0.waiting == 0 && $0.inFlight == 0 && $0.checkpoint == 3 } ?? false
+        }
+        #expect(receiver.requests.last?.status == 200)
+        delivery.cancel()
+        _ = try? await delivery.value
+        await store.shutdown()
+    }
+}

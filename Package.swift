@@ -171,7 +171,11 @@ let package = Package(
         // Shared test helpers: a fresh database per test on the private server.
         .target(
             name: "EventlineTestSupport",
-            dependencies: ["EmbeddedServers", "PostgresClient", "EventStore"],
+            dependencies: [
+                "EmbeddedServers", "PostgresClient", "EventStore",
+                // A webhook receiver on loopback, for tests of delivery.
+                .product(name: "Hummingbird", package: "hummingbird"), .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
             path: "Tests/Support",
             swiftSettings: swiftSettings
         ),
@@ -270,9 +274,6 @@ let package = Package(
             name: "ReactorTests",
             dependencies: [
                 "Reactors", "BankDomain", "Aggregates", "EventStore", "PostgresClient", "Projector", "EventlineTestSupport",
-                // The webhook receiver on loopback.
-                "EmbeddedServers", .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: swiftSettings
         ),

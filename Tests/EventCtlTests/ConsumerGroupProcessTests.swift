@@ -227,3 +227,48 @@ struct ConsumerGroupCommandTests {
         await store.shutdown()
     }
 }
+
+@Suite("eventctl deliver", .serialized)
+struct DeliverProcessTests {
+    @Test("two deliver processes: the one that delivers is SIGKILLed mid-run and the other takes over; every event reaches the receiver, signed")
+    func failover() async throws {
+        let test = try await TestStore.make("deliverfail")
+        let store = test.store
+        let receiver = try WebhookReceiver { _ in .status(200) }
+        defer { receiver.stop() }
+        _ = try await store.putConsumerGroup(
+            "hook", ConsumerGroupSettings(
+                filter: EventFilter(category: "order"), ackTimeout: .seconds(2),
+                webhook: ConsumerGroupWebhook(url: receiver.url, secret: "k3y", batchSize: 5)))
+        let environment = ["EVENTLINE_DATABASE_URL": test.url]
+        let first = try BackgroundProcess(try Repository.eventctl, ["deliver", "--timeout", "2"], environment: environment)
+        try await Task.sleep(for: .milliseconds(500))
+        let second = try BackgroundProcess(try Repository.eventctl, ["deliver", "--timeout", "2"], environment: environment)
+        defer {
+            killProcessTree(first.pid)
+            killProcessTree(second.pid)
+        }
+        func append(_ range: Range<Int>) async throws {
+            for n in range { _ = try await store.append(to: "order-\(n % 4)", events: [NewEvent(type: "Placed", data: Data(#"{"n":\#(n)}"#.utf8))]) }
+        }
+        try await append(0..<20)
+        try await eventually("the first events delivered") { receiver.requests.count > 0 }
+        // The process that holds the lease (it says so) is killed; the other takes it over.
+        let taken = "webhook lease taken"
+        let (holder, standby) = first.output.contains(taken) ? (first, second) : (second, first)
+        #expect(holder.output.contains(taken) && !standby.output.contains(taken), "\(first.output)\n\(second.output)")
+        killProcessTree(holder.pid)
+        try await append(20..<40)
+        let expected = try await store.readAll(limit: 1000, filter: EventFilter(category: "order")).map(\.position)
+        try await eventually(timeout: .seconds(60), "every event delivered") {
+            let status = try await store.consumerGroup("hook")
+            return status.map { $0.checkpoint >= expected.last! && $0.inFlight == 0 && $0.waiting == 0 } ?? false
+        }
+        let accepted = receiver.requests.flatMap { WebhookReceiver.messages($0.body) }
+        #expect(Set(accepted.map(\.position)) == Set(expected))
+        #expect(receiver.requests.allSatisfy { $0.signature == "sha256=" + HMACSHA256.hex(key: Array("k3y".utf8), message: Array($0.body.utf8)) })
+        #expect(standby.output.contains(taken), "\(standby.output)")
+        #expect(await standby.stop() == 0, "\(standby.output)")
+        await store.shutdown()
+    }
+}

@@ -49,7 +49,7 @@ public struct Domain: Sendable {
 
     public init(name: String, abstract: String? = nil, projectionsDirectory: String = "Projections") {
         self.name = name
-        self.abstract = abstract ?? "Run the \(name) service on Eventline: serve its commands, project, react, replay, operate the log."
+        self.abstract = abstract ?? "Run the \(name) service on Eventline: serve its commands, project, react, deliver webhooks, replay, operate the log."
         self.projectionsDirectory = projectionsDirectory
     }
 

@@ -44,10 +44,10 @@ struct ComposeTests {
         return (result, ports)
     }
 
-    @Test("every eventline service of docker-compose.yml runs as a process with its command and environment: migrate, server, two projectors, reactor; a transfer reaches the read models; JSON logs; clean SIGTERM")
+    @Test("every eventline service of docker-compose.yml runs as a process with its command and environment: migrate, server, two projectors, reactor, deliver; a transfer reaches the read models and a webhook; JSON logs; clean SIGTERM")
     func servicesRunAsProcesses() async throws {
         let services = try Self.services()
-        #expect(Set(services.map(\.name)) == ["migrate", "server", "projector", "reactor"])
+        #expect(Set(services.map(\.name)) == ["migrate", "server", "projector", "reactor", "deliver"])
         #expect(services.first { $0.name == "projector" }?.replicas == 2)
         let database = try await TestDatabase.create("compose")
         let redis = try await EmbeddedRedis.testServerURL()
@@ -96,6 +96,13 @@ struct ComposeTests {
             #expect(answer.status == 200, "\(path): \(answer.body)")
             return (try? JSONSerialization.jsonObject(with: Data(answer.body.utf8))) as? [String: Any] ?? [:]
         }
+        // A webhook for transfers, delivered by the deliver service.
+        let receiver = try WebhookReceiver { _ in .status(200) }
+        defer { receiver.stop() }
+        let hook = try await LoopbackHTTP.request(
+            "PUT", port: server, "/v1/consumer-groups/audit",
+            body: #"{"categories":["transfer"],"webhook":{"url":"\#(receiver.url)","secret":"s"}}"#)
+        #expect(hook.status == 201, "\(hook.body)")
         _ = try await command("/v1/commands/account/c1", #"{"type":"OpenAccount","data":{"owner":"Ada","currency":"EUR"}}"#)
         _ = try await command("/v1/commands/account/c2", #"{"type":"OpenAccount","data":{"owner":"Bo","currency":"EUR"}}"#)
         let deposited = try await command("/v1/commands/account/c1", #"{"type":"DepositMoney","data":{"amount":500}}"#)
@@ -108,10 +115,17 @@ struct ComposeTests {
             let row = try await LoopbackHTTP.request(port: server, "/v1/read-models/account_balances/c2")
             return row.status == 200 && row.body.contains(#""balance":200"#)
         }
-        // The projectors and the reactor export their lag.
+        try await eventually(timeout: .seconds(60), "the transfer's events reach the webhook") {
+            receiver.requests.flatMap { WebhookReceiver.messages($0.body) }.contains { $0.stream == "transfer-t1" && $0.version >= 3 }
+        }
+        // The projectors, the reactor and the deliverer export their lag.
         for (name, _, ports) in started where name != "server" {
             let metrics = try await LoopbackHTTP.request(port: ports["--metrics-port"]!, "/metrics")
-            let series = name == "reactor" ? "eventline_reactor_lag_events{reactor=\"transfers\"}" : "eventline_projection_lag_events{projection=\"account_balances\"}"
+            let series = switch name {
+            case "reactor": "eventline_reactor_lag_events{reactor=\"transfers\"}"
+            case "deliver": "eventline_consumer_group_lag_events{group=\"audit\"}"
+            default: "eventline_projection_lag_events{projection=\"account_balances\"}"
+            }
             #expect(metrics.body.contains(series), "\(name): \(metrics.body.prefix(2000))")
         }
         for (name, process, _) in started {

@@ -226,6 +226,8 @@ let package = Package(
             dependencies: [
                 "EventStore", "PostgresClient", "EmbeddedServers", "HTTPServer", "Aggregates", "BankDomain", "Projector",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/AppendBenchmark",

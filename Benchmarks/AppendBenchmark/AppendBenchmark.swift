@@ -72,7 +72,7 @@ struct AppendBenchmark {
 
     static func run(_ options: Options) async throws {
         log("starting a private PostgreSQL (fsync=on, synchronous_commit=on)…")
-        let server = try await EmbeddedPostgres.start(.init(settings: ["synchronous_commit": "on", "fsync": "on", "max_connections": "100"]))
+        let server = try await EmbeddedPostgres.start(.init(settings: ["synchronous_commit": "on", "fsync": "on", "max_connections": "300"]))
         defer { server.stop() }
         let admin = DedicatedConnection(conninfo: server.url())
         try await admin.run { conn in try conn.execute(unsafeSQL: "CREATE DATABASE bench") }
@@ -97,11 +97,19 @@ struct AppendBenchmark {
         // The machine is shared and noisy: the runs are interleaved, round after round, and
         // each figure is the median over the rounds; ratios compare medians of one run.
         var a: [Sample] = [], b: [Sample] = [], c: [Sample] = []
+        var l: [Sample] = [], lAppends: [Sample] = []
+        var scaling: [Int: (pgbench: [Sample], eventline: [Sample])] = [:]
         for round in 1...options.rounds {
             log("round \(round) of \(options.rounds)")
-            a.append(try await runPgbench(server: server, options: options))
-            b.append(try await runAppends(url: url, options: options, eventsPerAppend: 1))
-            c.append(try await runAppends(url: url, options: options, eventsPerAppend: 10))
+            a.append(try await runPgbench(server: server, clients: options.clients, seconds: options.seconds))
+            b.append(try await runAppends(url: url, clients: options.clients, seconds: options.seconds, eventsPerAppend: 1))
+            c.append(try await runAppends(url: url, clients: options.clients, seconds: options.seconds, eventsPerAppend: 10))
+            log("(k) group commit against pgbench, \(Self.scalingClients.map(String.init).joined(separator: ", ")) clients, \(Self.scalingSeconds) s each…")
+            for clients in Self.scalingClients {
+                scaling[clients, default: ([], [])].pgbench.append(try await runPgbench(server: server, clients: clients, seconds: Self.scalingSeconds))
+                scaling[clients, default: ([], [])].eventline.append(
+                    try await runAppends(url: url, clients: clients, seconds: Self.scalingSeconds, eventsPerAppend: 1))
+            }
             log("(i) DepositMoney through the command handler in this process, 16 tasks, \(options.seconds) s…")
             i.append(try await HTTPBenchmark.runCommands(serverAccounts, options: options))
             log("(e) HTTP DepositMoney: 16 wrk connections on 10,000 accounts, \(options.seconds) s…")
@@ -129,6 +137,10 @@ struct AppendBenchmark {
             // Last in the round: its 100 streams cost the server CPU until each notices its client has gone.
             log("(j) live feed: 100 clients following while 16 appenders write, \(options.seconds) s…")
             j.append(try await LiveFeedBenchmark.run(url: url, port: port, clients: 100, appenders: 16, seconds: options.seconds))
+            log("(l) consumer group: 4 consumers over HTTP while 16 appenders write, \(options.seconds) s…")
+            let consumed = try await ConsumerGroupBenchmark.run(url: url, port: port, consumers: 4, appenders: 16, seconds: options.seconds)
+            l.append(Sample(eventsPerSecond: consumed.acknowledgedPerSecond, p50: consumed.p50, p99: consumed.p99))
+            lAppends.append(Sample(eventsPerSecond: consumed.appendedPerSecond))
         }
         serverTask.cancel()
         _ = try? await serverTask.value
@@ -143,6 +155,8 @@ struct AppendBenchmark {
             ("(g) HTTP DepositMoney, 1 connection, a 10,000-event account", g),
             ("(h) HTTP GET /health/live, 16 connections (the HTTP stack alone)", h),
             ("(j) live feed: 100 clients following 16 appenders (events delivered/s, summed; ms from ack to receipt)", j),
+            ("(l) consumer group: 4 HTTP consumers, fetch 100 + ack (events acknowledged/s; ms from append to ack)", l),
+            ("(l') the appends during (l): 16 appenders, 1,000 streams", lAppends),
         ]
         let baseline = median(a.map(\.eventsPerSecond))!
         print("")
@@ -168,7 +182,26 @@ struct AppendBenchmark {
             format: "HTTP: e/b = %.2f (target ≥ 0.60); (e) p99 = %.2f ms (target < 25 ms); g/f p50 = %.2f (target ≤ 1.5).",
             httpRatio, median(e.compactMap(\.p99)) ?? 0, (median(g.compactMap(\.p50)) ?? 0) / (median(f.compactMap(\.p50)) ?? 1)))
         print("wrk runs on the same two cores as the server and PostgreSQL. CPU and switches: of this process (store and server), per append or request.")
+        print("")
+        print("(k) Group commit against pgbench with the same number of clients (\(Self.scalingSeconds) s runs, medians over the rounds):")
+        print("")
+        print("| clients | pgbench tps | Eventline events/s | Eventline / pgbench | Eventline p50 ms | Eventline p99 ms | appends per group |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for clients in Self.scalingClients {
+            guard let runs = scaling[clients] else { continue }
+            let pg = median(runs.pgbench.map(\.eventsPerSecond))!
+            let el = median(runs.eventline.map(\.eventsPerSecond))!
+            print("| \(clients) | \(format(pg, "%.0f")) | \(format(el, "%.0f")) | \(format(el / pg, "%.2f")) | \(format(median(runs.eventline.compactMap(\.p50)), "%.2f")) | \(format(median(runs.eventline.compactMap(\.p99)), "%.2f")) | \(format(median(runs.eventline.compactMap(\.groupSize)), "%.1f")) |")
+        }
+        if let acked = median(l.map(\.eventsPerSecond)), let appended = median(lAppends.map(\.eventsPerSecond)) {
+            print("")
+            print(String(format: "(l) a consumer group of 4 acknowledges %.0f events/s while 16 appenders write %.0f/s: %.2f of the append rate.", acked, appended, acked / appended))
+        }
     }
+
+    /// (k): how group commit scales with concurrency, against pgbench with as many clients.
+    static let scalingClients = [1, 4, 16, 64, 256]
+    static let scalingSeconds = 5
 
     /// A free TCP port on 127.0.0.1 (bound, read back, released).
     static func freePort() throws -> Int {
@@ -219,15 +252,16 @@ struct AppendBenchmark {
         }
     }
 
-    static func runPgbench(server: EmbeddedPostgres, options: Options) async throws -> Sample {        let script = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-pgbench-\(getpid()).sql").path
+    static func runPgbench(server: EmbeddedPostgres, clients: Int, seconds: Int) async throws -> Sample {
+        let script = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-pgbench-\(getpid()).sql").path
         try """
             INSERT INTO bench_events (stream, version, event_id, type, data, codec, metadata, recorded_at) VALUES ('bench-' || gen_random_uuid(), 1, gen_random_uuid(), 'MoneyDeposited', '\\x7b22616d6f756e74223a3130307d'::bytea, 0, '{}'::jsonb, clock_timestamp());
 
             """.write(toFile: script, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: script) }
-        log("(a) pgbench: \(options.clients) clients, \(options.seconds) s…")
+        log("pgbench: \(clients) clients, \(seconds) s…")
         let result = try await ServerTool.run(server.binDirectory + "/pgbench", [
-            "-n", "-M", "prepared", "-c", String(options.clients), "-j", "2", "-T", String(options.seconds),
+            "-n", "-M", "prepared", "-c", String(clients), "-j", String(min(clients, 2)), "-T", String(seconds),
             "-f", script, "-h", server.host, "-p", String(server.port), "-U", server.superuser, "bench",
         ])
         let output = result.output
@@ -240,12 +274,12 @@ struct AppendBenchmark {
 
     // MARK: - (b), (c) Eventline
 
-    static func runAppends(url: String, options: Options, eventsPerAppend: Int) async throws -> Sample {
+    static func runAppends(url: String, clients: Int, seconds: Int, eventsPerAppend: Int) async throws -> Sample {
         var configuration = EventStoreConfiguration(databaseURL: url)
         configuration.poolSize = 4
         let store = EventStore(configuration)
         let label = eventsPerAppend == 1 ? "(b)" : "(c)"
-        log("\(label) Eventline: \(options.clients) appenders, \(eventsPerAppend) event(s) per append, \(options.seconds) s…")
+        log("\(label) Eventline: \(clients) appenders, \(eventsPerAppend) event(s) per append, \(seconds) s…")
         let payload = Data(#"{"amount":100}"#.utf8)
         let run = UUID().uuidString.prefix(8).lowercased()
 
@@ -253,11 +287,11 @@ struct AppendBenchmark {
         let started = ContinuousClock.now
         let warmUp = started + .seconds(2)
         let measureFrom = warmUp
-        let end = warmUp + .seconds(options.seconds)
+        let end = warmUp + .seconds(seconds)
         let before = store.writerStatistics
         let usageBefore = HTTPBenchmark.usage()
         let results = try await withThrowingTaskGroup(of: (events: Int, latencies: [Double]).self) { group in
-            for client in 0..<options.clients {
+            for client in 0..<clients {
                 group.addTask {
                     var version = 0
                     var events = 0
@@ -295,7 +329,7 @@ struct AppendBenchmark {
         let batches = max(1, after.batches - before.batches)
         let writing = milliseconds(after.writing - before.writing)
         return Sample(
-            eventsPerSecond: Double(results.events) / Double(options.seconds),
+            eventsPerSecond: Double(results.events) / Double(seconds),
             p50: percentile(sorted, 0.50), p99: percentile(sorted, 0.99),
             groupSize: Double(after.appends - before.appends) / Double(batches),
             groupMilliseconds: writing / Double(batches),

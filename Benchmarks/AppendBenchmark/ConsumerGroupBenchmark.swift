@@ -72,10 +72,11 @@ enum ConsumerGroupBenchmark {
                     var count = 0
                     var versions: [Int: Int] = [:]
                     while ContinuousClock.now < end {
-                        let stream = (appender + count * appenders) % 1000
+                        // Each appender writes streams of its own, about 1,000 in all.
+                        let stream = count % max(1, 1000 / appenders)
                         let version = versions[stream, default: 0]
                         let result = try await store.append(
-                            to: "\(category)-\(stream)", expected: version == 0 ? .noStream : .exact(version),
+                            to: "\(category)-\(appender)x\(stream)", expected: version == 0 ? .noStream : .exact(version),
                             events: [NewEvent(type: "Ticked", data: Data(#"{"n":\#(count)}"#.utf8))])
                         versions[stream] = result.version
                         let now = ContinuousClock.now

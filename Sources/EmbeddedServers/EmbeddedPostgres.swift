@@ -214,11 +214,13 @@ public final class EmbeddedPostgres: Sendable {
 
     private static let sharedServer = ProcessWideInstance<EmbeddedPostgres>()
 
-    /// The one server of this process, started with default options by the first caller;
-    /// concurrent callers all get the same instance. It runs until the process exits, so do
+    /// The one server of this process, started by the first caller (default options, but 500
+    /// connections); concurrent callers all get the same instance. It runs until the process exits, so do
     /// not `stop()` it.
     public static func shared() async throws -> EmbeddedPostgres {
-        try await sharedServer.get { try await EmbeddedPostgres.start() }
+        // The test suites run in parallel, many with server, projector and deliver processes of
+        // their own (each with a pool, a LISTEN session and lease sessions): 200 is not enough.
+        try await sharedServer.get { try await EmbeddedPostgres.start(.init(settings: ["max_connections": "500"])) }
     }
 
     /// The server tests should use: `EVENTLINE_TEST_DATABASE_URL` when it is set and not

@@ -190,7 +190,7 @@ final class WebhookWorker: Sendable {
         let generation = commits.generation
         // The lease session still answers (and so still holds the lock).
         try await connection.run { conn in _ = try conn.query("SELECT 1") }
-        guard let status = try await store.consumerGroup(group), let webhook = status.settings.webhook else { throw GroupGone() }
+        guard case .some(.some(let webhook)) = try await store.consumerGroupWebhook(group) else { throw GroupGone() }
         let messages: [ConsumerGroupMessage]
         do {
             guard let fetched = try await store.fetch(group: group, consumer: configuration.ownerName, max: webhook.batchSize, byWebhook: true)

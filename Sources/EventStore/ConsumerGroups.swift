@@ -84,9 +84,11 @@ public struct ConsumerGroupStatus: Sendable {
     public var head: Int
     /// Positions of the log after the checkpoint.
     public var lag: Int { max(0, head - checkpoint) }
-    /// Events handed to a consumer and not acknowledged yet.
+    /// Events handed to a consumer, not acknowledged yet and within their ack deadline.
     public var inFlight: Int
-    /// Events waiting for delivery (the group has scanned them; later ones are not counted).
+    /// Events waiting for delivery: scanned and not handed out yet, or handed out and past
+    /// their deadline (the next fetch delivers them again or parks them). Events the group
+    /// has not scanned yet are not counted.
     public var waiting: Int
     public var parked: Int
     /// Deliveries after the first, ever.
@@ -255,6 +257,15 @@ extension EventStore {
         }
     }
 
+    /// The names of the groups that have a webhook, by name (what `deliver` looks for).
+    public func consumerGroupsWithWebhooks() async throws -> [String] {
+        try await translatingErrors {
+            try await pool.withConnection { conn in
+                try conn.query("SELECT name FROM eventline.consumer_groups WHERE webhook_url IS NOT NULL ORDER BY name").rows.map { try $0.decode(0) }
+            }
+        }
+    }
+
     /// Every group (or only `only`), by name.
     public func consumerGroups(only: String? = nil) async throws -> [ConsumerGroupStatus] {
         let upcasters = configuration.upcasters
@@ -269,8 +280,9 @@ extension EventStore {
                     -- One pass over each group's rows for all four figures.
                     CROSS JOIN LATERAL (
                         SELECT min(position) FILTER (WHERE state <> 'parked') AS earliest,
-                               count(*) FILTER (WHERE state = 'delivered') AS delivered,
-                               count(*) FILTER (WHERE state = 'ready') AS ready,
+                               -- A delivery past its deadline waits for its next fetch: it is waiting.
+                               count(*) FILTER (WHERE state = 'delivered' AND due_at > now()) AS delivered,
+                               count(*) FILTER (WHERE state = 'ready' OR (state = 'delivered' AND due_at <= now())) AS ready,
                                count(*) FILTER (WHERE state = 'parked') AS parked
                         FROM eventline.consumer_group_messages WHERE group_name = g.name
                     ) m

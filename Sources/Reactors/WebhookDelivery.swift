@@ -83,16 +83,14 @@ public final class WebhookDeliverer: Sendable {
         await withDiscardingTaskGroup { workers in
             while !Task.isCancelled {
                 do {
-                    let groups = try await store.consumerGroups().filter { group in
-                        group.settings.webhook != nil && (configuration.only?.contains(group.name) ?? true)
-                    }
+                    let groups = try await store.consumerGroupsWithWebhooks().filter { configuration.only?.contains($0) ?? true }
                     for group in groups {
-                        guard running.names.withLock({ $0.insert(group.name).inserted }) else { continue }
+                        guard running.names.withLock({ $0.insert(group).inserted }) else { continue }
                         let worker = WebhookWorker(
-                            group: group.name, store: store, client: client, commits: commits, configuration: configuration, logger: logger)
+                            group: group, store: store, client: client, commits: commits, configuration: configuration, logger: logger)
                         workers.addTask {
                             await worker.run()
-                            running.names.withLock { _ = $0.remove(group.name) }
+                            running.names.withLock { _ = $0.remove(group) }
                         }
                     }
                 } catch {

@@ -182,6 +182,11 @@ struct ConsumerGroupTests {
             // come again with attempt 2 (at the first fetch after their deadline), then are parked.
             #expect(try await client.send(.put, "/v1/consumer-groups/t", json: #"{"categories":["thing"],"maxDeliveries":2,"ackTimeout":1}"#).status == .created)
             #expect(try await Self.fetch(client, "t", consumer: "slow").map(\.position) == [1, 4])
+            // Past their deadline, the two deliveries count as waiting before any fetch has run.
+            try await eventually("the deliveries are past their deadline") {
+                let shown = try await client.send(.get, "/v1/consumer-groups/t")
+                return shown.json["inFlight"] as? Int == 0 && shown.json["waiting"] as? Int == 4
+            }
             let redelivered = Locked<[Message]>([])
             try await eventually("the deliveries come again") {
                 let got = try await Self.fetch(client, "t", consumer: "slow", wait: 1)

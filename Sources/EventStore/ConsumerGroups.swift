@@ -159,6 +159,16 @@ public struct ConsumerGroupDeliveredByWebhook: Error, Sendable, CustomStringConv
     }
 }
 
+/// A change of a group's `startAfter`, which is fixed once the group exists.
+public struct ConsumerGroupStartFixed: Error, Sendable, CustomStringConvertible {
+    public var group: String
+    /// Where the group starts.
+    public var startAfter: Int
+    public var description: String {
+        "consumer group \(group) starts after position \(startAfter); delete it and create it again to start elsewhere"
+    }
+}
+
 /// Consumer groups: state in PostgreSQL (migration 0009), served by any process.
 ///
 /// A fetch runs in one transaction under a lock on the group's row: it returns timed-out
@@ -188,7 +198,7 @@ extension EventStore {
     }
 
     /// Creates the group or changes its settings; true when it was created. A group's
-    /// `startAfter` is fixed once it exists.
+    /// `startAfter` is fixed once it exists (`ConsumerGroupStartFixed`).
     public func putConsumerGroup(_ name: String, _ settings: ConsumerGroupSettings) async throws -> Bool {
         try checkGroupName(name)
         if let problem = settings.problem() { throw EventStoreError.invalidArgument(problem.message) }
@@ -200,10 +210,7 @@ extension EventStore {
                 try conn.transaction { conn in
                     if let row = try conn.query("SELECT start_after FROM eventline.consumer_groups WHERE name = \(name) FOR UPDATE").first {
                         let startAfter = try row.decode(0, as: Int.self)
-                        guard startAfter == settings.startAfter else {
-                            throw EventStoreError.invalidArgument(
-                                "consumer group \(name) starts after position \(startAfter); delete it and create it again to start elsewhere")
-                        }
+                        guard startAfter == settings.startAfter else { throw ConsumerGroupStartFixed(group: name, startAfter: startAfter) }
                         try conn.execute("""
                             UPDATE eventline.consumer_groups SET categories = \(settings.filter.categories), types = \(types),
                                 max_deliveries = \(settings.maxDeliveries), ack_timeout_ms = \(timeout),
@@ -469,10 +476,13 @@ extension EventStore {
         guard (1...1000).contains(deliveryIds.count) else { throw EventStoreError.invalidArgument("give 1 to 1000 delivery ids") }
         return try await translatingErrors {
             try await pool.withConnection { conn -> DeliverySettlement? in
-                guard try conn.query("SELECT 1 FROM eventline.consumer_groups WHERE name = \(name)").first != nil else { return nil }
-                let rows = try statement(conn)
                 var settled: Set<UUID> = []
-                for row in rows.rows { settled.insert(try row.decode(0, as: UUID.self)) }
+                for row in try statement(conn).rows { settled.insert(try row.decode(0, as: UUID.self)) }
+                // Only when nothing was settled does it matter whether the group exists (an ack
+                // is the hot path: one statement).
+                if settled.isEmpty, try conn.query("SELECT 1 FROM eventline.consumer_groups WHERE name = \(name)").first == nil {
+                    return nil
+                }
                 return DeliverySettlement(
                     settled: deliveryIds.filter { settled.contains($0) }, stale: deliveryIds.filter { !settled.contains($0) })
             }

@@ -10,15 +10,13 @@ struct ConsumerGroups: AsyncParsableCommand {
         discussion: "Groups are created and changed over HTTP (PUT /v1/consumer-groups/{name}, admin scope).",
         subcommands: [List.self, Show.self, Parked.self, Retry.self, Delete.self], defaultSubcommand: List.self)
 
-    static func open(_ database: DatabaseOptions) throws -> EventStore { try database.openStore() }
-
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Every group: its checkpoint, lag, in flight and parked.")
         @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
             try await CLI.run {
-                let store = try open(database)
+                let store = try database.openStore()
                 let groups = try await store.consumerGroups()
                 await store.shutdown()
                 print("group                 checkpoint  lag       in flight  waiting   parked    delivery")
@@ -40,7 +38,7 @@ struct ConsumerGroups: AsyncParsableCommand {
 
         func run() async throws {
             try await CLI.run {
-                let store = try open(database)
+                let store = try database.openStore()
                 let group = try await store.consumerGroup(name)
                 await store.shutdown()
                 guard let group else { throw CLIError("no consumer group \(name)") }
@@ -78,7 +76,7 @@ struct ConsumerGroups: AsyncParsableCommand {
 
         func run() async throws {
             try await CLI.run {
-                let store = try open(database)
+                let store = try database.openStore()
                 let parked = try await store.parkedMessages(group: name, after: after, limit: limit)
                 await store.shutdown()
                 guard let parked else { throw CLIError("no consumer group \(name)") }
@@ -102,7 +100,7 @@ struct ConsumerGroups: AsyncParsableCommand {
 
         func run() async throws {
             try await CLI.run {
-                let store = try open(database)
+                let store = try database.openStore()
                 let retried = try await store.retryParked(group: name, positions: positions.isEmpty ? nil : positions)
                 await store.shutdown()
                 guard let retried else { throw CLIError("no consumer group \(name)") }
@@ -118,7 +116,7 @@ struct ConsumerGroups: AsyncParsableCommand {
 
         func run() async throws {
             try await CLI.run {
-                let store = try open(database)
+                let store = try database.openStore()
                 let deleted = try await store.deleteConsumerGroup(name)
                 await store.shutdown()
                 guard deleted else { throw CLIError("no consumer group \(name)") }

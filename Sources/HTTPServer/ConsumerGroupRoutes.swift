@@ -44,8 +44,12 @@ struct ConsumerGroupRoutes: Sendable {
         try JSONIO.rejectUnknown(body, allowed: ["categories", "types", "startAfter", "maxDeliveries", "ackTimeout", "webhook"])
         var settings = ConsumerGroupSettings(
             filter: EventFilter(categories: try Self.names(body, "categories"), types: try Self.names(body, "types")))
-        let existing = try await store.consumerGroup(name)
-        settings.startAfter = try JSONIO.integer(body, "startAfter", range: 0...Int(Int64.max)) ?? existing?.settings.startAfter ?? 0
+        // Absent, startAfter is the group's own (or 0 for a new group); the store refuses a change.
+        if let startAfter = try JSONIO.integer(body, "startAfter", range: 0...Int(Int64.max)) {
+            settings.startAfter = startAfter
+        } else {
+            settings.startAfter = try await store.consumerGroup(name)?.settings.startAfter ?? 0
+        }
         settings.maxDeliveries = try JSONIO.integer(body, "maxDeliveries", range: ConsumerGroupSettings.maxDeliveriesRange) ?? 5
         settings.ackTimeout = .seconds(try JSONIO.integer(body, "ackTimeout", range: ConsumerGroupSettings.ackTimeoutRange) ?? 30)
         if let webhook = body["webhook"], !(webhook is NSNull) {
@@ -64,12 +68,6 @@ struct ConsumerGroupRoutes: Sendable {
             settings.webhook = ConsumerGroupWebhook(url: url, secret: secret, batchSize: batchSize ?? 100)
         }
         if let problem = settings.problem() { throw Problem.badRequest(problem.message, field: problem.field) }
-        if let existing, existing.settings.startAfter != settings.startAfter {
-            throw Problem(
-                .conflict, "consumer-group-start-fixed", "A group's start cannot change",
-                detail: "consumer group \(name) starts after position \(existing.settings.startAfter); delete it and create it again to start elsewhere",
-                extensions: ["field": "startAfter"])
-        }
         let created = try await store.putConsumerGroup(name, settings)
         changes.signal()
         guard let group = try await store.consumerGroup(name) else { throw Self.notFound(name) }

@@ -77,6 +77,11 @@ extension Problem {
                     extensions: ["checkpoint": .integer(behind.checkpoint), "atLeast": .integer(behind.atLeast)],
                     headers: [.retryAfter: "1"]), false
             )
+        case let fixed as ConsumerGroupStartFixed:
+            return (
+                Problem(.conflict, "consumer-group-start-fixed", "A group's start cannot change", detail: fixed.description, extensions: ["field": "startAfter"]),
+                false
+            )
         case let webhook as ConsumerGroupDeliveredByWebhook:
             return (Problem(.conflict, "consumer-group-webhook", "The group delivers itself by webhook", detail: webhook.description), false)
         case let violation as RuleViolation:

@@ -34,14 +34,8 @@ struct ConsumerGroupProcessTests {
     }
 
     static func parse(_ body: String, consumer: String) -> [Delivery] {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
-            let messages = object["messages"] as? [[String: Any]]
-        else { return [] }
-        return messages.compactMap { item in
-            guard let id = item["deliveryId"] as? String, let attempt = item["attempt"] as? Int, let position = item["position"] as? Int,
-                let stream = item["stream"] as? String, let version = item["version"] as? Int
-            else { return nil }
-            return Delivery(consumer: consumer, deliveryId: id, attempt: attempt, position: position, stream: stream, version: version)
+        GroupMessage.parse(body).map {
+            Delivery(consumer: consumer, deliveryId: $0.deliveryId, attempt: $0.attempt, position: $0.position, stream: $0.stream, version: $0.version)
         }
     }
 

@@ -19,23 +19,9 @@ final class Locked<Value: Sendable>: Sendable {
 
 @Suite("Consumer groups", .timeLimit(.minutes(3)))
 struct ConsumerGroupTests {
-    /// The messages of a fetch: (deliveryId, attempt, position, stream, version).
-    struct Message {
-        var deliveryId: String
-        var attempt: Int
-        var position: Int
-        var stream: String
-        var version: Int
-    }
+    typealias Message = GroupMessage
 
-    static func messages(_ response: TestResponse) -> [Message] {
-        ((response.json["messages"] as? [[String: Any]]) ?? []).compactMap { item in
-            guard let id = item["deliveryId"] as? String, let attempt = item["attempt"] as? Int, let position = item["position"] as? Int,
-                let stream = item["stream"] as? String, let version = item["version"] as? Int
-            else { return nil }
-            return Message(deliveryId: id, attempt: attempt, position: position, stream: stream, version: version)
-        }
-    }
+    static func messages(_ response: TestResponse) -> [Message] { GroupMessage.parse(response.text) }
 
     static func fetch(_ client: any TestClientProtocol, _ group: String, consumer: String, max: Int = 100, wait: Int = 0) async throws -> [Message] {
         let response = try await client.send(.post, "/v1/consumer-groups/\(group)/fetch", json: #"{"consumer":"\#(consumer)","max":\#(max),"wait":\#(wait)}"#)

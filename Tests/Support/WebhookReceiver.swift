@@ -60,17 +60,29 @@ public final class WebhookReceiver: Sendable {
 
     public func stop() { task.cancel() }
 
-    /// The messages of a request's batch: (position, stream, version, attempt).
-    public static func messages(_ body: String) -> [(position: Int, stream: String, version: Int, attempt: Int)] {
+    /// The messages of a request's batch.
+    public static func messages(_ body: String) -> [GroupMessage] { GroupMessage.parse(body) }
+}
+
+
+/// A consumer group's message as a fetch answers it, or a webhook's batch carries it.
+public struct GroupMessage: Sendable {
+    public var deliveryId: String
+    public var attempt: Int
+    public var position: Int
+    public var stream: String
+    public var version: Int
+
+    /// The `messages` of a JSON body (none when it has none).
+    public static func parse(_ body: String) -> [GroupMessage] {
         guard let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
             let messages = object["messages"] as? [[String: Any]]
         else { return [] }
-        return messages.compactMap { message in
-            guard let position = message["position"] as? Int, let stream = message["stream"] as? String,
-                let version = message["version"] as? Int, let attempt = message["attempt"] as? Int
+        return messages.compactMap { item in
+            guard let id = item["deliveryId"] as? String, let attempt = item["attempt"] as? Int, let position = item["position"] as? Int,
+                let stream = item["stream"] as? String, let version = item["version"] as? Int
             else { return nil }
-            return (position, stream, version, attempt)
+            return GroupMessage(deliveryId: id, attempt: attempt, position: position, stream: stream, version: version)
         }
     }
 }
-

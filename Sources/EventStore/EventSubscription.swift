@@ -38,11 +38,15 @@ public struct EventSubscription: AsyncSequence, Sendable {
         private var page: [RecordedEvent] = []
         private var index = 0
         private var wakeups: AsyncStream<PostgresListener.Event>.AsyncIterator?
+        /// When to read, wait or back off: the schedule of every log follower (with no lease).
+        private var schedule: FollowSchedule
 
         init(store: EventStore, position: Int, filter: EventFilter) {
             self.store = store
             self.position = position
             self.filter = filter
+            schedule = FollowSchedule(timing: .init(
+                pollInterval: store.configuration.subscriptionPollInterval, reconnectDelay: .milliseconds(50)))
         }
 
         public mutating func next() async throws -> RecordedEvent? {
@@ -58,32 +62,46 @@ public struct EventSubscription: AsyncSequence, Sendable {
                     pollInterval: store.configuration.subscriptionPollInterval
                 ).makeAsyncIterator()
             }
-            var backoff: Duration = .milliseconds(50)
             while !Task.isCancelled {
-                let events: [RecordedEvent]
-                do {
-                    events = try await store.readAll(
-                        after: position, limit: store.configuration.subscriptionBatchSize, filter: filter,
-                        maxBytes: store.configuration.subscriptionPageBytes)
-                } catch is CancellationError {
-                    return nil
-                } catch let error as EventStoreError where error.code == .shutdown {
-                    return nil
-                } catch let error as EventStoreError where error.code == .unavailable {
-                    store.logger.warning("subscription read failed; retrying", metadata: ["error": "\(error.message)"])
-                    try? await Task.sleep(for: backoff)
-                    backoff = Swift.min(backoff * 2, .seconds(5))
-                    continue
-                }
-                backoff = .milliseconds(50)
-                if let first = events.first {
+                switch schedule.next {
+                case .acquire:
+                    schedule.record(.acquired)  // a subscription of its own: no lease to take
+                case .read:
+                    let events: [RecordedEvent]
+                    do {
+                        events = try await store.readAll(
+                            after: position, limit: store.configuration.subscriptionBatchSize, filter: filter,
+                            maxBytes: store.configuration.subscriptionPageBytes)
+                    } catch is CancellationError {
+                        return nil
+                    } catch let error as EventStoreError where error.code == .shutdown {
+                        return nil
+                    } catch let error as EventStoreError where error.code == .unavailable {
+                        store.logger.warning("subscription read failed; retrying", metadata: ["error": "\(error.message)"])
+                        schedule.record(.interrupted)
+                        continue
+                    }
+                    guard let first = events.first else {
+                        schedule.record(.caughtUp)
+                        continue
+                    }
+                    schedule.record(.progressed)
                     page = events
                     index = 1
                     position = first.position
                     return first
+                case .wait:
+                    // Caught up: a notification, a poll tick (the listener's own) or a reconnect.
+                    guard await wakeups?.next() != nil else { return nil }
+                    schedule.record(.done)
+                case .sleep(let delay):
+                    try? await Task.sleep(for: delay)
+                    schedule.record(.done)
+                case .release:
+                    schedule.record(.done)
+                case .stop:
+                    return nil
                 }
-                // Caught up: wait for a notification, a poll tick or a reconnect.
-                guard await wakeups?.next() != nil else { return nil }
             }
             return nil
         }

@@ -30,16 +30,16 @@ final class LiveFeed: Service, Sendable {
     /// Signalled when the tail has new events (or the feed closes).
     let tailed = ChangeSignal()
     /// Signalled when a client connects: the tail is kept only while someone follows it.
-    private let demand = ChangeSignal()
+    fileprivate let demand = ChangeSignal()
     /// The newest events of the log: every event after `start` up to `end`, in position order.
-    private struct Tail {
+    fileprivate struct Tail {
         var start: Int
         var end: Int
         var events: [RecordedEvent] = []
         var bytes = 0
     }
     /// Nil until the reader has found the head.
-    private let tail = Mutex<Tail?>(nil)
+    fileprivate let tail = Mutex<Tail?>(nil)
     static let tailEvents = 10_000
     static let tailBytes = 16 << 20
     private let closing = Atomic<Bool>(false)
@@ -59,73 +59,83 @@ final class LiveFeed: Service, Sendable {
     func run() async throws {
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
+                let commits = self.commits
                 let events = PostgresListener.events(
                     conninfo: self.store.configuration.databaseURL, channels: [EventStore.notificationChannel],
                     pollInterval: self.store.configuration.subscriptionPollInterval)
                 for await _ in events {
                     self.head.signal()
-                    self.commits?.signal()
+                    commits?.signal()
                 }
             }
-            group.addTask { await self.followTail() }
+            group.addTask {
+                let timing = FollowSchedule.Timing(
+                    pollInterval: self.store.configuration.subscriptionPollInterval, standbyInterval: .seconds(1),
+                    retryDelay: .milliseconds(50), reconnectDelay: .milliseconds(50))
+                await LogFollower(consumer: TailReader(feed: self), wakeups: self.head, timing: timing, logger: Logger(label: "eventline.live")).run()
+            }
             try? await gracefulShutdown()
             group.cancelAll()
         }
     }
 
-    /// Reads every new event once, into the tail.
-    private func followTail() async {
-        var backoff: Duration = .milliseconds(50)
-        while !Task.isCancelled {
-            // No client, no reading: an idle feed costs the log writer's commits nothing.
-            if clients == 0 {
-                tail.withLock { $0 = nil }
-                let wanted = demand.generation
-                if clients == 0 { await demand.wait(after: wanted) }
-                continue
+    /// Reads every new event once, into the tail, while someone follows it: its lease is
+    /// demand (no client, no reading, so an idle feed costs the log writer's commits nothing).
+    private struct TailReader: LogConsumer {
+        let feed: LiveFeed
+
+        /// Waits for a client, then starts the tail at the log's head.
+        func acquire() async throws -> Int? {
+            while feed.clients == 0 {
+                let wanted = feed.demand.generation
+                if feed.clients == 0 { await feed.demand.wait(after: wanted) }
+                try Task.checkCancellation()
             }
-            let generation = head.generation
-            do {
-                guard let end = tail.withLock({ $0?.end }) else {
-                    let position = try await store.headPosition()
-                    tail.withLock { $0 = Tail(start: position, end: position) }
-                    continue
-                }
-                let page = try await store.readAll(
-                    after: end, limit: store.configuration.subscriptionBatchSize, maxBytes: store.configuration.subscriptionPageBytes)
-                backoff = .milliseconds(50)
-                guard let last = page.last else {
-                    await head.wait(after: generation, timeout: store.configuration.subscriptionPollInterval)
-                    // Also a tick for the clients at the tail, which wait with no timer of their
-                    // own: they look at their heartbeat at least this often.
-                    tailed.signal()
-                    continue
-                }
-                tail.withLock { tail in
-                    guard var current = tail else { return }
-                    current.events += page
-                    current.bytes += page.reduce(0) { $0 + $1.data.count + $1.metadata.count }
-                    current.end = last.position
-                    // Bounded: the oldest go; a client behind them reads the table.
-                    var drop = 0
-                    while drop < current.events.count
-                        && (current.events.count - drop > Self.tailEvents || current.bytes > Self.tailBytes)
-                    {
-                        current.bytes -= current.events[drop].data.count + current.events[drop].metadata.count
-                        drop += 1
-                    }
-                    if drop > 0 {
-                        current.start = current.events[drop - 1].position
-                        current.events.removeFirst(drop)
-                    }
-                    tail = current
-                }
-                tailed.signal()
-            } catch {
-                // The database is away or the store is closing: the clients read the table meanwhile.
-                try? await Task.sleep(for: backoff)
-                backoff = min(backoff * 2, .seconds(5))
+            let position = try await feed.store.headPosition()
+            feed.tail.withLock { $0 = Tail(start: position, end: position) }
+            return position
+        }
+
+        /// Appends the next page of the log to the tail; `end` is the tail's last position.
+        func step(_ end: inout Int) async throws -> FollowOutcome {
+            guard feed.clients > 0 else { return .released }
+            let store = feed.store
+            let page = try await store.readAll(
+                after: end, limit: store.configuration.subscriptionBatchSize, maxBytes: store.configuration.subscriptionPageBytes)
+            guard let last = page.last else {
+                // Also a tick for the clients at the tail, which wait with no timer of their
+                // own: they look at their heartbeat at least once per poll interval.
+                feed.tailed.signal()
+                return .caughtUp
             }
+            end = last.position
+            feed.tail.withLock { tail in
+                guard var current = tail else { return }
+                current.events += page
+                current.bytes += page.reduce(0) { $0 + $1.data.count + $1.metadata.count }
+                current.end = last.position
+                // Bounded: the oldest go; a client behind them reads the table.
+                var drop = 0
+                while drop < current.events.count
+                    && (current.events.count - drop > LiveFeed.tailEvents || current.bytes > LiveFeed.tailBytes)
+                {
+                    current.bytes -= current.events[drop].data.count + current.events[drop].metadata.count
+                    drop += 1
+                }
+                if drop > 0 {
+                    current.start = current.events[drop - 1].position
+                    current.events.removeFirst(drop)
+                }
+                tail = current
+            }
+            feed.tailed.signal()
+            return .progressed
+        }
+
+        /// Drops the tail: the clients read the table until it starts again.
+        func release() async {
+            feed.tail.withLock { $0 = nil }
+            feed.tailed.signal()
         }
     }
 

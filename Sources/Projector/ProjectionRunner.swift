@@ -41,11 +41,11 @@ public struct ProjectorConfiguration: Sendable {
 }
 
 
-/// Runs one projection in this process: stands by until it holds the projection's lease, then
-/// catches up in batches and follows the log. Each batch's statements and the checkpoint commit
+/// One projection as a consumer of the log, run by a `LogFollower`: stands by until it holds
+/// the projection's lease, then catches up in batches and follows the log. Each batch's statements and the checkpoint commit
 /// in one transaction on the session that holds the lease, so a process that lost its lease
 /// can never commit.
-final class ProjectionRunner: Sendable {
+final class ProjectionRunner: LogConsumer {
     let projection: any Projection
     let configuration: ProjectorConfiguration
     let sink: (any InvalidationSink)?
@@ -95,65 +95,61 @@ final class ProjectionRunner: Sendable {
         var backendPID: Int32
         var generation: Int
         var checkpoint: Int
+        /// Failed attempts at the event after the checkpoint.
+        var attempts = 0
+        /// A cache invalidation failed: some changed rows may still be cached.
+        var invalidationLost = false
+        /// The projection was parked when last looked at.
+        var parked = false
     }
 
-    struct LeaseLost: Error {}
-
-    /// Why the runner stopped applying for now.
-    enum Pause: Error {
-        case parked
-        case versionChanged(stored: Int, declared: Int)
-    }
-
-    /// Runs until the task is cancelled.
+    /// Follows the log until the task is cancelled.
     func run() async {
-        defer { connection.shutdown() }
-        while !Task.isCancelled {
+        let timing = FollowSchedule.Timing(
+            pollInterval: configuration.pollInterval, standbyInterval: configuration.standbyInterval, retryDelay: configuration.retryDelay)
+        await LogFollower(consumer: self, wakeups: head, timing: timing, logger: logger).run()
+        connection.shutdown()
+    }
+
+    /// Registers the projection, takes its lease if free, and creates its table if missing. A
+    /// projection whose declared version differs from the stored one is rebuilt first (or waits
+    /// for `eventctl replay`).
+    func acquire() async throws -> Lease? {
+        let lease: Lease?
+        do {
+            lease = try await takeLease()
+        } catch let pause as VersionChanged {
+            await release()
+            let metadata: Logger.Metadata = [
+                "projection.version.stored": "\(pause.stored)", "projection.version.declared": "\(pause.declared)",
+            ]
+            guard configuration.rebuildOnVersionChange else {
+                logger.error("projection version changed: rebuild it with eventctl replay", metadata: metadata)
+                return nil
+            }
+            logger.notice("projection version changed: rebuilding it from the log", metadata: metadata)
             do {
-                guard let lease = try await acquire() else {
-                    try await Task.sleep(for: configuration.standbyInterval)
-                    continue
-                }
-                logger.info("projection lease taken", metadata: ["projection.checkpoint": "\(lease.checkpoint)"])
-                try await follow(lease)
-            } catch is CancellationError {
-                break
-            } catch let pause as Pause {
-                try? await release()
-                if case .versionChanged(let stored, let declared) = pause {
-                    let metadata: Logger.Metadata = [
-                        "projection.version.stored": "\(stored)", "projection.version.declared": "\(declared)",
-                    ]
-                    if configuration.rebuildOnVersionChange {
-                        logger.notice("projection version changed: rebuilding it from the log", metadata: metadata)
-                        do {
-                            let result = try await ProjectionReplay.run(
-                                projection, databaseURL: configuration.databaseURL, upcasters: configuration.upcasters, logger: logger)
-                            logger.notice("projection rebuilt", metadata: ["projection.checkpoint": "\(result.position)", "events": "\(result.events)"])
-                            continue
-                        } catch {
-                            logger.error("projection rebuild failed; will try again", metadata: ["error": "\(error)"])
-                        }
-                    } else {
-                        logger.error("projection version changed: rebuild it with eventctl replay", metadata: metadata)
-                    }
-                }
-                try? await Task.sleep(for: configuration.standbyInterval)
-            } catch is LeaseLost {
-                // The session was lost, or a replay swapped the table and moved the checkpoint.
-                logger.notice("projection lease lost or checkpoint moved; taking the lease again")
-                try? await release()
+                let result = try await ProjectionReplay.run(
+                    projection, databaseURL: configuration.databaseURL, upcasters: configuration.upcasters, logger: logger)
+                logger.notice("projection rebuilt", metadata: ["projection.checkpoint": "\(result.position)", "events": "\(result.events)"])
+                return try await takeLease()
+            } catch let error as VersionChanged {
+                throw error
             } catch {
-                logger.warning("projection interrupted; taking the lease again", metadata: ["error": "\(error)"])
-                try? await release()
-                try? await Task.sleep(for: configuration.standbyInterval)
+                logger.error("projection rebuild failed; will try again", metadata: ["error": "\(error)"])
+                return nil
             }
         }
-        try? await release()
+        if let lease { logger.info("projection lease taken", metadata: ["projection.checkpoint": "\(lease.checkpoint)"]) }
+        return lease
     }
 
-    /// Registers the projection, takes its lease if free, and creates its table if missing.
-    func acquire() async throws -> Lease? {
+    struct VersionChanged: Error {
+        var stored: Int
+        var declared: Int
+    }
+
+    private func takeLease() async throws -> Lease? {
         let projection = self.projection
         let table = self.table
         let owner = configuration.ownerName
@@ -171,7 +167,7 @@ final class ProjectionRunner: Sendable {
             let row = try conn.query("SELECT version, generation, checkpoint, owner FROM eventline.projections WHERE name = \(projection.name)").first!
             let storedVersion = try row.decode(0, as: Int.self)
             if storedVersion != projection.version {
-                throw Pause.versionChanged(stored: storedVersion, declared: projection.version)
+                throw VersionChanged(stored: storedVersion, declared: projection.version)
             }
             var generation = try row.decode(1, as: Int.self)
             // An owner that did not release the lease may have died between a commit and its
@@ -203,80 +199,73 @@ final class ProjectionRunner: Sendable {
             """).first!.decode(0, as: Int.self)
     }
 
-    func release() async throws {
+    func release() async {
         let name = projection.name
-        try await connection.run { conn in
+        try? await connection.run { conn in
             _ = try conn.query("SELECT pg_advisory_unlock_all()")
             try conn.execute("UPDATE eventline.projections SET owner = NULL WHERE name = \(name)")
         }
     }
 
-    /// Applies batches until the lease is lost, the projection is parked, or the task ends.
-    private func follow(_ lease: Lease) async throws {
-        var lease = lease
-        var checkpoint = lease.checkpoint
-        var attempts = 0
-        var invalidationLost = false
-        while true {
-            try Task.checkCancellation()
-            if invalidationLost {
-                // Some changed rows may still be cached: a new generation makes them unreachable.
-                let name = projection.name
-                let backendPID = lease.backendPID
-                lease.generation = try await connection.run { conn in
-                    guard conn.backendPID == backendPID else { throw LeaseLost() }
-                    return try Self.bumpGeneration(name, on: conn)
-                }
-                invalidationLost = false
-                logger.info("new cache generation after a failed invalidation", metadata: ["projection.generation": "\(lease.generation)"])
+    /// Applies the next batch in one transaction, then drops its changed keys from the cache.
+    func step(_ lease: inout Lease) async throws -> FollowOutcome {
+        if lease.invalidationLost {
+            // Some changed rows may still be cached: a new generation makes them unreachable.
+            let name = projection.name
+            let backendPID = lease.backendPID
+            lease.generation = try await connection.run { conn in
+                guard conn.backendPID == backendPID else { throw LogLeaseLost() }
+                return try Self.bumpGeneration(name, on: conn)
             }
-            let signalled = head.generation
-            let started = ContinuousClock.now
-            let step = try await applyBatch(from: checkpoint, lease: lease)
-            switch step {
-            case .applied(let to, let keys, let events):
-                metrics.batchEvents.record(events)
-                metrics.batchDuration.record(duration: ContinuousClock.now - started)
-                metrics.parked.record(0)
-                checkpoint = to
-                attempts = 0
-                if !keys.isEmpty, let sink {
-                    do {
-                        try await sink.invalidate(projection: projection.name, generation: lease.generation, keys: keys, position: to)
-                    } catch {
-                        logger.warning("cache invalidation failed", metadata: ["error": "\(error)", "projection.checkpoint": "\(to)"])
-                        invalidationLost = true
-                    }
+            lease.invalidationLost = false
+            logger.info("new cache generation after a failed invalidation", metadata: ["projection.generation": "\(lease.generation)"])
+        }
+        let started = ContinuousClock.now
+        switch try await applyBatch(lease: lease) {
+        case .applied(let to, let keys, let events):
+            metrics.batchEvents.record(events)
+            metrics.batchDuration.record(duration: ContinuousClock.now - started)
+            lease.checkpoint = to
+            lease.attempts = 0
+            if !keys.isEmpty, let sink {
+                do {
+                    try await sink.invalidate(projection: projection.name, generation: lease.generation, keys: keys, position: to)
+                } catch {
+                    logger.warning("cache invalidation failed", metadata: ["error": "\(error)", "projection.checkpoint": "\(to)"])
+                    lease.invalidationLost = true
                 }
-            case .caughtUp:
-                await head.wait(after: signalled, timeout: configuration.pollInterval)
-            case .failed(let position, let handler, let message, let committed):
-                checkpoint = committed
-                attempts += 1
-                metrics.retries.increment()
-                try await recordFailure(position: position, handler: handler, message: message, attempts: attempts)
-                if attempts >= configuration.maxAttempts {
-                    logger.error(
-                        "projection parked: an event keeps failing",
-                        metadata: ["event.position": "\(position)", "projection.handler": "\(handler)", "error": "\(message)"])
-                    metrics.parked.record(1)
-                    try await waitWhileParked()
-                    metrics.parked.record(0)
-                    attempts = 0
-                    checkpoint = try await currentCheckpoint()
-                } else {
-                    let delay = configuration.retryDelay * (1 << min(attempts - 1, 10))
-                    logger.warning(
-                        "event failed; retrying",
-                        metadata: ["event.position": "\(position)", "projection.handler": "\(handler)", "error": "\(message)", "attempt": "\(attempts)"])
-                    try await Task.sleep(for: delay)
-                }
-            case .parked:
+            }
+            return .progressed
+        case .caughtUp:
+            return .caughtUp
+        case .failed(let position, let handler, let message, let committed):
+            lease.checkpoint = committed
+            lease.attempts += 1
+            metrics.retries.increment()
+            try await recordFailure(position: position, handler: handler, message: message, attempts: lease.attempts)
+            guard lease.attempts < configuration.maxAttempts else {
+                logger.error(
+                    "projection parked: an event keeps failing",
+                    metadata: ["event.position": "\(position)", "projection.handler": "\(handler)", "error": "\(message)"])
                 metrics.parked.record(1)
-                try await waitWhileParked()
-                metrics.parked.record(0)
-                checkpoint = try await currentCheckpoint()
+                lease.parked = true
+                return .paused
             }
+            logger.warning(
+                "event failed; retrying",
+                metadata: ["event.position": "\(position)", "projection.handler": "\(handler)", "error": "\(message)", "attempt": "\(lease.attempts)"])
+            return .failed
+        case .parked:
+            metrics.parked.record(1)
+            lease.parked = true
+            return .paused
+        case .resumed(let checkpoint):
+            // Resumed (`eventctl` may have skipped the failing event): start again from the stored checkpoint.
+            metrics.parked.record(0)
+            lease.parked = false
+            lease.attempts = 0
+            lease.checkpoint = checkpoint
+            return .progressed
         }
     }
 
@@ -286,23 +275,28 @@ final class ProjectionRunner: Sendable {
         /// An event failed; the events before it committed, up to `checkpoint`.
         case failed(position: Int, handler: String, message: String, checkpoint: Int)
         case parked
+        /// Running again after being parked, from this stored checkpoint.
+        case resumed(checkpoint: Int)
     }
 
     /// One transaction: the next events after `checkpoint` (of the types the projection
     /// handles), their statements, and the checkpoint. When an event fails, the events before it
     /// commit and the failure is reported.
-    private func applyBatch(from checkpoint: Int, lease: Lease) async throws -> Step {
+    private func applyBatch(lease: Lease) async throws -> Step {
         let projection = self.projection
         let table = self.table
         let batchSize = configuration.batchSize
         let upcasters = configuration.upcasters
         return try await connection.run { conn -> Step in
-            guard conn.backendPID == lease.backendPID else { throw LeaseLost() }
-            // The projection's state and the log head in one round trip.
+            guard conn.backendPID == lease.backendPID else { throw LogLeaseLost() }
+            // The projection's state, its checkpoint and the log head in one round trip.
             guard let row = try conn.query("""
-                SELECT p.state, h.position FROM eventline.projections p CROSS JOIN eventline.log_head h WHERE p.name = \(projection.name)
+                SELECT p.state, h.position, p.checkpoint FROM eventline.projections p CROSS JOIN eventline.log_head h
+                WHERE p.name = \(projection.name)
                 """).first, try row.decode(0, as: String.self) == "running"
             else { return .parked }
+            if lease.parked { return .resumed(checkpoint: try row.decode(2, as: Int.self)) }
+            let checkpoint = lease.checkpoint
             let head = try row.decode(1, as: Int.self)
             guard head > checkpoint else { return .caughtUp }
             let events = try EventStore.readEvents(
@@ -353,7 +347,7 @@ final class ProjectionRunner: Sendable {
             case .failure(let error):
                 if error.isConnectionError { throw error }
                 guard let index = owners[offset] else {
-                    if error.sqlState == SQLState.serializationFailure { throw LeaseLost() }  // the checkpoint moved under us
+                    if error.sqlState == SQLState.serializationFailure { throw LogLeaseLost() }  // the checkpoint moved under us
                     throw error
                 }
                 return try failure(events, at: index, message: error.message, from: checkpoint, projection: projection, table: table, on: conn)
@@ -396,24 +390,6 @@ final class ProjectionRunner: Sendable {
                     state = CASE WHEN \(park) THEN 'parked' ELSE state END, updated_at = now()
                 WHERE name = \(name)
                 """)
-        }
-    }
-
-    private func waitWhileParked() async throws {
-        let name = projection.name
-        while true {
-            let state = try await connection.run { conn in
-                try conn.query("SELECT state FROM eventline.projections WHERE name = \(name)").first?.decode(0, as: String.self)
-            }
-            if state == "running" { return }
-            try await Task.sleep(for: configuration.standbyInterval)
-        }
-    }
-
-    private func currentCheckpoint() async throws -> Int {
-        let name = projection.name
-        return try await connection.run { conn in
-            try conn.query("SELECT checkpoint FROM eventline.projections WHERE name = \(name)").first!.decode(0, as: Int.self)
         }
     }
 }

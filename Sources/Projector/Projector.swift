@@ -40,14 +40,9 @@ public final class Projector: Sendable {
     /// Runs every projection until the calling task is cancelled.
     public func run() async throws {
         let head = ChangeSignal()
+        // One LISTEN session wakes every projection of the process.
         let listener = Task {
-            let events = PostgresListener.events(
-                conninfo: self.configuration.databaseURL, channels: [EventStore.notificationChannel],
-                pollInterval: self.configuration.pollInterval)
-            for await event in events {
-                if case .notification = event { head.signal() }
-                if case .connected = event { head.signal() }
-            }
+            await head.signalCommits(conninfo: self.configuration.databaseURL, pollInterval: self.configuration.pollInterval)
         }
         /// The running projections: their definition's fingerprint and their task.
         var running: [String: (fingerprint: String, task: Task<Void, Never>)] = [:]

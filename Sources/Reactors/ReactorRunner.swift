@@ -46,17 +46,38 @@ public final class ReactorRunner: Sendable {
             }
             guard names.insert(reactor.name).inserted else { throw ReactorError("two reactors are named \(reactor.name)") }
         }
-        let workers = reactors.map { ReactorWorker(reactor: $0, store: store, configuration: configuration, logger: logger) }
+        let wakeups = ChangeSignal()
+        let timing = FollowSchedule.Timing(
+            pollInterval: configuration.pollInterval, standbyInterval: configuration.standbyInterval,
+            retryDelay: configuration.retryDelay, maxRetryDelay: configuration.maxRetryDelay)
+        let followers = reactors.map { reactor in
+            let worker = ReactorWorker(reactor: reactor, store: store, configuration: configuration, logger: logger)
+            return LogFollower(consumer: worker, wakeups: wakeups, timing: timing, logger: worker.logger)
+        }
+        let databaseURL = store.configuration.databaseURL
+        let pollInterval = configuration.pollInterval
         await withTaskGroup(of: Void.self) { group in
-            for worker in workers {
-                group.addTask { await worker.run() }
+            // One LISTEN session wakes every reactor of the process.
+            let listener = Task { await wakeups.signalCommits(conninfo: databaseURL, pollInterval: pollInterval) }
+            for follower in followers {
+                group.addTask {
+                    await follower.run()
+                    follower.consumer.shutdown()
+                }
             }
+            await withTaskCancellationHandler {
+                await group.waitForAll()
+            } onCancel: {
+                listener.cancel()
+            }
+            listener.cancel()
         }
     }
 }
 
-/// Runs one reactor: stands by until it holds the lease, then follows the log.
-final class ReactorWorker: Sendable {
+/// One reactor as a consumer of the log: its lease, its checkpoint, its batches. Its
+/// `LogFollower` stands by until it holds the lease, then follows the log.
+final class ReactorWorker: LogConsumer {
     let reactor: any Reactor
     let store: EventStore
     let configuration: ReactorConfiguration
@@ -88,41 +109,17 @@ final class ReactorWorker: Sendable {
     struct Lease: Sendable {
         var backendPID: Int32
         var checkpoint: Int
+        /// Failed attempts at the event after the checkpoint.
+        var attempts = 0
     }
 
-    /// The lease session is gone (another process may own the reactor now), or the checkpoint
-    /// moved under us.
-    struct LeaseLost: Error, CustomStringConvertible {
-        var description: String { "the reactor's lease was lost" }
-    }
-
-    /// Runs until the task is cancelled.
-    func run() async {
-        defer { connection.shutdown() }
-        while !Task.isCancelled {
-            do {
-                guard let lease = try await acquire() else {
-                    try await Task.sleep(for: configuration.standbyInterval)
-                    continue
-                }
-                logger.info("reactor lease taken", metadata: ["reactor.checkpoint": "\(lease.checkpoint)"])
-                try await follow(lease)
-            } catch is CancellationError {
-                break
-            } catch {
-                logger.warning("reactor interrupted; taking the lease again", metadata: ["error": "\(error)"])
-                try? await release()
-                try? await Task.sleep(for: configuration.standbyInterval)
-            }
-        }
-        try? await release()
-    }
+    func shutdown() { connection.shutdown() }
 
     /// Registers the reactor and takes its lease if it is free.
     func acquire() async throws -> Lease? {
         let name = reactor.name
         let owner = configuration.ownerName
-        return try await connection.run { conn -> Lease? in
+        let lease = try await connection.run { conn -> Lease? in
             try conn.execute("INSERT INTO eventline.reactors (name) VALUES (\(name)) ON CONFLICT (name) DO NOTHING")
             guard let row = try conn.query("SELECT lock_id FROM eventline.reactors WHERE name = \(name)").first else {
                 throw ReactorError("reactor \(name) is not registered")
@@ -138,92 +135,82 @@ final class ReactorWorker: Sendable {
                 """).first!.decode(0, as: Int.self)
             return Lease(backendPID: conn.backendPID, checkpoint: checkpoint)
         }
+        if let lease { logger.info("reactor lease taken", metadata: ["reactor.checkpoint": "\(lease.checkpoint)"]) }
+        return lease
     }
 
     /// Gives the lease up (a no-op on a session that does not hold it).
-    func release() async throws {
+    func release() async {
         let name = reactor.name
         let owner = configuration.ownerName
-        try await connection.run { conn in
+        try? await connection.run { conn in
             _ = try conn.query("SELECT pg_advisory_unlock_all()")
             try conn.execute("UPDATE eventline.reactors SET owner = NULL WHERE name = \(name) AND owner = \(owner)")
         }
     }
 
-    /// Reacts to events and moves the checkpoint until the lease is lost or the task ends.
-    private func follow(_ lease: Lease) async throws {
-        // Listen before the first read, so a commit between a read and the wait still wakes us.
-        var wakeups = PostgresListener.events(
-            conninfo: store.configuration.databaseURL, channels: [EventStore.notificationChannel],
-            pollInterval: configuration.pollInterval
-        ).makeAsyncIterator()
-        var checkpoint = lease.checkpoint
-        while true {
-            try Task.checkCancellation()
-            let head = try await store.headPosition()
-            guard head > checkpoint else {
-                guard await wakeups.next() != nil else { throw CancellationError() }
-                continue
-            }
-            let events = try await store.readAll(after: checkpoint, limit: configuration.batchSize, filter: reactor.filter)
-            for event in events {
-                try await react(to: event, lease: lease)
-                try await save(from: checkpoint, to: event.position, lease: lease)
-                checkpoint = event.position
-            }
-            // A short page holds every matching event committed before the read, and so every
-            // one up to `head`: the events in between are not the reactor's, and it is past them.
-            if events.count < configuration.batchSize, head > checkpoint {
-                try await save(from: checkpoint, to: head, lease: lease)
-                checkpoint = head
-            }
-        }
-    }
-
-    /// Calls the reactor until it handles `event`, with backoff, recording each failure.
-    private func react(to event: RecordedEvent, lease: Lease) async throws {
-        var attempts = 0
-        // The commands it issues meanwhile carry the event as their cause and keep its
-        // correlation id; with a tracer, they continue the trace that wrote the event.
-        let causing = CausingEvent(event)
-        while true {
+    /// Reacts to the next page of events, moving the checkpoint past each one; stops at an event
+    /// that fails (the follower tries it again after a backoff, never skipping it).
+    func step(_ lease: inout Lease) async throws -> FollowOutcome {
+        let head = try await store.headPosition()
+        guard head > lease.checkpoint else { return .caughtUp }
+        let events = try await store.readAll(after: lease.checkpoint, limit: configuration.batchSize, filter: reactor.filter)
+        for event in events {
             try await verify(lease)
             do {
-                let started = ContinuousClock.now
-                try await CausingEvent.$current.withValue(causing) {
-                    guard EventTrace.isEnabled else { return try await reactor.react(to: event) }
-                    let span = EventTrace.startSpan("eventline.reactor.react \(reactor.name)", ofKind: .consumer, for: [event])
-                    defer { span.end() }
-                    span.attributes["eventline.event.position"] = event.position
-                    try await ServiceContext.$current.withValue(span.context) { try await reactor.react(to: event) }
-                }
-                handled.record(duration: ContinuousClock.now - started)
-                if attempts > 0 { retrying.record(0) }
-                return
+                try await react(to: event)
             } catch is CancellationError {
                 throw CancellationError()
             } catch {
-                attempts += 1
+                lease.attempts += 1
                 retries.increment()
                 retrying.record(1)
-                try await recordFailure(position: event.position, message: "\(error)", attempts: attempts, lease: lease)
-                let delay = min(configuration.retryDelay * (1 << min(attempts - 1, 16)), configuration.maxRetryDelay)
+                try await recordFailure(position: event.position, message: "\(error)", attempts: lease.attempts, lease: lease)
                 logger.warning(
                     "event failed; retrying it",
                     metadata: [
                         "event.position": "\(event.position)", "event.stream": "\(event.stream)", "event.type": "\(event.type)",
-                        "error": "\(error)", "attempt": "\(attempts)",
+                        "error": "\(error)", "attempt": "\(lease.attempts)",
                     ])
-                try await Task.sleep(for: delay)
+                return .failed
             }
+            if lease.attempts > 0 {
+                lease.attempts = 0
+                retrying.record(0)
+            }
+            try await save(from: lease.checkpoint, to: event.position, lease: lease)
+            lease.checkpoint = event.position
         }
+        // A short page holds every matching event committed before the read, and so every
+        // one up to `head`: the events in between are not the reactor's, and it is past them.
+        if events.count < configuration.batchSize, head > lease.checkpoint {
+            try await save(from: lease.checkpoint, to: head, lease: lease)
+            lease.checkpoint = head
+        }
+        return .progressed
     }
 
-    /// Throws `LeaseLost` unless the lease session is still the one that took the lease and
+    /// Calls the reactor once for `event`, in the event's trace and as the cause of the commands it issues.
+    private func react(to event: RecordedEvent) async throws {
+        // The commands it issues meanwhile carry the event as their cause and keep its
+        // correlation id; with a tracer, they continue the trace that wrote the event.
+        let causing = CausingEvent(event)
+        let started = ContinuousClock.now
+        try await CausingEvent.$current.withValue(causing) {
+            guard EventTrace.isEnabled else { return try await reactor.react(to: event) }
+            let span = EventTrace.startSpan("eventline.reactor.react \(reactor.name)", ofKind: .consumer, for: [event])
+            defer { span.end() }
+            span.attributes["eventline.event.position"] = event.position
+            try await ServiceContext.$current.withValue(span.context) { try await reactor.react(to: event) }
+        }
+        handled.record(duration: ContinuousClock.now - started)
+    }
+
+    /// Throws `LogLeaseLost` unless the lease session is still the one that took the lease and
     /// answers (a session that answers still holds its advisory locks).
     private func verify(_ lease: Lease) async throws {
         try await connection.run { conn in
-            guard conn.backendPID == lease.backendPID else { throw LeaseLost() }
+            guard conn.backendPID == lease.backendPID else { throw LogLeaseLost() }
             _ = try conn.query("SELECT 1")
         }
     }
@@ -232,20 +219,20 @@ final class ReactorWorker: Sendable {
     private func save(from: Int, to: Int, lease: Lease) async throws {
         let name = reactor.name
         try await connection.run { conn in
-            guard conn.backendPID == lease.backendPID else { throw LeaseLost() }
+            guard conn.backendPID == lease.backendPID else { throw LogLeaseLost() }
             let moved = try conn.execute("""
                 UPDATE eventline.reactors
                 SET checkpoint = \(to), error = NULL, error_position = NULL, failed_attempts = 0, updated_at = now()
                 WHERE name = \(name) AND checkpoint = \(from)
                 """)
-            guard moved == 1 else { throw LeaseLost() }
+            guard moved == 1 else { throw LogLeaseLost() }
         }
     }
 
     private func recordFailure(position: Int, message: String, attempts: Int, lease: Lease) async throws {
         let name = reactor.name
         try await connection.run { conn in
-            guard conn.backendPID == lease.backendPID else { throw LeaseLost() }
+            guard conn.backendPID == lease.backendPID else { throw LogLeaseLost() }
             try conn.execute("""
                 UPDATE eventline.reactors
                 SET error = \(message), error_position = \(position), failed_attempts = \(attempts), updated_at = now()

@@ -64,10 +64,7 @@ public final class WebhookDeliverer: Sendable {
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
-                let events = PostgresListener.events(
-                    conninfo: self.store.configuration.databaseURL, channels: [EventStore.notificationChannel],
-                    pollInterval: self.configuration.pollInterval)
-                for await _ in events { self.commits.signal() }
+                await self.commits.signalCommits(conninfo: self.store.configuration.databaseURL, pollInterval: self.configuration.pollInterval)
             }
             group.addTask { await self.supervise(client: client) }
             await group.next()
@@ -80,16 +77,22 @@ public final class WebhookDeliverer: Sendable {
     /// lost its webhook) ends by itself, and starts again if the group comes back.
     private func supervise(client: HTTPClient) async {
         let running = RunningGroups()
+        // A failed batch is given back to the group with its own backoff (it is due again
+        // later), so the follower's retry delays only cover the database going away.
+        let timing = FollowSchedule.Timing(
+            pollInterval: configuration.pollInterval, standbyInterval: configuration.refreshInterval,
+            retryDelay: configuration.retryDelay, maxRetryDelay: configuration.maxRetryDelay)
         await withDiscardingTaskGroup { workers in
             while !Task.isCancelled {
                 do {
                     let groups = try await store.consumerGroupsWithWebhooks().filter { configuration.only?.contains($0) ?? true }
                     for group in groups {
                         guard running.names.withLock({ $0.insert(group).inserted }) else { continue }
-                        let worker = WebhookWorker(
-                            group: group, store: store, client: client, commits: commits, configuration: configuration, logger: logger)
+                        let worker = WebhookWorker(group: group, store: store, client: client, configuration: configuration, logger: logger)
+                        let follower = LogFollower(consumer: worker, wakeups: commits, timing: timing, logger: worker.logger)
                         workers.addTask {
-                            await worker.run()
+                            await follower.run()
+                            worker.shutdown()
                             running.names.withLock { _ = $0.remove(group) }
                         }
                     }
@@ -108,24 +111,22 @@ private final class RunningGroups: Sendable {
     let names = Mutex<Set<String>>([])
 }
 
-/// Delivers one group while this process holds its lease.
-final class WebhookWorker: Sendable {
+/// One webhook group as a consumer of the log: its `LogFollower` delivers it while this
+/// process holds the group's lease.
+final class WebhookWorker: LogConsumer {
     let group: String
     let store: EventStore
     let client: HTTPClient
-    let commits: ChangeSignal
     let configuration: WebhookConfiguration
     let logger: Logger
-    /// The session that holds the lease.
     private let connection: DedicatedConnection
     private let delivered: Counter
     private let failed: Counter
 
-    init(group: String, store: EventStore, client: HTTPClient, commits: ChangeSignal, configuration: WebhookConfiguration, logger: Logger) {
+    init(group: String, store: EventStore, client: HTTPClient, configuration: WebhookConfiguration, logger: Logger) {
         self.group = group
         self.store = store
         self.client = client
-        self.commits = commits
         self.configuration = configuration
         var logger = logger
         logger[metadataKey: "consumer_group"] = "\(group)"
@@ -138,69 +139,39 @@ final class WebhookWorker: Sendable {
         }
     }
 
-    /// The group is gone, or has no webhook any more: the worker ends.
-    struct GroupGone: Error {}
+    /// The lease is the session advisory lock on the group's name; it holds nothing else.
+    struct Lease: Sendable {}
 
-    /// Runs until the group goes or the task is cancelled.
-    func run() async {
-        defer { connection.shutdown() }
-        var holding = false
-        while !Task.isCancelled {
-            do {
-                if !holding {
-                    holding = try await acquire()
-                    guard holding else {
-                        try await Task.sleep(for: configuration.refreshInterval)
-                        continue
-                    }
-                    logger.info("webhook lease taken")
-                }
-                try await deliverOnce()
-            } catch is CancellationError {
-                break
-            } catch is GroupGone {
-                logger.info("the group is gone or has no webhook; its delivery stops")
-                break
-            } catch {
-                // The lease session or the database went: take the lease again.
-                logger.warning("webhook delivery interrupted; taking the lease again", metadata: ["error": "\(error)"])
-                holding = false
-                try? await release()
-                try? await Task.sleep(for: configuration.refreshInterval)
-            }
-        }
-        try? await release()
-    }
+    func shutdown() { connection.shutdown() }
 
-    private func acquire() async throws -> Bool {
+    func acquire() async throws -> Lease? {
         let group = self.group
-        return try await connection.run { conn in
+        let locked = try await connection.run { conn in
             try conn.query("SELECT pg_try_advisory_lock(eventline.webhook_lock_namespace(), hashtext(\(group)))").first!.decode(0, as: Bool.self)
         }
+        guard locked else { return nil }
+        logger.info("webhook lease taken")
+        return Lease()
     }
 
-    private func release() async throws {
-        try await connection.run { conn in _ = try conn.query("SELECT pg_advisory_unlock_all()") }
+    func release() async {
+        try? await connection.run { conn in _ = try conn.query("SELECT pg_advisory_unlock_all()") }
     }
 
-    /// Fetches one batch and delivers it, or waits for something to deliver.
-    private func deliverOnce() async throws {
-        let generation = commits.generation
+    /// Fetches one batch and delivers it; finished when the group is gone or has no webhook any more.
+    func step(_ lease: inout Lease) async throws -> FollowOutcome {
         // The lease session still answers (and so still holds the lock).
         try await connection.run { conn in _ = try conn.query("SELECT 1") }
-        guard case .some(.some(let webhook)) = try await store.consumerGroupWebhook(group) else { throw GroupGone() }
+        guard case .some(.some(let webhook)) = try await store.consumerGroupWebhook(group) else { return finished() }
         let messages: [ConsumerGroupMessage]
         do {
             guard let fetched = try await store.fetch(group: group, consumer: configuration.ownerName, max: webhook.batchSize, byWebhook: true)
-            else { throw GroupGone() }
+            else { return finished() }
             messages = fetched
         } catch is ConsumerGroupDeliveredByWebhook {
-            throw GroupGone()
+            return finished()
         }
-        guard !messages.isEmpty else {
-            await commits.wait(after: generation, timeout: configuration.pollInterval)
-            return
-        }
+        guard !messages.isEmpty else { return .caughtUp }
         let body = #"{"group":\#(JSONValue.quoted(group)),"messages":[\#(messages.map(\.json).joined(separator: ","))]}"#
         let outcome = await post(body, to: webhook)
         let ids = messages.map(\.deliveryId)
@@ -211,11 +182,17 @@ final class WebhookWorker: Sendable {
         case .failure(let reason):
             failed.increment()
             let attempt = messages.map(\.attempt).max() ?? 1
-            let delay = min(configuration.retryDelay * (1 << min(attempt - 1, 16)), configuration.maxRetryDelay)
+            let delay = FollowSchedule.backoff(configuration.retryDelay, doublings: attempt - 1, max: configuration.maxRetryDelay)
             logger.warning(
                 "webhook batch failed; it will be retried", metadata: ["reason": "\(reason)", "attempt": "\(attempt)", "retry_in": "\(delay)"])
             _ = try await store.refuse(group: group, deliveryIds: ids, retryAfter: delay, reason: reason)
         }
+        return .progressed
+    }
+
+    private func finished() -> FollowOutcome {
+        logger.info("the group is gone or has no webhook; its delivery stops")
+        return .finished
     }
 
     enum Outcome {

@@ -2,4 +2,5 @@
 #define EVENTLINE_CCRYPTO_SHIM_H
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/rand.h>
 #endif

@@ -342,7 +342,7 @@ extension EventStore {
             throw EventStoreError.invalidArgument("a consumer's name is 1 to 200 bytes with no control characters")
         }
         guard (1...1000).contains(max) else { throw EventStoreError.invalidArgument("max must be from 1 to 1000, got \(max)") }
-        let upcasters = configuration.upcasters
+        let reading = self.reading
         let window = Self.consumerGroupWindow
         return try await translatingErrors {
             try await pool.withConnection { conn -> [ConsumerGroupMessage]? in
@@ -424,9 +424,9 @@ extension EventStore {
                 guard let handed else { return nil }
                 guard !handed.isEmpty else { return [] }
                 // Events never change: read after the commit, outside the lock.
-                let events = try Self.decodeEvents(conn.query("""
+                let events = try reading.decode(conn.query("""
                     SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE position = ANY(\(handed.map(\.position))) ORDER BY position
-                    """), upcasters: upcasters)
+                    """), on: conn)
                 return zip(handed, events).map { ConsumerGroupMessage(deliveryId: $0.id, attempt: $0.attempt, event: $1) }
             }
         }
@@ -494,7 +494,7 @@ extension EventStore {
     public func parkedMessages(group name: String, after: Int = 0, limit: Int = 100) async throws -> [ParkedMessage]? {
         try checkGroupName(name)
         guard (1...1000).contains(limit) else { throw EventStoreError.invalidArgument("limit must be from 1 to 1000, got \(limit)") }
-        let upcasters = configuration.upcasters
+        let reading = self.reading
         return try await translatingErrors {
             try await pool.withConnection { conn -> [ParkedMessage]? in
                 guard try conn.query("SELECT 1 FROM eventline.consumer_groups WHERE name = \(name)").first != nil else { return nil }
@@ -507,9 +507,9 @@ extension EventStore {
                          parkedAt: try row.decode(2, as: Date.self), error: try row.decode(3, as: String?.self))
                     }
                 guard !parked.isEmpty else { return [] }
-                let events = try Self.decodeEvents(conn.query("""
+                let events = try reading.decode(conn.query("""
                     SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE position = ANY(\(parked.map(\.position))) ORDER BY position
-                    """), upcasters: upcasters)
+                    """), on: conn)
                 return zip(parked, events).map { ParkedMessage(attempt: $0.attempt, parkedAt: $0.parkedAt, lastError: $0.error, event: $1) }
             }
         }

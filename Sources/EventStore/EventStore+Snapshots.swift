@@ -75,27 +75,28 @@ extension EventStore {
             ) e
             ORDER BY part, version
             """
-        let result = try await translatingErrors(stream: name) {
-            try await pool.withConnection { conn in try conn.query(query) }
-        }
-        var snapshot: Snapshot? = nil
-        var unusable = false
-        var events: [RecordedEvent] = []
-        for row in result.rows {
-            if try row.decode(0, as: Int.self) == 0 {
-                if let data = try? LZ4Block.decompress(try row.decode(5, as: Data.self)) {
-                    snapshot = Snapshot(version: try row.decode(2), stateVersion: stateVersion, data: data)
-                } else {
-                    unusable = true
+        let reading = self.reading
+        return try await translatingErrors(stream: name) {
+            try await pool.withConnection { conn in
+                var snapshot: Snapshot? = nil
+                var unusable = false
+                var events: [RecordedEvent] = []
+                for row in try conn.query(query).rows {
+                    if try row.decode(0, as: Int.self) == 0 {
+                        if let data = try? LZ4Block.decompress(try row.decode(5, as: Data.self)) {
+                            snapshot = Snapshot(version: try row.decode(2), stateVersion: stateVersion, data: data)
+                        } else {
+                            unusable = true
+                        }
+                        continue
+                    }
+                    events.append(RecordedEvent(
+                        position: try row.decode(1), stream: name, version: try row.decode(2), id: try row.decode(3), type: try row.decode(4),
+                        data: try PayloadCodec.decode(try row.decode(5, as: Data.self), codec: Int16(try row.decode(6, as: Int.self))),
+                        metadata: try row.decode(7), recordedAt: try row.decode(8), schemaVersion: try row.decode(9, as: Int?.self) ?? 1))
                 }
-                continue
+                return (snapshot, unusable, try reading.readable(events, on: conn))
             }
-            let event = RecordedEvent(
-                position: try row.decode(1), stream: name, version: try row.decode(2), id: try row.decode(3), type: try row.decode(4),
-                data: try PayloadCodec.decode(try row.decode(5, as: Data.self), codec: Int16(try row.decode(6, as: Int.self))),
-                metadata: try row.decode(7), recordedAt: try row.decode(8), schemaVersion: try row.decode(9, as: Int?.self) ?? 1)
-            events.append(try Self.upcast(event, configuration.upcasters))
         }
-        return (snapshot, unusable, events)
     }
 }

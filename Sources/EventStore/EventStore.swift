@@ -45,6 +45,9 @@ public struct EventStoreConfiguration: Sendable {
     /// The domain's upcasters: every read of this store returns events in their current shape
     /// (renamed, data upcast); the stored log is never rewritten.
     public var upcasters = EventUpcasters()
+    /// Wraps the data keys of subjects whose personal fields are stored encrypted (nil: events
+    /// with personal fields are refused, and events that hold some cannot be read).
+    public var masterKey: MasterKey? = nil
 
     public init(databaseURL: String) {
         self.databaseURL = databaseURL
@@ -69,10 +72,13 @@ public final class EventStore: Sendable {
     /// This process's owner identity for idempotency reservations.
     let presence: PresenceSession
     let logger: Logger
+    /// How stored events become what readers see (personal data opened, then upcast).
+    public let reading: EventReading
 
     public init(_ configuration: EventStoreConfiguration, logger: Logger = Logger(label: "eventline.store")) {
         self.configuration = configuration
         self.logger = logger
+        self.reading = EventReading(upcasters: configuration.upcasters, masterKey: configuration.masterKey)
         var poolConfiguration = PostgresConnectionPool.Configuration(
             conninfo: configuration.databaseURL, size: configuration.poolSize,
             acquireTimeout: configuration.acquireTimeout, name: "eventline-read")
@@ -126,6 +132,7 @@ public final class EventStore: Sendable {
     /// Appends to a validated stream name; see `append(to:expected:events:)`.
     public func append(to stream: StreamName, expected: ExpectedVersion = .any, events: [NewEvent]) async throws -> AppendResult {
         var prepared = try prepare(stream, expected: expected, events: events)
+        if prepared.personal { try await sealPersonalData(&prepared) }
         if EventTrace.isEnabled { prepared.trace = ServiceContext.current }
         return try await writer.append(prepared)
     }
@@ -173,6 +180,23 @@ public final class EventStore: Sendable {
             {
                 throw invalid(problem)
             }
+            if let personal = event.personal {
+                // Checked before any key is looked up or made: bad input writes nothing.
+                guard let data = try? JSONValue(parsing: event.data) else { throw invalid("data is not valid JSON") }
+                if let problem = personal.problem(in: data) { throw invalid(problem) }
+                guard case .object(let metadata)? = try? JSONValue(parsing: event.metadata) else { throw invalid("metadata is not a JSON object") }
+                if metadata[PersonalData.metadataKey] != nil {
+                    throw invalid("metadata.\(PersonalData.metadataKey) is reserved: name personal data with \"subject\" and \"personal\"")
+                }
+                // Sealed once the subjects' keys are at hand (`sealPersonalData`).
+                prepared.append(PreparedEvent(
+                    id: event.id, type: event.type, storedData: Data(), codec: 0, metadata: event.metadata,
+                    schemaVersion: Int16(event.schemaVersion ?? 0), personal: PendingPersonalData(declaration: personal, data: data, metadata: metadata)))
+                continue
+            }
+            if PersonalData.recorded(in: event.metadata) != nil {
+                throw invalid("metadata.\(PersonalData.metadataKey) is reserved: name personal data with \"subject\" and \"personal\"")
+            }
             let (stored, codec) = PayloadCodec.encode(event.data, threshold: configuration.compressionThreshold)
             prepared.append(PreparedEvent(
                 id: event.id, type: event.type, storedData: stored, codec: codec.rawValue, metadata: event.metadata,
@@ -185,6 +209,31 @@ public final class EventStore: Sendable {
                 stream: stream.rawValue)
         }
         return PreparedAppend(stream: stream, expected: expected, events: prepared, byteCount: byteCount)
+    }
+
+    /// Seals the personal fields of a prepared append under their subjects' keys (made on first
+    /// use); refused, with nothing stored, without a master key or for a forgotten subject.
+    private func sealPersonalData(_ append: inout PreparedAppend) async throws {
+        guard let keyring = reading.keyring else { throw EventStoreError.noMasterKeyForWriting }
+        let subjects = Set(append.events.compactMap { $0.personal?.declaration.subject })
+        let keys = try await translatingErrors(stream: append.stream.rawValue) {
+            try await keyring.keysForWriting(subjects, pool: pool)
+        }
+        for index in append.events.indices {
+            guard let pending = append.events[index].personal, let key = keys[pending.declaration.subject] else { continue }
+            let (data, metadata) = pending.declaration.seal(data: pending.data, metadata: pending.metadata, event: append.events[index].id, key: key)
+            let (stored, codec) = PayloadCodec.encode(data, threshold: configuration.compressionThreshold)
+            append.events[index].storedData = stored
+            append.events[index].codec = codec.rawValue
+            append.events[index].metadata = metadata
+            append.events[index].personal = nil
+            append.byteCount += stored.count + metadata.count
+        }
+        guard append.byteCount <= configuration.maxAppendBytes else {
+            throw EventStoreError.invalidEvent(
+                "the append's events hold \(append.byteCount) bytes, more than the limit of \(configuration.maxAppendBytes)",
+                stream: append.stream.rawValue)
+        }
     }
 
     /// Whether JSON text holds the escape `\u0000` (a backslash that is not itself escaped,
@@ -217,16 +266,15 @@ public final class EventStore: Sendable {
     /// The columns `decodeEvents` reads, in order.
     package static let eventColumns = "position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version"
 
-    /// Events from rows of `SELECT \(eventColumns) FROM eventline.events`, payloads
-    /// decompressed and, with `upcasters`, in their current shape.
-    package static func decodeEvents(_ result: PostgresResult, upcasters: EventUpcasters = EventUpcasters()) throws -> [RecordedEvent] {
+    /// Events from rows of `SELECT \(eventColumns) FROM eventline.events` as stored: payloads
+    /// decompressed, personal fields still sealed, in their stored shape.
+    static func storedEvents(_ result: PostgresResult) throws -> [RecordedEvent] {
         try result.rows.map { row in
-            let event = RecordedEvent(
+            RecordedEvent(
                 position: try row.decode(0), stream: try row.decode(1), version: try row.decode(2),
                 id: try row.decode(3), type: try row.decode(4),
                 data: try PayloadCodec.decode(try row.decode(5, as: Data.self), codec: Int16(try row.decode(6, as: Int.self))),
                 metadata: try row.decode(7), recordedAt: try row.decode(8), schemaVersion: try row.decode(9, as: Int?.self) ?? 1)
-            return try upcast(event, upcasters)
         }
     }
 
@@ -242,26 +290,28 @@ public final class EventStore: Sendable {
         }
     }
 
-    private func decodeEvents(_ result: PostgresResult) throws -> [RecordedEvent] {
-        try Self.decodeEvents(result, upcasters: configuration.upcasters)
+    /// Events as readers see them, from rows read on `conn`.
+    func decodeEvents(_ result: PostgresResult, on conn: PostgresConnection) throws -> [RecordedEvent] {
+        try reading.decode(result, on: conn)
     }
 
     /// Up to `limit` events after position `after` and up to `upTo`, of `types` (or their
     /// aliases), in their current shape: a page for a consumer that reads on a connection of its
     /// own (a projection, in the transaction that moves its checkpoint).
     package static func readEvents(
-        on conn: PostgresConnection, after: Int, upTo: Int, types: [String], limit: Int, upcasters: EventUpcasters
+        on conn: PostgresConnection, after: Int, upTo: Int, types: [String], limit: Int, reading: EventReading
     ) throws -> [RecordedEvent] {
+        let upcasters = reading.upcasters
         // Events reach the consumer under their current names: a handler of an old name would
         // never be called.
         if let old = types.first(where: upcasters.isAlias) {
             throw EventStoreError.invalidArgument("\(old) is renamed to \(upcasters.currentName(of: old)): handle it under that name")
         }
-        return try decodeEvents(conn.query("""
+        return try reading.decode(conn.query("""
             SELECT \(unsafeSQL: eventColumns) FROM eventline.events
             WHERE position > \(after) AND position <= \(upTo) AND type = ANY(\(upcasters.storedNames(of: types)))
             ORDER BY position LIMIT \(limit)
-            """), upcasters: upcasters)
+            """), on: conn)
     }
 
     /// Reads up to `limit` events of `stream` starting at version `from` (default: the first
@@ -280,7 +330,7 @@ public final class EventStore: Sendable {
             query = "SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE stream = \(name) AND version <= \(from ?? Int(Int64.max)) ORDER BY version DESC LIMIT \(limit)"
         }
         return try await translatingErrors(stream: name) {
-            try await pool.withConnection { conn in try self.decodeEvents(conn.query(query)) }
+            try await pool.withConnection { conn in try self.decodeEvents(conn.query(query), on: conn) }
         }
     }
 
@@ -307,7 +357,7 @@ public final class EventStore: Sendable {
             ORDER BY position
             """
         return try await translatingErrors {
-            try await pool.withConnection { conn in try self.decodeEvents(conn.query(query)) }
+            try await pool.withConnection { conn in try self.decodeEvents(conn.query(query), on: conn) }
         }
     }
 
@@ -317,7 +367,7 @@ public final class EventStore: Sendable {
     public func event(id: UUID) async throws -> RecordedEvent? {
         let query: SQLQuery = "SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE event_id = \(id)"
         return try await translatingErrors {
-            try await pool.withConnection { conn in try self.decodeEvents(conn.query(query)).first }
+            try await pool.withConnection { conn in try self.decodeEvents(conn.query(query), on: conn).first }
         }
     }
 

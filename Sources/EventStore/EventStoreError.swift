@@ -8,7 +8,7 @@ public struct EventStoreError: Error, Sendable, CustomStringConvertible {
         enum Base: String, Sendable {
             case wrongExpectedVersion, duplicateEventId, invalidStreamName, invalidEvent, invalidArgument
             case streamNotFound, corruptEvent, unavailable, commitOutcomeUnknown, shutdown, database
-            case migration
+            case migration, subjectForgotten, masterKey, streamDeleted
         }
         let base: Base
         public var description: String { base.rawValue }
@@ -38,6 +38,13 @@ public struct EventStoreError: Error, Sendable, CustomStringConvertible {
         public static let database = Code(base: .database)
         /// A migration could not be applied or verified.
         public static let migration = Code(base: .migration)
+        /// The subject's key was destroyed: its personal data is not stored again.
+        public static let subjectForgotten = Code(base: .subjectForgotten)
+        /// Personal data needs a master key, and none is configured or it is not the one the
+        /// data keys were wrapped with.
+        public static let masterKey = Code(base: .masterKey)
+        /// The stream is deleted (a tombstone closes it): it is neither read nor written again.
+        public static let streamDeleted = Code(base: .streamDeleted)
     }
 
     /// What went wrong.

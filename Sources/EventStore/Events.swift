@@ -12,14 +12,18 @@ public struct NewEvent: Sendable, Hashable {
     public var metadata: Data
     /// The version of the type's schema `data` follows (nil: none recorded, which reads as 1).
     public var schemaVersion: Int?
+    /// Whose personal data the event holds, and where: those fields are stored encrypted under
+    /// the subject's key (the store needs a master key for that).
+    public var personal: PersonalData?
 
     /// An event from raw JSON. `metadata`, when given, must be a JSON object.
-    public init(id: UUID? = nil, type: String, data: Data, metadata: Data? = nil, schemaVersion: Int? = nil) {
+    public init(id: UUID? = nil, type: String, data: Data, metadata: Data? = nil, schemaVersion: Int? = nil, personal: PersonalData? = nil) {
         self.id = id ?? UUID.random()
         self.type = type
         self.data = data
         self.metadata = metadata ?? Data("{}".utf8)
         self.schemaVersion = schemaVersion
+        self.personal = personal
     }
 
     /// An event whose data is `payload` encoded as JSON, with metadata fields.

@@ -13,6 +13,15 @@ struct PreparedEvent: Sendable {
     var metadata: Data
     /// The schema version of the data; 0 when none is recorded (stored as NULL).
     var schemaVersion: Int16 = 0
+    /// Personal fields still to seal (the store seals them before the append reaches the writer).
+    var personal: PendingPersonalData? = nil
+}
+
+/// An event's personal data, validated, waiting for its subject's key.
+struct PendingPersonalData: Sendable {
+    var declaration: PersonalData
+    var data: JSONValue
+    var metadata: [String: JSONValue]
 }
 
 /// An append ready for the log writer.
@@ -24,6 +33,9 @@ struct PreparedAppend: Sendable {
     var byteCount: Int
     /// The appender's trace context (with a tracer installed), for the group commit's span.
     var trace: ServiceContext? = nil
+
+    /// Whether some events have personal fields still to seal.
+    var personal: Bool { events.contains { $0.personal != nil } }
 }
 
 /// Where an already-written event id sits in the log.

@@ -135,7 +135,7 @@ enum StatusReport {
             Swift.print("event log    not installed: run \(CLI.name) migrate")
             return
         }
-        var configuration = Domain.current.storeConfiguration(databaseURL: url)
+        var configuration = Domain.current.storeConfiguration(databaseURL: url, masterKey: try EnvironmentVariables.masterKey())
         configuration.poolSize = 1
         let store = EventStore(configuration, logger: CLI.logger)
         let summary = try await store.summary()

@@ -32,6 +32,12 @@ struct Dev: AsyncParsableCommand {
             try await Migrator(databaseURL: url, migrations: loaded).migrate()
             Swift.print("PostgreSQL \(server.host):\(server.port) is ready and migrated.")
             Swift.print("  export EVENTLINE_DATABASE_URL='\(url)'")
+            // The database lives as long as this process: so may a master key made for it.
+            if try EnvironmentVariables.masterKey() == nil {
+                let key = MasterKey.generate()
+                setenv("EVENTLINE_MASTER_KEY", key.base64, 1)
+                Swift.print("  export EVENTLINE_MASTER_KEY='\(key.base64)'   # made for this database; it encrypts personal data")
+            }
             if demo {
                 try await Demo.run(databaseURL: url)
                 Swift.print("")
@@ -55,12 +61,13 @@ struct Dev: AsyncParsableCommand {
                 let loaded = try projections.load()
                 readModels.declared = Set(loaded.map(\.name))
                 services.append(ProjectorService(projector: Projector(
-                    projections: loaded, configuration: Domain.current.projectorConfiguration(databaseURL: url), logger: CLI.logger)))
+                    projections: loaded, configuration: Domain.current.projectorConfiguration(databaseURL: url, masterKey: try EnvironmentVariables.masterKey()),
+                    logger: CLI.logger)))
                 Swift.print("Projecting \(loaded.map(\.name).joined(separator: ", ")) from \(projections.path).")
             }
             // And the domain's reactors (the bank's carry out transfers).
             // A runner with nothing to run returns at once, which would end the whole group.
-            let (reactorStore, reactors) = React.runner(url: url, logger: CLI.logger)
+            let (reactorStore, reactors) = try React.runner(url: url, logger: CLI.logger)
             if !reactors.reactors.isEmpty { services.append(ReactorService(runner: reactors)) }
             let domain = Domain.current
             var banner = ["Serving the \(domain.name) domain on \(base) (Ctrl-C stops it and deletes the database)."]
@@ -78,7 +85,7 @@ struct Dev: AsyncParsableCommand {
 /// A short walk through the event store, printed as the equivalent eventctl commands.
 enum Demo {
     static func run(databaseURL: String) async throws {
-        let store = EventStore(Domain.current.storeConfiguration(databaseURL: databaseURL), logger: CLI.logger)
+        let store = EventStore(Domain.current.storeConfiguration(databaseURL: databaseURL, masterKey: try EnvironmentVariables.masterKey()), logger: CLI.logger)
         let stream = "account-\(Int.random(in: 1000...9999))"
         func show(_ command: String) { Swift.print("\n$ \(CLI.name) \(command)") }
 

@@ -109,16 +109,20 @@ public struct Domain: Sendable {
     }
 
     /// A store configuration that reads this domain's events in their current shape.
-    public func storeConfiguration(databaseURL: String) -> EventStoreConfiguration {
+    /// With `masterKey`, it stores personal fields encrypted and reads them decrypted.
+    public func storeConfiguration(databaseURL: String, masterKey: MasterKey? = nil) -> EventStoreConfiguration {
         var configuration = EventStoreConfiguration(databaseURL: databaseURL)
         configuration.upcasters = upcasters
+        configuration.masterKey = masterKey
         return configuration
     }
 
-    /// A projector configuration whose handlers bind this domain's events in their current shape.
-    public func projectorConfiguration(databaseURL: String) -> ProjectorConfiguration {
+    /// A projector configuration whose handlers bind this domain's events in their current shape
+    /// (and, with `masterKey`, their personal fields decrypted).
+    public func projectorConfiguration(databaseURL: String, masterKey: MasterKey? = nil) -> ProjectorConfiguration {
         var configuration = ProjectorConfiguration(databaseURL: databaseURL)
         configuration.upcasters = upcasters
+        configuration.masterKey = masterKey
         return configuration
     }
 }

@@ -1,3 +1,4 @@
+import EventStore
 import Foundation
 import Logging
 
@@ -21,6 +22,8 @@ enum EnvironmentVariables {
         ("EVENTLINE_RATE_LIMIT", "serve: requests per client, 200/s, 12000/m or 100000/h (default: no limit)"),
         ("EVENTLINE_RATE_BURST", "serve: burst of the rate limit (default: one second's worth)"),
         ("EVENTLINE_READ_WAIT_TIMEOUT", "serve: seconds a read with atLeast waits (default 5)"),
+        ("EVENTLINE_MASTER_KEY", "32 random bytes in base64 (openssl rand -base64 32): wraps the keys that encrypt personal data (default: none; personal fields are refused)"),
+        ("EVENTLINE_MASTER_KEY_FILE", "a file holding the master key (base64, or the 32 bytes), instead of EVENTLINE_MASTER_KEY"),
         ("EVENTLINE_REDIS_URL", "serve, project, replay: Redis for the read-model cache (default: none)"),
         ("EVENTLINE_REDIS_TIMEOUT", "serve, project: seconds a cache read, or an invalidation, waits for Redis before going without it (default 0.25)"),
         ("EVENTLINE_CACHE_TTL", "seconds a cached row lives (default 300)"),
@@ -45,6 +48,33 @@ enum EnvironmentVariables {
             throw CLIError("\(name) must be a number of seconds from \(String(format: "%g", range.lowerBound)) to \(String(format: "%g", range.upperBound)), not '\(text)'")
         }
         return .milliseconds(Int(value * 1000))
+    }
+
+    /// The master key from `EVENTLINE_MASTER_KEY` or `EVENTLINE_MASTER_KEY_FILE`, or nil when
+    /// neither is set; a bad one is an error that names the variable.
+    static func masterKey(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> MasterKey? {
+        switch (environment["EVENTLINE_MASTER_KEY"], environment["EVENTLINE_MASTER_KEY_FILE"]) {
+        case (nil, nil):
+            return nil
+        case (_?, _?):
+            throw CLIError("set EVENTLINE_MASTER_KEY or EVENTLINE_MASTER_KEY_FILE, not both")
+        case (let text?, nil):
+            do {
+                return try MasterKey(base64: text)
+            } catch {
+                throw CLIError("EVENTLINE_MASTER_KEY: \(error.message)")
+            }
+        case (nil, let path?):
+            guard let contents = FileManager.default.contents(atPath: path) else {
+                throw CLIError("EVENTLINE_MASTER_KEY_FILE: cannot read \(path)")
+            }
+            do {
+                if contents.count == 32 { return try MasterKey(bytes: Array(contents)) }
+                return try MasterKey(base64: String(decoding: contents, as: UTF8.self))
+            } catch {
+                throw CLIError("EVENTLINE_MASTER_KEY_FILE: \(path) holds neither 32 bytes nor their base64 (\(error.message))")
+            }
+        }
     }
 
     static func unknown(in environment: [String: String] = ProcessInfo.processInfo.environment) -> [String] {

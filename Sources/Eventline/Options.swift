@@ -31,7 +31,7 @@ struct DatabaseOptions: ParsableArguments {
 
     /// Opens an event store with a small pool, enough for one command.
     func openStore() throws -> EventStore {
-        var configuration = Domain.current.storeConfiguration(databaseURL: try databaseURL)
+        var configuration = Domain.current.storeConfiguration(databaseURL: try databaseURL, masterKey: try EnvironmentVariables.masterKey())
         configuration.poolSize = 2
         configuration.acquireTimeout = .seconds(15)
         return EventStore(configuration, logger: CLI.logger)

@@ -108,7 +108,7 @@ struct Project: AsyncParsableCommand {
             }
             let cache = try cacheOptions.cache(logger: logger)
             defer { cache?.client.shutdown() }
-            var configuration = Domain.current.projectorConfiguration(databaseURL: url)
+            var configuration = Domain.current.projectorConfiguration(databaseURL: url, masterKey: try EnvironmentVariables.masterKey())
             let rebuildSetting = ProcessInfo.processInfo.environment["EVENTLINE_REBUILD_ON_VERSION_CHANGE"]?.lowercased()
             configuration.rebuildOnVersionChange = !noRebuild && !["0", "false", "off", "no"].contains(rebuildSetting ?? "")
             // Without --projection, files added to (or changed in) the directory are picked up
@@ -364,7 +364,7 @@ struct Replay: AsyncParsableCommand {
                         projection, databaseURL: url, dryRun: dryRun, batchSize: batchSize,
                         progress: { progress in
                             line.update(events: progress.events, position: progress.position, target: progress.target, note: progress.phase)
-                        }, upcasters: Domain.current.upcasters)
+                        }, reading: EventReading(upcasters: Domain.current.upcasters, masterKey: try EnvironmentVariables.masterKey()))
                 } catch let error as ReplayError {
                     line.finish()
                     throw CLIError("\(projection.name): \(error.description); the live read model is untouched")

@@ -38,7 +38,7 @@ struct React: AsyncParsableCommand {
             let logger = Logs.logger("eventline.reactor")
             let metricsAddress = try metrics.address()
             try await schema.prepare(databaseURL: url, logger: logger)
-            let (store, runner) = Self.runner(url: url, only: only, logger: logger)
+            let (store, runner) = try Self.runner(url: url, only: only, logger: logger)
             logger.info("reacting", metadata: ["reactor.names": "\(runner.reactors.map(\.name).joined(separator: ","))"])
             do {
                 try await Telemetry.runObserved(
@@ -57,8 +57,8 @@ struct React: AsyncParsableCommand {
 extension React {
     /// The shipped reactors (or only those named) over a store of their own; the caller shuts
     /// the store down once the runner has stopped.
-    static func runner(url: String, only: [String] = [], logger: Logger) -> (EventStore, ReactorRunner) {
-        var storeConfiguration = Domain.current.storeConfiguration(databaseURL: url)
+    static func runner(url: String, only: [String] = [], logger: Logger) throws -> (EventStore, ReactorRunner) {
+        var storeConfiguration = Domain.current.storeConfiguration(databaseURL: url, masterKey: try EnvironmentVariables.masterKey())
         storeConfiguration.poolSize = 4
         let store = EventStore(storeConfiguration, logger: logger)
         let selected = Domain.current.reactors(store: store, logger: logger, only: only)

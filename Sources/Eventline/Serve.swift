@@ -149,7 +149,7 @@ enum Server {
         let logger = Logs.logger("eventline")
         // Before the application is built: it adds a tracing middleware when a tracer is installed.
         let tracing = try Telemetry.bootstrapTracing(serviceName: "eventline-server", logger: logger)
-        var storeConfiguration = domain.storeConfiguration(databaseURL: databaseURL)
+        var storeConfiguration = domain.storeConfiguration(databaseURL: databaseURL, masterKey: try EnvironmentVariables.masterKey())
         storeConfiguration.poolSize = 16
         storeConfiguration.connectTimeout = timeouts.connect
         storeConfiguration.statementTimeout = timeouts.statement

@@ -62,7 +62,7 @@ public enum ProjectionReplay {
     public static func run(
         _ projection: any Projection, databaseURL: String, dryRun: Bool = false, batchSize: Int = 1000,
         lockTimeout: Duration = .seconds(5), progress: (@Sendable (ReplayProgress) -> Void)? = nil,
-        upcasters: EventUpcasters = EventUpcasters(), logger: Logger = Logger(label: "eventline.replay")
+        reading: EventReading = EventReading(), logger: Logger = Logger(label: "eventline.replay")
     ) async throws -> ReplayResult {
         let connection = DedicatedConnection(conninfo: databaseURL, name: "eventline-replay-\(projection.name)") { conn in
             try conn.execute(unsafeSQL: "SET application_name = 'eventline-replay'")
@@ -77,7 +77,7 @@ public enum ProjectionReplay {
         return try await connection.run { conn in
             var replay = Replay(
                 projection: projection, databaseURL: databaseURL, conn: conn, batchSize: max(1, batchSize), progress: progress,
-                lockTimeoutMilliseconds: Int(lockTimeout.milliseconds), upcasters: upcasters)
+                lockTimeoutMilliseconds: Int(lockTimeout.milliseconds), reading: reading)
             return try replay.run(dryRun: dryRun)
         }
     }
@@ -94,7 +94,7 @@ private struct Replay {
     let batchSize: Int
     let progress: (@Sendable (ReplayProgress) -> Void)?
     let lockTimeoutMilliseconds: Int
-    let upcasters: EventUpcasters
+    let reading: EventReading
     var position = 0
     var applied = 0
 
@@ -103,9 +103,9 @@ private struct Replay {
 
     init(
         projection: any Projection, databaseURL: String, conn: PostgresConnection, batchSize: Int,
-        progress: (@Sendable (ReplayProgress) -> Void)?, lockTimeoutMilliseconds: Int, upcasters: EventUpcasters
+        progress: (@Sendable (ReplayProgress) -> Void)?, lockTimeoutMilliseconds: Int, reading: EventReading
     ) {
-        self.upcasters = upcasters
+        self.reading = reading
         self.projection = projection
         self.databaseURL = databaseURL
         self.conn = conn
@@ -179,7 +179,7 @@ private struct Replay {
                 // thread while this one applies, so the client's work overlaps PostgreSQL's.
                 let prefetcher = ReplayPrefetcher(
                     projection: projection, table: rebuild, databaseURL: databaseURL, after: position, upTo: goal, batchSize: batchSize,
-                    upcasters: upcasters)
+                    reading: reading)
                 defer { prefetcher.stop() }
                 while let batch = try prefetcher.next() {
                     try execute(batch, inTransaction: true)
@@ -200,7 +200,7 @@ private struct Replay {
     mutating func applyBatch(upTo goal: Int, inTransaction: Bool) throws {
         let batch = try ReplayBatch.read(
             projection: projection, table: rebuild, after: position, upTo: goal, batchSize: batchSize, inTransaction: inTransaction,
-            upcasters: upcasters, on: conn)
+            reading: reading, on: conn)
         try execute(batch, inTransaction: inTransaction)
     }
 
@@ -325,10 +325,10 @@ struct ReplayBatch: @unchecked Sendable {
     /// Reads the events after `after` up to `upTo` that `projection` handles, and builds their statements.
     static func read(
         projection: any Projection, table: String, after: Int, upTo goal: Int, batchSize: Int, inTransaction: Bool,
-        upcasters: EventUpcasters, on conn: PostgresConnection
+        reading: EventReading, on conn: PostgresConnection
     ) throws -> ReplayBatch {
         let events = try EventStore.readEvents(
-            on: conn, after: after, upTo: goal, types: projection.eventTypes, limit: batchSize, upcasters: upcasters)
+            on: conn, after: after, upTo: goal, types: projection.eventTypes, limit: batchSize, reading: reading)
         var batch = ReplayBatch(events: events, queries: [], owners: [], reached: events.count < batchSize ? goal : events.last!.position)
         batch.queries.reserveCapacity(events.count + 2)
         if inTransaction { batch.queries.append("BEGIN"); batch.owners.append(-1) }
@@ -359,19 +359,19 @@ final class ReplayPrefetcher: @unchecked Sendable {
 
     init(
         projection: any Projection, table: String, databaseURL: String, after: Int, upTo goal: Int, batchSize: Int,
-        upcasters: EventUpcasters
+        reading: EventReading
     ) {
         let thread = Thread { [self] in
             produce(
                 projection: projection, table: table, databaseURL: databaseURL, after: after, goal: goal, batchSize: batchSize,
-                upcasters: upcasters)
+                reading: reading)
         }
         thread.name = "eventline-replay-prefetch"
         thread.start()
     }
 
     private func produce(
-        projection: any Projection, table: String, databaseURL: String, after: Int, goal: Int, batchSize: Int, upcasters: EventUpcasters
+        projection: any Projection, table: String, databaseURL: String, after: Int, goal: Int, batchSize: Int, reading: EventReading
     ) {
         do {
             let conn = try PostgresConnection(conninfo: databaseURL)
@@ -382,7 +382,7 @@ final class ReplayPrefetcher: @unchecked Sendable {
             while position < goal {
                 let batch = try ReplayBatch.read(
                     projection: projection, table: table, after: position, upTo: goal, batchSize: batchSize, inTransaction: true,
-                    upcasters: upcasters, on: conn)
+                    reading: reading, on: conn)
                 condition.lock()
                 while ready.count >= 2 && !stopped { condition.wait() }
                 if stopped {

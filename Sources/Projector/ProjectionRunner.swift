@@ -34,6 +34,12 @@ public struct ProjectorConfiguration: Sendable {
     public var ownerName = "\(ProcessInfo.processInfo.hostName):\(getpid())"
     /// The domain's upcasters: handlers bind `:data.…` from events in their current shape.
     public var upcasters = EventUpcasters()
+    /// Opens the personal fields of events (nil: a projection of events with personal data
+    /// fails, and parks, until the projector runs with the master key).
+    public var masterKey: MasterKey? = nil
+
+    /// How events reach the handlers.
+    public var reading: EventReading { EventReading(upcasters: upcasters, masterKey: masterKey) }
 
     public init(databaseURL: String) {
         self.databaseURL = databaseURL
@@ -54,6 +60,8 @@ final class ProjectionRunner: LogConsumer {
     private let connection: DedicatedConnection
     let table: String
     private let metrics: Metrics
+    /// How events reach the handlers (one keyring for the runner's life).
+    private let reading: EventReading
 
     /// What the runner reports through swift-metrics (the process decides where it goes).
     struct Metrics: Sendable {
@@ -84,6 +92,7 @@ final class ProjectionRunner: LogConsumer {
         self.logger = logger
         self.table = ReadModelNames.qualified(projection.name)
         self.metrics = Metrics(projection: projection.name)
+        self.reading = configuration.reading
         self.connection = DedicatedConnection(conninfo: configuration.databaseURL, name: "eventline-projection-\(projection.name)") { conn in
             try conn.execute(unsafeSQL: "SET application_name = 'eventline-projector'")
             try conn.execute(unsafeSQL: "SET TimeZone = 'UTC'")
@@ -130,7 +139,7 @@ final class ProjectionRunner: LogConsumer {
             logger.notice("projection version changed: rebuilding it from the log", metadata: metadata)
             do {
                 let result = try await ProjectionReplay.run(
-                    projection, databaseURL: configuration.databaseURL, upcasters: configuration.upcasters, logger: logger)
+                    projection, databaseURL: configuration.databaseURL, reading: configuration.reading, logger: logger)
                 logger.notice("projection rebuilt", metadata: ["projection.checkpoint": "\(result.position)", "events": "\(result.events)"])
                 return try await takeLease()
             } catch let error as VersionChanged {
@@ -286,7 +295,7 @@ final class ProjectionRunner: LogConsumer {
         let projection = self.projection
         let table = self.table
         let batchSize = configuration.batchSize
-        let upcasters = configuration.upcasters
+        let reading = self.reading
         return try await connection.run { conn -> Step in
             guard conn.backendPID == lease.backendPID else { throw LogLeaseLost() }
             // The projection's state, its checkpoint and the log head in one round trip.
@@ -300,7 +309,7 @@ final class ProjectionRunner: LogConsumer {
             let head = try row.decode(1, as: Int.self)
             guard head > checkpoint else { return .caughtUp }
             let events = try EventStore.readEvents(
-                on: conn, after: checkpoint, upTo: head, types: projection.eventTypes, limit: batchSize, upcasters: upcasters)
+                on: conn, after: checkpoint, upTo: head, types: projection.eventTypes, limit: batchSize, reading: reading)
             // Caught up to the head when the page is short: events of other types are done too.
             let target = events.count < batchSize ? head : events.last!.position
             // The batch continues the trace of the request that wrote its first event, linked

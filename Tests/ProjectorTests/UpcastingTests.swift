@@ -91,7 +91,7 @@ struct UpcastingTests {
         }
         try await eventually("the projection caught up") { try await rows().count == 3 }
         #expect(try await rows() == ["1=1", "2=2", "3=3"])
-        let replay = try await ProjectionReplay.run(projection, databaseURL: test.url, dryRun: true, upcasters: Self.upcasters)
+        let replay = try await ProjectionReplay.run(projection, databaseURL: test.url, dryRun: true, reading: EventReading(upcasters: Self.upcasters))
         #expect(replay.matches == true)
         // Without the upcasters, the old data has no n: the replay cannot apply it.
         await #expect(throws: ReplayError.self) { try await ProjectionReplay.run(projection, databaseURL: test.url, dryRun: true) }
@@ -167,7 +167,7 @@ struct UpcastingTests {
                 INSERT INTO $table (id) VALUES (:id) RETURNING id
             """, source: "built.yaml")
         let error = await #expect(throws: (any Error).self) {
-            try await ProjectionReplay.run(projection, databaseURL: test.url, upcasters: Self.upcasters)
+            try await ProjectionReplay.run(projection, databaseURL: test.url, reading: EventReading(upcasters: Self.upcasters))
         }
         #expect("\(error.map { "\($0)" } ?? "")".contains("ThingBuilt is renamed to ThingMade"))
         await test.store.shutdown()

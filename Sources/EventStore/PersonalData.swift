@@ -1,0 +1,352 @@
+import Foundation
+import PostgresClient
+import Synchronization
+
+/// The key that wraps every subject's data key (`EVENTLINE_MASTER_KEY`: 32 random bytes in
+/// base64). Data keys are stored only wrapped by it, so a database dump alone reveals no
+/// personal data. Its `id` (a fingerprint, not the key) is stored with each wrapped key, so a
+/// process started with another master key says so instead of failing obscurely.
+public struct MasterKey: Sendable {
+    let bytes: [UInt8]
+    /// The first 16 hex digits of SHA-256 over a fixed label and the key.
+    public let id: String
+
+    public init(bytes: [UInt8]) throws(EventStoreError) {
+        guard bytes.count == AESGCM.keySize else {
+            throw .invalidArgument("a master key is \(AESGCM.keySize) bytes, got \(bytes.count)")
+        }
+        self.bytes = bytes
+        self.id = String(SHA256.hex(Array("eventline master key id\0".utf8) + bytes).prefix(16))
+    }
+
+    /// A key written as base64 (surrounding white space ignored).
+    public init(base64 text: String) throws(EventStoreError) {
+        guard let decoded = Data(base64Encoded: text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw .invalidArgument("the master key is not base64 (make one with: openssl rand -base64 32)")
+        }
+        try self.init(bytes: Array(decoded))
+    }
+
+    /// A new random key.
+    public static func generate() -> MasterKey {
+        // 32 random bytes are always a valid key.
+        try! MasterKey(bytes: AESGCM.randomBytes(AESGCM.keySize))
+    }
+
+    public var base64: String { Data(bytes).base64EncodedString() }
+
+    func wrap(_ dataKey: [UInt8], subject: String) -> [UInt8] {
+        AESGCM.seal(dataKey, key: bytes, authenticating: Self.label(subject))
+    }
+
+    func unwrap(_ wrapped: [UInt8], subject: String) throws(AESGCM.AuthenticationFailure) -> [UInt8] {
+        try AESGCM.open(wrapped, key: bytes, authenticating: Self.label(subject))
+    }
+
+    /// The wrapped key is bound to its subject: a row copied to another subject does not open.
+    private static func label(_ subject: String) -> [UInt8] { Array("eventline subject key\0\(subject)".utf8) }
+}
+
+/// The personal data an event carries: whose it is (the subject, any string: a customer id,
+/// an account stream) and where it is in the event's data (member paths such as `email` or
+/// `address.street`). Those fields are stored encrypted under the subject's own key, and read
+/// as `null` once the subject is forgotten.
+public struct PersonalData: Sendable, Hashable {
+    public var subject: String
+    public var fields: [String]
+
+    public init(subject: String, fields: [String]) {
+        self.subject = subject
+        self.fields = fields
+    }
+
+    /// The metadata member that records an event's personal data (reserved: an append may not set it).
+    public static let metadataKey = "personal"
+    static let maxFields = 64
+    static let maxSubjectBytes = 255
+    /// How a sealed field's value starts in the stored data.
+    static let sealedPrefix = "eventline:sealed:v1:"
+
+    /// Why this declaration cannot be stored with `data`, or nil.
+    func problem(in data: JSONValue) -> String? {
+        if let problem = Self.subjectProblem(subject) { return problem }
+        guard !fields.isEmpty else { return "a subject needs personal fields: name them in \"personal\"" }
+        guard fields.count <= Self.maxFields else { return "at most \(Self.maxFields) personal fields, got \(fields.count)" }
+        guard case .object = data else { return "personal fields need data that is a JSON object" }
+        var seen = Set<String>()
+        for path in fields {
+            let segments = path.split(separator: ".", omittingEmptySubsequences: false)
+            guard !path.isEmpty, segments.allSatisfy({ !$0.isEmpty }) else {
+                return "personal field \(JSONValue.quoted(path)) is not a path of member names such as email or address.street"
+            }
+            guard seen.insert(path).inserted else { return "personal field \(path) is named twice" }
+            if let other = fields.first(where: { $0 != path && $0.hasPrefix(path + ".") }) {
+                return "personal fields \(path) and \(other) overlap"
+            }
+            switch data.value(at: path) {
+            case nil:
+                return "personal field \(path) is not in the event's data"
+            case .string?, .integer?, .number?, .object?:
+                continue
+            case .null?, .bool?, .array?:
+                return "personal field \(path) must be a string, a number or an object"
+            }
+        }
+        return nil
+    }
+
+    /// Why `subject` cannot name a subject, or nil.
+    public static func subjectProblem(_ subject: String) -> String? {
+        if subject.isEmpty { return "the subject is empty" }
+        if subject.utf8.count > maxSubjectBytes { return "the subject is longer than \(maxSubjectBytes) bytes" }
+        if subject.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
+            return "the subject contains a control character"
+        }
+        return nil
+    }
+
+    /// What authenticates a field's ciphertext: a box moved to another event, field or subject does not open.
+    private static func label(event id: UUID, subject: String, path: String) -> [UInt8] {
+        Array("eventline personal field\0\(id.uuidString.lowercased())\0\(subject)\0\(path)".utf8)
+    }
+
+    /// `data` and `metadata` with the personal fields sealed under `key` and the declaration
+    /// recorded in the metadata.
+    func seal(data: JSONValue, metadata: [String: JSONValue], event id: UUID, key: [UInt8]) -> (data: Data, metadata: Data) {
+        var sealed = data
+        for path in fields {
+            guard let value = data.value(at: path) else { continue }  // checked by `problem(in:)`
+            let box = AESGCM.seal(Array(value.jsonText.utf8), key: key, authenticating: Self.label(event: id, subject: subject, path: path))
+            sealed.set(.string(Self.sealedPrefix + Data(box).base64EncodedString()), at: path)
+        }
+        var metadata = metadata
+        metadata[Self.metadataKey] = .object(["subject": .string(subject), "fields": .array(fields.map(JSONValue.string))])
+        return (Data(sealed.jsonText.utf8), JSONValue.jsonData(metadata))
+    }
+
+    /// The declaration recorded in stored metadata, if any.
+    static func recorded(in metadata: Data) -> PersonalData? {
+        // Most events carry none: look for the member's name before parsing.
+        guard metadata.range(of: Data("\"\(metadataKey)\"".utf8)) != nil,
+            case .object(let members)? = try? JSONValue(parsing: metadata),
+            case .object(let declaration)? = members[metadataKey],
+            case .string(let subject)? = declaration["subject"],
+            case .array(let paths)? = declaration["fields"]
+        else { return nil }
+        return PersonalData(subject: subject, fields: paths.compactMap(\.stringValue))
+    }
+
+    /// The event as readers see it: its personal fields opened with `key`, or, with no key (the
+    /// subject is forgotten), `null`, its metadata then listing them as `erased`.
+    func open(_ event: RecordedEvent, key: [UInt8]?) throws -> RecordedEvent {
+        var event = event
+        var data = try JSONValue(parsing: event.data)
+        for path in fields {
+            guard case .string(let stored)? = data.value(at: path) else { continue }
+            guard let key else {
+                data.set(.null, at: path)
+                continue
+            }
+            guard stored.hasPrefix(Self.sealedPrefix),
+                let box = Data(base64Encoded: String(stored.dropFirst(Self.sealedPrefix.count))),
+                let plain = try? AESGCM.open(box, key: key, authenticating: Self.label(event: event.id, subject: subject, path: path)),
+                let value = try? JSONValue(parsing: Data(plain))
+            else {
+                throw EventStoreError(
+                    code: .corruptEvent, message: "event \(event.position): its personal field \(path) does not open under its subject's key",
+                    stream: event.stream)
+            }
+            data.set(value, at: path)
+        }
+        event.data = Data(data.jsonText.utf8)
+        if key == nil, case .object(var metadata)? = try? JSONValue(parsing: event.metadata),
+            case .object(var declaration)? = metadata[Self.metadataKey]
+        {
+            declaration["erased"] = .array(fields.map(JSONValue.string))
+            metadata[Self.metadataKey] = .object(declaration)
+            event.metadata = JSONValue.jsonData(metadata)
+        }
+        return event
+    }
+}
+
+/// The data keys of subjects, wrapped by the master key in `eventline.subject_keys`.
+///
+/// Writers keep the keys they used in memory (a key never changes until it is destroyed);
+/// readers look them up for every page, so a forget is seen by the next read in any process.
+final class SubjectKeyring: Sendable {
+    let masterKey: MasterKey
+    private let cache = Mutex<[String: [UInt8]]>([:])
+    private static let maxCached = 100_000
+
+    init(masterKey: MasterKey) {
+        self.masterKey = masterKey
+    }
+
+    /// The data keys of `subjects` for sealing, each created on first use. Throws
+    /// `.subjectForgotten` for a subject whose key was destroyed: it never comes back.
+    func keysForWriting(_ subjects: Set<String>, pool: PostgresConnectionPool) async throws -> [String: [UInt8]] {
+        var keys: [String: [UInt8]] = [:]
+        let missing = cache.withLock { cache in
+            subjects.filter { subject in
+                guard let key = cache[subject] else { return true }
+                keys[subject] = key
+                return false
+            }
+        }
+        guard !missing.isEmpty else { return keys }
+        let names = missing.sorted()
+        let masterKey = self.masterKey
+        let wrapped = names.map { masterKey.wrap(AESGCM.randomBytes(AESGCM.keySize), subject: $0) }
+        let rows = try await pool.withConnection { conn in
+            // Two statements, each with its own snapshot: the second sees a key another
+            // process created while the first waited for it.
+            let results = try conn.pipeline([
+                SQLQuery("""
+                    INSERT INTO eventline.subject_keys (subject, wrapped_key, master_key_id)
+                    SELECT * FROM unnest(\(PostgresBinaryArray(text: names)), \(PostgresBinaryArray(bytea: wrapped.map { Data($0) })),
+                                         \(PostgresBinaryArray(text: names.map { _ in masterKey.id })))
+                    ON CONFLICT (subject) DO NOTHING
+                    """),
+                SQLQuery("""
+                    SELECT subject, wrapped_key, master_key_id FROM eventline.subject_keys
+                    WHERE subject = ANY(\(PostgresBinaryArray(text: names)))
+                    """),
+            ])
+            return try results[1].get().rows.map { row in
+                (subject: try row.decode(0, as: String.self), wrapped: try row.decode(1, as: Data?.self), keyID: try row.decode(2, as: String?.self))
+            }
+        }
+        var opened: [String: [UInt8]] = [:]
+        for row in rows {
+            guard let wrapped = row.wrapped else { throw EventStoreError.subjectForgotten(row.subject) }
+            opened[row.subject] = try unwrap(Array(wrapped), subject: row.subject, keyID: row.keyID)
+        }
+        cache.withLock { cache in
+            if cache.count + opened.count > Self.maxCached { cache = [:] }
+            cache.merge(opened) { _, new in new }
+        }
+        return keys.merging(opened) { _, new in new }
+    }
+
+    /// Drops a subject's key from this process's memory.
+    func forget(_ subject: String) {
+        _ = cache.withLock { $0.removeValue(forKey: subject) }
+    }
+
+    /// The data keys of `subjects` for reading, looked up now; a forgotten or unknown subject
+    /// has none.
+    func keysForReading(_ subjects: Set<String>, on conn: PostgresConnection) throws -> [String: [UInt8]] {
+        let rows = try conn.query("""
+            SELECT subject, wrapped_key, master_key_id FROM eventline.subject_keys
+            WHERE subject = ANY(\(PostgresBinaryArray(text: Array(subjects)))) AND wrapped_key IS NOT NULL
+            """).rows
+        var keys: [String: [UInt8]] = [:]
+        for row in rows {
+            let subject = try row.decode(0, as: String.self)
+            keys[subject] = try unwrap(Array(try row.decode(1, as: Data.self)), subject: subject, keyID: try row.decode(2, as: String?.self))
+        }
+        return keys
+    }
+
+    private func unwrap(_ wrapped: [UInt8], subject: String, keyID: String?) throws(EventStoreError) -> [UInt8] {
+        do {
+            return try masterKey.unwrap(wrapped, subject: subject)
+        } catch {
+            throw EventStoreError.masterKeyMismatch(subject: subject, storedID: keyID, configuredID: masterKey.id)
+        }
+    }
+}
+
+/// How stored events become what readers see: personal fields opened with their subject's key
+/// (or `null` once it is forgotten), then upcast to the domain's current shapes.
+public struct EventReading: Sendable {
+    public var upcasters: EventUpcasters
+    let keyring: SubjectKeyring?
+
+    public init(upcasters: EventUpcasters = EventUpcasters(), masterKey: MasterKey? = nil) {
+        self.upcasters = upcasters
+        self.keyring = masterKey.map(SubjectKeyring.init(masterKey:))
+    }
+
+    init(upcasters: EventUpcasters, keyring: SubjectKeyring?) {
+        self.upcasters = upcasters
+        self.keyring = keyring
+    }
+
+    /// Events from rows of `SELECT \(EventStore.eventColumns) FROM eventline.events`: payloads
+    /// decompressed, personal data opened (its keys looked up on `conn`), then upcast.
+    package func decode(_ result: PostgresResult, on conn: PostgresConnection) throws -> [RecordedEvent] {
+        try readable(EventStore.storedEvents(result), on: conn)
+    }
+
+    /// Stored events as readers see them.
+    func readable(_ stored: [RecordedEvent], on conn: PostgresConnection) throws -> [RecordedEvent] {
+        var events = stored
+        var declared: [Int: PersonalData] = [:]
+        for (index, event) in events.enumerated() {
+            if let personal = PersonalData.recorded(in: event.metadata) { declared[index] = personal }
+        }
+        if !declared.isEmpty {
+            guard let keyring else { throw EventStoreError.noMasterKey(reading: events[declared.keys.min()!]) }
+            let keys = try keyring.keysForReading(Set(declared.values.map(\.subject)), on: conn)
+            for (index, personal) in declared {
+                events[index] = try personal.open(events[index], key: keys[personal.subject])
+            }
+        }
+        return try events.map { try EventStore.upcast($0, upcasters) }
+    }
+}
+
+extension EventStoreError {
+    static func subjectForgotten(_ subject: String) -> Self {
+        EventStoreError(
+            code: .subjectForgotten,
+            message: "subject \(JSONValue.quoted(subject)) is forgotten: its key was destroyed, and no personal data of it is stored again")
+    }
+
+    static func masterKeyMismatch(subject: String, storedID: String?, configuredID: String) -> Self {
+        EventStoreError(
+            code: .masterKey,
+            message: "the master key (id \(configuredID)) does not open the key of subject \(JSONValue.quoted(subject)), wrapped under master key id \(storedID ?? "unknown"): start the process with the master key the data keys were wrapped with")
+    }
+
+    static func noMasterKey(reading event: RecordedEvent) -> Self {
+        EventStoreError(
+            code: .masterKey,
+            message: "event \(event.position) holds personal data and no master key is configured: set EVENTLINE_MASTER_KEY or EVENTLINE_MASTER_KEY_FILE",
+            stream: event.stream)
+    }
+
+    static let noMasterKeyForWriting = EventStoreError(
+        code: .masterKey,
+        message: "events with personal fields need a master key, and none is configured: set EVENTLINE_MASTER_KEY or EVENTLINE_MASTER_KEY_FILE (nothing was stored)")
+}
+
+extension JSONValue {
+    /// The value at a dotted path of member names, or nil when a member is missing.
+    func value(at path: String) -> JSONValue? {
+        var current = self
+        for name in path.split(separator: ".") {
+            guard case .object(let members) = current, let next = members[String(name)] else { return nil }
+            current = next
+        }
+        return current
+    }
+
+    /// Replaces the value at a dotted path whose members exist.
+    mutating func set(_ value: JSONValue, at path: String) {
+        set(value, at: path.split(separator: ".").map(String.init)[...])
+    }
+
+    private mutating func set(_ value: JSONValue, at path: ArraySlice<String>) {
+        guard let first = path.first else {
+            self = value
+            return
+        }
+        guard case .object(var members) = self, var child = members[first] else { return }
+        child.set(value, at: path.dropFirst())
+        members[first] = child
+        self = .object(members)
+    }
+}

@@ -26,6 +26,17 @@ public protocol DomainCommand: Codable, Sendable {
 public protocol DomainEvent: Codable, Sendable {
     /// The name the event is stored under.
     static var typeName: String { get }
+    /// Member paths of the event's data that are personal data (`["owner"]`,
+    /// `["address.street"]`): stored encrypted under the key of `subject(ofStream:)`, and read
+    /// as `null` once that subject is forgotten. None by default.
+    static var personalFields: [String] { get }
+    /// Whose personal data the event holds: by default the stream it belongs to (the account).
+    static func subject(ofStream stream: String) -> String
+}
+
+extension DomainEvent {
+    public static var personalFields: [String] { [] }
+    public static func subject(ofStream stream: String) -> String { stream }
 }
 
 /// A broken business rule: the command is refused and nothing is written. `code` is stable and
@@ -108,6 +119,8 @@ public struct AggregateCodec<A: Aggregate>: Sendable {
     /// The schema version each event type is written at.
     public let eventVersions: [String: Int]
     public let upcasters: EventUpcasters
+    /// The personal fields its event types declare.
+    public let personalData: PersonalDataDeclarations
 
     public init() {
         var commands: [String: any DomainCommand.Type] = [:]
@@ -123,6 +136,11 @@ public struct AggregateCodec<A: Aggregate>: Sendable {
         commandTypes = commands
         eventTypes = events
         upcasters = A.upcasters
+        var personal = PersonalDataDeclarations()
+        for type in A.events where !type.personalFields.isEmpty {
+            personal.declare(type.typeName, fields: type.personalFields) { type.subject(ofStream: $0) }
+        }
+        personalData = personal
         eventVersions = events.keys.reduce(into: [:]) { versions, name in versions[name] = A.upcasters.currentVersion(of: name) }
     }
 

@@ -257,6 +257,8 @@ public final class CommandHandler<A: Aggregate>: Sendable {
     }
 
     private func apply(_ recorded: RecordedEvent, to state: A.State, in stream: StreamName) throws -> A.State {
+        // A deleted stream takes no command (its append would be refused too).
+        if recorded.type == EventStore.tombstoneType { throw EventStoreError.streamDeleted(stream.rawValue) }
         let decoded: (any DomainEvent)?
         do {
             decoded = try codec.event(codec.upcasters.isEmpty ? recorded : codec.upcasters.upcast(recorded))

@@ -131,6 +131,9 @@ public struct CloseAccount: DomainCommand, Hashable {
 
 public struct AccountOpened: DomainEvent, Hashable {
     public static let typeName = "AccountOpened"
+    /// The owner's name is personal data of the account (subject `account-<id>`, the stream):
+    /// stored encrypted, and read as null once the account is forgotten.
+    public static let personalFields = ["owner"]
     public var owner: String
     public var currency: String
     public init(owner: String, currency: String) {

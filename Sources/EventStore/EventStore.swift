@@ -48,6 +48,8 @@ public struct EventStoreConfiguration: Sendable {
     /// Wraps the data keys of subjects whose personal fields are stored encrypted (nil: events
     /// with personal fields are refused, and events that hold some cannot be read).
     public var masterKey: MasterKey? = nil
+    /// What the domain declares personal: sealed in every append of those types.
+    public var personalData = PersonalDataDeclarations()
 
     public init(databaseURL: String) {
         self.databaseURL = databaseURL
@@ -68,7 +70,7 @@ public struct EventStoreConfiguration: Sendable {
 public final class EventStore: Sendable {
     public let configuration: EventStoreConfiguration
     let pool: PostgresConnectionPool
-    private let writer: LogWriter
+    let writer: LogWriter
     /// This process's owner identity for idempotency reservations.
     let presence: PresenceSession
     let logger: Logger
@@ -137,11 +139,16 @@ public final class EventStore: Sendable {
         return try await writer.append(prepared)
     }
 
-    private func prepare(_ stream: StreamName, expected: ExpectedVersion, events: [NewEvent]) throws(EventStoreError) -> PreparedAppend {
+    func prepare(
+        _ stream: StreamName, expected: ExpectedVersion, events: [NewEvent], platform: Bool = false
+    ) throws(EventStoreError) -> PreparedAppend {
         if case .exact(let version) = expected, version < 0 {
             throw .invalidArgument("the expected version must be 0 or more, got \(version)")
         }
         guard !events.isEmpty else { throw .invalidEvent("an append needs at least one event", stream: stream.rawValue) }
+        if !platform, stream.rawValue.hasPrefix("$") {
+            throw .invalidStreamName(stream.rawValue, reason: "streams whose names start with $ are the platform's")
+        }
         guard events.count <= configuration.maxEventsPerAppend else {
             throw .invalidEvent(
                 "an append may carry at most \(configuration.maxEventsPerAppend) events, got \(events.count)",
@@ -157,6 +164,9 @@ public final class EventStore: Sendable {
                 .invalidEvent("event \(index + 1): \(problem)", stream: stream.rawValue)
             }
             if let problem = EventTypeName.problem(with: event.type) { throw invalid(problem) }
+            if !platform, event.type.hasPrefix("$") {
+                throw invalid("event types starting with $ are the platform's (\(event.type)); a stream is deleted with DELETE /v1/streams/{stream}")
+            }
             if events.count > 1 {
                 guard seen.insert(event.id).inserted else {
                     throw invalid("event id \(event.id.uuidString.lowercased()) appears twice in the append")
@@ -180,9 +190,15 @@ public final class EventStore: Sendable {
             {
                 throw invalid(problem)
             }
-            if let personal = event.personal {
+            var declared = event.personal
+            var parsed: JSONValue? = nil
+            if declared == nil, !platform, configuration.personalData.byType[event.type] != nil {
+                parsed = try? JSONValue(parsing: event.data)
+                declared = parsed.flatMap { configuration.personalData.personalData(type: event.type, stream: stream.rawValue, data: $0) }
+            }
+            if let personal = declared {
                 // Checked before any key is looked up or made: bad input writes nothing.
-                guard let data = try? JSONValue(parsing: event.data) else { throw invalid("data is not valid JSON") }
+                guard let data = try? parsed ?? JSONValue(parsing: event.data) else { throw invalid("data is not valid JSON") }
                 if let problem = personal.problem(in: data) { throw invalid(problem) }
                 guard case .object(let metadata)? = try? JSONValue(parsing: event.metadata) else { throw invalid("metadata is not a JSON object") }
                 if metadata[PersonalData.metadataKey] != nil {
@@ -330,7 +346,25 @@ public final class EventStore: Sendable {
             query = "SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE stream = \(name) AND version <= \(from ?? Int(Int64.max)) ORDER BY version DESC LIMIT \(limit)"
         }
         return try await translatingErrors(stream: name) {
-            try await pool.withConnection { conn in try self.decodeEvents(conn.query(query), on: conn) }
+            try await pool.withConnection { conn in
+                let result = try conn.query(query)
+                // A deleted stream is not read. Its last event is its tombstone: a page that
+                // reaches the stream's end shows whether it is one; otherwise one look-up does.
+                let reachesEnd: Bool
+                switch direction {
+                case .forward: reachesEnd = result.count > 0 && result.count < limit
+                case .backward: reachesEnd = from == nil && result.count > 0
+                }
+                let deleted: Bool
+                if reachesEnd {
+                    let lastRow = direction == .forward ? result.count - 1 : 0
+                    deleted = try result[lastRow].decode(4, as: String.self) == Self.tombstoneType
+                } else {
+                    deleted = try Self.isDeleted(name, on: conn)
+                }
+                if deleted { throw EventStoreError.streamDeleted(name) }
+                return try self.decodeEvents(result, on: conn)
+            }
         }
     }
 

@@ -81,6 +81,11 @@ public struct EventStoreError: Error, Sendable, CustomStringConvertible {
 
     public var description: String { message }
 
+    /// The stream is closed by its tombstone.
+    public static func streamDeleted(_ stream: String) -> Self {
+        EventStoreError(code: .streamDeleted, message: "stream \(stream) is deleted: it is neither read nor written again", stream: stream)
+    }
+
     static func wrongExpectedVersion(_ stream: String, expected: ExpectedVersion, current: Int) -> Self {
         EventStoreError(
             code: .wrongExpectedVersion,

@@ -34,6 +34,10 @@ struct PreparedAppend: Sendable {
     /// The appender's trace context (with a tracer installed), for the group commit's span.
     var trace: ServiceContext? = nil
 
+    /// Statements that run in the transaction that writes this append, after its events, and
+    /// only if they are written (not for a failed append, nor for a retry already in the log).
+    var effects: [SQLQuery] = []
+
     /// Whether some events have personal fields still to seal.
     var personal: Bool { events.contains { $0.personal != nil } }
 }
@@ -424,6 +428,8 @@ final class LogWriter: Sendable {
     private struct Known {
         var head: Int? = nil
         var versions: [String: Int] = [:]
+        /// Streams closed by a tombstone.
+        var deleted: Set<String> = []
         /// Batches left to write the long way after the fast path found another writer.
         var pausedBatches = 0
         static let maxStreams = 100_000
@@ -431,11 +437,14 @@ final class LogWriter: Sendable {
         mutating func forget() {
             head = nil
             versions = [:]
+            deleted = []
         }
 
-        mutating func learn(head newHead: Int, versions learned: [String: Int]) {
+        mutating func learn(head newHead: Int, versions learned: [String: Int], deleted closed: Set<String>) {
             if versions.count + learned.count > Self.maxStreams { versions = [:] }
+            if deleted.count + closed.count > Self.maxStreams { deleted = [] }
             versions.merge(learned) { _, new in new }
+            deleted.formUnion(closed)
             head = newHead
         }
     }
@@ -445,7 +454,8 @@ final class LogWriter: Sendable {
     /// `versions` and the ids already `existing` in the log; plans the rows from `head + 1`.
     /// `versions` ends holding every stream's version after the batch.
     private func decide(
-        _ appends: [PreparedAppend], head: Int, versions: inout [String: Int], existing: [UUID: ExistingEvent], now: Date
+        _ appends: [PreparedAppend], head: Int, versions: inout [String: Int], deleted: inout Set<String>,
+        existing: [UUID: ExistingEvent], now: Date
     ) -> (outcomes: [Result<AppendResult, any Error>], rows: [Row]) {
         var existing = existing
         var outcomes: [Result<AppendResult, any Error>] = []
@@ -458,10 +468,16 @@ final class LogWriter: Sendable {
                 outcomes.append(replay)
                 continue
             }
+            // A tombstone closes its stream for good: nothing is appended after it.
+            guard !deleted.contains(stream) else {
+                outcomes.append(.failure(EventStoreError.streamDeleted(stream)))
+                continue
+            }
             guard append.expected.isSatisfied(by: current) else {
                 outcomes.append(.failure(EventStoreError.wrongExpectedVersion(stream, expected: append.expected, current: current)))
                 continue
             }
+            if append.events.contains(where: { $0.type == EventStore.tombstoneType }) { deleted.insert(stream) }
             var appended: [AppendedEvent] = []
             for (offset, event) in append.events.enumerated() {
                 let version = current + offset + 1
@@ -523,7 +539,10 @@ final class LogWriter: Sendable {
             guard let head = known.head else { return nil }
             var versions: [String: Int] = [:]
             for append in appends {
+                // Effects, and appends to deleted streams (refused), go the long way.
+                guard append.effects.isEmpty else { return nil }
                 let stream = append.stream.rawValue
+                if known.deleted.contains(stream) { return nil }
                 if versions[stream] != nil { continue }
                 if let version = known.versions[stream] {
                     versions[stream] = version
@@ -538,8 +557,9 @@ final class LogWriter: Sendable {
         }
         guard let plan else { return nil }
         var versions = plan.versions
+        var deleted: Set<String> = []
         // The time is a placeholder until the database answers; it is not written.
-        var (outcomes, rows) = decide(appends, head: plan.head, versions: &versions, existing: [:], now: Date())
+        var (outcomes, rows) = decide(appends, head: plan.head, versions: &versions, deleted: &deleted, existing: [:], now: Date())
         guard let firstRow = rows.first,
             !outcomes.contains(where: { if case .failure = $0 { true } else { false } }),
             rows.count <= Self.maxRowsPerInsert, rows.reduce(0, { $0 + $1.event.storedData.count }) <= Self.maxBytesPerInsert
@@ -600,7 +620,7 @@ final class LogWriter: Sendable {
                 return result
             }
         }
-        known.withLock { $0.learn(head: newHead, versions: versions) }
+        known.withLock { $0.learn(head: newHead, versions: versions, deleted: deleted) }
         committed(appends, rows: rows.count)
         return outcomes
     }
@@ -641,9 +661,13 @@ final class LogWriter: Sendable {
             "BEGIN ISOLATION LEVEL READ COMMITTED",
             SQLQuery("SELECT position, clock_timestamp() FROM eventline.log_head FOR UPDATE").prepared(),
             // Read after the head lock is held: each statement sees every batch committed before.
+            // Each stream's last event: its version, and whether it is a tombstone.
             SQLQuery("""
-                SELECT name, (SELECT max(version) FROM eventline.events WHERE stream = name)
+                SELECT name, last.version, last.type
                 FROM unnest(\(PostgresBinaryArray(text: streams))) AS batch (name)
+                LEFT JOIN LATERAL (
+                    SELECT version, type FROM eventline.events WHERE stream = name ORDER BY version DESC LIMIT 1
+                ) last ON true
                 """).prepared(),
         ]
         reads.append(SQLQuery("""
@@ -666,8 +690,11 @@ final class LogWriter: Sendable {
         let head = try headRow.decode(0, as: Int.self)
         let now = try headRow.decode(1, as: Date.self)
         var versions: [String: Int] = [:]
+        var deleted: Set<String> = []
         for row in readResults[2].rows {
-            versions[try row.decode(0, as: String.self)] = try row.decode(1, as: Int?.self) ?? 0
+            let stream = try row.decode(0, as: String.self)
+            versions[stream] = try row.decode(1, as: Int?.self) ?? 0
+            if try row.decode(2, as: String?.self) == EventStore.tombstoneType { deleted.insert(stream) }
         }
         var existing: [UUID: ExistingEvent] = [:]
         for row in readResults[3].rows {
@@ -680,11 +707,11 @@ final class LogWriter: Sendable {
             if known.head != head { known.forget() }
         }
 
-        let (outcomes, rows) = decide(appends, head: head, versions: &versions, existing: existing, now: now)
+        let (outcomes, rows) = decide(appends, head: head, versions: &versions, deleted: &deleted, existing: existing, now: now)
         guard let firstRow = rows.first else {
             // Nothing to write: release the head lock.
             conn.rollbackQuietly()
-            known.withLock { $0.learn(head: head, versions: versions) }
+            known.withLock { $0.learn(head: head, versions: versions, deleted: deleted) }
             return outcomes
         }
 
@@ -709,6 +736,11 @@ final class LogWriter: Sendable {
                 """).prepared())
             start = end
         }
+        // The effects of the appends written here, in the same transaction.
+        for (append, outcome) in zip(appends, outcomes) {
+            guard case .success(let result) = outcome, !result.wasAlreadyAppended else { continue }
+            writes += append.effects
+        }
         let newHead = rows[rows.count - 1].position
         // The notification is delivered at COMMIT, so listeners never hear of uncommitted events.
         writes.append(SQLQuery("""
@@ -730,7 +762,7 @@ final class LogWriter: Sendable {
             known.withLock { $0.forget() }
             throw BatchFailure.statement(error)
         }
-        known.withLock { $0.learn(head: newHead, versions: versions) }
+        known.withLock { $0.learn(head: newHead, versions: versions, deleted: deleted) }
         committed(appends, rows: rows.count)
         return outcomes
     }

@@ -170,6 +170,50 @@ public struct PersonalData: Sendable, Hashable {
     }
 }
 
+/// What a domain declares personal, per event type: the member paths of the data, and whose
+/// they are (by default the subject is the event's stream, as `account-42`). The store seals
+/// those fields in every append of the type, commands and raw appends alike, unless the append
+/// names its personal data itself. A declared field that is absent or `null` is skipped.
+public struct PersonalDataDeclarations: Sendable {
+    public struct Declaration: Sendable {
+        public var fields: [String]
+        public var subject: @Sendable (_ stream: String) -> String
+    }
+
+    public private(set) var byType: [String: Declaration] = [:]
+
+    public init() {}
+
+    public var isEmpty: Bool { byType.isEmpty }
+
+    /// Declares `fields` of `type` personal data of `subject(stream)`.
+    public mutating func declare(_ type: String, fields: [String], subject: @escaping @Sendable (_ stream: String) -> String = { $0 }) {
+        precondition(!fields.isEmpty, "a personal-data declaration of \(type) needs fields")
+        precondition(byType[type] == nil, "\(type) has two personal-data declarations")
+        byType[type] = Declaration(fields: fields, subject: subject)
+    }
+
+    public mutating func merge(_ other: PersonalDataDeclarations) {
+        for (type, declaration) in other.byType {
+            precondition(byType[type] == nil, "\(type) has two personal-data declarations")
+            byType[type] = declaration
+        }
+    }
+
+    /// The personal data an event of `type` in `stream` with `data` holds, or nil.
+    func personalData(type: String, stream: String, data: JSONValue) -> PersonalData? {
+        guard let declaration = byType[type] else { return nil }
+        let present = declaration.fields.filter { path in
+            switch data.value(at: path) {
+            case .string?, .integer?, .number?, .object?: true
+            default: false
+            }
+        }
+        guard !present.isEmpty else { return nil }
+        return PersonalData(subject: declaration.subject(stream), fields: present)
+    }
+}
+
 /// The data keys of subjects, wrapped by the master key in `eventline.subject_keys`.
 ///
 /// Writers keep the keys they used in memory (a key never changes until it is destroyed);

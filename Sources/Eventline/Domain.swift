@@ -34,6 +34,8 @@ public struct Domain: Sendable {
     /// Every registered aggregate's upcasters, plus any registered directly (for events no
     /// aggregate reads, such as those only projections follow).
     public private(set) var upcasters = EventUpcasters()
+    /// Every registered aggregate's personal-data declarations.
+    public private(set) var personalData = PersonalDataDeclarations()
 
     private var aggregates: [@Sendable (EventStore, Logger, inout CommandRegistry) -> Void] = []
     private var reactorFactories: [(name: String, make: @Sendable (EventStore, Logger) -> any Reactor)] = []
@@ -70,6 +72,7 @@ public struct Domain: Sendable {
         }
         categories.append(A.category)
         upcasters.merge(A.upcasters)
+        personalData.merge(codec.personalData)
         aggregates.append { store, logger, registry in registry.register(CommandHandler<A>(store: store, logger: logger)) }
     }
 
@@ -113,6 +116,7 @@ public struct Domain: Sendable {
     public func storeConfiguration(databaseURL: String, masterKey: MasterKey? = nil) -> EventStoreConfiguration {
         var configuration = EventStoreConfiguration(databaseURL: databaseURL)
         configuration.upcasters = upcasters
+        configuration.personalData = personalData
         configuration.masterKey = masterKey
         return configuration
     }

@@ -16,14 +16,19 @@ import Logging
 /// ```
 public struct DomainTestServer: Sendable {
     public let domain: Domain
-    /// The database and a store over it (with the domain's upcasters).
+    /// The database and a store over it (with the domain's upcasters and personal data, and a
+    /// master key made for the test).
     public let test: TestStore
     /// The projections run while `run` runs.
     public let projections: [YAMLProjection]
 
     /// A new database for `domain`; `projections` is a directory of YAML projections (nil: none).
     public static func make(_ domain: Domain, projections directory: String? = nil, label: String? = nil) async throws -> DomainTestServer {
-        let test = try await TestStore.make(label ?? domain.name) { $0.upcasters = domain.upcasters }
+        let masterKey = MasterKey.generate()
+        let test = try await TestStore.make(label ?? domain.name) { configuration in
+            configuration = domain.storeConfiguration(databaseURL: configuration.databaseURL, masterKey: masterKey)
+            configuration.subscriptionPollInterval = .milliseconds(500)
+        }
         let projections = try directory.map(ProjectionDirectory.load) ?? []
         return DomainTestServer(domain: domain, test: test, projections: projections)
     }
@@ -36,7 +41,7 @@ public struct DomainTestServer: Sendable {
         configuration.port = 0
         let app = Eventline.application(domain, store: store, configuration: configuration, logger: logger)
         let projector = projections.isEmpty ? nil : Projector(
-            projections: projections, configuration: domain.projectorConfiguration(databaseURL: test.url), logger: logger)
+            projections: projections, configuration: domain.projectorConfiguration(databaseURL: test.url, masterKey: test.store.configuration.masterKey), logger: logger)
         let projecting = Task { try await projector?.run() }
         let outcome: Result<T, any Error>
         do {

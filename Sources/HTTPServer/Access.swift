@@ -44,6 +44,8 @@ final class AccessControl: Sendable {
             if method == .put || method == .delete || path.contains("/parked/retry") { return .admin }
             return .read
         }
+        // Deleting a stream or forgetting a subject cannot be undone.
+        if method == .delete && (path.hasPrefix("/v1/streams/") || path.hasPrefix("/v1/subjects/")) { return .admin }
         if method == .post && path.hasPrefix("/v1/") { return .commands }
         return .read
     }

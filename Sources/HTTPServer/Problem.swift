@@ -167,6 +167,15 @@ extension Problem {
                 .serviceUnavailable, "commit-outcome-unknown", "The outcome is unknown",
                 detail: "the connection to the database broke while the events were being committed, and the database did not come back in time to say whether they were; retry with the same Idempotency-Key to learn the outcome (it is applied at most once), or read the stream",
                 extensions: extensions, headers: [.retryAfter: "1"])
+        case .streamDeleted:
+            var extensions: [String: JSONValue] = [:]
+            if let stream = error.stream { extensions["stream"] = .string(stream) }
+            return Problem(.gone, "stream-deleted", "The stream is deleted", detail: error.message, extensions: extensions)
+        case .subjectForgotten:
+            return Problem(.gone, "subject-forgotten", "The subject is forgotten", detail: error.message)
+        case .masterKey:
+            // Configuration, not the caller's input: the operator sets the master key.
+            return Problem(.serviceUnavailable, "master-key", "Personal data cannot be handled", detail: error.message)
         case .database where error.underlying?.code == .invalidParameter:
             return Problem(.badRequest, "invalid-request", "The request is not valid", detail: error.underlying?.message ?? error.message)
         default:

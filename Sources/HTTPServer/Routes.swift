@@ -21,6 +21,8 @@ struct Routes: Sendable {
         router.post("/v1/commands/:category/:id") { request, context in try await command(request, context) }
         router.post("/v1/streams/:stream/events") { request, context in try await appendEvents(request, context) }
         router.get("/v1/streams/:stream") { request, context in try await readStream(request, context) }
+        router.delete("/v1/streams/:stream") { request, context in try await deleteStream(request, context) }
+        router.delete("/v1/subjects/:subject") { request, context in try await forgetSubject(request, context) }
         router.get("/v1/events") { request, context in try await readLog(request, context) }
         router.get("/v1/events/live") { request, context in try liveLog(request, context) }
         router.get("/health/live") { _, _ in JSONIO.response(.ok, Data(#"{"status":"ok"}"#.utf8)) }
@@ -245,7 +247,7 @@ struct Routes: Sendable {
             for (index, item) in items.enumerated() {
                 let place = "events[\(index)]"
                 guard let object = item as? [String: Any] else { throw Problem.badRequest("\(place) must be an object", field: place) }
-                try JSONIO.rejectUnknown(object, allowed: ["id", "type", "data", "metadata", "schemaVersion"], in: place)
+                try JSONIO.rejectUnknown(object, allowed: ["id", "type", "data", "metadata", "schemaVersion", "subject", "personal"], in: place)
                 var id: UUID? = ids?(index)
                 if let given = object["id"] {
                     guard let text = given as? String, let uuid = UUID(uuidString: text) else {
@@ -283,11 +285,63 @@ struct Routes: Sendable {
                         .unprocessableContent, "invalid-event-data", "The event's data does not fit its schema version",
                         detail: "\(place): \(problem)", extensions: ["field": .string("\(place).\(schemaVersion == nil ? "data" : "schemaVersion")")])
                 }
-                events.append(NewEvent(id: id, type: type, data: encoded, metadata: metadata, schemaVersion: schemaVersion))
+                var personal: PersonalData? = nil
+                switch (object["subject"], object["personal"]) {
+                case (nil, nil):
+                    break
+                case (let subject?, let fields):
+                    guard let subject = subject as? String else {
+                        throw Problem.badRequest("\(place).subject must be a string", field: "\(place).subject")
+                    }
+                    guard let fields, let paths = fields as? [Any], !paths.isEmpty else {
+                        throw Problem.badRequest(
+                            "\(place).subject needs personal fields: \(place).personal must be a non-empty array of member paths",
+                            field: "\(place).personal")
+                    }
+                    guard let strings = paths as? [String] else {
+                        throw Problem.badRequest("\(place).personal must be an array of strings", field: "\(place).personal")
+                    }
+                    personal = PersonalData(subject: subject, fields: strings)
+                case (nil, _?):
+                    throw Problem.badRequest("\(place).personal needs a subject: name it in \(place).subject", field: "\(place).subject")
+                }
+                events.append(NewEvent(id: id, type: type, data: encoded, metadata: metadata, schemaVersion: schemaVersion, personal: personal))
             }
             let result = try await store.append(to: stream, expected: expected, events: events)
             return Self.appendAnswer(result)
         }
+    }
+
+    /// `DELETE /v1/streams/{stream}[?expectedVersion=N]`: closes the stream for good with a tombstone.
+    func deleteStream(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
+        let stream = try JSONIO.pathParameter(context, "stream")
+        let query = request.uri.queryParameters
+        try JSONIO.rejectUnknownQuery(query, allowed: ["expectedVersion"])
+        var expected = ExpectedVersion.any
+        if let text = query["expectedVersion"].map({ String($0) }) {
+            if let version = Int(text), version >= 0 {
+                expected = try expectedVersion(NSNumber(value: version))
+            } else {
+                expected = try expectedVersion(text)
+            }
+        }
+        let result = try await store.deleteStream(stream, expected: expected)
+        return JSONIO.response(.ok, JSONValue.jsonData([
+            "stream": .string(result.stream), "deleted": true, "version": .integer(result.version),
+            "position": .integer(result.position), "wasAlreadyDeleted": .bool(result.wasAlreadyAppended),
+        ]))
+    }
+
+    /// `DELETE /v1/subjects/{subject}`: destroys the subject's key; its personal data reads as null from now on.
+    func forgetSubject(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
+        let subject = try JSONIO.pathParameter(context, "subject")
+        try JSONIO.rejectUnknownQuery(request.uri.queryParameters, allowed: [])
+        if let problem = PersonalData.subjectProblem(subject) { throw Problem.badRequest(problem, field: "subject") }
+        let result = try await store.forget(subject: subject)
+        return JSONIO.response(.ok, JSONValue.jsonData([
+            "subject": .string(subject), "forgotten": true, "position": .integer(result.position),
+            "wasAlreadyForgotten": .bool(result.wasAlreadyAppended),
+        ]))
     }
 
     /// The ids the body's events give, by index (unparseable ones are left to validation).

@@ -57,6 +57,9 @@ struct ComposeTests {
             var environment = environment
             environment["EVENTLINE_DATABASE_URL"] = database.url
             environment["EVENTLINE_REDIS_URL"] = redis
+            // Compose takes it from the operator's environment (and refuses to start without it).
+            #expect(environment["EVENTLINE_MASTER_KEY"]?.hasPrefix("${EVENTLINE_MASTER_KEY:?") == true)
+            environment["EVENTLINE_MASTER_KEY"] = TestMasterKey.base64
             environment["EVENTLINE_PROJECTIONS_DIR"] = Repository.root + "/Projections"
             environment["PATH"] = "/usr/bin:/bin"
             environment.merge(tolerantDatabaseTimeouts) { $1 }

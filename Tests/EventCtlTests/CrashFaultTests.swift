@@ -148,7 +148,9 @@ struct CrashFaultTests {
         let faultTime = ContinuousClock.now - faultsStarted
 
         // The log, read whole.
-        let store = EventStore(EventStoreConfiguration(databaseURL: url))
+        var configuration = EventStoreConfiguration(databaseURL: url)
+        configuration.masterKey = TestMasterKey.key
+        let store = EventStore(configuration)
         var events: [RecordedEvent] = []
         while true {
             let page = try await store.readAll(after: events.last?.position ?? 0, limit: 5000)

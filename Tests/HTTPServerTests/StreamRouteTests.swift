@@ -195,7 +195,7 @@ struct StreamRouteTests {
             #expect(try await client.send(.options, "/v1/events").headers[.allow] == "GET, HEAD, OPTIONS")
 
             for (method, uri, allow) in [
-                (HTTPRequest.Method.delete, "/v1/streams/m-1", "GET, HEAD, OPTIONS"), (.put, "/v1/streams/m-1/events", "POST, OPTIONS"),
+                (HTTPRequest.Method.patch, "/v1/streams/m-1", "GET, DELETE, HEAD, OPTIONS"), (.put, "/v1/streams/m-1/events", "POST, OPTIONS"),
                 (.get, "/v1/commands/account/1", "POST, OPTIONS"), (.patch, "/health/live", "GET, HEAD, OPTIONS"),
                 (.trace, "/v1/events", "GET, HEAD, OPTIONS"),
             ] {

@@ -56,6 +56,7 @@ public final class BackgroundProcess: @unchecked Sendable {
         var env = replaceEnvironment ? [:] : ProcessInfo.processInfo.environment
         if !replaceEnvironment { env.removeValue(forKey: "EVENTLINE_DATABASE_URL") }
         for (key, value) in environment { env[key] = value }
+        if !replaceEnvironment { TestMasterKey.applied(to: &env) }
         process.environment = env
         if let currentDirectory { process.currentDirectoryURL = URL(fileURLWithPath: currentDirectory) }
         logFile = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-\(UUID().uuidString.prefix(8)).log")

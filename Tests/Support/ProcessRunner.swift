@@ -32,6 +32,7 @@ private func runProgramBlocking(
     var env = ProcessInfo.processInfo.environment
     env.removeValue(forKey: "EVENTLINE_DATABASE_URL")
     for (key, value) in environment { env[key] = value }
+    TestMasterKey.applied(to: &env)
     process.environment = env
     let out = Pipe()
     let err = Pipe()

@@ -26,6 +26,20 @@ public enum Repository {
     }
 }
 
+/// The master key the tests' stores and child processes use (a child's environment may set
+/// another, or set `EVENTLINE_MASTER_KEY` empty for none).
+public enum TestMasterKey {
+    public static let base64 = "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM="
+    public static let key = try! MasterKey(base64: base64)
+
+    /// `environment` for a child process: the test master key unless it names one (empty: none).
+    public static func applied(to environment: inout [String: String]) {
+        if environment["EVENTLINE_MASTER_KEY_FILE"] != nil { environment["EVENTLINE_MASTER_KEY"] = nil; return }
+        if environment["EVENTLINE_MASTER_KEY"] == nil { environment["EVENTLINE_MASTER_KEY"] = base64 }
+        if environment["EVENTLINE_MASTER_KEY"] == "" { environment["EVENTLINE_MASTER_KEY"] = nil }
+    }
+}
+
 /// A failed test precondition, with a message.
 public struct TestFailure: Error, CustomStringConvertible {
     public var description: String
@@ -47,6 +61,7 @@ public struct TestStore: Sendable {
         try await Migrator(databaseURL: database.url, migrations: Migration.embedded()).migrate()
         var configuration = EventStoreConfiguration(databaseURL: database.url)
         configuration.subscriptionPollInterval = .milliseconds(500)
+        configuration.masterKey = TestMasterKey.key
         configure(&configuration)
         return TestStore(database: database, store: EventStore(configuration))
     }

@@ -1,0 +1,85 @@
+import Foundation
+import PostgresClient
+
+/// Forgetting a subject (crypto-shredding) and closing a stream for good (a tombstone). Both
+/// are appends of the log writer, so they take their place in the log's order: consumers see
+/// them, and what they change commits in the same transaction as their event.
+extension EventStore {
+    /// The type of a tombstone: the last event of a deleted stream.
+    public static let tombstoneType = "$StreamDeleted"
+    /// The type of the audit event a forget appends (its data names the subject, nothing else).
+    public static let subjectForgottenType = "SubjectForgotten"
+    /// Where forgets are recorded.
+    public static let forgottenStream = "$subjects-forgotten"
+
+    /// Forgets `subject`: destroys its data key, so that its personal fields read as `null`
+    /// everywhere from now on, and appends a `SubjectForgotten` event (`{"subject": …}`) in the
+    /// same transaction. Snapshots of the streams that hold its personal data are dropped with
+    /// it. The key never comes back: later appends with personal data of the subject are
+    /// refused. Forgetting again (or a subject that never had a key) succeeds; the result then
+    /// says it was already appended. Needs no master key.
+    @discardableResult
+    public func forget(subject: String) async throws -> AppendResult {
+        if let problem = PersonalData.subjectProblem(subject) { throw EventStoreError.invalidArgument(problem) }
+        let event = NewEvent(
+            id: UUID.sha256Derived(from: "eventline subject forgotten\0\(subject)"), type: Self.subjectForgottenType,
+            data: JSONValue.jsonData(["subject": .string(subject)]))
+        var prepared = try prepare(try StreamName(Self.forgottenStream), expected: .any, events: [event], platform: true)
+        prepared.effects = [
+            """
+            INSERT INTO eventline.subject_keys (subject, wrapped_key, master_key_id, forgotten_at) VALUES (\(subject), NULL, NULL, now())
+            ON CONFLICT (subject) DO UPDATE
+            SET wrapped_key = NULL, master_key_id = NULL, forgotten_at = coalesce(eventline.subject_keys.forgotten_at, now())
+            """,
+            """
+            DELETE FROM eventline.snapshots WHERE stream IN (
+                SELECT stream FROM eventline.events WHERE metadata ? 'personal' AND metadata -> 'personal' ->> 'subject' = \(subject)
+            )
+            """,
+        ]
+        let result = try await writer.append(prepared)
+        reading.keyring?.forget(subject)
+        return result
+    }
+
+    /// Whether `subject` is forgotten.
+    public func isForgotten(subject: String) async throws -> Bool {
+        try await translatingErrors {
+            try await pool.withConnection { conn in
+                try conn.query("SELECT forgotten_at IS NOT NULL FROM eventline.subject_keys WHERE subject = \(subject)").first?
+                    .decode(0, as: Bool.self) ?? false
+            }
+        }
+    }
+
+    /// Deletes `stream` for good: appends a tombstone (`$StreamDeleted`) if the stream's
+    /// version satisfies `expected`. From then on its reads fail with `.streamDeleted`, and so
+    /// does every append to it, however many writers race it; its events keep their positions
+    /// in the log. Deleting again is idempotent (the result says it was already appended).
+    @discardableResult
+    public func deleteStream(_ stream: String, expected: ExpectedVersion = .any, metadata: Data? = nil) async throws -> AppendResult {
+        let name = try StreamName(stream)
+        guard !name.rawValue.hasPrefix("$") else { throw EventStoreError.invalidArgument("stream \(name.rawValue) is the platform's: it cannot be deleted") }
+        let tombstone = NewEvent(
+            id: UUID.sha256Derived(from: "eventline tombstone\0\(name.rawValue)"), type: Self.tombstoneType, data: Data("{}".utf8),
+            metadata: metadata)
+        let prepared = try prepare(name, expected: expected, events: [tombstone], platform: true)
+        return try await writer.append(prepared)
+    }
+
+    /// Whether the stream's last event is its tombstone, read on `conn`.
+    static func isDeleted(_ stream: String, on conn: PostgresConnection) throws -> Bool {
+        try conn.query("""
+            SELECT type = \(tombstoneType) FROM eventline.events WHERE stream = \(stream) ORDER BY version DESC LIMIT 1
+            """).first?.decode(0, as: Bool.self) ?? false
+    }
+
+    /// How many streams are deleted (an index of tombstones answers).
+    public func deletedStreamCount() async throws -> Int {
+        try await translatingErrors {
+            try await pool.withConnection { conn in
+                try conn.query("SELECT count(*) FROM eventline.events WHERE type = \(Self.tombstoneType)").first?.decode(0, as: Int.self) ?? 0
+            }
+        }
+    }
+}

@@ -21,7 +21,7 @@ public enum AESGCM {
     }
 
     /// Encrypts with a given nonce (tests with known vectors; a nonce must never repeat under one key).
-    static func seal(_ plaintext: some Collection<UInt8>, key: [UInt8], nonce: [UInt8], authenticating aad: some Collection<UInt8>) -> [UInt8] {
+    package static func seal(_ plaintext: some Collection<UInt8>, key: [UInt8], nonce: [UInt8], authenticating aad: some Collection<UInt8>) -> [UInt8] {
         precondition(key.count == keySize && nonce.count == nonceSize, "AES-256-GCM takes a 32-byte key and a 12-byte nonce")
         let input = Array(plaintext)
         let aad = Array(aad)

@@ -69,8 +69,9 @@ final class LiveFeed: Service, Sendable {
                 }
             }
             group.addTask {
+                // Its tick is also the heartbeat clock of the clients at the tail.
                 let timing = FollowSchedule.Timing(
-                    pollInterval: self.store.configuration.subscriptionPollInterval, standbyInterval: .seconds(1),
+                    pollInterval: min(self.store.configuration.subscriptionPollInterval, self.heartbeat), standbyInterval: .seconds(1),
                     retryDelay: .milliseconds(50), reconnectDelay: .milliseconds(50))
                 await LogFollower(consumer: TailReader(feed: self), wakeups: self.head, timing: timing, logger: Logger(label: "eventline.live")).run()
             }
@@ -104,7 +105,8 @@ final class LiveFeed: Service, Sendable {
                 after: end, limit: store.configuration.subscriptionBatchSize, maxBytes: store.configuration.subscriptionPageBytes)
             guard let last = page.last else {
                 // Also a tick for the clients at the tail, which wait with no timer of their
-                // own: they look at their heartbeat at least once per poll interval.
+                // own: they look at their heartbeat at least once per poll interval (which is
+                // no longer than the heartbeat).
                 feed.tailed.signal()
                 return .caughtUp
             }

@@ -5,6 +5,8 @@ import PostgresClient
 /// A named parameter of a handler statement, bound from the event being applied.
 public enum HandlerParameter: Hashable, Sendable, CustomStringConvertible {
     case stream, category, id, version, position, type, eventID, recordedAt
+    /// `:subject`: the subject a `SubjectForgotten` event forgets (only in `forget:`).
+    case subject
     /// `:data.a.b`: a value inside the event's data (a missing value binds NULL).
     case data([String])
     /// `:metadata.a.b`: a value inside the event's metadata.
@@ -20,6 +22,7 @@ public enum HandlerParameter: Hashable, Sendable, CustomStringConvertible {
         case .type: ":type"
         case .eventID: ":event_id"
         case .recordedAt: ":recorded_at"
+        case .subject: ":subject"
         case .data(let path): ":data." + path.joined(separator: ".")
         case .metadata(let path): ":metadata." + path.joined(separator: ".")
         }
@@ -43,6 +46,7 @@ public enum HandlerParameter: Hashable, Sendable, CustomStringConvertible {
         case .type: return event.type
         case .eventID: return event.id.uuidString.lowercased()
         case .recordedAt: return HandlerSQL.timestamp(event.recordedAt)
+        case .subject: return JSONPathScanner.value(at: ["subject"], in: event.data)?.bindText
         case .data(let path): return JSONPathScanner.value(at: path, in: event.data)?.bindText
         case .metadata(let path): return JSONPathScanner.value(at: path, in: event.metadata)?.bindText
         }
@@ -66,7 +70,8 @@ public struct HandlerSQL: Sendable, Hashable {
     /// The parameter of each placeholder, in order.
     public let parameters: [HandlerParameter]
 
-    public init(_ text: String, table: String) throws {
+    /// With `forget`, the text is a `forget:` handler, and `:subject` is bound.
+    public init(_ text: String, table: String, forget: Bool = false) throws {
         var out = ""
         var parameters: [HandlerParameter] = []
         let scalars = Array(text.unicodeScalars)
@@ -180,7 +185,7 @@ public struct HandlerSQL: Sendable, Hashable {
                         end += 1
                     }
                     let name = String(String.UnicodeScalarView(scalars[(index + 1)..<end]))
-                    let parameter = try Self.parameter(named: name)
+                    let parameter = try Self.parameter(named: name, forget: forget)
                     if let existing = parameters.firstIndex(of: parameter) {
                         out += "$\(existing + 1)"
                     } else {
@@ -201,7 +206,11 @@ public struct HandlerSQL: Sendable, Hashable {
         self.parameters = parameters
     }
 
-    static func parameter(named name: String) throws -> HandlerParameter {
+    static func parameter(named name: String, forget: Bool = false) throws -> HandlerParameter {
+        if name == "subject" {
+            guard forget else { throw HandlerSQLError(message: ":subject is bound only in forget:") }
+            return .subject
+        }
         if let simple = HandlerParameter.simple[name] { return simple }
         let parts = name.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
         if parts.count >= 2, parts.allSatisfy({ !$0.isEmpty }) {

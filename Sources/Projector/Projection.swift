@@ -54,7 +54,12 @@ public struct YAMLProjection: Projection {
     public let create: String
     /// Event type → the handler's SQL text as written.
     public let handlers: [String: String]
-    public var eventTypes: [String] { handlers.keys.sorted() }
+    /// What runs when a subject is forgotten (a `SubjectForgotten` event), with `:subject`
+    /// bound: it drops or blanks the subject's personal data from the read model.
+    public let forget: String?
+    public var eventTypes: [String] {
+        (handlers.keys.sorted() + (forget == nil ? [] : [EventStore.subjectForgottenType])).sorted()
+    }
     /// Compiled handlers per table name (the live table, and rebuild tables during a replay).
     private let compiled = CompiledHandlers()
 
@@ -63,7 +68,9 @@ public struct YAMLProjection: Projection {
     }
 
     /// Checks everything that can be checked without a database: names, parameters, quoting.
-    public init(name: String, version: Int, key: String, create: String, handlers: [String: String], source: String) throws {
+    public init(
+        name: String, version: Int, key: String, create: String, handlers: [String: String], forget: String? = nil, source: String
+    ) throws {
         func fail(_ message: String) -> ProjectionError { ProjectionError(source: source, message) }
         func fail(_ handler: String, _ message: String) -> ProjectionError { ProjectionError(source: source, handler: handler, message) }
         guard ReadModelNames.isValidName(name) else {
@@ -78,6 +85,7 @@ public struct YAMLProjection: Projection {
         self.keyColumn = key
         self.create = create
         self.handlers = handlers
+        self.forget = forget
         self.source = source
         let ddl: HandlerSQL
         do {
@@ -86,6 +94,16 @@ public struct YAMLProjection: Projection {
             throw fail("create: \(error.message)")
         }
         if let parameter = ddl.parameters.first { throw fail("create: create takes no parameters, found \(parameter)") }
+        if let forget {
+            guard handlers[EventStore.subjectForgottenType] == nil else {
+                throw fail(EventStore.subjectForgottenType, "is handled by forget: (with :subject bound)")
+            }
+            do {
+                _ = try HandlerSQL(forget, table: "t", forget: true)
+            } catch let error as HandlerSQLError {
+                throw fail("forget", error.message)
+            }
+        }
         for (type, sql) in handlers {
             if let problem = EventTypeName.problem(with: type) { throw fail(type, "not an event type: \(problem)") }
             do {
@@ -101,8 +119,8 @@ public struct YAMLProjection: Projection {
     }
 
     public func statements(for event: RecordedEvent, table: String) throws -> [SQLQuery] {
-        guard handlers[event.type] != nil else { return [] }
-        return [try handlersCompiled(for: table)[event.type]!.query(for: event)]
+        guard let handler = try handlersCompiled(for: table)[event.type] else { return [] }
+        return [handler.query(for: event)]
     }
 
     /// Compiles the handlers for `table` once.
@@ -110,6 +128,7 @@ public struct YAMLProjection: Projection {
         if let done = compiled.byTable.withLock({ $0[table] }) { return done }
         var result: [String: HandlerSQL] = [:]
         for (type, sql) in handlers { result[type] = try HandlerSQL(sql, table: table) }
+        if let forget { result[EventStore.subjectForgottenType] = try HandlerSQL(forget, table: table, forget: true) }
         compiled.byTable.withLock { $0[table] = result }
         return result
     }
@@ -118,6 +137,6 @@ public struct YAMLProjection: Projection {
 extension YAMLProjection: Equatable {
     public static func == (lhs: YAMLProjection, rhs: YAMLProjection) -> Bool {
         lhs.name == rhs.name && lhs.version == rhs.version && lhs.keyColumn == rhs.keyColumn && lhs.create == rhs.create
-            && lhs.handlers == rhs.handlers
+            && lhs.handlers == rhs.handlers && lhs.forget == rhs.forget
     }
 }

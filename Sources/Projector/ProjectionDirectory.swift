@@ -36,7 +36,7 @@ public enum ProjectionDirectory {
         return try parse(text, source: path)
     }
 
-    static let fields: Set<String> = ["name", "version", "key", "create", "handlers", "description"]
+    static let fields: Set<String> = ["name", "version", "key", "create", "handlers", "forget", "description"]
 
     /// A projection from YAML text; `source` names it in errors.
     public static func parse(_ text: String, source: String) throws -> YAMLProjection {
@@ -79,7 +79,15 @@ public enum ProjectionDirectory {
             guard handlers[type] == nil else { throw ProjectionError(source: source, handler: type, "is declared twice") }
             handlers[type] = sql
         }
+        var forget: String? = nil
+        if let node = values["forget"] {
+            guard let sql = node.scalar?.string, !sql.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
+                throw ProjectionError(source: source, handler: "forget", "must be an SQL statement")
+            }
+            forget = sql
+        }
         return try YAMLProjection(
-            name: name, version: version, key: try string("key"), create: try string("create"), handlers: handlers, source: source)
+            name: name, version: version, key: try string("key"), create: try string("create"), handlers: handlers, forget: forget,
+            source: source)
     }
 }

@@ -95,6 +95,7 @@ public final class Projector: Sendable {
         text += "|" + ((try? projection.createStatements(table: "t")) ?? "")
         if let yaml = projection as? YAMLProjection {
             for type in types { text += "|\(type)=\(yaml.handlers[type] ?? "")" }
+            text += "|forget=\(yaml.forget ?? "")"
         }
         return text
     }

@@ -61,7 +61,7 @@ struct ReadModelRouteTests {
             try await client.command("a1", "DepositMoney", #"{"amount":500}"#)
             let last = try await client.command("a1", "WithdrawMoney", #"{"amount":200}"#)
             let status = try await client.waitCaughtUp("account_balances", position: client.position(of: last))
-            #expect(status["version"] as? Int == 1)
+            #expect(status["version"] as? Int == 2)
             #expect(status["state"] as? String == "running")
             #expect(status["head"] as? Int == client.position(of: last))
             #expect(status["key"] as? String == "account_id")

@@ -57,6 +57,11 @@ struct FuzzTests {
             post("/v1/consumer-groups/fz/nack", #"{"deliveryIds":["6f1c2b1e-9a4d-4c59-8f4e-2d3c1b0a9e87"],"retryAfter":1}"#),
             Case(method: .get, path: "/v1/consumer-groups/fz/parked?after=0&limit=5"),
             post("/v1/consumer-groups/fz/parked/retry", #"{"positions":[1,2]}"#),
+            post(
+                "/v1/streams/customer-9/events",
+                #"{"events":[{"type":"CustomerRegistered","data":{"email":"a@b.c","address":{"street":"s","city":"c"}},"subject":"customer-9","personal":["email","address.street"]}]}"#),
+            Case(method: .delete, path: "/v1/subjects/customer-8"),
+            Case(method: .delete, path: "/v1/streams/fuzz-3?expectedVersion=any"),
         ]
     }()
 

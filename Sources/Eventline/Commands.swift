@@ -139,9 +139,16 @@ enum StatusReport {
         configuration.poolSize = 1
         let store = EventStore(configuration, logger: CLI.logger)
         let summary = try await store.summary()
+        let deleted = try? await store.deletedStreamCount()
+        let subjects = try? await store.subjectKeyCounts()  // nil before migration 0010
         await store.shutdown()
         Swift.print("head         \(summary.head)")
-        Swift.print("streams      \(summary.streams)")
+        Swift.print("streams      \(summary.streams)\(deleted.map { ", \($0) deleted" } ?? "")")
+        if let subjects {
+            var line = "subjects     \(subjects.keys) with a key, \(subjects.forgotten) forgotten"
+            if subjects.otherMasterKey > 0 { line += "; \(subjects.otherMasterKey) wrapped under another master key than this one" }
+            Swift.print(line)
+        }
         let statuses = try await Migrator(databaseURL: url, migrations: migrations).status()
         let pending = statuses.filter { $0.state == .pending }.count
         let applied = statuses.filter { $0.state != .pending }.count

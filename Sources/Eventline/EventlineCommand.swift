@@ -16,6 +16,7 @@ struct EventlineCommand: AsyncParsableCommand {
         subcommands: [
             Serve.self, Project.self, Projections.self, React.self, Replay.self, Migrate.self, Append.self, Read.self, Tail.self,
             Status.self, Keys.self, ConsumerGroups.self, Deliver.self, AnalystRole.self, Export.self, Import.self, Dev.self,
+            Forget.self, DeleteStream.self, MasterKeyCommand.self,
         ]
         )
     }

@@ -1,6 +1,7 @@
 import EventStore
 import EventlineTestSupport
 import Foundation
+import LZ4
 import PostgresClient
 import Synchronization
 import Testing
@@ -178,6 +179,41 @@ struct PersonalDataTests {
         // Events without its personal data still go to its stream.
         try await store.append(to: "customer-17", events: [NewEvent(type: "Noted", data: Data("{}".utf8))])
         #expect(try await store.headPosition() == 5)
+    }
+
+    @Test("an archive carries ciphertext: exported before a forget and imported after it, the subject's fields read null, the others' whole")
+    func archives() async throws {
+        let source = try await TestStore.make("personal-export")
+        defer { Task { await source.store.shutdown() } }
+        try await source.store.append(to: "customer-17", events: [personalEvent()])
+        try await source.store.append(to: "customer-18", events: [personalEvent("customer-18")])
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("personal-\(UUID()).lz4").path
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        #expect(try await EventArchive.export(databaseURL: source.url, to: file) == 2)
+        let archived = String(decoding: try LZ4Frame.decompress(try Data(contentsOf: URL(fileURLWithPath: file))), as: UTF8.self)
+        #expect(!archived.contains("ada@example.com") && archived.contains("eventline:sealed:v1:") && archived.contains("London"))
+        try await source.store.forget(subject: "customer-17")
+
+        // Restored elsewhere with the keys as the database holds them now.
+        let target = try await TestStore.make("personal-import")
+        defer { Task { await target.store.shutdown() } }
+        #expect(try await EventArchive.import(databaseURL: target.url, from: file) == 2)
+        let keys = try await source.sql { conn in
+            try conn.query("SELECT subject, wrapped_key, master_key_id, forgotten_at IS NOT NULL FROM eventline.subject_keys ORDER BY subject").rows.map {
+                (try $0.decode(0, as: String.self), try $0.decode(1, as: Data?.self), try $0.decode(2, as: String?.self))
+            }
+        }
+        try await target.sql { conn in
+            for (subject, wrapped, id) in keys {
+                try conn.execute("""
+                    INSERT INTO eventline.subject_keys (subject, wrapped_key, master_key_id, forgotten_at)
+                    VALUES (\(subject), \(wrapped), \(id), CASE WHEN \(wrapped)::bytea IS NULL THEN now() END)
+                    """)
+            }
+        }
+        let events = try await target.store.readAll()
+        #expect(try object(events[0].data)["email"] is NSNull)
+        #expect(try object(events[1].data)["email"] as? String == "ada@example.com")
     }
 
     @Test("bad personal-data declarations, and personal data without a master key, are refused and write nothing")

@@ -52,6 +52,11 @@ struct PersonalDataRouteTests {
             #expect(try await client.send(.get, "/v1/streams/account-a1").text.contains("Ada Lovelace"))
             #expect(try await client.send(.get, "/v1/events").text.contains("Ada Lovelace"))
 
+            // A consumer group hands the fields out decrypted too.
+            #expect(try await client.send(.put, "/v1/consumer-groups/people", json: #"{"categories":["customer"]}"#).status.code < 300)
+            let fetched = try await client.send(.post, "/v1/consumer-groups/people/fetch", json: #"{"consumer":"c1","max":5}"#)
+            #expect(fetched.text.contains("ada@example.com"), "\(fetched.text)")
+
             let forgotten = try await client.send(.delete, "/v1/subjects/account-a1")
             #expect(forgotten.status == .ok, "\(forgotten.text)")
             #expect(forgotten.json["forgotten"] as? Bool == true)
@@ -66,13 +71,19 @@ struct PersonalDataRouteTests {
             #expect((events.first?["data"] as? [String: Any])?["owner"] is NSNull, "\(account.text)")
             #expect(((events.first?["metadata"] as? [String: Any])?["personal"] as? [String: Any])?["erased"] as? [String] == ["owner"])
             #expect(try await client.send(.get, "/v1/streams/customer-17").text.contains("ada@example.com"))  // another subject
+            // A redelivery after a forget carries the erased fields.
+            let ids = (fetched.json["messages"] as? [[String: Any]] ?? []).compactMap { $0["deliveryId"] as? String }
+            #expect(try await client.send(.post, "/v1/consumer-groups/people/nack", json: #"{"deliveryIds":["\#(ids.first ?? "")"],"retryAfter":0}"#).status == .ok)
+            #expect(try await client.send(.delete, "/v1/subjects/customer-17").status == .ok)
+            let redelivered = try await client.send(.post, "/v1/consumer-groups/people/fetch", json: #"{"consumer":"c1","max":5}"#)
+            #expect(redelivered.text.contains(#""email":null"#) && !redelivered.text.contains("ada@example.com"), "\(redelivered.text)")
             // The account goes on (its decisions need no owner); a new owner's name is refused.
             #expect(try await client.command("a1", "DepositMoney", #"{"amount":1}"#).status == .ok)
             let reopen = try await client.send(.post, "/v1/streams/account-a1/events", json: #"{"events":[{"type":"AccountOpened","data":{"owner":"Ada","currency":"EUR"}}]}"#)
             #expect(reopen.status == .gone && reopen.isProblem, "\(reopen.text)")
             #expect(reopen.json["type"] as? String == "/problems/subject-forgotten")
             let log = try await client.send(.get, "/v1/events?type=SubjectForgotten")
-            #expect((log.json["events"] as? [[String: Any]])?.count == 1, "\(log.text)")
+            #expect((log.json["events"] as? [[String: Any]])?.count == 2, "\(log.text)")  // account-a1 and customer-17, once each
         }
     }
 

@@ -30,14 +30,38 @@ extension EventStore {
                 return (try row.decode(0), try row.decode(1), try row.decode(2))
             }
         }
-        guard let (version, stateVersion, stored) = row, let data = try? LZ4Block.decompress(stored) else { return nil }
+        guard let (version, stateVersion, stored) = row, let data = openSnapshot(stored) else { return nil }
         return Snapshot(version: version, stateVersion: stateVersion, data: data)
     }
+
+    /// How a snapshot is stored: LZ4-compressed and, with a master key, sealed under a key
+    /// derived from it, because a state folded from personal data holds it in plain form (a
+    /// database dump alone reveals nothing; forgetting a subject drops its streams' snapshots).
+    func sealSnapshot(_ data: Data) throws -> Data {
+        let compressed = try LZ4Block.compress(data)
+        guard let keyring = reading.keyring else { return compressed }
+        return Self.sealedSnapshotPrefix + Data(AESGCM.seal(compressed, key: keyring.snapshotKey, authenticating: Self.sealedSnapshotPrefix))
+    }
+
+    /// The state a stored snapshot holds; nil when it cannot be opened (sealed under another
+    /// master key, or with none here) or decompressed: snapshots are a cache of the log.
+    func openSnapshot(_ stored: Data) -> Data? {
+        var compressed = stored
+        if stored.starts(with: Self.sealedSnapshotPrefix) {
+            guard let keyring = reading.keyring,
+                let opened = try? AESGCM.open(stored.dropFirst(Self.sealedSnapshotPrefix.count), key: keyring.snapshotKey, authenticating: Self.sealedSnapshotPrefix)
+            else { return nil }
+            compressed = Data(opened)
+        }
+        return try? LZ4Block.decompress(compressed)
+    }
+
+    static let sealedSnapshotPrefix = Data("eventline:sealed-snapshot:v1:".utf8)
 
     /// Stores a snapshot (LZ4-compressed) unless a newer one of the same shape is already there.
     public func saveSnapshot(_ stream: String, _ snapshot: Snapshot) async throws {
         let name = try StreamName(stream).rawValue
-        let compressed = try LZ4Block.compress(snapshot.data)
+        let compressed = try sealSnapshot(snapshot.data)
         try await translatingErrors(stream: name) {
             try await pool.withConnection { conn in
                 try conn.execute("""
@@ -83,7 +107,7 @@ extension EventStore {
                 var events: [RecordedEvent] = []
                 for row in try conn.query(query).rows {
                     if try row.decode(0, as: Int.self) == 0 {
-                        if let data = try? LZ4Block.decompress(try row.decode(5, as: Data.self)) {
+                        if let data = self.openSnapshot(try row.decode(5, as: Data.self)) {
                             snapshot = Snapshot(version: try row.decode(2), stateVersion: stateVersion, data: data)
                         } else {
                             unusable = true

@@ -223,8 +223,12 @@ final class SubjectKeyring: Sendable {
     private let cache = Mutex<[String: [UInt8]]>([:])
     private static let maxCached = 100_000
 
+    /// Seals snapshots (derived from the master key; never stored).
+    let snapshotKey: [UInt8]
+
     init(masterKey: MasterKey) {
         self.masterKey = masterKey
+        self.snapshotKey = HMACSHA256.mac(key: masterKey.bytes, message: Array("eventline snapshot key".utf8))
     }
 
     /// The data keys of `subjects` for sealing, each created on first use. Throws

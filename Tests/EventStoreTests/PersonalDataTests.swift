@@ -116,6 +116,21 @@ struct PersonalDataTests {
         let other = test.secondStore()
         try check(try await other.readStream("customer-17").first, "a second store")
         await other.shutdown()
+
+        // A snapshot (a state folded from the events, personal data and all) is sealed too.
+        try await store.saveSnapshot("customer-17", Snapshot(version: 2, stateVersion: 1, data: Data(#"{"email":"ada@example.com"}"#.utf8)))
+        let snapshot = try await test.sql { conn in
+            try conn.query("SELECT data FROM eventline.snapshots WHERE stream = 'customer-17'").first!.decode(0, as: Data.self)
+        }
+        #expect(snapshot.starts(with: Data("eventline:sealed-snapshot:v1:".utf8)))
+        #expect((try? LZ4Block.decompress(snapshot)) == nil && snapshot.range(of: Data("ada@".utf8)) == nil)
+        #expect(try await store.loadSnapshot("customer-17")?.data == Data(#"{"email":"ada@example.com"}"#.utf8))
+        #expect(try await store.readForLoad("customer-17", stateVersion: 1, limit: 10).snapshot?.version == 2)
+        // Under another master key it is unusable, and the state is folded from the log instead.
+        let rotated = EventStore({ var c = store.configuration; c.masterKey = MasterKey.generate(); return c }())
+        #expect(try await rotated.loadSnapshot("customer-17") == nil)
+        #expect(try await rotated.readForLoad("customer-17", stateVersion: 1, limit: 10).snapshotUnusable)
+        await rotated.shutdown()
     }
 
     @Test("forgetting a subject: its fields read null, with the metadata naming them erased, through every reader; SubjectForgotten is in the log; other subjects are untouched; it is idempotent and the key never comes back")

@@ -16,7 +16,8 @@ struct AppendBenchmark {
         var rounds = 3
         /// Events of the replay/export/import history (0: skip it).
         var history = 1_000_000
-        /// Whether to run the append and HTTP rounds (1) or skip them (0).
+        /// Whether to run the append and HTTP rounds (1), only the appends with and without
+        /// personal data against pgbench (2), or none (0).
         var append = 1
 
         init(_ arguments: [String]) throws {
@@ -31,7 +32,7 @@ struct AppendBenchmark {
                 case "--rounds": rounds = max(1, value)
                 case "--history": history = value
                 case "--append": append = value
-                default: throw BenchError("unknown option \(flag) (use --seconds N, --clients N, --rounds N, --history EVENTS, --append 0|1)")
+                default: throw BenchError("unknown option \(flag) (use --seconds N, --clients N, --rounds N, --history EVENTS, --append 0|1|2)")
                 }
             }
         }
@@ -87,6 +88,17 @@ struct AppendBenchmark {
         try await Migrator(databaseURL: url, migrations: Migration.embedded()).migrate()
 
         try await createPgbenchTable(url: url)
+        if options.append == 2 {
+            var a: [Sample] = [], plain: [Sample] = [], personal: [Sample] = []
+            for round in 1...options.rounds {
+                log("round \(round) of \(options.rounds)")
+                a.append(try await runPgbench(server: server, clients: options.clients, seconds: options.seconds))
+                plain.append(try await runAppends(url: url, clients: options.clients, seconds: options.seconds, eventsPerAppend: 1, payload: .withNames))
+                personal.append(try await runAppends(url: url, clients: options.clients, seconds: options.seconds, eventsPerAppend: 1, payload: .personal))
+            }
+            printPersonal(pgbench: a, plain: plain, personal: personal, options: options)
+            return
+        }
         log("preparing 10,000 accounts, one of 10,000 events and one of 10…")
         try await HTTPBenchmark.prepare(url: url)
         let port = try freePort()
@@ -98,12 +110,15 @@ struct AppendBenchmark {
         // each figure is the median over the rounds; ratios compare medians of one run.
         var a: [Sample] = [], b: [Sample] = [], c: [Sample] = []
         var l: [Sample] = [], lAppends: [Sample] = []
+        var mPlain: [Sample] = [], mPersonal: [Sample] = []
         var scaling: [Int: (pgbench: [Sample], eventline: [Sample])] = [:]
         for round in 1...options.rounds {
             log("round \(round) of \(options.rounds)")
             a.append(try await runPgbench(server: server, clients: options.clients, seconds: options.seconds))
             b.append(try await runAppends(url: url, clients: options.clients, seconds: options.seconds, eventsPerAppend: 1))
             c.append(try await runAppends(url: url, clients: options.clients, seconds: options.seconds, eventsPerAppend: 10))
+            mPlain.append(try await runAppends(url: url, clients: options.clients, seconds: options.seconds, eventsPerAppend: 1, payload: .withNames))
+            mPersonal.append(try await runAppends(url: url, clients: options.clients, seconds: options.seconds, eventsPerAppend: 1, payload: .personal))
             log("(k) group commit against pgbench, \(Self.scalingClients.map(String.init).joined(separator: ", ")) clients, \(Self.scalingSeconds) s each…")
             for clients in Self.scalingClients {
                 scaling[clients, default: ([], [])].pgbench.append(try await runPgbench(server: server, clients: clients, seconds: Self.scalingSeconds))
@@ -149,6 +164,8 @@ struct AppendBenchmark {
             ("(a) pgbench, 1 INSERT per transaction", a),
             ("(b) Eventline, 1 event per append", b),
             ("(c) Eventline, 10 events per append", c),
+            ("(m) Eventline, 1 event per append, with an email and a name, plain", mPlain),
+            ("(m') the same, the email and the name personal data (AES-256-GCM, a key per stream's subject)", mPersonal),
             ("(i) DepositMoney via the command handler in process, 16 tasks, 10,000 accounts (commands/s)", i),
             ("(e) HTTP DepositMoney, 16 connections, 10,000 accounts (commands/s)", e),
             ("(f) HTTP DepositMoney, 1 connection, a 10-event account", f),
@@ -193,10 +210,31 @@ struct AppendBenchmark {
             let el = median(runs.eventline.map(\.eventsPerSecond))!
             print("| \(clients) | \(format(pg, "%.0f")) | \(format(el, "%.0f")) | \(format(el / pg, "%.2f")) | \(format(median(runs.eventline.compactMap(\.p50)), "%.2f")) | \(format(median(runs.eventline.compactMap(\.p99)), "%.2f")) | \(format(median(runs.eventline.compactMap(\.groupSize)), "%.1f")) |")
         }
+        printPersonal(pgbench: a, plain: mPlain, personal: mPersonal, options: options)
         if let acked = median(l.map(\.eventsPerSecond)), let appended = median(lAppends.map(\.eventsPerSecond)) {
             print("")
             print(String(format: "(l) a consumer group of 4 acknowledges %.0f events/s while 16 appenders write %.0f/s: %.2f of the append rate.", acked, appended, acked / appended))
         }
+    }
+
+    /// (m): appends whose events carry two personal fields against the same appends without.
+    static func printPersonal(pgbench a: [Sample], plain: [Sample], personal: [Sample], options: Options) {
+        guard let pg = median(a.map(\.eventsPerSecond)), let rate = median(plain.map(\.eventsPerSecond)),
+            let sealed = median(personal.map(\.eventsPerSecond))
+        else { return }
+        let perRound = zip(personal, plain).map { String(format: "%.2f", $0.eventsPerSecond / $1.eventsPerSecond) }.joined(separator: ", ")
+        print("")
+        print("(m) Personal data: \(options.clients) appenders, one event per append with {amount, email, name}, \(options.rounds) interleaved rounds, medians:")
+        print("")
+        print("| run | events/s | vs pgbench | vs plain | p50 ms | p99 ms | CPU µs per append |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("| pgbench, 1 INSERT per transaction | \(format(pg, "%.0f")) | 1.00 | – | – | – | – |")
+        for (name, samples) in [("plain", plain), ("email and name personal (sealed)", personal)] {
+            let value = median(samples.map(\.eventsPerSecond))!
+            print("| \(name) | \(format(value, "%.0f")) | \(format(value / pg, "%.2f")) | \(format(value / rate, "%.2f")) | \(format(median(samples.compactMap(\.p50)), "%.2f")) | \(format(median(samples.compactMap(\.p99)), "%.2f")) | \(format(median(samples.compactMap(\.cpuMicroseconds)), "%.0f")) |")
+        }
+        print("")
+        print(String(format: "(m) personal / plain = %.2f (per round: %@); target ≥ 0.80.", sealed / rate, perRound))
     }
 
     /// (k): how group commit scales with concurrency, against pgbench with as many clients.
@@ -274,13 +312,25 @@ struct AppendBenchmark {
 
     // MARK: - (b), (c) Eventline
 
-    static func runAppends(url: String, clients: Int, seconds: Int, eventsPerAppend: Int) async throws -> Sample {
+    /// What (b), (c) and (m) append.
+    enum Payload {
+        case amount
+        /// An amount, an email and a name.
+        case withNames
+        /// The same, the email and the name personal data of the stream.
+        case personal
+    }
+
+    static let benchMasterKey = MasterKey.generate()
+
+    static func runAppends(url: String, clients: Int, seconds: Int, eventsPerAppend: Int, payload kind: Payload = .amount) async throws -> Sample {
         var configuration = EventStoreConfiguration(databaseURL: url)
         configuration.poolSize = 4
+        configuration.masterKey = benchMasterKey
         let store = EventStore(configuration)
-        let label = eventsPerAppend == 1 ? "(b)" : "(c)"
+        let label = kind == .amount ? (eventsPerAppend == 1 ? "(b)" : "(c)") : (kind == .personal ? "(m')" : "(m)")
         log("\(label) Eventline: \(clients) appenders, \(eventsPerAppend) event(s) per append, \(seconds) s…")
-        let payload = Data(#"{"amount":100}"#.utf8)
+        let payload = kind == .amount ? Data(#"{"amount":100}"#.utf8) : Data(#"{"amount":100,"email":"ada.lovelace@example.com","name":"Ada Lovelace"}"#.utf8)
         let run = UUID().uuidString.prefix(8).lowercased()
 
         // A short warm-up opens the connections and fills the caches.
@@ -298,10 +348,11 @@ struct AppendBenchmark {
                     var latencies: [Double] = []
                     latencies.reserveCapacity(100_000)
                     let stream = "bench\(eventsPerAppend)-\(run)c\(client)"
+                    let personal = kind == .personal ? PersonalData(subject: stream, fields: ["email", "name"]) : nil
                     while true {
                         let started = ContinuousClock.now
                         if started >= end { break }
-                        let batch = (0..<eventsPerAppend).map { _ in NewEvent(type: "MoneyDeposited", data: payload) }
+                        let batch = (0..<eventsPerAppend).map { _ in NewEvent(type: "MoneyDeposited", data: payload, personal: personal) }
                         let result = try await store.append(
                             to: stream, expected: version == 0 ? .noStream : .exact(version), events: batch)
                         version = result.version

@@ -191,26 +191,26 @@ public final class EventStore: Sendable {
                 throw invalid(problem)
             }
             var declared = event.personal
-            var parsed: JSONValue? = nil
             if declared == nil, !platform, configuration.personalData.byType[event.type] != nil {
-                parsed = try? JSONValue(parsing: event.data)
-                declared = parsed.flatMap { configuration.personalData.personalData(type: event.type, stream: stream.rawValue, data: $0) }
+                declared = configuration.personalData.personalData(type: event.type, stream: stream.rawValue, data: Array(event.data))
             }
             if let personal = declared {
                 // Checked before any key is looked up or made: bad input writes nothing.
-                guard let data = try? parsed ?? JSONValue(parsing: event.data) else { throw invalid("data is not valid JSON") }
+                let data = Array(event.data)
                 if let problem = personal.problem(in: data) { throw invalid(problem) }
-                guard case .object(let metadata)? = try? JSONValue(parsing: event.metadata) else { throw invalid("metadata is not a JSON object") }
-                if metadata[PersonalData.metadataKey] != nil {
+                if JSONPathScanner.span(at: [PersonalData.metadataKey], in: Array(event.metadata)) != nil {
                     throw invalid("metadata.\(PersonalData.metadataKey) is reserved: name personal data with \"subject\" and \"personal\"")
                 }
                 // Sealed once the subjects' keys are at hand (`sealPersonalData`).
                 prepared.append(PreparedEvent(
                     id: event.id, type: event.type, storedData: Data(), codec: 0, metadata: event.metadata,
-                    schemaVersion: Int16(event.schemaVersion ?? 0), personal: PendingPersonalData(declaration: personal, data: data, metadata: metadata)))
+                    schemaVersion: Int16(event.schemaVersion ?? 0),
+                    personal: PendingPersonalData(declaration: personal, data: data, metadata: Array(event.metadata))))
                 continue
             }
-            if PersonalData.recorded(in: event.metadata) != nil {
+            if event.metadata.range(of: Data("\"\(PersonalData.metadataKey)\"".utf8)) != nil,
+                JSONPathScanner.span(at: [PersonalData.metadataKey], in: Array(event.metadata)) != nil
+            {
                 throw invalid("metadata.\(PersonalData.metadataKey) is reserved: name personal data with \"subject\" and \"personal\"")
             }
             let (stored, codec) = PayloadCodec.encode(event.data, threshold: configuration.compressionThreshold)

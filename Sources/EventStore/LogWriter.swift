@@ -20,8 +20,9 @@ struct PreparedEvent: Sendable {
 /// An event's personal data, validated, waiting for its subject's key.
 struct PendingPersonalData: Sendable {
     var declaration: PersonalData
-    var data: JSONValue
-    var metadata: [String: JSONValue]
+    /// The event's data and metadata as given (valid JSON).
+    var data: [UInt8]
+    var metadata: [UInt8]
 }
 
 /// An append ready for the log writer.

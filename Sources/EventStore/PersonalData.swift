@@ -67,15 +67,17 @@ public struct PersonalData: Sendable, Hashable {
     /// How a sealed field's value starts in the stored data.
     static let sealedPrefix = "eventline:sealed:v1:"
 
-    /// Why this declaration cannot be stored with `data`, or nil.
-    func problem(in data: JSONValue) -> String? {
+    /// The member names of each field's path.
+    var paths: [[String]] { fields.map { $0.split(separator: ".", omittingEmptySubsequences: false).map(String.init) } }
+
+    /// Why this declaration cannot be stored with `data` (valid JSON), or nil.
+    func problem(in data: [UInt8]) -> String? {
         if let problem = Self.subjectProblem(subject) { return problem }
         guard !fields.isEmpty else { return "a subject needs personal fields: name them in \"personal\"" }
         guard fields.count <= Self.maxFields else { return "at most \(Self.maxFields) personal fields, got \(fields.count)" }
-        guard case .object = data else { return "personal fields need data that is a JSON object" }
+        guard data.first(where: { !Self.isSpace($0) }) == UInt8(ascii: "{") else { return "personal fields need data that is a JSON object" }
         var seen = Set<String>()
-        for path in fields {
-            let segments = path.split(separator: ".", omittingEmptySubsequences: false)
+        for (path, segments) in zip(fields, paths) {
             guard !path.isEmpty, segments.allSatisfy({ !$0.isEmpty }) else {
                 return "personal field \(JSONValue.quoted(path)) is not a path of member names such as email or address.street"
             }
@@ -83,17 +85,18 @@ public struct PersonalData: Sendable, Hashable {
             if let other = fields.first(where: { $0 != path && $0.hasPrefix(path + ".") }) {
                 return "personal fields \(path) and \(other) overlap"
             }
-            switch data.value(at: path) {
-            case nil:
-                return "personal field \(path) is not in the event's data"
-            case .string?, .integer?, .number?, .object?:
-                continue
-            case .null?, .bool?, .array?:
-                return "personal field \(path) must be a string, a number or an object"
-            }
+            guard let span = JSONPathScanner.span(at: segments, in: data) else { return "personal field \(path) is not in the event's data" }
+            guard Self.isSealable(data[span.lowerBound]) else { return "personal field \(path) must be a string, a number or an object" }
         }
         return nil
     }
+
+    /// Whether a value starting with `byte` is a string, a number or an object.
+    static func isSealable(_ byte: UInt8) -> Bool {
+        byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "{") || byte == UInt8(ascii: "-") || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+    }
+
+    static func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09 }
 
     /// Why `subject` cannot name a subject, or nil.
     public static func subjectProblem(_ subject: String) -> String? {
@@ -110,63 +113,113 @@ public struct PersonalData: Sendable, Hashable {
         Array("eventline personal field\0\(id.uuidString.lowercased())\0\(subject)\0\(path)".utf8)
     }
 
-    /// `data` and `metadata` with the personal fields sealed under `key` and the declaration
-    /// recorded in the metadata.
-    func seal(data: JSONValue, metadata: [String: JSONValue], event id: UUID, key: [UInt8]) -> (data: Data, metadata: Data) {
+    /// `data` and `metadata` (both valid, `problem(in:)` checked) with the personal fields sealed
+    /// under `key` and the declaration recorded in the metadata. Each field's JSON text is
+    /// replaced in place, so the rest of the document keeps its bytes.
+    func seal(data: [UInt8], metadata: [UInt8], event id: UUID, key: [UInt8]) -> (data: Data, metadata: Data) {
         var sealed = data
-        for path in fields {
-            guard let value = data.value(at: path) else { continue }  // checked by `problem(in:)`
-            let box = AESGCM.seal(Array(value.jsonText.utf8), key: key, authenticating: Self.label(event: id, subject: subject, path: path))
-            sealed.set(.string(Self.sealedPrefix + Data(box).base64EncodedString()), at: path)
+        for (path, span) in spans(in: data) {
+            let box = AESGCM.seal(data[span], key: key, authenticating: Self.label(event: id, subject: subject, path: path))
+            sealed.replaceSubrange(span, with: Array("\"\(Self.sealedPrefix)\(Data(box).base64EncodedString())\"".utf8))
         }
-        var metadata = metadata
-        metadata[Self.metadataKey] = .object(["subject": .string(subject), "fields": .array(fields.map(JSONValue.string))])
-        return (Data(sealed.jsonText.utf8), JSONValue.jsonData(metadata))
+        let declaration = #""\#(Self.metadataKey)":{"subject":\#(JSONValue.quoted(subject)),"fields":[\#(fields.map(JSONValue.quoted).joined(separator: ","))]}"#
+        return (Data(sealed), Data(Self.adding(member: declaration, to: metadata)))
+    }
+
+    /// Where each field's value is in `data`, the last first (so that replacing one keeps the
+    /// others' places).
+    private func spans(in data: [UInt8]) -> [(path: String, span: Range<Int>)] {
+        zip(fields, paths).compactMap { path, segments in JSONPathScanner.span(at: segments, in: data).map { (path, $0) } }
+            .sorted { $0.span.lowerBound > $1.span.lowerBound }
+    }
+
+    /// A JSON object's text with one more member (`"name":value`) before its closing brace.
+    static func adding(member: String, to object: [UInt8]) -> [UInt8] {
+        guard let close = object.lastIndex(of: UInt8(ascii: "}")), let open = object.firstIndex(of: UInt8(ascii: "{")), open < close else {
+            return Array("{\(member)}".utf8)
+        }
+        let empty = object[(open + 1)..<close].allSatisfy(isSpace)
+        var out = Array(object[..<close])
+        out += Array(((empty ? "" : ",") + member).utf8)
+        out += object[close...]
+        return out
     }
 
     /// The declaration recorded in stored metadata, if any.
     static func recorded(in metadata: Data) -> PersonalData? {
-        // Most events carry none: look for the member's name before parsing.
+        // Most events carry none: look for the member's name before scanning.
         guard metadata.range(of: Data("\"\(metadataKey)\"".utf8)) != nil,
-            case .object(let members)? = try? JSONValue(parsing: metadata),
-            case .object(let declaration)? = members[metadataKey],
-            case .string(let subject)? = declaration["subject"],
-            case .array(let paths)? = declaration["fields"]
+            case .string(let subject)? = JSONPathScanner.value(at: [metadataKey, "subject"], in: metadata)
         else { return nil }
-        return PersonalData(subject: subject, fields: paths.compactMap(\.stringValue))
+        var fields: [String] = []
+        while fields.count < maxFields, case .string(let path)? = JSONPathScanner.value(at: [metadataKey, "fields", String(fields.count)], in: metadata) {
+            fields.append(path)
+        }
+        return PersonalData(subject: subject, fields: fields)
     }
 
     /// The event as readers see it: its personal fields opened with `key`, or, with no key (the
     /// subject is forgotten), `null`, its metadata then listing them as `erased`.
     func open(_ event: RecordedEvent, key: [UInt8]?) throws -> RecordedEvent {
         var event = event
-        var data = try JSONValue(parsing: event.data)
-        for path in fields {
-            guard case .string(let stored)? = data.value(at: path) else { continue }
+        let stored = Array(event.data)
+        var data = stored
+        let prefix = Array("\"\(Self.sealedPrefix)".utf8)
+        for (path, span) in spans(in: stored) {
+            guard span.count > prefix.count, stored[span].starts(with: prefix) else { continue }  // not sealed
             guard let key else {
-                data.set(.null, at: path)
+                data.replaceSubrange(span, with: Array("null".utf8))
                 continue
             }
-            guard stored.hasPrefix(Self.sealedPrefix),
-                let box = Data(base64Encoded: String(stored.dropFirst(Self.sealedPrefix.count))),
-                let plain = try? AESGCM.open(box, key: key, authenticating: Self.label(event: event.id, subject: subject, path: path)),
-                let value = try? JSONValue(parsing: Data(plain))
+            let encoded = stored[(span.lowerBound + prefix.count)..<(span.upperBound - 1)]
+            guard let box = Data(base64Encoded: Data(encoded)),
+                let plain = try? AESGCM.open(box, key: key, authenticating: Self.label(event: event.id, subject: subject, path: path))
             else {
                 throw EventStoreError(
                     code: .corruptEvent, message: "event \(event.position): its personal field \(path) does not open under its subject's key",
                     stream: event.stream)
             }
-            data.set(value, at: path)
+            data.replaceSubrange(span, with: plain)
         }
-        event.data = Data(data.jsonText.utf8)
-        if key == nil, case .object(var metadata)? = try? JSONValue(parsing: event.metadata),
-            case .object(var declaration)? = metadata[Self.metadataKey]
-        {
-            declaration["erased"] = .array(fields.map(JSONValue.string))
-            metadata[Self.metadataKey] = .object(declaration)
-            event.metadata = JSONValue.jsonData(metadata)
-        }
+        event.data = Data(data)
+        if key == nil { event.metadata = Self.markingErased(fields, in: event.metadata) }
         return event
+    }
+
+    /// Metadata whose declaration lists `fields` as erased.
+    static func markingErased(_ fields: [String], in metadata: Data) -> Data {
+        guard case .object(var members)? = try? JSONValue(parsing: metadata), case .object(var declaration)? = members[metadataKey] else {
+            return metadata
+        }
+        declaration["erased"] = .array(fields.map(JSONValue.string))
+        members[metadataKey] = .object(declaration)
+        return JSONValue.jsonData(members)
+    }
+}
+
+extension RecordedEvent {
+    /// The subject a `SubjectForgotten` event forgets, or nil for any other event.
+    public var forgottenSubject: String? {
+        guard type == EventStore.subjectForgottenType, stream == EventStore.forgottenStream,
+            case .string(let subject)? = JSONPathScanner.value(at: ["subject"], in: data)
+        else { return nil }
+        return subject
+    }
+
+    /// This event, already read decrypted, as it reads once its subject is forgotten (when it
+    /// holds personal data of one of `subjects`): its personal fields `null`, and named as
+    /// erased in its metadata. For readers that keep events in memory (the live feed's tail).
+    public func erasingPersonalData(of subjects: Set<String>) -> RecordedEvent {
+        guard let personal = PersonalData.recorded(in: metadata), subjects.contains(personal.subject),
+            JSONPathScanner.value(at: [PersonalData.metadataKey, "erased"], in: metadata) == nil
+        else { return self }
+        var data = Array(self.data)
+        let spans = personal.paths.compactMap { JSONPathScanner.span(at: $0, in: data) }
+        for span in spans.sorted(by: { $0.lowerBound > $1.lowerBound }) { data.replaceSubrange(span, with: Array("null".utf8)) }
+        var erased = self
+        erased.data = Data(data)
+        erased.metadata = PersonalData.markingErased(personal.fields, in: metadata)
+        return erased
     }
 }
 
@@ -201,13 +254,11 @@ public struct PersonalDataDeclarations: Sendable {
     }
 
     /// The personal data an event of `type` in `stream` with `data` holds, or nil.
-    func personalData(type: String, stream: String, data: JSONValue) -> PersonalData? {
+    func personalData(type: String, stream: String, data: [UInt8]) -> PersonalData? {
         guard let declaration = byType[type] else { return nil }
         let present = declaration.fields.filter { path in
-            switch data.value(at: path) {
-            case .string?, .integer?, .number?, .object?: true
-            default: false
-            }
+            guard let span = JSONPathScanner.span(at: path.split(separator: ".").map(String.init), in: data) else { return false }
+            return PersonalData.isSealable(data[span.lowerBound])
         }
         guard !present.isEmpty else { return nil }
         return PersonalData(subject: declaration.subject(stream), fields: present)
@@ -369,32 +420,4 @@ extension EventStoreError {
     static let noMasterKeyForWriting = EventStoreError(
         code: .masterKey,
         message: "events with personal fields need a master key, and none is configured: set EVENTLINE_MASTER_KEY or EVENTLINE_MASTER_KEY_FILE (nothing was stored)")
-}
-
-extension JSONValue {
-    /// The value at a dotted path of member names, or nil when a member is missing.
-    func value(at path: String) -> JSONValue? {
-        var current = self
-        for name in path.split(separator: ".") {
-            guard case .object(let members) = current, let next = members[String(name)] else { return nil }
-            current = next
-        }
-        return current
-    }
-
-    /// Replaces the value at a dotted path whose members exist.
-    mutating func set(_ value: JSONValue, at path: String) {
-        set(value, at: path.split(separator: ".").map(String.init)[...])
-    }
-
-    private mutating func set(_ value: JSONValue, at path: ArraySlice<String>) {
-        guard let first = path.first else {
-            self = value
-            return
-        }
-        guard case .object(var members) = self, var child = members[first] else { return }
-        child.set(value, at: path.dropFirst())
-        members[first] = child
-        self = .object(members)
-    }
 }

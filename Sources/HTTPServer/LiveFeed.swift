@@ -111,9 +111,13 @@ final class LiveFeed: Service, Sendable {
                 return .caughtUp
             }
             end = last.position
+            // Events in memory were read decrypted: a forget that reaches the tail erases them
+            // there too, as the table reads them from now on.
+            let forgotten = Set(page.compactMap(\.forgottenSubject))
             feed.tail.withLock { tail in
                 guard var current = tail else { return }
-                current.events += page
+                if !forgotten.isEmpty { current.events = current.events.map { $0.erasingPersonalData(of: forgotten) } }
+                current.events += forgotten.isEmpty ? page : page.map { $0.erasingPersonalData(of: forgotten) }
                 current.bytes += page.reduce(0) { $0 + $1.data.count + $1.metadata.count }
                 current.end = last.position
                 // Bounded: the oldest go; a client behind them reads the table.

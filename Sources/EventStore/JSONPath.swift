@@ -2,7 +2,7 @@ import Foundation
 
 /// A value found at a dotted path in an event's JSON, as it is bound to a handler's parameter.
 /// Numbers keep their JSON text, so a 64-bit amount reaches PostgreSQL exactly.
-enum JSONScalar: Equatable {
+package enum JSONScalar: Equatable {
     case string(String)
     /// The number's JSON text, unchanged.
     case number(String)
@@ -12,7 +12,7 @@ enum JSONScalar: Equatable {
     case json(String)
 
     /// The text PostgreSQL receives for this value; nil is SQL NULL.
-    var bindText: String? {
+    package var bindText: String? {
         switch self {
         case .string(let value): value
         case .number(let text): text
@@ -25,25 +25,40 @@ enum JSONScalar: Equatable {
 
 /// Finds the value at a path (`["owner"]`, `["items", "0", "sku"]`) in JSON text without
 /// building the whole document: a scanner that skips what it does not need.
-struct JSONPathScanner {
+package struct JSONPathScanner {
     private let bytes: [UInt8]
     private var index = 0
     private var depth = 0
     private static let maxDepth = 512
 
     /// The value at `path` in `json`, or nil when the path is absent or the text is not JSON.
-    static func value(at path: [String], in json: Data) -> JSONScalar? {
+    package static func value(at path: [String], in json: Data) -> JSONScalar? {
         var scanner = JSONPathScanner(bytes: Array(json))
-        return try? scanner.find(path[...])
+        guard let span = try? scanner.locate(path[...]) else { return nil }
+        scanner.index = span.lowerBound
+        return try? scanner.scalar()
+    }
+
+    /// Where the value at `path` is in `bytes` (its first to its last byte), or nil when the
+    /// path is absent or the text is not JSON: for changing one value without re-encoding the
+    /// rest of the document.
+    package static func span(at path: [String], in bytes: [UInt8]) -> Range<Int>? {
+        var scanner = JSONPathScanner(bytes: bytes)
+        return try? scanner.locate(path[...])
     }
 
     private init(bytes: [UInt8]) { self.bytes = bytes }
 
     private struct Malformed: Error {}
 
-    private mutating func find(_ path: ArraySlice<String>) throws -> JSONScalar? {
+    /// Walks to the value at `path` and returns its bytes' range.
+    private mutating func locate(_ path: ArraySlice<String>) throws -> Range<Int>? {
         skipSpace()
-        guard let segment = path.first else { return try scalar() }
+        guard let segment = path.first else {
+            let start = index
+            try skipValue()
+            return start..<index
+        }
         guard index < bytes.count else { throw Malformed() }
         switch bytes[index] {
         case UInt8(ascii: "{"):
@@ -55,7 +70,7 @@ struct JSONPathScanner {
                 let key = try string()
                 skipSpace()
                 try expect(UInt8(ascii: ":"))
-                if key == segment { return try find(path.dropFirst()) }
+                if key == segment { return try locate(path.dropFirst()) }
                 try skipValue()
                 skipSpace()
                 if peek(UInt8(ascii: "}")) { return nil }
@@ -68,7 +83,7 @@ struct JSONPathScanner {
             if peek(UInt8(ascii: "]")) { return nil }
             var position = 0
             while true {
-                if position == wanted { return try find(path.dropFirst()) }
+                if position == wanted { return try locate(path.dropFirst()) }
                 try skipValue()
                 skipSpace()
                 if peek(UInt8(ascii: "]")) { return nil }

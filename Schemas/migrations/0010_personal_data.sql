@@ -11,10 +11,14 @@ CREATE TABLE eventline.subject_keys (
     CHECK ((wrapped_key IS NULL) = (forgotten_at IS NOT NULL))
 );
 
--- The streams that hold a subject's personal data (to drop their snapshots when it is
--- forgotten). Partial: events without personal data cost nothing.
-CREATE INDEX events_personal_subject ON eventline.events ((metadata -> 'personal' ->> 'subject'))
-    WHERE metadata ? 'personal';
+-- The streams that hold a subject's personal data, to drop their snapshots when it is
+-- forgotten. A writer records a pair the first time it seals data of the subject into the
+-- stream (before the append commits: a pair may name a stream the append then missed).
+CREATE TABLE eventline.subject_streams (
+    subject text NOT NULL,
+    stream  text NOT NULL,
+    PRIMARY KEY (subject, stream)
+);
 
 -- Deleted streams (tombstones), counted by eventctl status.
 CREATE INDEX events_tombstones ON eventline.events (stream) WHERE type = '$StreamDeleted';

@@ -10,6 +10,14 @@ public enum AESGCM {
     public static let nonceSize = 12
     public static let tagSize = 16
 
+    /// The cipher, fetched from the default provider once: OpenSSL 3 looks a cipher up on every
+    /// initialisation otherwise (its "implicit fetch"), which costs more than sealing a field.
+    /// A fetched cipher is immutable and may be used from any thread (OpenSSL's threading rules).
+    nonisolated(unsafe) private static let cipher: OpaquePointer = {
+        guard let fetched = EVP_CIPHER_fetch(nil, "AES-256-GCM", nil) else { fatalError("libcrypto has no AES-256-GCM") }
+        return fetched
+    }()
+
     /// The box cannot be opened: a wrong key, wrong additional data, or bytes that were changed.
     public struct AuthenticationFailure: Error, Sendable, CustomStringConvertible {
         public var description: String { "the sealed data does not authenticate under this key" }
@@ -31,7 +39,7 @@ public enum AESGCM {
         var tag = [UInt8](repeating: 0, count: tagSize)
         var length: Int32 = 0
         var total = 0
-        var ok = EVP_EncryptInit_ex(context, EVP_aes_256_gcm(), nil, nil, nil) == 1
+        var ok = EVP_EncryptInit_ex(context, cipher, nil, nil, nil) == 1
         ok = ok && EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_GCM_SET_IVLEN, Int32(nonceSize), nil) == 1
         ok = ok && EVP_EncryptInit_ex(context, nil, nil, key, nonce) == 1
         if ok, !aad.isEmpty { ok = EVP_EncryptUpdate(context, nil, &length, aad, Int32(aad.count)) == 1 }
@@ -66,7 +74,7 @@ public enum AESGCM {
         var output = [UInt8](repeating: 0, count: ciphertext.count + 16)
         var length: Int32 = 0
         var total = 0
-        var ok = EVP_DecryptInit_ex(context, EVP_aes_256_gcm(), nil, nil, nil) == 1
+        var ok = EVP_DecryptInit_ex(context, cipher, nil, nil, nil) == 1
         ok = ok && EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_GCM_SET_IVLEN, Int32(nonceSize), nil) == 1
         ok = ok && EVP_DecryptInit_ex(context, nil, nil, key, nonce) == 1
         if ok, !aad.isEmpty { ok = EVP_DecryptUpdate(context, nil, &length, aad, Int32(aad.count)) == 1 }

@@ -32,9 +32,7 @@ extension EventStore {
             SET wrapped_key = NULL, master_key_id = NULL, forgotten_at = coalesce(eventline.subject_keys.forgotten_at, now())
             """,
             """
-            DELETE FROM eventline.snapshots WHERE stream IN (
-                SELECT stream FROM eventline.events WHERE metadata ? 'personal' AND metadata -> 'personal' ->> 'subject' = \(subject)
-            )
+            DELETE FROM eventline.snapshots WHERE stream IN (SELECT stream FROM eventline.subject_streams WHERE subject = \(subject))
             """,
         ]
         let result = try await writer.append(prepared)

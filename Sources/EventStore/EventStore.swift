@@ -233,7 +233,7 @@ public final class EventStore: Sendable {
         guard let keyring = reading.keyring else { throw EventStoreError.noMasterKeyForWriting }
         let subjects = Set(append.events.compactMap { $0.personal?.declaration.subject })
         let keys = try await translatingErrors(stream: append.stream.rawValue) {
-            try await keyring.keysForWriting(subjects, pool: pool)
+            try await keyring.keysForWriting(subjects, stream: append.stream.rawValue, pool: pool)
         }
         for index in append.events.indices {
             guard let pending = append.events[index].personal, let key = keys[pending.declaration.subject] else { continue }

@@ -271,7 +271,12 @@ public struct PersonalDataDeclarations: Sendable {
 /// readers look them up for every page, so a forget is seen by the next read in any process.
 final class SubjectKeyring: Sendable {
     let masterKey: MasterKey
-    private let cache = Mutex<[String: [UInt8]]>([:])
+    /// Data keys this process has sealed with, and the (subject, stream) pairs it has recorded.
+    private struct Cache {
+        var keys: [String: [UInt8]] = [:]
+        var pairs: Set<String> = []
+    }
+    private let cache = Mutex(Cache())
     private static let maxCached = 100_000
 
     /// Seals snapshots (derived from the master key; never stored).
@@ -282,37 +287,50 @@ final class SubjectKeyring: Sendable {
         self.snapshotKey = HMACSHA256.mac(key: masterKey.bytes, message: Array("eventline snapshot key".utf8))
     }
 
-    /// The data keys of `subjects` for sealing, each created on first use. Throws
-    /// `.subjectForgotten` for a subject whose key was destroyed: it never comes back.
-    func keysForWriting(_ subjects: Set<String>, pool: PostgresConnectionPool) async throws -> [String: [UInt8]] {
+    /// The data keys of `subjects` for sealing into `stream`, each created on first use; the
+    /// first time a subject's data goes into a stream, the pair is recorded too (to find the
+    /// stream's snapshots when the subject is forgotten). Throws `.subjectForgotten` for a
+    /// subject whose key was destroyed: it never comes back.
+    func keysForWriting(_ subjects: Set<String>, stream: String, pool: PostgresConnectionPool) async throws -> [String: [UInt8]] {
         var keys: [String: [UInt8]] = [:]
-        let missing = cache.withLock { cache in
-            subjects.filter { subject in
-                guard let key = cache[subject] else { return true }
-                keys[subject] = key
-                return false
+        let (missing, unrecorded) = cache.withLock { cache -> ([String], [String]) in
+            var missing: [String] = []
+            var unrecorded: [String] = []
+            for subject in subjects.sorted() {
+                if let key = cache.keys[subject] { keys[subject] = key } else { missing.append(subject) }
+                if !cache.pairs.contains(Self.pair(subject, stream)) { unrecorded.append(subject) }
             }
+            return (missing, unrecorded)
         }
-        guard !missing.isEmpty else { return keys }
-        let names = missing.sorted()
+        guard !missing.isEmpty || !unrecorded.isEmpty else { return keys }
         let masterKey = self.masterKey
-        let wrapped = names.map { masterKey.wrap(AESGCM.randomBytes(AESGCM.keySize), subject: $0) }
+        let wrapped = missing.map { masterKey.wrap(AESGCM.randomBytes(AESGCM.keySize), subject: $0) }
         let rows = try await pool.withConnection { conn in
-            // Two statements, each with its own snapshot: the second sees a key another
-            // process created while the first waited for it.
-            let results = try conn.pipeline([
-                SQLQuery("""
+            var statements: [SQLQuery] = []
+            if !unrecorded.isEmpty {
+                statements.append(SQLQuery("""
+                    INSERT INTO eventline.subject_streams (subject, stream)
+                    SELECT subject, \(stream) FROM unnest(\(PostgresBinaryArray(text: unrecorded))) AS batch (subject)
+                    ON CONFLICT DO NOTHING
+                    """))
+            }
+            if !missing.isEmpty {
+                // Two statements, each with its own snapshot: the second sees a key another
+                // process created while the first waited for it.
+                statements.append(SQLQuery("""
                     INSERT INTO eventline.subject_keys (subject, wrapped_key, master_key_id)
-                    SELECT * FROM unnest(\(PostgresBinaryArray(text: names)), \(PostgresBinaryArray(bytea: wrapped.map { Data($0) })),
-                                         \(PostgresBinaryArray(text: names.map { _ in masterKey.id })))
+                    SELECT * FROM unnest(\(PostgresBinaryArray(text: missing)), \(PostgresBinaryArray(bytea: wrapped.map { Data($0) })),
+                                         \(PostgresBinaryArray(text: missing.map { _ in masterKey.id })))
                     ON CONFLICT (subject) DO NOTHING
-                    """),
-                SQLQuery("""
+                    """))
+                statements.append(SQLQuery("""
                     SELECT subject, wrapped_key, master_key_id FROM eventline.subject_keys
-                    WHERE subject = ANY(\(PostgresBinaryArray(text: names)))
-                    """),
-            ])
-            return try results[1].get().rows.map { row in
+                    WHERE subject = ANY(\(PostgresBinaryArray(text: missing)))
+                    """))
+            }
+            let results = try conn.pipeline(statements).map { try $0.get() }
+            guard !missing.isEmpty, let selected = results.last else { return [(subject: String, wrapped: Data?, keyID: String?)]() }
+            return try selected.rows.map { row in
                 (subject: try row.decode(0, as: String.self), wrapped: try row.decode(1, as: Data?.self), keyID: try row.decode(2, as: String?.self))
             }
         }
@@ -322,15 +340,19 @@ final class SubjectKeyring: Sendable {
             opened[row.subject] = try unwrap(Array(wrapped), subject: row.subject, keyID: row.keyID)
         }
         cache.withLock { cache in
-            if cache.count + opened.count > Self.maxCached { cache = [:] }
-            cache.merge(opened) { _, new in new }
+            if cache.keys.count + opened.count > Self.maxCached { cache.keys = [:] }
+            cache.keys.merge(opened) { _, new in new }
+            if cache.pairs.count + unrecorded.count > Self.maxCached { cache.pairs = [] }
+            for subject in unrecorded { cache.pairs.insert(Self.pair(subject, stream)) }
         }
         return keys.merging(opened) { _, new in new }
     }
 
+    private static func pair(_ subject: String, _ stream: String) -> String { "\(subject)\0\(stream)" }
+
     /// Drops a subject's key from this process's memory.
     func forget(_ subject: String) {
-        _ = cache.withLock { $0.removeValue(forKey: subject) }
+        _ = cache.withLock { $0.keys.removeValue(forKey: subject) }
     }
 
     /// The data keys of `subjects` for reading, looked up now; a forgotten or unknown subject

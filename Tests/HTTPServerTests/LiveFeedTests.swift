@@ -192,3 +192,41 @@ struct LiveFeedTests {
         await store.shutdown()
     }
 }
+
+@Suite("The live feed and forgotten subjects", .timeLimit(.minutes(2)))
+struct LiveFeedForgetTests {
+    @Test("a live client sees personal fields decrypted; once the subject is forgotten, a client served from the tail sees them null, like one served from the table")
+    func forgetReachesTheTail() async throws {
+        let server = try await LiveFeedTests.server("livefeed-forget")
+        let store = server.test.store
+        try await server.run { client in
+            let port = try #require(client.port)
+            let first = try LiveClient(port: port, path: "/v1/events/live?category=customer")
+            // The first client keeps the tail alive; its events come from the tail.
+            try await eventually("the first client is streaming") { first.body.contains(": eventline live feed") }
+            for id in ["1", "2"] {
+                try await store.append(to: "customer-\(id)", events: [NewEvent(
+                    type: "CustomerRegistered", data: Data(#"{"email":"c\#(id)@example.com","city":"London"}"#.utf8),
+                    personal: PersonalData(subject: "customer-\(id)", fields: ["email"]))])
+            }
+            try await eventually("the first client saw both") { first.ids.count == 2 }
+            #expect(first.body.contains("c1@example.com") && first.body.contains("c2@example.com"))
+            try await store.forget(subject: "customer-1")
+            try await store.append(to: "customer-3", events: [NewEvent(type: "Noted", data: Data("{}".utf8))])
+            try await eventually("the first client saw the later event") { first.ids.count == 3 }
+            // A client after the forget, from the tail: the forgotten subject's field is null.
+            let second = try LiveClient(port: port, path: "/v1/events/live?category=customer")
+            try await eventually("the second client caught up") { second.ids.count == 3 }
+            #expect(!second.body.contains("c1@example.com") && second.body.contains("c2@example.com"), "\(second.body)")
+            let erased = second.events.first { ($0["stream"] as? String) == "customer-1" }
+            #expect((erased?["data"] as? [String: Any])?["email"] is NSNull)
+            #expect(((erased?["metadata"] as? [String: Any])?["personal"] as? [String: Any])?["erased"] as? [String] == ["email"])
+            // And one that reads the table (the same filter, NDJSON) agrees.
+            let table = try await client.send(.get, "/v1/events?category=customer")
+            #expect(!table.text.contains("c1@example.com") && table.text.contains("c2@example.com"))
+            first.disconnect()
+            second.disconnect()
+        }
+        await store.shutdown()
+    }
+}

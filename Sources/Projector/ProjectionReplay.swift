@@ -82,6 +82,18 @@ public enum ProjectionReplay {
         }
     }
 
+    /// A replay whose handlers see events through `upcasters` only (no master key: events with
+    /// personal data cannot be read); `reading:` also opens personal data.
+    public static func run(
+        _ projection: any Projection, databaseURL: String, dryRun: Bool = false, batchSize: Int = 1000,
+        lockTimeout: Duration = .seconds(5), progress: (@Sendable (ReplayProgress) -> Void)? = nil,
+        upcasters: EventUpcasters, logger: Logger = Logger(label: "eventline.replay")
+    ) async throws -> ReplayResult {
+        try await run(
+            projection, databaseURL: databaseURL, dryRun: dryRun, batchSize: batchSize, lockTimeout: lockTimeout, progress: progress,
+            reading: EventReading(upcasters: upcasters), logger: logger)
+    }
+
     /// The rebuild table of `name`.
     public static func rebuildTable(_ name: String) -> String { name + "__rebuild" }
 }

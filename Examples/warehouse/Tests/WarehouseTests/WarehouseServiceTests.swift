@@ -80,7 +80,7 @@ struct WarehouseServiceTests {
         // A replay of the projection builds the same row from the mixed log.
         let projection = try #require(try ProjectionDirectory.load(Self.projections).first { $0.name == "item_stock" })
         let replay = try await ProjectionReplay.run(
-            projection, databaseURL: server.test.url, dryRun: true, upcasters: Warehouse.domain.upcasters)
+            projection, databaseURL: server.test.url, dryRun: true, reading: EventReading(upcasters: Warehouse.domain.upcasters))
         #expect(replay.matches == true, "\(replay)")
         await server.test.store.shutdown()
     }

@@ -40,7 +40,7 @@ public enum BankAccount: Aggregate {
         switch event {
         case let opened as AccountOpened:
             state.status = .open
-            state.owner = opened.owner
+            state.owner = opened.owner ?? ""  // nil once the account is forgotten
             state.currency = opened.currency
         case let deposited as MoneyDeposited:
             // Saturating: decide never lets the balance overflow, and a corrupt log must not crash a fold.
@@ -134,9 +134,10 @@ public struct AccountOpened: DomainEvent, Hashable {
     /// The owner's name is personal data of the account (subject `account-<id>`, the stream):
     /// stored encrypted, and read as null once the account is forgotten.
     public static let personalFields = ["owner"]
-    public var owner: String
+    /// Optional, as every personal field must be: it reads as null once its subject is forgotten.
+    public var owner: String?
     public var currency: String
-    public init(owner: String, currency: String) {
+    public init(owner: String?, currency: String) {
         self.owner = owner
         self.currency = currency
     }

@@ -83,7 +83,7 @@ extension EventStore {
 }
 
 extension EventStore {
-    /// Re-wraps every subject's data key under `newKey`, in one transaction: the data keys
+    /// Re-wraps every subject's data key under `newKey`, a thousand per transaction: the data keys
     /// (and so every encrypted field) stay as they are. Keys already wrapped under `newKey` are
     /// left alone, so running it again after every process has moved to the new key picks up
     /// keys that processes still on the old one created meanwhile. Needs the store's current
@@ -91,36 +91,44 @@ extension EventStore {
     public func rotateMasterKey(to newKey: MasterKey) async throws -> Int {
         guard let keyring = reading.keyring else { throw EventStoreError.noMasterKeyForWriting }
         let oldKey = keyring.masterKey
-        return try await translatingErrors {
-            try await pool.withConnection { conn in
-                try conn.transaction { conn in
-                    let rows = try conn.query("""
-                        SELECT subject, wrapped_key, master_key_id FROM eventline.subject_keys
-                        WHERE wrapped_key IS NOT NULL AND master_key_id IS DISTINCT FROM \(newKey.id)
-                        ORDER BY subject FOR UPDATE
-                        """).rows
-                    var subjects: [String] = []
-                    var wrapped: [Data] = []
-                    for row in rows {
-                        let subject = try row.decode(0, as: String.self)
-                        let dataKey: [UInt8]
-                        do {
-                            dataKey = try oldKey.unwrap(Array(try row.decode(1, as: Data.self)), subject: subject)
-                        } catch {
-                            throw EventStoreError.masterKeyMismatch(subject: subject, storedID: try row.decode(2, as: String?.self), configuredID: oldKey.id)
+        var total = 0
+        // In transactions of a thousand keys: a forget waits on a key's row lock while it holds
+        // the log head, so a long one would hold up every append.
+        while true {
+            let count = try await translatingErrors {
+                try await pool.withConnection { conn in
+                    try conn.transaction { conn -> Int in
+                        let rows = try conn.query("""
+                            SELECT subject, wrapped_key, master_key_id FROM eventline.subject_keys
+                            WHERE wrapped_key IS NOT NULL AND master_key_id IS DISTINCT FROM \(newKey.id)
+                            ORDER BY subject LIMIT 1000 FOR UPDATE SKIP LOCKED
+                            """).rows
+                        var subjects: [String] = []
+                        var wrapped: [Data] = []
+                        for row in rows {
+                            let subject = try row.decode(0, as: String.self)
+                            let dataKey: [UInt8]
+                            do {
+                                dataKey = try oldKey.unwrap(Array(try row.decode(1, as: Data.self)), subject: subject)
+                            } catch {
+                                throw EventStoreError.masterKeyMismatch(
+                                    subject: subject, storedID: try row.decode(2, as: String?.self), configuredID: oldKey.id)
+                            }
+                            subjects.append(subject)
+                            wrapped.append(Data(newKey.wrap(dataKey, subject: subject)))
                         }
-                        subjects.append(subject)
-                        wrapped.append(Data(newKey.wrap(dataKey, subject: subject)))
+                        guard !subjects.isEmpty else { return 0 }
+                        try conn.execute("""
+                            UPDATE eventline.subject_keys k SET wrapped_key = batch.wrapped, master_key_id = \(newKey.id)
+                            FROM unnest(\(PostgresBinaryArray(text: subjects)), \(PostgresBinaryArray(bytea: wrapped))) AS batch (subject, wrapped)
+                            WHERE k.subject = batch.subject AND k.wrapped_key IS NOT NULL
+                            """)
+                        return subjects.count
                     }
-                    guard !subjects.isEmpty else { return 0 }
-                    try conn.execute("""
-                        UPDATE eventline.subject_keys k SET wrapped_key = batch.wrapped, master_key_id = \(newKey.id)
-                        FROM unnest(\(PostgresBinaryArray(text: subjects)), \(PostgresBinaryArray(bytea: wrapped))) AS batch (subject, wrapped)
-                        WHERE k.subject = batch.subject AND k.wrapped_key IS NOT NULL
-                        """)
-                    return subjects.count
                 }
             }
+            guard count > 0 else { return total }
+            total += count
         }
     }
 

@@ -30,26 +30,30 @@ extension EventStore {
                 return (try row.decode(0), try row.decode(1), try row.decode(2))
             }
         }
-        guard let (version, stateVersion, stored) = row, let data = openSnapshot(stored) else { return nil }
+        guard let (version, stateVersion, stored) = row, let data = openSnapshot(stored, stream: name) else { return nil }
         return Snapshot(version: version, stateVersion: stateVersion, data: data)
     }
 
     /// How a snapshot is stored: LZ4-compressed and, with a master key, sealed under a key
     /// derived from it, because a state folded from personal data holds it in plain form (a
     /// database dump alone reveals nothing; forgetting a subject drops its streams' snapshots).
-    func sealSnapshot(_ data: Data) throws -> Data {
+    func sealSnapshot(_ data: Data, stream: String) throws -> Data {
         let compressed = try LZ4Block.compress(data)
         guard let keyring = reading.keyring else { return compressed }
-        return Self.sealedSnapshotPrefix + Data(AESGCM.seal(compressed, key: keyring.snapshotKey, authenticating: Self.sealedSnapshotPrefix))
+        return Self.sealedSnapshotPrefix + Data(AESGCM.seal(compressed, key: keyring.snapshotKey, authenticating: Self.snapshotLabel(stream)))
     }
+
+    /// What authenticates a sealed snapshot: it opens only as the snapshot of its own stream.
+    static func snapshotLabel(_ stream: String) -> [UInt8] { Array(sealedSnapshotPrefix) + Array(stream.utf8) }
 
     /// The state a stored snapshot holds; nil when it cannot be opened (sealed under another
     /// master key, or with none here) or decompressed: snapshots are a cache of the log.
-    func openSnapshot(_ stored: Data) -> Data? {
+    func openSnapshot(_ stored: Data, stream: String) -> Data? {
         var compressed = stored
         if stored.starts(with: Self.sealedSnapshotPrefix) {
             guard let keyring = reading.keyring,
-                let opened = try? AESGCM.open(stored.dropFirst(Self.sealedSnapshotPrefix.count), key: keyring.snapshotKey, authenticating: Self.sealedSnapshotPrefix)
+                let opened = try? AESGCM.open(
+                    stored.dropFirst(Self.sealedSnapshotPrefix.count), key: keyring.snapshotKey, authenticating: Self.snapshotLabel(stream))
             else { return nil }
             compressed = Data(opened)
         }
@@ -58,20 +62,31 @@ extension EventStore {
 
     static let sealedSnapshotPrefix = Data("eventline:sealed-snapshot:v1:".utf8)
 
-    /// Stores a snapshot (LZ4-compressed) unless a newer one of the same shape is already there.
+    /// Stores a snapshot (LZ4-compressed) unless a newer one of the same shape is already there,
+    /// or the stream holds personal data of a subject that is forgotten (a state folded before
+    /// the forget may hold it). That check takes a share lock on the subjects' keys, so a
+    /// forget either finds the snapshot and drops it, or is seen and none is written.
     public func saveSnapshot(_ stream: String, _ snapshot: Snapshot) async throws {
         let name = try StreamName(stream).rawValue
-        let compressed = try sealSnapshot(snapshot.data)
+        let compressed = try sealSnapshot(snapshot.data, stream: name)
         try await translatingErrors(stream: name) {
             try await pool.withConnection { conn in
-                try conn.execute("""
-                    INSERT INTO eventline.snapshots AS s (stream, version, state_version, data)
-                    VALUES (\(name), \(snapshot.version), \(snapshot.stateVersion), \(compressed))
-                    ON CONFLICT (stream) DO UPDATE
-                    SET version = EXCLUDED.version, state_version = EXCLUDED.state_version, data = EXCLUDED.data,
-                        created_at = now()
-                    WHERE s.version < EXCLUDED.version OR s.state_version <> EXCLUDED.state_version
-                    """)
+                try conn.transaction { conn in
+                    let keys = try conn.query("""
+                        SELECT k.wrapped_key IS NULL FROM eventline.subject_keys k
+                        JOIN eventline.subject_streams s ON s.subject = k.subject
+                        WHERE s.stream = \(name) FOR SHARE OF k
+                        """)
+                    if try keys.rows.contains(where: { try $0.decode(0, as: Bool.self) }) { return }
+                    try conn.execute("""
+                        INSERT INTO eventline.snapshots AS s (stream, version, state_version, data)
+                        VALUES (\(name), \(snapshot.version), \(snapshot.stateVersion), \(compressed))
+                        ON CONFLICT (stream) DO UPDATE
+                        SET version = EXCLUDED.version, state_version = EXCLUDED.state_version, data = EXCLUDED.data,
+                            created_at = now()
+                        WHERE s.version < EXCLUDED.version OR s.state_version <> EXCLUDED.state_version
+                        """)
+                }
             }
         }
     }
@@ -107,7 +122,7 @@ extension EventStore {
                 var events: [RecordedEvent] = []
                 for row in try conn.query(query).rows {
                     if try row.decode(0, as: Int.self) == 0 {
-                        if let data = self.openSnapshot(try row.decode(5, as: Data.self)) {
+                        if let data = self.openSnapshot(try row.decode(5, as: Data.self), stream: name) {
                             snapshot = Snapshot(version: try row.decode(2), stateVersion: stateVersion, data: data)
                         } else {
                             unusable = true

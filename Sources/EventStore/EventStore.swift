@@ -136,7 +136,13 @@ public final class EventStore: Sendable {
         var prepared = try prepare(stream, expected: expected, events: events)
         if prepared.personal { try await sealPersonalData(&prepared) }
         if EventTrace.isEnabled { prepared.trace = ServiceContext.current }
-        return try await writer.append(prepared)
+        do {
+            return try await writer.append(prepared)
+        } catch let error as EventStoreError where error.code == .subjectForgotten {
+            // Forgotten by another process: its key goes from this one's memory too.
+            for subject in prepared.subjects { reading.keyring?.forget(subject) }
+            throw error
+        }
     }
 
     func prepare(
@@ -167,6 +173,9 @@ public final class EventStore: Sendable {
             if !platform, event.type.hasPrefix("$") {
                 throw invalid("event types starting with $ are the platform's (\(event.type)); a stream is deleted with DELETE /v1/streams/{stream}")
             }
+            if !platform, event.type == Self.subjectForgottenType {
+                throw invalid("\(event.type) is the platform's: a subject is forgotten with DELETE /v1/subjects/{subject}")
+            }
             if events.count > 1 {
                 guard seen.insert(event.id).inserted else {
                     throw invalid("event id \(event.id.uuidString.lowercased()) appears twice in the append")
@@ -191,14 +200,20 @@ public final class EventStore: Sendable {
                 throw invalid(problem)
             }
             var declared = event.personal
-            if declared == nil, !platform, configuration.personalData.byType[event.type] != nil {
-                declared = configuration.personalData.personalData(type: event.type, stream: stream.rawValue, data: Array(event.data))
+            if !platform, configuration.personalData.byType[event.type] != nil {
+                // What the domain declares is sealed whatever the append says.
+                let domain = configuration.personalData.personalData(type: event.type, stream: stream.rawValue, data: Array(event.data))
+                if let given = event.personal, given != domain {
+                    let expected = domain.map { "subject \($0.subject), fields \($0.fields.joined(separator: ", "))" } ?? "none in this data"
+                    throw invalid("the domain declares the personal data of \(event.type) (\(expected)): an append may not name other")
+                }
+                declared = domain
             }
             if let personal = declared {
                 // Checked before any key is looked up or made: bad input writes nothing.
                 let data = Array(event.data)
                 if let problem = personal.problem(in: data) { throw invalid(problem) }
-                if JSONPathScanner.span(at: [PersonalData.metadataKey], in: Array(event.metadata)) != nil {
+                if PersonalData.mayName(event.metadata), JSONPathScanner.span(at: [PersonalData.metadataKey], in: Array(event.metadata)) != nil {
                     throw invalid("metadata.\(PersonalData.metadataKey) is reserved: name personal data with \"subject\" and \"personal\"")
                 }
                 // Sealed once the subjects' keys are at hand (`sealPersonalData`).
@@ -208,9 +223,7 @@ public final class EventStore: Sendable {
                     personal: PendingPersonalData(declaration: personal, data: data, metadata: Array(event.metadata))))
                 continue
             }
-            if event.metadata.range(of: Data("\"\(PersonalData.metadataKey)\"".utf8)) != nil,
-                JSONPathScanner.span(at: [PersonalData.metadataKey], in: Array(event.metadata)) != nil
-            {
+            if PersonalData.mayName(event.metadata), JSONPathScanner.span(at: [PersonalData.metadataKey], in: Array(event.metadata)) != nil {
                 throw invalid("metadata.\(PersonalData.metadataKey) is reserved: name personal data with \"subject\" and \"personal\"")
             }
             let (stored, codec) = PayloadCodec.encode(event.data, threshold: configuration.compressionThreshold)
@@ -232,6 +245,7 @@ public final class EventStore: Sendable {
     private func sealPersonalData(_ append: inout PreparedAppend) async throws {
         guard let keyring = reading.keyring else { throw EventStoreError.noMasterKeyForWriting }
         let subjects = Set(append.events.compactMap { $0.personal?.declaration.subject })
+        append.subjects = subjects.sorted()
         let keys = try await translatingErrors(stream: append.stream.rawValue) {
             try await keyring.keysForWriting(subjects, stream: append.stream.rawValue, pool: pool)
         }

@@ -35,6 +35,9 @@ struct PreparedAppend: Sendable {
     /// The appender's trace context (with a tracer installed), for the group commit's span.
     var trace: ServiceContext? = nil
 
+    /// The subjects whose personal data the events hold: the append fails if one of them is
+    /// forgotten when the writer decides it (a key cached by a writer is no licence).
+    var subjects: [String] = []
     /// Statements that run in the transaction that writes this append, after its events, and
     /// only if they are written (not for a failed append, nor for a retry already in the log).
     var effects: [SQLQuery] = []
@@ -442,8 +445,12 @@ final class LogWriter: Sendable {
         }
 
         mutating func learn(head newHead: Int, versions learned: [String: Int], deleted closed: Set<String>) {
-            if versions.count + learned.count > Self.maxStreams { versions = [:] }
-            if deleted.count + closed.count > Self.maxStreams { deleted = [] }
+            // A version known without its tombstone would let a deleted stream be written: the
+            // two are forgotten together.
+            if versions.count + learned.count > Self.maxStreams || deleted.count + closed.count > Self.maxStreams {
+                versions = [:]
+                deleted = []
+            }
             versions.merge(learned) { _, new in new }
             deleted.formUnion(closed)
             head = newHead
@@ -456,7 +463,7 @@ final class LogWriter: Sendable {
     /// `versions` ends holding every stream's version after the batch.
     private func decide(
         _ appends: [PreparedAppend], head: Int, versions: inout [String: Int], deleted: inout Set<String>,
-        existing: [UUID: ExistingEvent], now: Date
+        forgotten: Set<String> = [], existing: [UUID: ExistingEvent], now: Date
     ) -> (outcomes: [Result<AppendResult, any Error>], rows: [Row]) {
         var existing = existing
         var outcomes: [Result<AppendResult, any Error>] = []
@@ -472,6 +479,10 @@ final class LogWriter: Sendable {
             // A tombstone closes its stream for good: nothing is appended after it.
             guard !deleted.contains(stream) else {
                 outcomes.append(.failure(EventStoreError.streamDeleted(stream)))
+                continue
+            }
+            if let subject = append.subjects.first(where: forgotten.contains) {
+                outcomes.append(.failure(EventStoreError.subjectForgotten(subject)))
                 continue
             }
             guard append.expected.isSatisfied(by: current) else {
@@ -575,6 +586,9 @@ final class LogWriter: Sendable {
             SQLQuery("""
                 WITH head AS (
                     UPDATE eventline.log_head SET position = \(newHead) WHERE position = \(plan.head)
+                      AND NOT EXISTS (
+                          SELECT 1 FROM eventline.subject_keys
+                          WHERE subject = ANY(\(PostgresBinaryArray(text: appends.flatMap(\.subjects)))) AND wrapped_key IS NULL)
                     RETURNING clock_timestamp() AS now, pg_notify(\(Self.notificationChannel), position::text)
                 ), written AS (
                     INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version)
@@ -675,6 +689,11 @@ final class LogWriter: Sendable {
             SELECT event_id, stream, version, position, type, recorded_at FROM eventline.events
             WHERE event_id = ANY(\(PostgresBinaryArray(uuid: ids)))
             """).prepared())
+        // Read under the head lock: a forget committed before this batch is seen.
+        reads.append(SQLQuery("""
+            SELECT subject FROM eventline.subject_keys
+            WHERE subject = ANY(\(PostgresBinaryArray(text: Array(Set(appends.flatMap(\.subjects)))))) AND wrapped_key IS NULL
+            """).prepared())
         let readResults: [PostgresResult]
         do {
             readResults = try conn.pipeline(reads).map { try $0.get() }
@@ -703,12 +722,15 @@ final class LogWriter: Sendable {
                 stream: try row.decode(1), version: try row.decode(2), position: try row.decode(3),
                 type: try row.decode(4), recordedAt: try row.decode(5))
         }
+        var forgotten: Set<String> = []
+        for row in readResults[4].rows { forgotten.insert(try row.decode(0, as: String.self)) }
         // Versions known from before are current only if nobody else has written since.
         known.withLock { known in
             if known.head != head { known.forget() }
         }
 
-        let (outcomes, rows) = decide(appends, head: head, versions: &versions, deleted: &deleted, existing: existing, now: now)
+        let (outcomes, rows) = decide(
+            appends, head: head, versions: &versions, deleted: &deleted, forgotten: forgotten, existing: existing, now: now)
         guard let firstRow = rows.first else {
             // Nothing to write: release the head lock.
             conn.rollbackQuietly()

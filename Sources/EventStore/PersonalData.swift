@@ -145,6 +145,11 @@ public struct PersonalData: Sendable, Hashable {
         return out
     }
 
+    /// Whether metadata may have the reserved member (its name, or an escape that could spell it).
+    static func mayName(_ metadata: Data) -> Bool {
+        metadata.range(of: Data(metadataKey.utf8)) != nil || metadata.contains(UInt8(ascii: "\\"))
+    }
+
     /// The declaration recorded in stored metadata, if any.
     static func recorded(in metadata: Data) -> PersonalData? {
         // Most events carry none: look for the member's name before scanning.

@@ -85,7 +85,7 @@ struct MasterKeyCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Re-wrap every subject's key under a new master key (the current one from EVENTLINE_MASTER_KEY or _FILE).",
             discussion: """
-                One transaction; the encrypted data does not change. Then restart every process with the new key, and \
+                A thousand keys per transaction; the encrypted data does not change. Then restart every process with the new key, and \
                 run this again: it re-wraps any key a process still on the old key made meanwhile (and none twice).
                 """)
         @OptionGroup var database: DatabaseOptions

@@ -119,6 +119,8 @@ public struct YAMLProjection: Projection {
     }
 
     public func statements(for event: RecordedEvent, table: String) throws -> [SQLQuery] {
+        // Only the platform forgets: a SubjectForgotten anywhere else is not a forget.
+        if event.type == EventStore.subjectForgottenType, event.stream != EventStore.forgottenStream { return [] }
         guard let handler = try handlersCompiled(for: table)[event.type] else { return [] }
         return [handler.query(for: event)]
     }

@@ -127,6 +127,10 @@ final class ProjectionRunner: LogConsumer {
         let lease: Lease?
         do {
             lease = try await takeLease()
+        } catch let error where !(error is VersionChanged) {
+            // The lock may have been taken before the failure: another process may take over.
+            await release()
+            throw error
         } catch let pause as VersionChanged {
             await release()
             let metadata: Logger.Metadata = [
@@ -230,7 +234,15 @@ final class ProjectionRunner: LogConsumer {
             logger.info("new cache generation after a failed invalidation", metadata: ["projection.generation": "\(lease.generation)"])
         }
         let started = ContinuousClock.now
-        switch try await applyBatch(lease: lease) {
+        let step: Step
+        do {
+            step = try await applyBatch(lease: lease)
+        } catch let error as EventStoreError where error.code == .masterKey || error.code == .corruptEvent {
+            // An event the projector cannot read (no master key, or not the right one) is a
+            // failure of the projection, shown and parked, not a lost connection to retry blindly.
+            step = .failed(position: lease.checkpoint + 1, handler: "(reading)", message: error.message, checkpoint: lease.checkpoint)
+        }
+        switch step {
         case .applied(let to, let keys, let events):
             metrics.batchEvents.record(events)
             metrics.batchDuration.record(duration: ContinuousClock.now - started)

@@ -154,7 +154,18 @@ final class ReactorWorker: LogConsumer {
     func step(_ lease: inout Lease) async throws -> FollowOutcome {
         let head = try await store.headPosition()
         guard head > lease.checkpoint else { return .caughtUp }
-        let events = try await store.readAll(after: lease.checkpoint, limit: configuration.batchSize, filter: reactor.filter)
+        let events: [RecordedEvent]
+        do {
+            events = try await store.readAll(after: lease.checkpoint, limit: configuration.batchSize, filter: reactor.filter)
+        } catch let error as EventStoreError where error.code == .masterKey || error.code == .corruptEvent {
+            // An event the reactor cannot read: recorded (eventctl status shows it) and retried with backoff.
+            lease.attempts += 1
+            retries.increment()
+            retrying.record(1)
+            try await recordFailure(position: lease.checkpoint + 1, message: error.message, attempts: lease.attempts, lease: lease)
+            logger.error("the log cannot be read; retrying", metadata: ["error": "\(error.message)", "attempt": "\(lease.attempts)"])
+            return .failed
+        }
         for event in events {
             try await verify(lease)
             do {

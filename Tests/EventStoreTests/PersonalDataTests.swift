@@ -145,10 +145,12 @@ struct PersonalDataTests {
         let other = test.secondStore()
         defer { Task { await other.shutdown() } }
         _ = try await other.readStream("customer-17")  // the second store has read it before the forget
+        // And has sealed data of the subject: its key is in that store's memory.
+        try await other.append(to: "customer-17b", events: [personalEvent()])
 
         let forgotten = try await store.forget(subject: "customer-17")
         #expect(!forgotten.wasAlreadyAppended)
-        #expect(forgotten.position == 3)
+        #expect(forgotten.position == 4)
         #expect(try await store.isForgotten(subject: "customer-17"))
         #expect(try await !store.isForgotten(subject: "customer-18"))
         func erased(_ event: RecordedEvent?, _ reader: String) throws {
@@ -168,7 +170,7 @@ struct PersonalDataTests {
             #expect(kept["email"] as? String == "ada@example.com")
         }
         // The audit event names the subject and nothing else.
-        let audit = try #require(try await store.readAll(after: 2).first)
+        let audit = try #require(try await store.readAll(after: 3).first)
         #expect(audit.type == "SubjectForgotten")
         #expect(audit.stream == EventStore.forgottenStream)
         #expect(try object(audit.data) as NSDictionary == ["subject": "customer-17"] as NSDictionary)
@@ -182,7 +184,7 @@ struct PersonalDataTests {
         #expect(rows.1 == ["customer-18"])
         // Again: the same event, nothing new. Never had a key: forgotten all the same.
         let again = try await store.forget(subject: "customer-17")
-        #expect(again.wasAlreadyAppended && again.position == 3)
+        #expect(again.wasAlreadyAppended && again.position == 4)
         #expect(try await !store.forget(subject: "nobody").wasAlreadyAppended)
         // No personal data of a forgotten subject is stored again, by any store.
         for writer in [store, other] {
@@ -193,7 +195,12 @@ struct PersonalDataTests {
         }
         // Events without its personal data still go to its stream.
         try await store.append(to: "customer-17", events: [NewEvent(type: "Noted", data: Data("{}".utf8))])
-        #expect(try await store.headPosition() == 5)
+        #expect(try await store.headPosition() == 6)
+        // No new snapshot of its streams is kept: a state folded before the forget may hold its data.
+        try await other.saveSnapshot("customer-17b", Snapshot(version: 1, stateVersion: 1, data: Data(#"{"email":"ada@example.com"}"#.utf8)))
+        #expect(try await store.loadSnapshot("customer-17b") == nil)
+        try await store.saveSnapshot("customer-18", Snapshot(version: 2, stateVersion: 1, data: Data("{}".utf8)))
+        #expect(try await store.loadSnapshot("customer-18")?.version == 2)
     }
 
     @Test("an archive carries ciphertext: exported before a forget and imported after it, the subject's fields read null, the others' whole")
@@ -261,12 +268,21 @@ struct PersonalDataTests {
             try await store.append(to: "s-1", events: [NewEvent(type: "T", data: data, metadata: Data(#"{"personal":{"subject":"x","fields":["email"]}}"#.utf8))])
         }
         #expect(reserved?.message.contains("reserved") == true)
-        for (stream, type) in [("s-1", "$StreamDeleted"), ("$subjects-forgotten", "T")] {
+        for (stream, type) in [("s-1", "$StreamDeleted"), ("$subjects-forgotten", "T"), ("s-1", "SubjectForgotten")] {
             let platform = await #expect(throws: EventStoreError.self) {
                 try await store.append(to: stream, events: [NewEvent(type: type, data: Data("{}".utf8))])
             }
             #expect(platform?.code == .invalidEvent || platform?.code == .invalidStreamName)
         }
+        // A type the domain declares is sealed as declared, whatever the append says.
+        let declaring = EventStore({ var c = store.configuration; c.personalData.declare("AccountOpened", fields: ["owner"]); return c }())
+        defer { Task { await declaring.shutdown() } }
+        let other = await #expect(throws: EventStoreError.self) {
+            try await declaring.append(to: "account-1", events: [NewEvent(
+                type: "AccountOpened", data: Data(#"{"owner":"Ada","currency":"EUR"}"#.utf8),
+                personal: PersonalData(subject: "x", fields: ["currency"]))])
+        }
+        #expect(other?.message.contains("the domain declares the personal data of AccountOpened") == true, "\(other?.message ?? "")")
         // Without a master key: refused, never stored in plain text.
         let keyless = EventStore({ var c = store.configuration; c.masterKey = nil; return c }())
         defer { Task { await keyless.shutdown() } }

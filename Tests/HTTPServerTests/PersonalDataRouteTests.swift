@@ -82,8 +82,26 @@ struct PersonalDataRouteTests {
             let reopen = try await client.send(.post, "/v1/streams/account-a1/events", json: #"{"events":[{"type":"AccountOpened","data":{"owner":"Ada","currency":"EUR"}}]}"#)
             #expect(reopen.status == .gone && reopen.isProblem, "\(reopen.text)")
             #expect(reopen.json["type"] as? String == "/problems/subject-forgotten")
+            let forged = try await client.send(.post, "/v1/streams/x-1/events", json: #"{"events":[{"type":"SubjectForgotten","data":{"subject":"account-a9"}}]}"#)
+            #expect(forged.status == .badRequest && forged.isProblem, "\(forged.text)")
             let log = try await client.send(.get, "/v1/events?type=SubjectForgotten")
             #expect((log.json["events"] as? [[String: Any]])?.count == 2, "\(log.text)")  // account-a1 and customer-17, once each
+        }
+    }
+
+    @Test("a forgotten account takes commands after a restart: its owner reads null, and the state folds without it")
+    func forgottenAccountAfterRestart() async throws {
+        let server = try await TestServer.personal("http-personal-restart")
+        try await server.run { (client: any TestClientProtocol) async throws -> Void in
+            #expect(try await client.command("a1", "OpenAccount", #"{"owner":"Ada","currency":"EUR"}"#).status == .ok)
+            #expect(try await client.send(.delete, "/v1/subjects/account-a1").status == .ok)
+        }
+        // A new server process: no state cached, the account is folded from the log.
+        try await server.run { (client: any TestClientProtocol) async throws -> Void in
+            let deposit = try await client.command("a1", "DepositMoney", #"{"amount":5}"#)
+            #expect(deposit.status == .ok, "\(deposit.text)")
+            let closed = try await client.command("a1", "CloseAccount", "{}")
+            #expect(closed.status == .unprocessableContent || closed.status == .ok, "\(closed.text)")
         }
     }
 

@@ -68,6 +68,26 @@ struct ForgetProjectionTests {
         #expect(rows == 1)
     }
 
+    @Test("a projection that cannot read personal data (no master key) parks, saying why, instead of retrying in silence")
+    func parksWithoutMasterKey() async throws {
+        let test = try await Self.bankStore("projnokey")
+        let store = test.store
+        defer { Task { await store.shutdown() } }
+        try await store.append(to: "account-1", events: [NewEvent(type: "AccountOpened", data: Data(#"{"owner":"Ada","currency":"EUR"}"#.utf8))])
+        let projection = try #require(try ProjectorTests.shipped().first { $0.name == "account_balances" })
+        var settings = configuration(test)
+        settings.maxAttempts = 2
+        let projector = Projector(projections: [projection], configuration: settings)
+        let running = Task { try? await projector.run() }
+        defer { running.cancel() }
+        try await eventually("the projection parked") {
+            try await test.sql { conn in
+                try conn.query("SELECT state = 'parked' AND error LIKE '%no master key%' FROM eventline.projections WHERE name = 'account_balances'")
+                    .first?.decode(0, as: Bool.self) ?? false
+            }
+        }
+    }
+
     @Test("forget: binds :subject, and only there; a handler of SubjectForgotten beside it is refused")
     func forgetValidation() throws {
         let base = """
@@ -82,6 +102,13 @@ struct ForgetProjectionTests {
             """
         let parsed = try ProjectionDirectory.parse(base + "\nforget: |\n  DELETE FROM $table WHERE id = :subject RETURNING id\n", source: "people.yaml")
         #expect(parsed.eventTypes == ["PersonAdded", "SubjectForgotten"])
+        // A SubjectForgotten outside the platform's stream is no forget.
+        let forged = try parsed.statements(
+            for: RecordedEvent(
+                position: 3, stream: "x-1", version: 1, id: UUID(), type: "SubjectForgotten",
+                data: Data(#"{"subject":"p-1"}"#.utf8), metadata: Data("{}".utf8), recordedAt: Date(), schemaVersion: 1),
+            table: "t")
+        #expect(forged.isEmpty)
         let query = try parsed.statements(
             for: RecordedEvent(
                 position: 3, stream: "$subjects-forgotten", version: 1, id: UUID(), type: "SubjectForgotten",

@@ -199,6 +199,10 @@ public final class EventStore: Sendable {
             {
                 throw invalid(problem)
             }
+            // The store records personal data there; an append may not.
+            if PersonalData.mayName(event.metadata), JSONPathScanner.span(at: [PersonalData.metadataKey], in: Array(event.metadata)) != nil {
+                throw invalid("metadata.\(PersonalData.metadataKey) is reserved: name personal data with \"subject\" and \"personal\"")
+            }
             var declared = event.personal
             if !platform, configuration.personalData.byType[event.type] != nil {
                 // What the domain declares is sealed whatever the append says.
@@ -213,18 +217,12 @@ public final class EventStore: Sendable {
                 // Checked before any key is looked up or made: bad input writes nothing.
                 let data = Array(event.data)
                 if let problem = personal.problem(in: data) { throw invalid(problem) }
-                if PersonalData.mayName(event.metadata), JSONPathScanner.span(at: [PersonalData.metadataKey], in: Array(event.metadata)) != nil {
-                    throw invalid("metadata.\(PersonalData.metadataKey) is reserved: name personal data with \"subject\" and \"personal\"")
-                }
                 // Sealed once the subjects' keys are at hand (`sealPersonalData`).
                 prepared.append(PreparedEvent(
                     id: event.id, type: event.type, storedData: Data(), codec: 0, metadata: event.metadata,
                     schemaVersion: Int16(event.schemaVersion ?? 0),
                     personal: PendingPersonalData(declaration: personal, data: data, metadata: Array(event.metadata))))
                 continue
-            }
-            if PersonalData.mayName(event.metadata), JSONPathScanner.span(at: [PersonalData.metadataKey], in: Array(event.metadata)) != nil {
-                throw invalid("metadata.\(PersonalData.metadataKey) is reserved: name personal data with \"subject\" and \"personal\"")
             }
             let (stored, codec) = PayloadCodec.encode(event.data, threshold: configuration.compressionThreshold)
             prepared.append(PreparedEvent(

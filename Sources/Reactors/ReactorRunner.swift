@@ -159,10 +159,7 @@ final class ReactorWorker: LogConsumer {
             events = try await store.readAll(after: lease.checkpoint, limit: configuration.batchSize, filter: reactor.filter)
         } catch let error as EventStoreError where error.code == .masterKey || error.code == .corruptEvent {
             // An event the reactor cannot read: recorded (eventctl status shows it) and retried with backoff.
-            lease.attempts += 1
-            retries.increment()
-            retrying.record(1)
-            try await recordFailure(position: lease.checkpoint + 1, message: error.message, attempts: lease.attempts, lease: lease)
+            try await fail(at: lease.checkpoint + 1, message: error.message, lease: &lease)
             logger.error("the log cannot be read; retrying", metadata: ["error": "\(error.message)", "attempt": "\(lease.attempts)"])
             return .failed
         }
@@ -173,10 +170,7 @@ final class ReactorWorker: LogConsumer {
             } catch is CancellationError {
                 throw CancellationError()
             } catch {
-                lease.attempts += 1
-                retries.increment()
-                retrying.record(1)
-                try await recordFailure(position: event.position, message: "\(error)", attempts: lease.attempts, lease: lease)
+                try await fail(at: event.position, message: "\(error)", lease: &lease)
                 logger.warning(
                     "event failed; retrying it",
                     metadata: [
@@ -199,6 +193,14 @@ final class ReactorWorker: LogConsumer {
             lease.checkpoint = head
         }
         return .progressed
+    }
+
+    /// Counts one more failed attempt at the event at `position`, and records it.
+    private func fail(at position: Int, message: String, lease: inout Lease) async throws {
+        lease.attempts += 1
+        retries.increment()
+        retrying.record(1)
+        try await recordFailure(position: position, message: message, attempts: lease.attempts, lease: lease)
     }
 
     /// Calls the reactor once for `event`, in the event's trace and as the cause of the commands it issues.

@@ -29,9 +29,9 @@ EXAMPLE := --package-path Examples/warehouse
 ## then the example service's build and tests.
 test: test-deps
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	SWIFT=$(SWIFT) ./scripts/swift-test --skip-build
 	$(SWIFT) build --build-tests $(EXAMPLE)
-	$(SWIFT) test --skip-build $(EXAMPLE)
+	SWIFT=$(SWIFT) ./scripts/swift-test --skip-build $(EXAMPLE)
 
 ## run: a private PostgreSQL, migrated, serving the bank domain on 127.0.0.1:8080.
 run: build

@@ -124,6 +124,7 @@ extension RecordedEvent {
         if includeStream { out += ",\"stream\":\(JSONValue.quoted(stream))" }
         out += ",\"type\":\(JSONValue.quoted(type)),\"version\":\(version),\"position\":\(position)"
         out += ",\"schemaVersion\":\(schemaVersion)"
+        if !tags.isEmpty { out += ",\"tags\":[\(tags.map(JSONValue.quoted).joined(separator: ","))]" }
         out += ",\"data\":\(String(decoding: data, as: UTF8.self))"
         out += ",\"metadata\":\(String(decoding: metadata, as: UTF8.self))"
         out += ",\"recordedAt\":\"\(recordedAt.formatted(ConsumerGroupMessage.timestampStyle))\"}"

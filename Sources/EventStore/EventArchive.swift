@@ -26,7 +26,7 @@ public struct ArchiveProgress: Sendable {
 
 /// Moves the log in and out of a store as an LZ4 frame file of NDJSON, one event per line:
 /// `{"position","stream","version","id","type","data","metadata","recordedAt"}` (and
-/// `"schemaVersion"` when one was recorded), as stored (never upcast), readable with
+/// `"schemaVersion"` when one was recorded, `"tags"` when the event has some), as stored (never upcast), readable with
 /// `lz4 -dc FILE`. Both directions stream with constant memory.
 public enum EventArchive {
     /// How many events an export reads, and an import inserts, per statement.
@@ -63,7 +63,7 @@ public enum EventArchive {
             while after < last {
                 let rows = try conn.query(SQLQuery("""
                     SELECT position, stream, version, event_id::text, type, data, codec, metadata::text,
-                           to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), schema_version
+                           to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), schema_version, tags
                     FROM eventline.events WHERE position > \(after) AND position <= \(last) ORDER BY position LIMIT \(batchSize)
                     """).prepared())
                 guard rows.count > 0 else { break }
@@ -73,7 +73,8 @@ public enum EventArchive {
                     append(#"{"position":\#(position),"stream":\#(JSONValue.quoted(try row.decode(1))),"version":\#(try row.decode(2, as: Int.self)),"id":"\#(try row.decode(3, as: String.self))","type":\#(JSONValue.quoted(try row.decode(4))),"data":"#, to: &buffer)
                     for byte in data { buffer.append(byte == 0x0A || byte == 0x0D ? 0x20 : byte) }
                     let schemaVersion = try row.decode(9, as: Int?.self).map { #","schemaVersion":\#($0)"# } ?? ""
-                    append(#","metadata":\#(try row.decode(7, as: String.self)),"recordedAt":"\#(try row.decode(8, as: String.self))"\#(schemaVersion)}"#, to: &buffer)
+                    let tags = try row.decode(10, as: PostgresTextArray?.self).map { #","tags":[\#($0.values.map(JSONValue.quoted).joined(separator: ","))]"# } ?? ""
+                    append(#","metadata":\#(try row.decode(7, as: String.self)),"recordedAt":"\#(try row.decode(8, as: String.self))"\#(schemaVersion)\#(tags)}"#, to: &buffer)
                     buffer.append(0x0A)
                     after = position
                     count += 1
@@ -219,15 +220,24 @@ public enum EventArchive {
         let encoded = events.map { PayloadCodec.encode($0.data, threshold: 512) }
         do {
             try conn.execute("""
-                INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version)
-                SELECT position, stream, version, event_id, type, data, codec, metadata, recorded_at::timestamptz, NULLIF(schema_version, 0)
+                INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version, tags)
+                SELECT position, stream, version, event_id, type, data, codec, metadata, recorded_at::timestamptz, NULLIF(schema_version, 0),
+                       string_to_array(tags, E'\\n')
                 FROM unnest(\(PostgresBinaryArray(int8: events.map(\.position))), \(PostgresBinaryArray(text: events.map(\.stream))),
                             \(PostgresBinaryArray(int8: events.map(\.version))), \(PostgresBinaryArray(uuid: events.map(\.id))),
                             \(PostgresBinaryArray(text: events.map(\.type))), \(PostgresBinaryArray(bytea: encoded.map(\.0))),
                             \(PostgresBinaryArray(int2: encoded.map(\.1.rawValue))), \(PostgresBinaryArray(jsonb: events.map(\.metadata))),
-                            \(PostgresBinaryArray(text: events.map(\.recordedAt))), \(PostgresBinaryArray(int2: events.map(\.schemaVersion))))
-                     AS batch (position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version)
+                            \(PostgresBinaryArray(text: events.map(\.recordedAt))), \(PostgresBinaryArray(int2: events.map(\.schemaVersion))),
+                            \(PostgresBinaryArray(optionalText: events.map { $0.tags.isEmpty ? nil : $0.tags.joined(separator: "\n") })))
+                     AS batch (position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version, tags)
                 """)
+            let tagged = events.flatMap { event in event.tags.map { (event.position, $0) } }
+            if !tagged.isEmpty {
+                try conn.execute("""
+                    INSERT INTO eventline.event_tags (tag, position)
+                    SELECT tag, position FROM unnest(\(PostgresBinaryArray(text: tagged.map(\.1))), \(PostgresBinaryArray(int8: tagged.map(\.0)))) AS t (tag, position)
+                    """)
+            }
         } catch let error as PostgresError where !error.isConnectionError {
             let what: String
             switch error.constraint {
@@ -252,6 +262,7 @@ struct ArchivedEvent {
     var recordedAt: String
     /// 0: none recorded.
     var schemaVersion: Int16 = 0
+    var tags: [String] = []
 
     init(_ line: Data, line number: Int) throws {
         func fail(_ message: String) -> ArchiveError { ArchiveError(message, line: number) }
@@ -259,7 +270,7 @@ struct ArchivedEvent {
         var fields: [String: Data] = [:]
         for member in members {
             let key = String(decoding: line[member.key], as: UTF8.self)
-            guard ["position", "stream", "version", "id", "type", "data", "metadata", "recordedAt", "schemaVersion"].contains(key) else {
+            guard ["position", "stream", "version", "id", "type", "data", "metadata", "recordedAt", "schemaVersion", "tags"].contains(key) else {
                 throw fail("unknown field \(key)")
             }
             guard fields[key] == nil else { throw fail("\(key) appears twice") }
@@ -301,6 +312,13 @@ struct ArchivedEvent {
             let version = try integer("schemaVersion")
             guard version <= Int(Int16.max) else { throw fail("schemaVersion must be at most \(Int16.max)") }
             schemaVersion = Int16(version)
+        }
+        if let raw = fields["tags"] {
+            guard let list = (try? JSONSerialization.jsonObject(with: raw)) as? [Any], let tags = list as? [String] else {
+                throw fail("tags must be an array of strings")
+            }
+            if let problem = EventTag.problem(withTags: tags) { throw fail(problem) }
+            self.tags = tags
         }
     }
 

@@ -35,7 +35,7 @@ extension EventStore {
             DELETE FROM eventline.snapshots WHERE stream IN (SELECT stream FROM eventline.subject_streams WHERE subject = \(subject))
             """,
         ]
-        let result = try await writer.append(prepared)
+        let result = try await writer.append(prepared)[0]
         reading.keyring?.forget(subject)
         return result
     }
@@ -62,7 +62,7 @@ extension EventStore {
             id: UUID.sha256Derived(from: "eventline tombstone\0\(name.rawValue)"), type: Self.tombstoneType, data: Data("{}".utf8),
             metadata: metadata)
         let prepared = try prepare(name, expected: expected, events: [tombstone], platform: true)
-        return try await writer.append(prepared)
+        return try await writer.append(prepared)[0]
     }
 
     /// Whether the stream's last event is its tombstone, read on `conn`.

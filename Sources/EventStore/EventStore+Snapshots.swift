@@ -104,11 +104,12 @@ extension EventStore {
         let query: SQLQuery = """
             WITH s AS (SELECT version, data FROM eventline.snapshots WHERE stream = \(name) AND state_version = \(stateVersion))
             SELECT 0 AS part, NULL::bigint AS position, s.version, NULL::uuid AS event_id, NULL::text AS type, s.data,
-                   NULL::smallint AS codec, NULL::jsonb AS metadata, NULL::timestamptz AS recorded_at, NULL::smallint AS schema_version
+                   NULL::smallint AS codec, NULL::jsonb AS metadata, NULL::timestamptz AS recorded_at, NULL::smallint AS schema_version,
+                   NULL::text[] AS tags
             FROM s
             UNION ALL
-            SELECT 1, position, version, event_id, type, data, codec, metadata, recorded_at, schema_version FROM (
-                SELECT position, version, event_id, type, data, codec, metadata, recorded_at, schema_version FROM eventline.events
+            SELECT 1, position, version, event_id, type, data, codec, metadata, recorded_at, schema_version, tags FROM (
+                SELECT position, version, event_id, type, data, codec, metadata, recorded_at, schema_version, tags FROM eventline.events
                 WHERE stream = \(name) AND version > coalesce((SELECT version FROM s), 0)
                 ORDER BY version LIMIT \(limit)
             ) e
@@ -132,7 +133,8 @@ extension EventStore {
                     events.append(RecordedEvent(
                         position: try row.decode(1), stream: name, version: try row.decode(2), id: try row.decode(3), type: try row.decode(4),
                         data: try PayloadCodec.decode(try row.decode(5, as: Data.self), codec: Int16(try row.decode(6, as: Int.self))),
-                        metadata: try row.decode(7), recordedAt: try row.decode(8), schemaVersion: try row.decode(9, as: Int?.self) ?? 1))
+                        metadata: try row.decode(7), recordedAt: try row.decode(8), schemaVersion: try row.decode(9, as: Int?.self) ?? 1,
+                        tags: try row.decode(10, as: PostgresTextArray?.self)?.values ?? []))
                 }
                 return (snapshot, unusable, try reading.readable(events, on: conn))
             }

@@ -133,7 +133,12 @@ public final class EventStore: Sendable {
 
     /// Appends to a validated stream name; see `append(to:expected:events:)`.
     public func append(to stream: StreamName, expected: ExpectedVersion = .any, events: [NewEvent]) async throws -> AppendResult {
-        var prepared = try prepare(stream, expected: expected, events: events)
+        try await write(try prepare(stream, expected: expected, events: events))[0]
+    }
+
+    /// Seals the unit's personal data and hands it to the log writer: one result per stream part.
+    func write(_ unit: PreparedAppend) async throws -> [AppendResult] {
+        var prepared = unit
         if prepared.personal { try await sealPersonalData(&prepared) }
         if EventTrace.isEnabled { prepared.trace = ServiceContext.current }
         do {
@@ -145,19 +150,24 @@ public final class EventStore: Sendable {
         }
     }
 
+    /// Validates and encodes one stream's append. `platform` allows the platform's own streams
+    /// and types; `taggedStream` allows the stream the platform picked for streamless events;
+    /// `place` names the append in messages (`appends[2]`).
     func prepare(
-        _ stream: StreamName, expected: ExpectedVersion, events: [NewEvent], platform: Bool = false
+        _ stream: StreamName, expected: ExpectedVersion, events: [NewEvent], platform: Bool = false, taggedStream: Bool = false,
+        place: String? = nil
     ) throws(EventStoreError) -> PreparedAppend {
+        let prefix = place.map { "\($0): " } ?? ""
         if case .exact(let version) = expected, version < 0 {
-            throw .invalidArgument("the expected version must be 0 or more, got \(version)")
+            throw .invalidArgument("\(prefix)the expected version must be 0 or more, got \(version)")
         }
-        guard !events.isEmpty else { throw .invalidEvent("an append needs at least one event", stream: stream.rawValue) }
-        if !platform, stream.rawValue.hasPrefix("$") {
+        guard !events.isEmpty else { throw .invalidEvent("\(prefix)an append needs at least one event", stream: stream.rawValue) }
+        if !platform, !taggedStream, stream.rawValue.hasPrefix("$") {
             throw .invalidStreamName(stream.rawValue, reason: "streams whose names start with $ are the platform's")
         }
         guard events.count <= configuration.maxEventsPerAppend else {
             throw .invalidEvent(
-                "an append may carry at most \(configuration.maxEventsPerAppend) events, got \(events.count)",
+                "\(prefix)an append may carry at most \(configuration.maxEventsPerAppend) events, got \(events.count)",
                 stream: stream.rawValue)
         }
         var seen = Set<UUID>()
@@ -167,7 +177,7 @@ public final class EventStore: Sendable {
         for index in events.indices {
             let event = events[index]
             func invalid(_ problem: String) -> EventStoreError {
-                .invalidEvent("event \(index + 1): \(problem)", stream: stream.rawValue)
+                .invalidEvent(place.map { "\($0).events[\(index)]: \(problem)" } ?? "event \(index + 1): \(problem)", stream: stream.rawValue)
             }
             if let problem = EventTypeName.problem(with: event.type) { throw invalid(problem) }
             if !platform, event.type.hasPrefix("$") {
@@ -190,6 +200,7 @@ public final class EventStore: Sendable {
             if Self.containsEscapedNUL(event.metadata) {
                 throw invalid("metadata contains \\u0000, which PostgreSQL's jsonb cannot store")
             }
+            if !event.tags.isEmpty, let problem = EventTag.problem(withTags: event.tags) { throw invalid(problem) }
             if let version = event.schemaVersion, !(1...Int(Int16.max)).contains(version) {
                 throw invalid("the schema version must be between 1 and \(Int16.max), got \(version)")
             }
@@ -221,18 +232,18 @@ public final class EventStore: Sendable {
                 prepared.append(PreparedEvent(
                     id: event.id, type: event.type, storedData: Data(), codec: 0, metadata: event.metadata,
                     schemaVersion: Int16(event.schemaVersion ?? 0),
-                    personal: PendingPersonalData(declaration: personal, data: data, metadata: Array(event.metadata))))
+                    personal: PendingPersonalData(declaration: personal, data: data, metadata: Array(event.metadata)), tags: event.tags))
                 continue
             }
             let (stored, codec) = PayloadCodec.encode(event.data, threshold: configuration.compressionThreshold)
             prepared.append(PreparedEvent(
                 id: event.id, type: event.type, storedData: stored, codec: codec.rawValue, metadata: event.metadata,
-                schemaVersion: Int16(event.schemaVersion ?? 0)))
+                schemaVersion: Int16(event.schemaVersion ?? 0), tags: event.tags))
             byteCount += stored.count + event.metadata.count
         }
         guard byteCount <= configuration.maxAppendBytes else {
             throw .invalidEvent(
-                "the append's events hold \(byteCount) bytes, more than the limit of \(configuration.maxAppendBytes)",
+                "\(prefix)the append's events hold \(byteCount) bytes, more than the limit of \(configuration.maxAppendBytes)",
                 stream: stream.rawValue)
         }
         return PreparedAppend(stream: stream, expected: expected, events: prepared, byteCount: byteCount)
@@ -242,21 +253,29 @@ public final class EventStore: Sendable {
     /// use); refused, with nothing stored, without a master key or for a forgotten subject.
     private func sealPersonalData(_ append: inout PreparedAppend) async throws {
         guard let keyring = reading.keyring else { throw EventStoreError.noMasterKeyForWriting }
-        let subjects = Set(append.events.compactMap { $0.personal?.declaration.subject })
-        append.subjects = subjects.sorted()
-        let keys = try await translatingErrors(stream: append.stream.rawValue) {
-            try await keyring.keysForWriting(subjects, stream: append.stream.rawValue, pool: pool)
+        var all = Set<String>()
+        for part in append.parts.indices {
+            let stream = append.parts[part].stream.rawValue
+            let subjects = Set(append.parts[part].events.compactMap { $0.personal?.declaration.subject })
+            guard !subjects.isEmpty else { continue }
+            all.formUnion(subjects)
+            // Each (subject, stream) pair is recorded, so that a forget finds the stream's snapshots.
+            let keys = try await translatingErrors(stream: stream) {
+                try await keyring.keysForWriting(subjects, stream: stream, pool: pool)
+            }
+            for index in append.parts[part].events.indices {
+                let event = append.parts[part].events[index]
+                guard let pending = event.personal, let key = keys[pending.declaration.subject] else { continue }
+                let (data, metadata) = pending.declaration.seal(data: pending.data, metadata: pending.metadata, event: event.id, key: key)
+                let (stored, codec) = PayloadCodec.encode(data, threshold: configuration.compressionThreshold)
+                append.parts[part].events[index].storedData = stored
+                append.parts[part].events[index].codec = codec.rawValue
+                append.parts[part].events[index].metadata = metadata
+                append.parts[part].events[index].personal = nil
+                append.byteCount += stored.count + metadata.count
+            }
         }
-        for index in append.events.indices {
-            guard let pending = append.events[index].personal, let key = keys[pending.declaration.subject] else { continue }
-            let (data, metadata) = pending.declaration.seal(data: pending.data, metadata: pending.metadata, event: append.events[index].id, key: key)
-            let (stored, codec) = PayloadCodec.encode(data, threshold: configuration.compressionThreshold)
-            append.events[index].storedData = stored
-            append.events[index].codec = codec.rawValue
-            append.events[index].metadata = metadata
-            append.events[index].personal = nil
-            append.byteCount += stored.count + metadata.count
-        }
+        append.subjects = all.sorted()
         guard append.byteCount <= configuration.maxAppendBytes else {
             throw EventStoreError.invalidEvent(
                 "the append's events hold \(append.byteCount) bytes, more than the limit of \(configuration.maxAppendBytes)",
@@ -292,7 +311,7 @@ public final class EventStore: Sendable {
     public static let notificationChannel = LogWriter.notificationChannel
 
     /// The columns `decodeEvents` reads, in order.
-    package static let eventColumns = "position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version"
+    package static let eventColumns = "position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version, tags"
 
     /// Events from rows of `SELECT \(eventColumns) FROM eventline.events` as stored: payloads
     /// decompressed, personal fields still sealed, in their stored shape.
@@ -302,7 +321,8 @@ public final class EventStore: Sendable {
                 position: try row.decode(0), stream: try row.decode(1), version: try row.decode(2),
                 id: try row.decode(3), type: try row.decode(4),
                 data: try PayloadCodec.decode(try row.decode(5, as: Data.self), codec: Int16(try row.decode(6, as: Int.self))),
-                metadata: try row.decode(7), recordedAt: try row.decode(8), schemaVersion: try row.decode(9, as: Int?.self) ?? 1)
+                metadata: try row.decode(7), recordedAt: try row.decode(8), schemaVersion: try row.decode(9, as: Int?.self) ?? 1,
+                tags: try row.decode(10, as: PostgresTextArray?.self)?.values ?? [])
         }
     }
 

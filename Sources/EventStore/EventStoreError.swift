@@ -8,7 +8,7 @@ public struct EventStoreError: Error, Sendable, CustomStringConvertible {
         enum Base: String, Sendable {
             case wrongExpectedVersion, duplicateEventId, invalidStreamName, invalidEvent, invalidArgument
             case streamNotFound, corruptEvent, unavailable, commitOutcomeUnknown, shutdown, database
-            case migration, subjectForgotten, masterKey, streamDeleted
+            case migration, subjectForgotten, masterKey, streamDeleted, appendConditionFailed
         }
         let base: Base
         public var description: String { base.rawValue }
@@ -45,6 +45,9 @@ public struct EventStoreError: Error, Sendable, CustomStringConvertible {
         public static let masterKey = Code(base: .masterKey)
         /// The stream is deleted (a tombstone closes it): it is neither read nor written again.
         public static let streamDeleted = Code(base: .streamDeleted)
+        /// An event matching the append's condition was written after the condition's position;
+        /// nothing was written.
+        public static let appendConditionFailed = Code(base: .appendConditionFailed)
     }
 
     /// What went wrong.
@@ -57,6 +60,10 @@ public struct EventStoreError: Error, Sendable, CustomStringConvertible {
     public var expectedVersion: ExpectedVersion?
     /// The stream's actual version, for version conflicts.
     public var currentVersion: Int?
+    /// Every stream whose expectation failed, for version conflicts (one for a single append).
+    public var conflicts: [StreamConflict] = []
+    /// The first position whose event matches a failed append condition.
+    public var conflictingPosition: Int?
     /// The underlying database error, if any: the platform's modules look at it; a domain
     /// switches on `code`.
     package var underlying: PostgresError?
@@ -91,6 +98,27 @@ public struct EventStoreError: Error, Sendable, CustomStringConvertible {
             code: .wrongExpectedVersion,
             message: "version conflict on stream \(stream): expected \(expected), current version is \(current)",
             stream: stream, expectedVersion: expected, currentVersion: current)
+    }
+
+    /// The expectations that failed in one unit: one stream reads as `wrongExpectedVersion`
+    /// always did; several are all named.
+    static func wrongExpectedVersion(_ conflicts: [StreamConflict]) -> Self {
+        let first = conflicts[0]
+        var error = wrongExpectedVersion(first.stream, expected: first.expected, current: first.current)
+        if conflicts.count > 1 {
+            error.message = "version conflict on streams "
+                + conflicts.map { "\($0.stream) (expected \($0.expected), current version \($0.current))" }.joined(separator: ", ")
+        }
+        error.conflicts = conflicts
+        return error
+    }
+
+    static func appendConditionFailed(at position: Int, after: Int) -> Self {
+        var error = EventStoreError(
+            code: .appendConditionFailed,
+            message: "the append condition failed: the event at position \(position) matches its query and comes after position \(after)")
+        error.conflictingPosition = position
+        return error
     }
 
     static func duplicateEventId(_ id: UUID, stream: String, existingStream: String) -> Self {

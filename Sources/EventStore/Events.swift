@@ -15,15 +15,22 @@ public struct NewEvent: Sendable, Hashable {
     /// Whose personal data the event holds, and where: those fields are stored encrypted under
     /// the subject's key (the store needs a master key for that).
     public var personal: PersonalData?
+    /// Tags (`student:s1`): queries and append conditions find the event by them, whatever
+    /// its stream. See `EventTag` for what a tag may hold.
+    public var tags: [String]
 
     /// An event from raw JSON. `metadata`, when given, must be a JSON object.
-    public init(id: UUID? = nil, type: String, data: Data, metadata: Data? = nil, schemaVersion: Int? = nil, personal: PersonalData? = nil) {
+    public init(
+        id: UUID? = nil, type: String, data: Data, metadata: Data? = nil, schemaVersion: Int? = nil, personal: PersonalData? = nil,
+        tags: [String] = []
+    ) {
         self.id = id ?? UUID.random()
         self.type = type
         self.data = data
         self.metadata = metadata ?? Data("{}".utf8)
         self.schemaVersion = schemaVersion
         self.personal = personal
+        self.tags = tags
     }
 
     /// An event whose data is `payload` encoded as JSON, with metadata fields.
@@ -67,11 +74,14 @@ public struct RecordedEvent: Sendable, Hashable {
     /// The version of its type's schema `data` follows: as stored (1 when none was recorded),
     /// or the current one once a domain's upcasters have been applied.
     public var schemaVersion: Int
+    /// The tags it was appended with, in the order given.
+    public var tags: [String]
 
     public init(
         position: Int, stream: String, version: Int, id: UUID, type: String, data: Data, metadata: Data, recordedAt: Date,
-        schemaVersion: Int = 1
+        schemaVersion: Int = 1, tags: [String] = []
     ) {
+        self.tags = tags
         self.position = position
         self.stream = stream
         self.version = version

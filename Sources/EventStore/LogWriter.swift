@@ -15,6 +15,7 @@ struct PreparedEvent: Sendable {
     var schemaVersion: Int16 = 0
     /// Personal fields still to seal (the store seals them before the append reaches the writer).
     var personal: PendingPersonalData? = nil
+    var tags: [String] = []
 }
 
 /// An event's personal data, validated, waiting for its subject's key.
@@ -25,11 +26,22 @@ struct PendingPersonalData: Sendable {
     var metadata: [UInt8]
 }
 
-/// An append ready for the log writer.
+/// One unit for the log writer: appends to one or more streams, written all together or not
+/// at all, with expectations about other streams and an optional DCB condition.
 struct PreparedAppend: Sendable {
-    var stream: StreamName
-    var expected: ExpectedVersion
-    var events: [PreparedEvent]
+    /// One stream's events.
+    struct Part: Sendable {
+        var stream: StreamName
+        var expected: ExpectedVersion
+        var events: [PreparedEvent]
+    }
+
+    /// The streams written, in order: their events take consecutive positions in this order.
+    var parts: [Part]
+    /// Expectations about streams the unit checks but does not write.
+    var checks: [StreamCondition] = []
+    /// Fails the unit when an event matching its query has a position after its `after`.
+    var condition: PreparedCondition? = nil
     /// The stored size of the events' data and metadata, to bound groups by bytes.
     var byteCount: Int
     /// The appender's trace context (with a tracer installed), for the group commit's span.
@@ -42,9 +54,25 @@ struct PreparedAppend: Sendable {
     /// only if they are written (not for a failed append, nor for a retry already in the log).
     var effects: [SQLQuery] = []
 
+    init(stream: StreamName, expected: ExpectedVersion, events: [PreparedEvent], byteCount: Int) {
+        self.init(parts: [Part(stream: stream, expected: expected, events: events)], byteCount: byteCount)
+    }
+
+    init(parts: [Part], byteCount: Int) {
+        self.parts = parts
+        self.byteCount = byteCount
+    }
+
+    /// The first stream written (the one errors of the whole unit name).
+    var stream: StreamName { parts[0].stream }
+    var eventCount: Int { parts.reduce(0) { $0 + $1.events.count } }
+
     /// Whether some events have personal fields still to seal.
-    var personal: Bool { events.contains { $0.personal != nil } }
+    var personal: Bool { parts.contains { $0.events.contains { $0.personal != nil } } }
 }
+
+/// A unit's outcome: one result per stream part.
+typealias UnitOutcome = Result<[AppendResult], any Error>
 
 /// Where an already-written event id sits in the log.
 private struct ExistingEvent {
@@ -66,7 +94,7 @@ private struct ExistingEvent {
 final class LogWriter: Sendable {
     private struct Pending {
         var append: PreparedAppend
-        var continuation: CheckedContinuation<AppendResult, any Error>
+        var continuation: CheckedContinuation<[AppendResult], any Error>
     }
 
     private struct State {
@@ -168,7 +196,7 @@ final class LogWriter: Sendable {
     var statistics: Statistics { counters.withLock { $0 } }
 
     /// Queues `append` for the next group commit and waits for its own outcome.
-    func append(_ append: PreparedAppend) async throws -> AppendResult {
+    func append(_ append: PreparedAppend) async throws -> [AppendResult] {
         try await withCheckedThrowingContinuation { continuation in
             let now = ContinuousClock.now
             let startDraining = state.withLock { state -> Bool? in
@@ -250,11 +278,11 @@ final class LogWriter: Sendable {
                 var count = 0
                 for item in state.pending {
                     if count > 0
-                        && (events + item.append.events.count > maxBatchEvents || bytes + item.append.byteCount > Self.maxBytesPerBatch)
+                        && (events + item.append.eventCount > maxBatchEvents || bytes + item.append.byteCount > Self.maxBytesPerBatch)
                     {
                         break
                     }
-                    events += item.append.events.count
+                    events += item.append.eventCount
                     bytes += item.append.byteCount
                     count += 1
                 }
@@ -301,7 +329,7 @@ final class LogWriter: Sendable {
     }
 
     /// The connection failure every outcome of a batch reports, when opening a session failed.
-    private static func unreachable(_ outcomes: [Result<AppendResult, any Error>]) -> PostgresError? {
+    private static func unreachable(_ outcomes: [UnitOutcome]) -> PostgresError? {
         var failure: PostgresError? = nil
         for outcome in outcomes {
             guard case .failure(let error as EventStoreError) = outcome, error.code == .unavailable,
@@ -322,10 +350,10 @@ final class LogWriter: Sendable {
         case statement(PostgresError)
         /// The connection broke after the writes were sent: the commit may or may not have happened.
         case uncertain(
-            PostgresError, firstPosition: Int, firstId: UUID, session: Int32, planned: [Result<AppendResult, any Error>])
+            PostgresError, firstPosition: Int, firstId: UUID, session: Int32, planned: [UnitOutcome])
     }
 
-    private func write(_ appends: [PreparedAppend], attempt: Int) -> [Result<AppendResult, any Error>] {
+    private func write(_ appends: [PreparedAppend], attempt: Int) -> [UnitOutcome] {
         do {
             let outcomes = try connection.withConnectionOnThread { conn in try writeBatch(appends, on: conn) }
             return outcomes
@@ -360,8 +388,8 @@ final class LogWriter: Sendable {
     /// granted only once that transaction has finished one way or the other.
     private func resolveUncertainCommit(
         _ appends: [PreparedAppend], error: PostgresError, firstPosition: Int, firstId: UUID, session: Int32,
-        planned: [Result<AppendResult, any Error>], attempt: Int
-    ) -> [Result<AppendResult, any Error>] {
+        planned: [UnitOutcome], attempt: Int
+    ) -> [UnitOutcome] {
         // The database may be restarting (a crash ends every session): keep asking until the
         // resolution window closes, so that the client gets the outcome, not "unknown".
         let deadline = ContinuousClock.now + resolutionWindow
@@ -413,11 +441,11 @@ final class LogWriter: Sendable {
     /// Replaces the outcomes of appends that were to be written by `failure`; outcomes decided
     /// before writing (conflicts, idempotent replays) stand.
     private func failWritten(
-        _ appends: [PreparedAppend], _ planned: [Result<AppendResult, any Error>],
+        _ appends: [PreparedAppend], _ planned: [UnitOutcome],
         _ failure: (PreparedAppend) -> EventStoreError
-    ) -> [Result<AppendResult, any Error>] {
+    ) -> [UnitOutcome] {
         zip(appends, planned).map { append, outcome in
-            if case .success(let result) = outcome, !result.wasAlreadyAppended { return .failure(failure(append)) }
+            if case .success(let results) = outcome, results.contains(where: { !$0.wasAlreadyAppended }) { return .failure(failure(append)) }
             return outcome
         }
     }
@@ -458,26 +486,45 @@ final class LogWriter: Sendable {
     }
     private let known = Mutex(Known())
 
-    /// Decides each append in order, as if they ran one after another, against the streams'
+    /// Decides each unit in order, as if they ran one after another, against the streams'
     /// `versions` and the ids already `existing` in the log; plans the rows from `head + 1`.
-    /// `versions` ends holding every stream's version after the batch.
+    /// `versions` ends holding every stream's version after the batch. `conditionHits` holds,
+    /// per unit index, the first position up to `head` matching the unit's condition; the rows
+    /// planned for earlier units of this batch are checked here.
     private func decide(
         _ appends: [PreparedAppend], head: Int, versions: inout [String: Int], deleted: inout Set<String>,
-        forgotten: Set<String> = [], existing: [UUID: ExistingEvent], now: Date
-    ) -> (outcomes: [Result<AppendResult, any Error>], rows: [Row]) {
+        forgotten: Set<String> = [], conditionHits: [Int: Int] = [:], existing: [UUID: ExistingEvent], now: Date
+    ) -> (outcomes: [UnitOutcome], rows: [Row]) {
         var existing = existing
-        var outcomes: [Result<AppendResult, any Error>] = []
+        var outcomes: [UnitOutcome] = []
         var rows: [Row] = []
         var nextPosition = head + 1
-        for append in appends {
-            let stream = append.stream.rawValue
-            let current = versions[stream] ?? 0
-            if let replay = idempotentOutcome(append, existing: existing, current: current) {
-                outcomes.append(replay)
+        units: for (index, append) in appends.enumerated() {
+            // A retry of a unit that committed finds every part's events in the log.
+            var replays: [AppendResult] = []
+            for part in append.parts {
+                switch idempotentOutcome(part, existing: existing, current: versions[part.stream.rawValue] ?? 0) {
+                case .success(let results)?: replays += results
+                case .failure(let error)?:
+                    outcomes.append(.failure(error))
+                    continue units
+                case nil: break
+                }
+            }
+            if replays.count == append.parts.count {
+                outcomes.append(.success(replays))
+                continue
+            }
+            if !replays.isEmpty {
+                // Some parts' ids are in the log and others' are not: not a retry of this unit.
+                let id = append.parts.lazy.flatMap(\.events).first { existing[$0.id] != nil }!.id
+                outcomes.append(.failure(EventStoreError.duplicateEventId(id, stream: append.stream.rawValue, existingStream: existing[id]!.stream)))
                 continue
             }
             // A tombstone closes its stream for good: nothing is appended after it.
-            guard !deleted.contains(stream) else {
+            if let stream = append.parts.lazy.map(\.stream.rawValue).first(where: deleted.contains)
+                ?? append.checks.lazy.map(\.stream).first(where: deleted.contains)
+            {
                 outcomes.append(.failure(EventStoreError.streamDeleted(stream)))
                 continue
             }
@@ -485,24 +532,42 @@ final class LogWriter: Sendable {
                 outcomes.append(.failure(EventStoreError.subjectForgotten(subject)))
                 continue
             }
-            guard append.expected.isSatisfied(by: current) else {
-                outcomes.append(.failure(EventStoreError.wrongExpectedVersion(stream, expected: append.expected, current: current)))
+            var conflicts: [StreamConflict] = []
+            for (stream, expected) in append.parts.map({ ($0.stream.rawValue, $0.expected) }) + append.checks.map({ ($0.stream, $0.expected) }) {
+                let current = versions[stream] ?? 0
+                if !expected.isSatisfied(by: current) { conflicts.append(StreamConflict(stream: stream, expected: expected, current: current)) }
+            }
+            if !conflicts.isEmpty {
+                outcomes.append(.failure(EventStoreError.wrongExpectedVersion(conflicts)))
                 continue
             }
-            if append.events.contains(where: { $0.type == EventStore.tombstoneType }) { deleted.insert(stream) }
-            var appended: [AppendedEvent] = []
-            for (offset, event) in append.events.enumerated() {
-                let version = current + offset + 1
-                rows.append((nextPosition, append.stream, version, event))
-                appended.append(AppendedEvent(id: event.id, type: event.type, version: version, position: nextPosition))
-                existing[event.id] = ExistingEvent(
-                    stream: stream, version: version, position: nextPosition, type: event.type, recordedAt: now)
-                nextPosition += 1
+            if let condition = append.condition {
+                let planned = rows.first { $0.position > condition.after && condition.matches(type: $0.event.type, tags: $0.event.tags) }
+                if let hit = conditionHits[index] ?? planned?.position {
+                    outcomes.append(.failure(EventStoreError.appendConditionFailed(at: hit, after: condition.after)))
+                    continue
+                }
             }
-            versions[stream] = current + append.events.count
-            outcomes.append(.success(AppendResult(
-                stream: stream, version: current + append.events.count, position: nextPosition - 1, events: appended,
-                recordedAt: now, wasAlreadyAppended: false)))
+            var results: [AppendResult] = []
+            for part in append.parts {
+                let stream = part.stream.rawValue
+                let current = versions[stream] ?? 0
+                if part.events.contains(where: { $0.type == EventStore.tombstoneType }) { deleted.insert(stream) }
+                var appended: [AppendedEvent] = []
+                for (offset, event) in part.events.enumerated() {
+                    let version = current + offset + 1
+                    rows.append((nextPosition, part.stream, version, event))
+                    appended.append(AppendedEvent(id: event.id, type: event.type, version: version, position: nextPosition))
+                    existing[event.id] = ExistingEvent(
+                        stream: stream, version: version, position: nextPosition, type: event.type, recordedAt: now)
+                    nextPosition += 1
+                }
+                versions[stream] = current + part.events.count
+                results.append(AppendResult(
+                    stream: stream, version: current + part.events.count, position: nextPosition - 1, events: appended,
+                    recordedAt: now, wasAlreadyAppended: false))
+            }
+            outcomes.append(.success(results))
         }
         return (outcomes, rows)
     }
@@ -515,10 +580,12 @@ final class LogWriter: Sendable {
             PostgresBinaryArray(text: rows.map(\.event.type)), PostgresBinaryArray(bytea: rows.map(\.event.storedData)),
             PostgresBinaryArray(int2: rows.map(\.event.codec)), PostgresBinaryArray(jsonb: rows.map(\.event.metadata)),
             PostgresBinaryArray(int2: rows.map(\.event.schemaVersion)),
+            // Tags joined by newlines (a tag holds none), NULL for none: the insert splits them.
+            PostgresBinaryArray(optionalText: rows.map { $0.event.tags.isEmpty ? nil : $0.event.tags.joined(separator: "\n") }),
         ]
     }
 
-    private func writeBatch(_ appends: [PreparedAppend], on conn: PostgresConnection) throws -> [Result<AppendResult, any Error>] {
+    private func writeBatch(_ appends: [PreparedAppend], on conn: PostgresConnection) throws -> [UnitOutcome] {
         // A large group takes the server longer to insert: a second more per 8 MiB.
         conn.answerTimeout = answerTimeout.map { base in
             base + .seconds(appends.reduce(0) { $0 + $1.byteCount } / (8 << 20))
@@ -542,7 +609,7 @@ final class LogWriter: Sendable {
     /// same statement, stamped with the time the head lock was granted. Returns nil, having
     /// written nothing, when the batch needs the log read first: an unknown stream, an append
     /// that would fail, an id already in the log (a unique violation), or another writer.
-    private func writeKnownBatch(_ appends: [PreparedAppend], on conn: PostgresConnection) throws -> [Result<AppendResult, any Error>]? {
+    private func writeKnownBatch(_ appends: [PreparedAppend], on conn: PostgresConnection) throws -> [UnitOutcome]? {
         let plan = known.withLock { known -> (head: Int, versions: [String: Int])? in
             if known.pausedBatches > 0 {
                 known.pausedBatches -= 1
@@ -551,18 +618,28 @@ final class LogWriter: Sendable {
             guard let head = known.head else { return nil }
             var versions: [String: Int] = [:]
             for append in appends {
-                // Effects, and appends to deleted streams (refused), go the long way.
-                guard append.effects.isEmpty else { return nil }
-                let stream = append.stream.rawValue
-                if known.deleted.contains(stream) { return nil }
-                if versions[stream] != nil { continue }
-                if let version = known.versions[stream] {
-                    versions[stream] = version
-                } else if append.expected == .noStream {
-                    // A stream that exists after all makes its version 1 a unique violation.
-                    versions[stream] = 0
-                } else {
-                    return nil
+                // Effects and conditions over queries (read under the head lock), and appends
+                // to deleted streams (refused), go the long way.
+                guard append.effects.isEmpty, append.condition == nil else { return nil }
+                for part in append.parts {
+                    let stream = part.stream.rawValue
+                    if known.deleted.contains(stream) { return nil }
+                    if versions[stream] != nil { continue }
+                    if let version = known.versions[stream] {
+                        versions[stream] = version
+                    } else if part.expected == .noStream {
+                        // A stream that exists after all makes its version 1 a unique violation.
+                        versions[stream] = 0
+                    } else {
+                        return nil
+                    }
+                }
+                // A stream only checked must be known: nothing would catch a wrong guess.
+                for check in append.checks {
+                    if known.deleted.contains(check.stream) { return nil }
+                    if versions[check.stream] != nil { continue }
+                    guard let version = known.versions[check.stream] else { return nil }
+                    versions[check.stream] = version
                 }
             }
             return (head, versions)
@@ -578,6 +655,7 @@ final class LogWriter: Sendable {
         else { return nil }
         let newHead = plan.head + rows.count
         let arrays = Self.rowArrays(rows[...])
+        let tags = Self.tagArrays(rows[...]) ?? (PostgresBinaryArray(text: []), PostgresBinaryArray(int8: []))
         // One statement, so one implicit transaction: it commits whole or not at all.
         let statements: [SQLQuery] = [
             // The head row's lock is taken by the UPDATE, which waits for any other writer and
@@ -591,12 +669,16 @@ final class LogWriter: Sendable {
                           WHERE subject = ANY(\(PostgresBinaryArray(text: appends.flatMap(\.subjects)))) AND wrapped_key IS NULL)
                     RETURNING clock_timestamp() AS now, pg_notify(\(Self.notificationChannel), position::text)
                 ), written AS (
-                    INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version)
+                    INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version, tags)
                     SELECT batch.position, batch.stream, batch.version, batch.event_id, batch.type, batch.data, batch.codec,
-                           batch.metadata, head.now, NULLIF(batch.schema_version, 0)
-                    FROM head, unnest(\(arrays[0]), \(arrays[1]), \(arrays[2]), \(arrays[3]), \(arrays[4]), \(arrays[5]), \(arrays[6]), \(arrays[7]), \(arrays[8]))
-                         AS batch (position, stream, version, event_id, type, data, codec, metadata, schema_version)
+                           batch.metadata, head.now, NULLIF(batch.schema_version, 0), string_to_array(batch.tags, E'\\n')
+                    FROM head, unnest(\(arrays[0]), \(arrays[1]), \(arrays[2]), \(arrays[3]), \(arrays[4]), \(arrays[5]), \(arrays[6]), \(arrays[7]), \(arrays[8]), \(arrays[9]))
+                         AS batch (position, stream, version, event_id, type, data, codec, metadata, schema_version, tags)
                     RETURNING 1
+                ), tagged AS (
+                    -- Runs (a data-modifying WITH always does) only if the head moved.
+                    INSERT INTO eventline.event_tags (tag, position)
+                    SELECT tagged.tag, tagged.position FROM head, unnest(\(tags.tags), \(tags.positions)) AS tagged (tag, position)
                 )
                 SELECT now, (SELECT count(*) FROM written) FROM head
                 """).prepared()
@@ -629,10 +711,12 @@ final class LogWriter: Sendable {
             return nil
         }
         outcomes = outcomes.map { outcome in
-            outcome.map { result in
-                var result = result
-                result.recordedAt = now
-                return result
+            outcome.map { results in
+                results.map { result in
+                    var result = result
+                    result.recordedAt = now
+                    return result
+                }
             }
         }
         known.withLock { $0.learn(head: newHead, versions: versions, deleted: deleted) }
@@ -644,7 +728,7 @@ final class LogWriter: Sendable {
     /// A connection broken meanwhile leaves the commit uncertain (`BatchFailure.uncertain`), and
     /// the writer forgets what it knew of the log. Other errors are the statements' own.
     private func sendWrites(
-        _ statements: [SQLQuery], on conn: PostgresConnection, firstRow: Row, planned: [Result<AppendResult, any Error>]
+        _ statements: [SQLQuery], on conn: PostgresConnection, firstRow: Row, planned: [UnitOutcome]
     ) throws -> [Result<PostgresResult, PostgresError>] {
         let session = conn.backendPID
         func uncertain(_ error: PostgresError) -> BatchFailure {
@@ -663,11 +747,11 @@ final class LogWriter: Sendable {
 
     /// The long way, two round trips: lock the head and read the streams' versions and any
     /// given ids already in the log; then decide, insert, move the head, notify and commit.
-    private func writeReadBatch(_ appends: [PreparedAppend], on conn: PostgresConnection) throws -> [Result<AppendResult, any Error>] {
+    private func writeReadBatch(_ appends: [PreparedAppend], on conn: PostgresConnection) throws -> [UnitOutcome] {
         // Phase 1, one round trip: lock the head, then read what the decisions need.
-        let streams = Array(Set(appends.map(\.stream.rawValue)))
+        let streams = Array(Set(appends.flatMap { $0.parts.map(\.stream.rawValue) + $0.checks.map(\.stream) }))
         // Every id is looked up, generated ones too: a hit can only be a retry of the same event.
-        let ids = appends.flatMap { $0.events.map(\.id) }
+        let ids = appends.flatMap { $0.parts.flatMap { $0.events.map(\.id) } }
         // Every statement of a batch has fixed text and is prepared once per session: rows
         // travel as binary arrays, so planning costs nothing per batch.
         var reads: [SQLQuery] = [
@@ -694,6 +778,19 @@ final class LogWriter: Sendable {
             SELECT subject FROM eventline.subject_keys
             WHERE subject = ANY(\(PostgresBinaryArray(text: Array(Set(appends.flatMap(\.subjects)))))) AND wrapped_key IS NULL
             """).prepared())
+        // The units' conditions, each item probing its index for the first match after `after`.
+        let conditionItems = appends.enumerated().flatMap { index, append in
+            (append.condition?.items ?? []).map { (unit: index, after: append.condition!.after, item: $0) }
+        }
+        if !conditionItems.isEmpty {
+            let arrays = EventStore.conditionArrays(conditionItems)
+            reads.append(SQLQuery("""
+                SELECT q.unit, min(hit.position)
+                FROM unnest(\(arrays.units), \(arrays.afters), \(arrays.tags), \(arrays.types)) AS q (unit, after, tags, types)
+                CROSS JOIN LATERAL (\(unsafeSQL: EventStore.matchingPositions(limit: "1"))) hit
+                GROUP BY q.unit
+                """).prepared())
+        }
         let readResults: [PostgresResult]
         do {
             readResults = try conn.pipeline(reads).map { try $0.get() }
@@ -724,13 +821,18 @@ final class LogWriter: Sendable {
         }
         var forgotten: Set<String> = []
         for row in readResults[4].rows { forgotten.insert(try row.decode(0, as: String.self)) }
+        var conditionHits: [Int: Int] = [:]
+        if !conditionItems.isEmpty {
+            for row in readResults[5].rows { conditionHits[try row.decode(0, as: Int.self)] = try row.decode(1, as: Int.self) }
+        }
         // Versions known from before are current only if nobody else has written since.
         known.withLock { known in
             if known.head != head { known.forget() }
         }
 
         let (outcomes, rows) = decide(
-            appends, head: head, versions: &versions, deleted: &deleted, forgotten: forgotten, existing: existing, now: now)
+            appends, head: head, versions: &versions, deleted: &deleted, forgotten: forgotten, conditionHits: conditionHits,
+            existing: existing, now: now)
         guard let firstRow = rows.first else {
             // Nothing to write: release the head lock.
             conn.rollbackQuietly()
@@ -752,16 +854,22 @@ final class LogWriter: Sendable {
             }
             let arrays = Self.rowArrays(rows[start..<end])
             writes.append(SQLQuery("""
-                INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version)
-                SELECT position, stream, version, event_id, type, data, codec, metadata, \(now), NULLIF(schema_version, 0)
-                FROM unnest(\(arrays[0]), \(arrays[1]), \(arrays[2]), \(arrays[3]), \(arrays[4]), \(arrays[5]), \(arrays[6]), \(arrays[7]), \(arrays[8]))
-                     AS batch (position, stream, version, event_id, type, data, codec, metadata, schema_version)
+                INSERT INTO eventline.events (position, stream, version, event_id, type, data, codec, metadata, recorded_at, schema_version, tags)
+                SELECT position, stream, version, event_id, type, data, codec, metadata, \(now), NULLIF(schema_version, 0),
+                       string_to_array(tags, E'\\n')
+                FROM unnest(\(arrays[0]), \(arrays[1]), \(arrays[2]), \(arrays[3]), \(arrays[4]), \(arrays[5]), \(arrays[6]), \(arrays[7]), \(arrays[8]), \(arrays[9]))
+                     AS batch (position, stream, version, event_id, type, data, codec, metadata, schema_version, tags)
                 """).prepared())
+            if let tags = Self.tagArrays(rows[start..<end]) {
+                writes.append(SQLQuery("""
+                    INSERT INTO eventline.event_tags (tag, position) SELECT tag, position FROM unnest(\(tags.tags), \(tags.positions)) AS t (tag, position)
+                    """).prepared())
+            }
             start = end
         }
         // The effects of the appends written here, in the same transaction.
         for (append, outcome) in zip(appends, outcomes) {
-            guard case .success(let result) = outcome, !result.wasAlreadyAppended else { continue }
+            guard case .success(let results) = outcome, results.contains(where: { !$0.wasAlreadyAppended }) else { continue }
             writes += append.effects
         }
         let newHead = rows[rows.count - 1].position
@@ -790,10 +898,24 @@ final class LogWriter: Sendable {
         return outcomes
     }
 
-    /// The outcome of an append whose given event ids are already in the log, or nil when none is.
+    /// One row per tag of `rows`, as the arrays the tags' insert unnests.
+    private static func tagArrays(_ rows: ArraySlice<Row>) -> (tags: PostgresBinaryArray, positions: PostgresBinaryArray)? {
+        var tags: [String] = []
+        var positions: [Int] = []
+        for row in rows {
+            for tag in row.event.tags {
+                tags.append(tag)
+                positions.append(row.position)
+            }
+        }
+        guard !tags.isEmpty else { return nil }
+        return (PostgresBinaryArray(text: tags), PostgresBinaryArray(int8: positions))
+    }
+
+    /// The outcome of a part whose given event ids are already in the log, or nil when none is.
     private func idempotentOutcome(
-        _ append: PreparedAppend, existing: [UUID: ExistingEvent], current: Int
-    ) -> Result<AppendResult, any Error>? {
+        _ append: PreparedAppend.Part, existing: [UUID: ExistingEvent], current: Int
+    ) -> UnitOutcome? {
         let stream = append.stream.rawValue
         let found = append.events.map { existing[$0.id] }
         guard let firstIndex = found.firstIndex(where: { $0 != nil }), let first = found[firstIndex] else { return nil }
@@ -812,8 +934,8 @@ final class LogWriter: Sendable {
         let events = zip(append.events, stored).map { event, stored in
             AppendedEvent(id: event.id, type: stored.type, version: stored.version, position: stored.position)
         }
-        return .success(AppendResult(
+        return .success([AppendResult(
             stream: stream, version: last.version, position: last.position, events: events, recordedAt: last.recordedAt,
-            wasAlreadyAppended: true))
+            wasAlreadyAppended: true)])
     }
 }

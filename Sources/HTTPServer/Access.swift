@@ -46,6 +46,8 @@ final class AccessControl: Sendable {
         }
         // Deleting a stream or forgetting a subject cannot be undone.
         if method == .delete && (path.hasPrefix("/v1/streams/") || path.hasPrefix("/v1/subjects/")) { return .admin }
+        // Reading by a query is a read, though its body makes it a POST.
+        if method == .post && path == "/v1/events/query" { return .read }
         if method == .post && path.hasPrefix("/v1/") { return .commands }
         return .read
     }

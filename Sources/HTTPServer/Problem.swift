@@ -144,7 +144,22 @@ extension Problem {
             var extensions: [String: JSONValue] = [:]
             if let current = error.currentVersion { extensions["currentVersion"] = .integer(current) }
             if let stream = error.stream { extensions["stream"] = .string(stream) }
+            if !error.conflicts.isEmpty {
+                // Every stream of the request whose expectation failed, with its version.
+                extensions["conflicts"] = .array(error.conflicts.map { conflict in
+                    .object([
+                        "stream": .string(conflict.stream), "expectedVersion": Self.expectedVersionJSON(conflict.expected),
+                        "currentVersion": .integer(conflict.current),
+                    ])
+                })
+            }
             return Problem(.conflict, "version-conflict", "The stream's version does not match", detail: error.message, extensions: extensions)
+        case .appendConditionFailed:
+            var extensions: [String: JSONValue] = [:]
+            if let position = error.conflictingPosition { extensions["conflictingPosition"] = .integer(position) }
+            return Problem(
+                .conflict, "append-condition-failed", "An event matching the append condition was written after its position",
+                detail: error.message, extensions: extensions)
         case .duplicateEventId:
             return Problem(.conflict, "duplicate-event-id", "An event id is already used", detail: error.message)
         case .invalidStreamName:
@@ -180,6 +195,16 @@ extension Problem {
             return Problem(.badRequest, "invalid-request", "The request is not valid", detail: error.underlying?.message ?? error.message)
         default:
             return internalError
+        }
+    }
+
+    /// An expected version as the API takes it: a number, "noStream", "exists" or "any".
+    static func expectedVersionJSON(_ expected: ExpectedVersion) -> JSONValue {
+        switch expected {
+        case .exact(let version): .integer(version)
+        case .noStream: .string("noStream")
+        case .exists: .string("exists")
+        case .any: .string("any")
         }
     }
 

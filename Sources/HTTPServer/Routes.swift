@@ -24,6 +24,8 @@ struct Routes: Sendable {
         router.delete("/v1/streams/:stream") { request, context in try await deleteStream(request, context) }
         router.delete("/v1/subjects/:subject") { request, context in try await forgetSubject(request, context) }
         router.get("/v1/events") { request, context in try await readLog(request, context) }
+        router.post("/v1/events") { request, context in try await appendAcross(request, context) }
+        router.post("/v1/events/query") { request, context in try await queryLog(request, context) }
         router.get("/v1/events/live") { request, context in try liveLog(request, context) }
         router.get("/health/live") { _, _ in JSONIO.response(.ok, Data(#"{"status":"ok"}"#.utf8)) }
         router.get("/health/ready") { _, _ in try await ready() }
@@ -245,71 +247,83 @@ struct Routes: Sendable {
             }
             var events: [NewEvent] = []
             for (index, item) in items.enumerated() {
-                let place = "events[\(index)]"
-                guard let object = item as? [String: Any] else { throw Problem.badRequest("\(place) must be an object", field: place) }
-                try JSONIO.rejectUnknown(object, allowed: ["id", "type", "data", "metadata", "schemaVersion", "subject", "personal"], in: place)
-                var id: UUID? = ids?(index)
-                if let given = object["id"] {
-                    guard let text = given as? String, let uuid = UUID(uuidString: text) else {
-                        throw Problem.badRequest("\(place).id must be a UUID", field: "\(place).id")
-                    }
-                    id = uuid
-                }
-                guard let type = object["type"] as? String else { throw Problem.badRequest("\(place).type is required", field: "\(place).type") }
-                guard let data = object["data"] else { throw Problem.badRequest("\(place).data is required", field: "\(place).data") }
-                var metadata: Data? = nil
-                if let given = object["metadata"] {
-                    guard given is [String: Any] else {
-                        throw Problem.badRequest("\(place).metadata must be a JSON object", field: "\(place).metadata")
-                    }
-                    metadata = try JSONIO.encode(given)
-                }
-                let schemaVersion: Int?
-                do {
-                    schemaVersion = try JSONIO.integer(object, "schemaVersion", range: 1...Int(Int16.max))
-                } catch {
-                    throw Problem.badRequest("\(place).schemaVersion must be an integer from 1 to \(Int16.max)", field: "\(place).schemaVersion")
-                }
-                let encoded = try JSONIO.encode(data)
-                // A stream of a registered aggregate only takes events that aggregate can read,
-                // or its commands would fail from then on.
-                if let entry = commands.entries[StreamName.category(of: stream)], !entry.acceptsEvent(type, schemaVersion ?? 1, encoded) {
-                    throw Problem(
-                        .unprocessableContent, "invalid-event-for-aggregate", "The aggregate cannot read this event",
-                        detail: "\(place) is not a valid event of category \(StreamName.category(of: stream)) (its types: \(entry.eventTypes.joined(separator: ", ")))",
-                        extensions: ["field": .string(place)])
-                }
-                // Data the domain's upcasters cannot read would fail every read of the stream.
-                if let problem = store.configuration.upcasters.problem(type: type, version: schemaVersion ?? 1, data: encoded) {
-                    throw Problem(
-                        .unprocessableContent, "invalid-event-data", "The event's data does not fit its schema version",
-                        detail: "\(place): \(problem)", extensions: ["field": .string("\(place).\(schemaVersion == nil ? "data" : "schemaVersion")")])
-                }
-                var personal: PersonalData? = nil
-                switch (object["subject"], object["personal"]) {
-                case (nil, nil):
-                    break
-                case (let subject?, let fields):
-                    guard let subject = subject as? String else {
-                        throw Problem.badRequest("\(place).subject must be a string", field: "\(place).subject")
-                    }
-                    guard let fields, let paths = fields as? [Any], !paths.isEmpty else {
-                        throw Problem.badRequest(
-                            "\(place).subject needs personal fields: \(place).personal must be a non-empty array of member paths",
-                            field: "\(place).personal")
-                    }
-                    guard let strings = paths as? [String] else {
-                        throw Problem.badRequest("\(place).personal must be an array of strings", field: "\(place).personal")
-                    }
-                    personal = PersonalData(subject: subject, fields: strings)
-                case (nil, _?):
-                    throw Problem.badRequest("\(place).personal needs a subject: name it in \(place).subject", field: "\(place).subject")
-                }
-                events.append(NewEvent(id: id, type: type, data: encoded, metadata: metadata, schemaVersion: schemaVersion, personal: personal))
+                events.append(try newEvent(item, place: "events[\(index)]", id: ids?(index), stream: stream))
             }
             let result = try await store.append(to: stream, expected: expected, events: events)
             return Self.appendAnswer(result)
         }
+    }
+
+    /// One event of an append's body (`place` names it in errors): its id is the body's, else
+    /// `id`. With `stream`, the event must be one the stream's aggregate (if any) can read.
+    func newEvent(_ item: Any, place: String, id derivedID: UUID?, stream: String?) throws -> NewEvent {
+        guard let object = item as? [String: Any] else { throw Problem.badRequest("\(place) must be an object", field: place) }
+        try JSONIO.rejectUnknown(object, allowed: ["id", "type", "data", "metadata", "schemaVersion", "subject", "personal", "tags"], in: place)
+        var id: UUID? = derivedID
+        if let given = object["id"] {
+            guard let text = given as? String, let uuid = UUID(uuidString: text) else {
+                throw Problem.badRequest("\(place).id must be a UUID", field: "\(place).id")
+            }
+            id = uuid
+        }
+        guard let type = object["type"] as? String else { throw Problem.badRequest("\(place).type is required", field: "\(place).type") }
+        guard let data = object["data"] else { throw Problem.badRequest("\(place).data is required", field: "\(place).data") }
+        var metadata: Data? = nil
+        if let given = object["metadata"] {
+            guard given is [String: Any] else {
+                throw Problem.badRequest("\(place).metadata must be a JSON object", field: "\(place).metadata")
+            }
+            metadata = try JSONIO.encode(given)
+        }
+        let schemaVersion: Int?
+        do {
+            schemaVersion = try JSONIO.integer(object, "schemaVersion", range: 1...Int(Int16.max))
+        } catch {
+            throw Problem.badRequest("\(place).schemaVersion must be an integer from 1 to \(Int16.max)", field: "\(place).schemaVersion")
+        }
+        let encoded = try JSONIO.encode(data)
+        // A stream of a registered aggregate only takes events that aggregate can read,
+        // or its commands would fail from then on.
+        if let stream, let entry = commands.entries[StreamName.category(of: stream)], !entry.acceptsEvent(type, schemaVersion ?? 1, encoded) {
+            throw Problem(
+                .unprocessableContent, "invalid-event-for-aggregate", "The aggregate cannot read this event",
+                detail: "\(place) is not a valid event of category \(StreamName.category(of: stream)) (its types: \(entry.eventTypes.joined(separator: ", ")))",
+                extensions: ["field": .string(place)])
+        }
+        // Data the domain's upcasters cannot read would fail every read of the stream.
+        if let problem = store.configuration.upcasters.problem(type: type, version: schemaVersion ?? 1, data: encoded) {
+            throw Problem(
+                .unprocessableContent, "invalid-event-data", "The event's data does not fit its schema version",
+                detail: "\(place): \(problem)", extensions: ["field": .string("\(place).\(schemaVersion == nil ? "data" : "schemaVersion")")])
+        }
+        var personal: PersonalData? = nil
+        switch (object["subject"], object["personal"]) {
+        case (nil, nil):
+            break
+        case (let subject?, let fields):
+            guard let subject = subject as? String else {
+                throw Problem.badRequest("\(place).subject must be a string", field: "\(place).subject")
+            }
+            guard let fields, let paths = fields as? [Any], !paths.isEmpty else {
+                throw Problem.badRequest(
+                    "\(place).subject needs personal fields: \(place).personal must be a non-empty array of member paths",
+                    field: "\(place).personal")
+            }
+            guard let strings = paths as? [String] else {
+                throw Problem.badRequest("\(place).personal must be an array of strings", field: "\(place).personal")
+            }
+            personal = PersonalData(subject: subject, fields: strings)
+        case (nil, _?):
+            throw Problem.badRequest("\(place).personal needs a subject: name it in \(place).subject", field: "\(place).subject")
+        }
+        var tags: [String] = []
+        if let given = object["tags"] {
+            guard let list = given as? [Any], let strings = list as? [String] else {
+                throw Problem.badRequest("\(place).tags must be an array of strings", field: "\(place).tags")
+            }
+            tags = strings
+        }
+        return NewEvent(id: id, type: type, data: encoded, metadata: metadata, schemaVersion: schemaVersion, personal: personal, tags: tags)
     }
 
     /// `DELETE /v1/streams/{stream}[?expectedVersion=N]`: closes the stream for good with a tombstone.
@@ -354,7 +368,7 @@ struct Routes: Sendable {
         return ids
     }
 
-    func expectedVersion(_ value: Any?) throws -> ExpectedVersion {
+    func expectedVersion(_ value: Any?, field: String = "expectedVersion") throws -> ExpectedVersion {
         switch value {
         case nil: return .any
         case let text as String:
@@ -371,7 +385,7 @@ struct Routes: Sendable {
         default: break
         }
         throw Problem.badRequest(
-            #"expectedVersion must be a number ≥ 0, "any", "noStream" or "exists""#, field: "expectedVersion")
+            #"\#(field) must be a number ≥ 0, "any", "noStream" or "exists""#, field: field)
     }
 
     func readStream(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
@@ -402,9 +416,19 @@ struct Routes: Sendable {
 
     func readLog(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let query = request.uri.queryParameters
-        try JSONIO.rejectUnknownQuery(query, allowed: ["after", "limit", "category", "type"])
+        try JSONIO.rejectUnknownQuery(query, allowed: ["after", "limit", "category", "type", "query"])
         let after = try JSONIO.queryInteger(query, "after", range: 0...Int(Int64.max)) ?? 0
         let limit = try JSONIO.queryInteger(query, "limit", range: 1...configuration.maxReadLimit) ?? 100
+        if let text = query["query"] {
+            // A DCB query (types and tags) instead of categories and types.
+            if query["category"] != nil || query["type"] != nil {
+                throw Problem.badRequest("query replaces category and type: give one or the other", field: "query")
+            }
+            guard let object = try? JSONSerialization.jsonObject(with: Data(String(text).utf8)) else {
+                throw Problem.badRequest(#"query must be a JSON query, {"items": [{"types": [...], "tags": [...]}]}"#, field: "query")
+            }
+            return try await queryAnswer(try Self.eventQuery(object, place: "query"), after: after, limit: limit)
+        }
         let filter = try Self.logFilter(query)
         let events = try await store.readAll(after: after, limit: limit, filter: filter)
         let next = events.count == limit ? String(events.last!.position) : "null"

@@ -47,6 +47,11 @@ public struct PostgresBinaryArray: PostgresEncodable {
         self.init(arrayOID: PostgresOID.textArray, elementOID: PostgresOID.text, elements: values.map { Array($0.utf8) })
     }
 
+    /// `text[]` with NULL elements.
+    public init(optionalText values: [String?]) {
+        self.init(arrayOID: PostgresOID.textArray, elementOID: PostgresOID.text, elements: values.map { $0.map { Array($0.utf8) } })
+    }
+
     /// `uuid[]`.
     public init(uuid values: [UUID]) {
         self.init(arrayOID: PostgresOID.uuidArray, elementOID: PostgresOID.uuid, elements: values.map { value in
@@ -62,5 +67,40 @@ public struct PostgresBinaryArray: PostgresEncodable {
     /// `jsonb[]` from UTF-8 JSON documents.
     public init(jsonb values: [Data]) {
         self.init(arrayOID: 3807, elementOID: PostgresOID.jsonb, elements: values.map { [1] + Array($0) })
+    }
+}
+
+/// A one-dimensional `text[]` column decoded from the binary format (NULL elements are refused;
+/// a NULL array decodes as nil through `Optional`).
+public struct PostgresTextArray: PostgresDecodable, Sendable {
+    public var values: [String]
+
+    public static func decode(postgres bytes: UnsafeRawBufferPointer, oid: UInt32) throws -> PostgresTextArray {
+        guard oid == PostgresOID.textArray || oid == 1015 else { throw decodingError(PostgresTextArray.self, oid: oid) }
+        var offset = 0
+        func int32() throws -> Int32 {
+            guard offset + 4 <= bytes.count else { throw PostgresError(code: .decoding, message: "a truncated text[]") }
+            var value: Int32 = 0
+            withUnsafeMutableBytes(of: &value) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + 4])) }
+            offset += 4
+            return Int32(bigEndian: value)
+        }
+        let dimensions = try int32()
+        _ = try int32()  // has nulls
+        _ = try int32()  // element type
+        guard dimensions <= 1 else { throw PostgresError(code: .decoding, message: "a text[] of \(dimensions) dimensions") }
+        guard dimensions == 1 else { return PostgresTextArray(values: []) }
+        let count = try int32()
+        _ = try int32()  // lower bound
+        var values: [String] = []
+        values.reserveCapacity(Int(max(0, count)))
+        for _ in 0..<max(0, count) {
+            let length = try int32()
+            guard length >= 0 else { throw PostgresError(code: .decoding, message: "a NULL element in a text[]") }
+            guard offset + Int(length) <= bytes.count else { throw PostgresError(code: .decoding, message: "a truncated text[]") }
+            values.append(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + Int(length)]), as: UTF8.self))
+            offset += Int(length)
+        }
+        return PostgresTextArray(values: values)
     }
 }

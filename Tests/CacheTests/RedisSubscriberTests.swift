@@ -45,7 +45,8 @@ struct RedisSubscriberTests {
         #expect(await eventually { subscriber.isSubscribed })
 
         subscriber.close()
-        #expect(await eventually(within: .seconds(2)) { recorder.hasEnded })
+        // The thread ends within its 100 ms slice; the bound only allows for a loaded machine.
+        #expect(await eventually(within: .seconds(30)) { recorder.hasEnded })
         #expect(!subscriber.isSubscribed)
         #expect(try await eventually { try await client.publish(channel, "anyone?") == 0 })
     }
@@ -77,7 +78,7 @@ struct RedisSubscriberTests {
             .subscribed, .message(RedisMessage(channel: "invalidate", payload: Array("after".utf8))),
         ])
         subscriber.close()
-        #expect(await eventually(within: .seconds(2)) { recorder.hasEnded })
+        #expect(await eventually(within: .seconds(30)) { recorder.hasEnded })
     }
 
     @Test("A silent connection is checked with PING after the health-check interval and stays subscribed")

@@ -32,11 +32,15 @@ public protocol DomainEvent: Codable, Sendable {
     static var personalFields: [String] { get }
     /// Whose personal data the event holds: by default the stream it belongs to (the account).
     static func subject(ofStream stream: String) -> String
+    /// The tags the event is stored with (`account-number:DE0012345`): queries, and so the
+    /// decisions of `Aggregate.boundary(of:)`, find it by them whatever its stream. None by default.
+    var tags: [String] { get }
 }
 
 extension DomainEvent {
     public static var personalFields: [String] { [] }
     public static func subject(ofStream stream: String) -> String { stream }
+    public var tags: [String] { [] }
 }
 
 /// A broken business rule: the command is refused and nothing is written. `code` is stable and
@@ -96,9 +100,26 @@ public protocol Aggregate: Sendable {
 
     static func evolve(_ state: State, _ event: any DomainEvent) -> State
     static func decide(_ command: any DomainCommand, _ state: State) throws(RuleViolation) -> [any DomainEvent]
+
+    /// The events beyond the stream that deciding `command` rests on, as a query (a Dynamic
+    /// Consistency Boundary: a unique account number, the seats of a course), or nil when the
+    /// stream alone decides (the default). The handler reads the events matching the query,
+    /// decides with `decide(_:_:across:)`, and appends only if no event matching the query was
+    /// written after the position it read up to; otherwise it reads and decides again.
+    static func boundary(of command: any DomainCommand) -> EventQuery?
+    /// Decides over the stream's state and the events matching `boundary(of:)`, in log order
+    /// and their current shape (any stream's, this one's included). By default the events are
+    /// ignored: `decide(command, state)`.
+    static func decide(_ command: any DomainCommand, _ state: State, across events: [RecordedEvent]) throws(RuleViolation) -> [any DomainEvent]
 }
 
 extension Aggregate {
+    public static func boundary(of command: any DomainCommand) -> EventQuery? { nil }
+    public static func decide(
+        _ command: any DomainCommand, _ state: State, across events: [RecordedEvent]
+    ) throws(RuleViolation) -> [any DomainEvent] {
+        try decide(command, state)
+    }
     public static var stateVersion: Int { 1 }
     public static var snapshotEvery: Int? { 100 }
     public static var upcasters: EventUpcasters { EventUpcasters() }
@@ -183,7 +204,7 @@ public struct AggregateCodec<A: Aggregate>: Sendable {
         guard let version = eventVersions[name] else {
             throw AggregateError(message: "\(A.self).decide returned \(name), which is not in \(A.self).events")
         }
-        return NewEvent(id: id, type: name, data: try EventEncoding.encode(event), metadata: metadata, schemaVersion: version)
+        return NewEvent(id: id, type: name, data: try EventEncoding.encode(event), metadata: metadata, schemaVersion: version, tags: event.tags)
     }
 }
 

@@ -138,6 +138,7 @@ public final class CommandHandler<A: Aggregate>: Sendable {
     ) async throws -> CommandOutcome {
         var attempt = 0
         var fresh = false
+        let boundary = A.boundary(of: command)
         while true {
             attempt += 1
             // The cached state is trusted without a read: the append below names its version, so
@@ -152,10 +153,18 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                     message: "version conflict on stream \(stream): expected \(expectedVersion), current version is \(version)",
                     stream: stream.rawValue, expectedVersion: .exact(expectedVersion), currentVersion: version)
             }
+            // A decision across streams reads the events of its boundary, and the position it
+            // read them up to: the append below is conditional on nothing matching since.
+            var across: (events: [RecordedEvent], upTo: Int)? = nil
+            if let boundary {
+                across = try await EventTrace.withSpan("eventline.load_boundary") { try await readBoundary(boundary) }
+            }
             var events: [any DomainEvent] = []
             var refusal: RuleViolation? = nil
             do {
-                events = try EventTrace.withSpan("eventline.decide") { () throws(RuleViolation) in try A.decide(command, state) }
+                events = try EventTrace.withSpan("eventline.decide") { () throws(RuleViolation) in
+                    if let across { try A.decide(command, state, across: across.events) } else { try A.decide(command, state) }
+                }
             } catch {
                 refusal = error
             }
@@ -185,8 +194,15 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                 newEvents.append(try codec.newEvent(events[index], id: eventIDs?(index), metadata: metadataJSON))
             }
             do {
+                let expected: ExpectedVersion = version == 0 ? .noStream : .exact(version)
                 let result = try await EventTrace.withSpan("eventline.append") {
-                    try await store.append(to: stream, expected: version == 0 ? .noStream : .exact(version), events: newEvents)
+                    guard let boundary, let across else {
+                        return try await store.append(to: stream, expected: expected, events: newEvents)
+                    }
+                    return try await store.append(
+                        [StreamAppend(stream: stream.rawValue, expected: expected, events: newEvents)],
+                        condition: AppendCondition(failIfEventsMatch: boundary, after: across.upTo)
+                    ).appends[0]
                 }
                 if result.wasAlreadyAppended {
                     // An earlier run of this very request committed these events.
@@ -207,10 +223,40 @@ public final class CommandHandler<A: Aggregate>: Sendable {
                 guard attempt < configuration.maxAttempts else {
                     throw CommandContention(stream: stream.rawValue, attempts: attempt, currentVersion: error.currentVersion)
                 }
-                // Jittered backoff, so that racing writers of one stream spread out.
-                let ceiling = min(100, 1 << min(attempt, 7))
-                try await Task.sleep(for: .microseconds(Int.random(in: 0...(ceiling * 1000))))
+                try await backOff(attempt)
+            } catch let error as EventStoreError where error.code == .appendConditionFailed {
+                // Something the decision did not see happened within its boundary: decide again
+                // over the events as they are now (an expected version given is still met).
+                if let earlier = try await earlierOutcome(eventIDs) { return earlier }
+                guard attempt < configuration.maxAttempts else {
+                    throw CommandContention(stream: stream.rawValue, attempts: attempt, currentVersion: nil)
+                }
+                try await backOff(attempt)
             }
+        }
+    }
+
+    /// Jittered backoff, so that racing writers of one stream or boundary spread out.
+    private func backOff(_ attempt: Int) async throws {
+        let ceiling = min(100, 1 << min(attempt, 7))
+        try await Task.sleep(for: .microseconds(Int.random(in: 0...(ceiling * 1000))))
+    }
+
+    /// Every event matching `boundary`, in log order, and the position the query was evaluated to.
+    private func readBoundary(_ boundary: EventQuery) async throws -> (events: [RecordedEvent], upTo: Int) {
+        var events: [RecordedEvent] = []
+        var after = 0
+        while true {
+            let page = try await store.read(matching: boundary, after: after, limit: configuration.loadPageSize)
+            events += try page.events.map { recorded in
+                do {
+                    return codec.upcasters.isEmpty ? recorded : try codec.upcasters.upcast(recorded)
+                } catch {
+                    throw AggregateError(message: "the boundary of a \(A.category) command holds an unreadable \(recorded.type) at position \(recorded.position): \(error)")
+                }
+            }
+            if page.events.count < configuration.loadPageSize { return (events, page.evaluatedUpTo) }
+            after = page.evaluatedUpTo
         }
     }
 

@@ -33,6 +33,33 @@ public enum BankAccount: Aggregate {
         public static let invalidOwner = "invalid-owner"
         public static let invalidCurrency = "invalid-currency"
         public static let invalidAmount = "invalid-amount"
+        public static let invalidNumber = "invalid-account-number"
+        public static let numberTaken = "number-taken"
+    }
+
+    /// An account number is unique across all accounts: opening an account with one is a
+    /// decision over every `AccountOpened` tagged with it, whatever its stream.
+    public static func boundary(of command: any DomainCommand) -> EventQuery? {
+        guard let open = command as? OpenAccount, let number = open.number, isValidNumber(number) else { return nil }
+        return EventQuery(EventQuery.Item(types: [AccountOpened.typeName], tags: [AccountOpened.numberTag(number)]))
+    }
+
+    /// 5 to 34 ASCII letters and digits (an IBAN's alphabet and length). Numbers are compared
+    /// and stored in upper case.
+    public static func isValidNumber(_ number: String) -> Bool {
+        (5...34).contains(number.utf8.count)
+            && number.utf8.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0 & 0xDF) }
+    }
+
+    public static func decide(
+        _ command: any DomainCommand, _ state: State, across events: [RecordedEvent]
+    ) throws(RuleViolation) -> [any DomainEvent] {
+        let decided = try decide(command, state)
+        // Another account opened with this number: the number is taken.
+        if let open = command as? OpenAccount, let number = open.number, let taken = events.first {
+            throw RuleViolation(Rule.numberTaken, "account number \(number.uppercased()) is taken (by \(taken.stream))")
+        }
+        return decided
     }
 
     public static func evolve(_ state: State, _ event: any DomainEvent) -> State {
@@ -67,7 +94,10 @@ public enum BankAccount: Aggregate {
             guard open.currency.utf8.count == 3, open.currency.utf8.allSatisfy({ (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) }) else {
                 throw RuleViolation(Rule.invalidCurrency, "the currency must be 3 uppercase letters (ISO 4217)")
             }
-            return [AccountOpened(owner: open.owner, currency: open.currency)]
+            if let number = open.number, !isValidNumber(number) {
+                throw RuleViolation(Rule.invalidNumber, "the account number must be 5 to 34 letters and digits")
+            }
+            return [AccountOpened(owner: open.owner, currency: open.currency, number: open.number?.uppercased())]
         case let deposit as DepositMoney:
             guard deposit.amount > 0 else { throw RuleViolation(Rule.invalidAmount, "the amount must be greater than zero") }
             guard state.status == .open else { throw RuleViolation(Rule.notOpen, "the account is not open") }
@@ -101,9 +131,12 @@ public struct OpenAccount: DomainCommand, Hashable {
     public static let typeName = "OpenAccount"
     public var owner: String
     public var currency: String
-    public init(owner: String, currency: String) {
+    /// Optional: 5 to 34 letters and digits, unique across all accounts.
+    public var number: String?
+    public init(owner: String, currency: String, number: String? = nil) {
         self.owner = owner
         self.currency = currency
+        self.number = number
     }
 }
 
@@ -137,10 +170,18 @@ public struct AccountOpened: DomainEvent, Hashable {
     /// Optional, as every personal field must be: it reads as null once its subject is forgotten.
     public var owner: String?
     public var currency: String
-    public init(owner: String?, currency: String) {
+    /// The account's number, in upper case, when it was opened with one.
+    public var number: String?
+    public init(owner: String?, currency: String, number: String? = nil) {
         self.owner = owner
         self.currency = currency
+        self.number = number
     }
+
+    /// The tag of an account number, which makes it unique (`BankAccount.boundary(of:)`).
+    public static func numberTag(_ number: String) -> String { "account-number:\(number.uppercased())" }
+
+    public var tags: [String] { number.map { [Self.numberTag($0)] } ?? [] }
 }
 
 /// Deposits and withdrawals carry the account's currency, so that consumers (the `daily_totals`

@@ -20,6 +20,8 @@ public struct AggregateSpec<A: Aggregate>: Sendable {
     public let state: A.State
     /// The given events, as the log would hold them.
     public let history: [any DomainEvent]
+    /// The given events and those of other streams (`elsewhere(_:)`) as the log would hold them.
+    public var recorded: [RecordedEvent] = []
 
     /// The aggregate after `events`, each checked to be one the aggregate lists and to
     /// survive a round trip through its JSON.
@@ -41,13 +43,39 @@ public struct AggregateSpec<A: Aggregate>: Sendable {
             }
             state = A.evolve(state, decoded)
         }
-        return AggregateSpec(state: state, history: events)
+        var spec = AggregateSpec(state: state, history: events)
+        try spec.record(events, stream: "\(A.category)-given")
+        return spec
     }
 
-    /// Decides `command` on the given state.
+    private mutating func record(_ events: [any DomainEvent], stream: String) throws {
+        let codec = AggregateCodec<A>()
+        for event in events {
+            let stored = try codec.newEvent(event, id: nil, metadata: Data("{}".utf8))
+            recorded.append(RecordedEvent(
+                position: recorded.count + 1, stream: stream, version: recorded.filter { $0.stream == stream }.count + 1, id: stored.id,
+                type: stored.type, data: stored.data, metadata: stored.metadata, recordedAt: Date(), schemaVersion: stored.schemaVersion ?? 1,
+                tags: stored.tags))
+        }
+    }
+
+    /// Events of other streams in the log (another account's, say), after the given ones: a
+    /// command with a boundary (`Aggregate.boundary(of:)`) decides over those of all these
+    /// events that match its query, as the command handler would read them.
+    public func elsewhere(_ events: any DomainEvent...) throws -> AggregateSpec {
+        var spec = self
+        try spec.record(events, stream: "\(A.category)-elsewhere")
+        return spec
+    }
+
+    /// Decides `command` on the given state (and, for a command with a boundary, the events
+    /// matching it).
     public func when(_ command: any DomainCommand) -> Outcome {
         do {
-            return Outcome(command: command, result: .success(try A.decide(command, state)))
+            guard let boundary = A.boundary(of: command) else {
+                return Outcome(command: command, result: .success(try A.decide(command, state)))
+            }
+            return Outcome(command: command, result: .success(try A.decide(command, state, across: recorded.filter(boundary.matches))))
         } catch {
             return Outcome(command: command, result: .failure(error))
         }

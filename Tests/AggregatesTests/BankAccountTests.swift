@@ -23,6 +23,24 @@ struct BankRuleTests {
         try Spec.given(Self.opened).when(OpenAccount(owner: "Ada", currency: "EUR")).thenRefused(Rule.alreadyOpened)
     }
 
+    @Test("an account number is 5 to 34 letters and digits, stored in upper case, and taken once across all accounts")
+    func accountNumbers() throws {
+        try Spec.given().when(OpenAccount(owner: "Ada", currency: "EUR", number: "de44500105175407324931"))
+            .then(AccountOpened(owner: "Ada", currency: "EUR", number: "DE44500105175407324931"))
+        for bad in ["DE12", "DE 1234567", "DE-1234567", String(repeating: "9", count: 35), "ÉBCDEF"] {
+            try Spec.given().when(OpenAccount(owner: "Ada", currency: "EUR", number: bad)).thenRefused(Rule.invalidNumber)
+        }
+        // Another account's AccountOpened with the number, in any case, takes it; another number does not.
+        let taken = try Spec.given().elsewhere(AccountOpened(owner: "Bob", currency: "EUR", number: "DE4412345678"))
+        try taken.when(OpenAccount(owner: "Ada", currency: "EUR", number: "de4412345678")).thenRefused(Rule.numberTaken)
+        try taken.when(OpenAccount(owner: "Ada", currency: "EUR", number: "DE4412345679"))
+            .then(AccountOpened(owner: "Ada", currency: "EUR", number: "DE4412345679"))
+        try taken.when(OpenAccount(owner: "Ada", currency: "EUR")).then(AccountOpened(owner: "Ada", currency: "EUR"))
+        #expect(AccountOpened(owner: nil, currency: "EUR", number: "DE4412345678").tags == ["account-number:DE4412345678"])
+        #expect(BankAccount.boundary(of: OpenAccount(owner: "Ada", currency: "EUR")) == nil)
+        #expect(BankAccount.boundary(of: DepositMoney(amount: 1)) == nil)
+    }
+
     @Test("deposits need an open account, a positive amount, and must not overflow")
     func deposits() throws {
         try Spec.given().when(DepositMoney(amount: 5)).thenRefused(Rule.notOpen)

@@ -62,6 +62,15 @@ struct FuzzTests {
                 #"{"events":[{"type":"CustomerRegistered","data":{"email":"a@b.c","address":{"street":"s","city":"c"}},"subject":"customer-9","personal":["email","address.street"]}]}"#),
             Case(method: .delete, path: "/v1/subjects/customer-8"),
             Case(method: .delete, path: "/v1/streams/fuzz-3?expectedVersion=any"),
+            post(
+                "/v1/events",
+                #"{"appends":[{"stream":"fuzz-4","expectedVersion":"noStream","events":[{"type":"Moved","data":{"n":1},"tags":["item:x"]}]},{"stream":"fuzz-5","events":[{"type":"Moved","data":{}}]}],"conditions":[{"stream":"fuzz-1","expectedVersion":"exists"}]}"#),
+            post(
+                "/v1/events",
+                #"{"events":[{"type":"Claimed","data":{"u":"a"},"tags":["user:a","team:t"]}],"condition":{"failIfEventsMatch":{"items":[{"types":["Claimed"],"tags":["user:a"]}]},"after":0}}"#),
+            post("/v1/events/query", #"{"query":{"items":[{"types":["Claimed","Moved"],"tags":["user:a"]},{"tags":["item:x"]}]},"after":0,"limit":10}"#),
+            Case(method: .get, path: "/v1/events?query=%7B%22items%22%3A%5B%7B%22tags%22%3A%5B%22item%3Ax%22%5D%7D%5D%7D&limit=5"),
+            post("/v1/commands/account/f3", #"{"type":"OpenAccount","data":{"owner":"Bo","currency":"EUR","number":"DE4412345678"}}"#),
         ]
     }()
 

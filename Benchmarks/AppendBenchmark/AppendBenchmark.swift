@@ -17,7 +17,8 @@ struct AppendBenchmark {
         /// Events of the replay/export/import history (0: skip it).
         var history = 1_000_000
         /// Whether to run the append and HTTP rounds (1), only the appends with and without
-        /// personal data against pgbench (2), or none (0).
+        /// personal data against pgbench (2), only multi-stream and conditional appends
+        /// against plain ones and pgbench (3), or none (0).
         var append = 1
 
         init(_ arguments: [String]) throws {
@@ -32,7 +33,7 @@ struct AppendBenchmark {
                 case "--rounds": rounds = max(1, value)
                 case "--history": history = value
                 case "--append": append = value
-                default: throw BenchError("unknown option \(flag) (use --seconds N, --clients N, --rounds N, --history EVENTS, --append 0|1|2)")
+                default: throw BenchError("unknown option \(flag) (use --seconds N, --clients N, --rounds N, --history EVENTS, --append 0|1|2|3)")
                 }
             }
         }
@@ -58,6 +59,8 @@ struct AppendBenchmark {
         var cpuMicroseconds: Double?
         /// This process's context switches per append or request.
         var switches: Double?
+        /// Appends (units) per second, where an append holds more than one event.
+        var appendsPerSecond: Double? = nil
     }
 
     static func main() async {
@@ -99,6 +102,18 @@ struct AppendBenchmark {
             printPersonal(pgbench: a, plain: plain, personal: personal, options: options)
             return
         }
+        if options.append == 3 {
+            var a: [Sample] = [], plain: [Sample] = []
+            var boundaries = BoundaryRows()
+            for round in 1...options.rounds {
+                log("round \(round) of \(options.rounds)")
+                a.append(try await runPgbench(server: server, clients: options.clients, seconds: options.seconds))
+                plain.append(try await runAppends(url: url, clients: options.clients, seconds: options.seconds, eventsPerAppend: 1))
+                try await boundaries.measure(url: url, options: options)
+            }
+            BoundaryBenchmark.print(pgbench: a, plain: plain, rows: boundaries.rows, options: options)
+            return
+        }
         log("preparing 10,000 accounts, one of 10,000 events and one of 10…")
         try await HTTPBenchmark.prepare(url: url)
         let port = try freePort()
@@ -111,6 +126,7 @@ struct AppendBenchmark {
         var a: [Sample] = [], b: [Sample] = [], c: [Sample] = []
         var l: [Sample] = [], lAppends: [Sample] = []
         var mPlain: [Sample] = [], mPersonal: [Sample] = []
+        var boundaries = BoundaryRows()
         var scaling: [Int: (pgbench: [Sample], eventline: [Sample])] = [:]
         for round in 1...options.rounds {
             log("round \(round) of \(options.rounds)")
@@ -119,6 +135,7 @@ struct AppendBenchmark {
             c.append(try await runAppends(url: url, clients: options.clients, seconds: options.seconds, eventsPerAppend: 10))
             mPlain.append(try await runAppends(url: url, clients: options.clients, seconds: options.seconds, eventsPerAppend: 1, payload: .withNames))
             mPersonal.append(try await runAppends(url: url, clients: options.clients, seconds: options.seconds, eventsPerAppend: 1, payload: .personal))
+            try await boundaries.measure(url: url, options: options)
             log("(k) group commit against pgbench, \(Self.scalingClients.map(String.init).joined(separator: ", ")) clients, \(Self.scalingSeconds) s each…")
             for clients in Self.scalingClients {
                 scaling[clients, default: ([], [])].pgbench.append(try await runPgbench(server: server, clients: clients, seconds: Self.scalingSeconds))
@@ -211,6 +228,7 @@ struct AppendBenchmark {
             print("| \(clients) | \(format(pg, "%.0f")) | \(format(el, "%.0f")) | \(format(el / pg, "%.2f")) | \(format(median(runs.eventline.compactMap(\.p50)), "%.2f")) | \(format(median(runs.eventline.compactMap(\.p99)), "%.2f")) | \(format(median(runs.eventline.compactMap(\.groupSize)), "%.1f")) |")
         }
         printPersonal(pgbench: a, plain: mPlain, personal: mPersonal, options: options)
+        BoundaryBenchmark.print(pgbench: a, plain: b, rows: boundaries.rows, options: options)
         if let acked = median(l.map(\.eventsPerSecond)), let appended = median(lAppends.map(\.eventsPerSecond)) {
             print("")
             print(String(format: "(l) a consumer group of 4 acknowledges %.0f events/s while 16 appenders write %.0f/s: %.2f of the append rate.", acked, appended, acked / appended))
@@ -235,6 +253,25 @@ struct AppendBenchmark {
         }
         print("")
         print(String(format: "(m) personal / plain = %.2f (per round: %@); target ≥ 0.80.", sealed / rate, perRound))
+    }
+
+    /// (n) and (o), round by round.
+    struct BoundaryRows {
+        var twoStreams: [Sample] = [], small: [Sample] = [], large: [Sample] = []
+
+        mutating func measure(url: String, options: Options) async throws {
+            twoStreams.append(try await BoundaryBenchmark.run(url: url, clients: options.clients, seconds: options.seconds, kind: .twoStreams))
+            small.append(try await BoundaryBenchmark.run(url: url, clients: options.clients, seconds: options.seconds, kind: .conditional(history: 10)))
+            large.append(try await BoundaryBenchmark.run(url: url, clients: options.clients, seconds: options.seconds, kind: .conditional(history: 10_000)))
+        }
+
+        var rows: [(String, [Sample])] {
+            [
+                ("(n) two streams per append, one event each, all or nothing", twoStreams),
+                ("(o) 1 event with a DCB condition, 10 matching events before after", small),
+                ("(o') the same, 10,000 matching events before after", large),
+            ]
+        }
     }
 
     /// (k): how group commit scales with concurrency, against pgbench with as many clients.

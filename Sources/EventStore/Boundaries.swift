@@ -20,13 +20,19 @@ public enum EventTag {
         return nil
     }
 
+    /// `tag` as stored and compared: Unicode NFC, since PostgreSQL compares bytes and Swift
+    /// compares canonical equivalents (two spellings of `José` must be one tag).
+    public static func normalized(_ tag: String) -> String {
+        tag.utf8.allSatisfy { $0 < 0x80 } ? tag : tag.precomposedStringWithCanonicalMapping
+    }
+
     /// Why `tags` cannot be one event's tags, or nil when they can.
     static func problem(withTags tags: [String]) -> String? {
         guard tags.count <= maxPerEvent else { return "an event carries at most \(maxPerEvent) tags, got \(tags.count)" }
         for tag in tags {
             if let problem = problem(with: tag) { return problem }
         }
-        if Set(tags).count != tags.count { return "a tag appears twice" }
+        if Set(tags.map(normalized)).count != tags.count { return "a tag appears twice" }
         return nil
     }
 }
@@ -54,6 +60,8 @@ public struct EventQuery: Sendable, Hashable {
 
     public static let maxItems = 32
     public static let maxTypesPerItem = 32
+    /// The most types all items together name: an item without tags probes each type's index.
+    public static let maxTypes = 64
     public static let maxTagsPerItem = EventTag.maxPerEvent
 
     public var items: [Item]
@@ -79,6 +87,8 @@ public struct EventQuery: Sendable, Hashable {
     public func problem(place: String = "the query") -> String? {
         guard !items.isEmpty else { return "\(place) needs at least one item" }
         guard items.count <= Self.maxItems else { return "\(place) has \(items.count) items, more than \(Self.maxItems)" }
+        let types = items.reduce(0) { $0 + $1.types.count }
+        guard types <= Self.maxTypes else { return "\(place) names \(types) types across its items, more than \(Self.maxTypes)" }
         for (index, item) in items.enumerated() {
             let at = "\(place).items[\(index)]"
             if item.types.isEmpty && item.tags.isEmpty { return "\(at) names no types and no tags: it would match every event" }
@@ -171,8 +181,12 @@ struct PreparedCondition: Sendable {
     var items: [EventQuery.Item]
     var after: Int
 
+    /// As PostgreSQL matches: types and tags compared byte for byte (tags are NFC already).
     func matches(type: String, tags: [String]) -> Bool {
-        items.contains { $0.matches(type: type, tags: tags) }
+        items.contains { item in
+            (item.types.isEmpty || item.types.contains { $0.utf8.elementsEqual(type.utf8) })
+                && item.tags.allSatisfy { wanted in tags.contains { $0.utf8.elementsEqual(wanted.utf8) } }
+        }
     }
 }
 
@@ -233,10 +247,29 @@ extension EventStore {
             }
             checks.append(StreamCondition(stream: name, expected: check.expected))
         }
+        try checkUnit(parts, byteCount: byteCount)
         var unit = PreparedAppend(parts: parts, byteCount: byteCount)
         unit.checks = checks
         unit.condition = try prepareCondition(condition)
         return MultiAppendResult(appends: try await write(unit))
+    }
+
+    /// The limits of one append hold for the whole unit, and an event id appears once in it.
+    private func checkUnit(_ parts: [PreparedAppend.Part], byteCount: Int) throws(EventStoreError) {
+        let count = parts.reduce(0) { $0 + $1.events.count }
+        guard count <= configuration.maxEventsPerAppend else {
+            throw .invalidEvent("an append may carry at most \(configuration.maxEventsPerAppend) events in all its streams, got \(count)")
+        }
+        guard byteCount <= configuration.maxAppendBytes else {
+            throw .invalidEvent("the append's events hold \(byteCount) bytes, more than the limit of \(configuration.maxAppendBytes)")
+        }
+        guard parts.count > 1 else { return }
+        var seen = Set<UUID>()
+        for part in parts {
+            for event in part.events where !seen.insert(event.id).inserted {
+                throw .invalidEvent("event id \(event.id.uuidString.lowercased()) appears twice in the append", stream: part.stream.rawValue)
+            }
+        }
     }
 
     /// Appends tagged events without naming streams: each event goes to the stream the platform
@@ -266,10 +299,7 @@ extension EventStore {
             parts += prepared.parts
             byteCount += prepared.byteCount
         }
-        let count = parts.reduce(0) { $0 + $1.events.count }
-        guard count <= configuration.maxEventsPerAppend else {
-            throw EventStoreError.invalidEvent("an append may carry at most \(configuration.maxEventsPerAppend) events, got \(count)")
-        }
+        try checkUnit(parts, byteCount: byteCount)
         var unit = PreparedAppend(parts: parts, byteCount: byteCount)
         unit.condition = try prepareCondition(condition)
         return MultiAppendResult(appends: try await write(unit))
@@ -282,7 +312,7 @@ extension EventStore {
         let upcasters = configuration.upcasters
         // Events stored under an old name of a type match too.
         let items = condition.failIfEventsMatch.items.map { item in
-            EventQuery.Item(types: item.types.isEmpty ? [] : upcasters.storedNames(of: item.types), tags: item.tags)
+            EventQuery.Item(types: item.types.isEmpty ? [] : upcasters.storedNames(of: item.types), tags: item.tags.map(EventTag.normalized))
         }
         return PreparedCondition(items: items, after: condition.after ?? 0)
     }
@@ -298,7 +328,7 @@ extension EventStore {
         guard after >= 0 else { throw EventStoreError.invalidArgument("after must be 0 or more, got \(after)") }
         let upcasters = configuration.upcasters
         let items = query.items.map { item in
-            EventQuery.Item(types: item.types.isEmpty ? [] : upcasters.storedNames(of: item.types), tags: item.tags)
+            EventQuery.Item(types: item.types.isEmpty ? [] : upcasters.storedNames(of: item.types), tags: item.tags.map(EventTag.normalized))
         }
         let arrays = Self.conditionArrays(items.map { (0, after, $0) })
         return try await translatingErrors {

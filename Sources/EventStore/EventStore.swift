@@ -201,6 +201,7 @@ public final class EventStore: Sendable {
                 throw invalid("metadata contains \\u0000, which PostgreSQL's jsonb cannot store")
             }
             if !event.tags.isEmpty, let problem = EventTag.problem(withTags: event.tags) { throw invalid(problem) }
+            let tags = event.tags.map(EventTag.normalized)
             if let version = event.schemaVersion, !(1...Int(Int16.max)).contains(version) {
                 throw invalid("the schema version must be between 1 and \(Int16.max), got \(version)")
             }
@@ -232,13 +233,13 @@ public final class EventStore: Sendable {
                 prepared.append(PreparedEvent(
                     id: event.id, type: event.type, storedData: Data(), codec: 0, metadata: event.metadata,
                     schemaVersion: Int16(event.schemaVersion ?? 0),
-                    personal: PendingPersonalData(declaration: personal, data: data, metadata: Array(event.metadata)), tags: event.tags))
+                    personal: PendingPersonalData(declaration: personal, data: data, metadata: Array(event.metadata)), tags: tags))
                 continue
             }
             let (stored, codec) = PayloadCodec.encode(event.data, threshold: configuration.compressionThreshold)
             prepared.append(PreparedEvent(
                 id: event.id, type: event.type, storedData: stored, codec: codec.rawValue, metadata: event.metadata,
-                schemaVersion: Int16(event.schemaVersion ?? 0), tags: event.tags))
+                schemaVersion: Int16(event.schemaVersion ?? 0), tags: tags))
             byteCount += stored.count + event.metadata.count
         }
         guard byteCount <= configuration.maxAppendBytes else {

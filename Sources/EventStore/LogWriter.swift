@@ -542,6 +542,13 @@ final class LogWriter: Sendable {
                 continue
             }
             if let condition = append.condition {
+                // A decision cannot have read past the head: such an `after` would exempt the
+                // events up to it from the condition.
+                guard condition.after <= head else {
+                    outcomes.append(.failure(EventStoreError.invalidArgument(
+                        "condition.after is \(condition.after), beyond the log's head (\(head)): name the position the decision read up to")))
+                    continue
+                }
                 let planned = rows.first { $0.position > condition.after && condition.matches(type: $0.event.type, tags: $0.event.tags) }
                 if let hit = conditionHits[index] ?? planned?.position {
                     outcomes.append(.failure(EventStoreError.appendConditionFailed(at: hit, after: condition.after)))

@@ -111,6 +111,22 @@ struct BoundaryTests {
             ("a negative after", { try await store.append(events: [event()], condition: AppendCondition(failIfEventsMatch: EventQuery(tagItem), after: -1)) }),
             ("a platform stream", { try await store.append([StreamAppend(stream: "$tagged-Moved", events: [event()])]) }),
             ("a platform type without a stream", { try await store.append(events: [event("$StreamDeleted")]) }),
+            ("one id in two streams", {
+                let id = UUID()
+                return try await store.append([StreamAppend(stream: "s-1", events: [event(id: id)]), StreamAppend(stream: "s-2", events: [event(id: id)])])
+            }),
+            ("one id in two runs of a type", {
+                let id = UUID()
+                return try await store.append(events: [event("A", id: id), event("B"), event("A", id: id)])
+            }),
+            ("more events in all streams than one append may carry", {
+                try await store.append((0..<3).map { index in StreamAppend(stream: "s-\(index)", events: (0..<400).map { _ in event() }) })
+            }),
+            ("an after beyond the head", { try await store.append(events: [event()], condition: AppendCondition(failIfEventsMatch: EventQuery(tagItem), after: 5)) }),
+            ("too many types in a query", {
+                let items = (0..<3).map { item in EventQuery.Item(types: (0..<30).map { "T\(item)-\($0)" }) }
+                return try await store.append(events: [event()], condition: AppendCondition(failIfEventsMatch: EventQuery(items: items), after: 0))
+            }),
         ]
         for (what, attempt) in cases {
             await #expect(throws: EventStoreError.self, "\(what)") { try await attempt() }
@@ -118,6 +134,38 @@ struct BoundaryTests {
         await #expect(throws: EventStoreError.self) { try await store.read(matching: EventQuery(items: [])) }
         await #expect(throws: EventStoreError.self) { try await store.read(matching: EventQuery(EventQuery.Item(types: ["A"], tags: ["a,b"]))) }
         #expect(try await store.headPosition() == 0)
+    }
+
+    @Test("tags are one tag whatever their Unicode spelling: a claim in one spelling blocks a claim in another, in the database and within one group")
+    func normalizedTags() async throws {
+        let test = try await TestStore.make("nfc")
+        let store = test.store
+        defer { Task { await store.shutdown() } }
+        let (composed, decomposed) = ("username:Jos\u{E9}", "username:Jose\u{301}")
+        #expect(Array(composed.utf8) != Array(decomposed.utf8))
+        let claim = { (tag: String) in
+            try await store.append(
+                events: [event("UsernameClaimed", tags: [tag])],
+                condition: AppendCondition(failIfEventsMatch: EventQuery(EventQuery.Item(types: ["UsernameClaimed"], tags: [tag])), after: 0))
+        }
+        _ = try await claim(composed)
+        let refused = await #expect(throws: EventStoreError.self) { try await claim(decomposed) }
+        #expect(refused?.code == .appendConditionFailed)
+        #expect(try await store.read(matching: EventQuery(EventQuery.Item(tags: [decomposed]))).events.map(\.tags) == [[composed]])
+        // Two claims racing into one group, each in its own spelling: one commits.
+        let outcomes = await withTaskGroup(of: Bool.self) { group in
+            for tag in ["team:Caf\u{E9}", "team:Cafe\u{301}", "team:Caf\u{E9}", "team:Cafe\u{301}"] {
+                group.addTask {
+                    let query = EventQuery(EventQuery.Item(tags: [tag]))
+                    return (try? await store.append(events: [event("TeamNamed", tags: [tag])], condition: AppendCondition(failIfEventsMatch: query, after: 1))) != nil
+                }
+            }
+            var committed = 0
+            for await won in group where won { committed += 1 }
+            return committed
+        }
+        #expect(outcomes == 1)
+        #expect(try await store.headPosition() == 2)
     }
 
     @Test("multi-stream appends under concurrent load, with the log writer's session killed again and again, are all or nothing: positions consecutive in the given order, or no event at all")

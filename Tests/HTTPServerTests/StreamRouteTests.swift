@@ -192,12 +192,12 @@ struct StreamRouteTests {
             let options = try await client.send(.options, "/v1/streams/m-1/events")
             #expect(options.status == .noContent)
             #expect(options.headers[.allow] == "POST, OPTIONS")
-            #expect(try await client.send(.options, "/v1/events").headers[.allow] == "GET, HEAD, OPTIONS")
+            #expect(try await client.send(.options, "/v1/events").headers[.allow] == "GET, POST, HEAD, OPTIONS")
 
             for (method, uri, allow) in [
                 (HTTPRequest.Method.patch, "/v1/streams/m-1", "GET, DELETE, HEAD, OPTIONS"), (.put, "/v1/streams/m-1/events", "POST, OPTIONS"),
                 (.get, "/v1/commands/account/1", "POST, OPTIONS"), (.patch, "/health/live", "GET, HEAD, OPTIONS"),
-                (.trace, "/v1/events", "GET, HEAD, OPTIONS"),
+                (.trace, "/v1/events", "GET, POST, HEAD, OPTIONS"), (.get, "/v1/events/query", "POST, OPTIONS"),
             ] {
                 let response = try await client.send(method, uri)
                 #expect(response.status == .methodNotAllowed, "\(method) \(uri)")

@@ -522,9 +522,7 @@ final class LogWriter: Sendable {
                 continue
             }
             // A tombstone closes its stream for good: nothing is appended after it.
-            if let stream = append.parts.lazy.map(\.stream.rawValue).first(where: deleted.contains)
-                ?? append.checks.lazy.map(\.stream).first(where: deleted.contains)
-            {
+            if !deleted.isEmpty, let stream = Self.firstDeleted(append, deleted) {
                 outcomes.append(.failure(EventStoreError.streamDeleted(stream)))
                 continue
             }
@@ -532,10 +530,17 @@ final class LogWriter: Sendable {
                 outcomes.append(.failure(EventStoreError.subjectForgotten(subject)))
                 continue
             }
+            // Plain loops: this runs for every append of every group, on the writer's thread.
             var conflicts: [StreamConflict] = []
-            for (stream, expected) in append.parts.map({ ($0.stream.rawValue, $0.expected) }) + append.checks.map({ ($0.stream, $0.expected) }) {
-                let current = versions[stream] ?? 0
-                if !expected.isSatisfied(by: current) { conflicts.append(StreamConflict(stream: stream, expected: expected, current: current)) }
+            for part in append.parts {
+                let current = versions[part.stream.rawValue] ?? 0
+                if !part.expected.isSatisfied(by: current) {
+                    conflicts.append(StreamConflict(stream: part.stream.rawValue, expected: part.expected, current: current))
+                }
+            }
+            for check in append.checks {
+                let current = versions[check.stream] ?? 0
+                if !check.expected.isSatisfied(by: current) { conflicts.append(StreamConflict(stream: check.stream, expected: check.expected, current: current)) }
             }
             if !conflicts.isEmpty {
                 outcomes.append(.failure(EventStoreError.wrongExpectedVersion(conflicts)))
@@ -577,6 +582,13 @@ final class LogWriter: Sendable {
             outcomes.append(.success(results))
         }
         return (outcomes, rows)
+    }
+
+    /// The first stream of `append`, written or checked, that a tombstone closes.
+    private static func firstDeleted(_ append: PreparedAppend, _ deleted: Set<String>) -> String? {
+        for part in append.parts where deleted.contains(part.stream.rawValue) { return part.stream.rawValue }
+        for check in append.checks where deleted.contains(check.stream) { return check.stream }
+        return nil
     }
 
     /// The rows as the binary arrays every insert of the writer unnests, in column order.
@@ -662,7 +674,7 @@ final class LogWriter: Sendable {
         else { return nil }
         let newHead = plan.head + rows.count
         let arrays = Self.rowArrays(rows[...])
-        let tags = Self.tagArrays(rows[...]) ?? (PostgresBinaryArray(text: []), PostgresBinaryArray(int8: []))
+        let tags = Self.tagArrays(rows[...]) ?? Self.noTags
         // One statement, so one implicit transaction: it commits whole or not at all.
         let statements: [SQLQuery] = [
             // The head row's lock is taken by the UPDATE, which waits for any other writer and
@@ -717,14 +729,10 @@ final class LogWriter: Sendable {
             }
             return nil
         }
-        outcomes = outcomes.map { outcome in
-            outcome.map { results in
-                results.map { result in
-                    var result = result
-                    result.recordedAt = now
-                    return result
-                }
-            }
+        for index in outcomes.indices {
+            guard case .success(var results) = outcomes[index] else { continue }
+            for part in results.indices { results[part].recordedAt = now }
+            outcomes[index] = .success(results)
         }
         known.withLock { $0.learn(head: newHead, versions: versions, deleted: deleted) }
         committed(appends, rows: rows.count)
@@ -905,6 +913,8 @@ final class LogWriter: Sendable {
         return outcomes
     }
 
+    private static let noTags = (tags: PostgresBinaryArray(text: []), positions: PostgresBinaryArray(int8: []))
+
     /// One row per tag of `rows`, as the arrays the tags' insert unnests.
     private static func tagArrays(_ rows: ArraySlice<Row>) -> (tags: PostgresBinaryArray, positions: PostgresBinaryArray)? {
         var tags: [String] = []
@@ -923,6 +933,8 @@ final class LogWriter: Sendable {
     private func idempotentOutcome(
         _ append: PreparedAppend.Part, existing: [UUID: ExistingEvent], current: Int
     ) -> UnitOutcome? {
+        // The common case, no id in the log, allocates nothing.
+        guard append.events.contains(where: { existing[$0.id] != nil }) else { return nil }
         let stream = append.stream.rawValue
         let found = append.events.map { existing[$0.id] }
         guard let firstIndex = found.firstIndex(where: { $0 != nil }), let first = found[firstIndex] else { return nil }

@@ -33,6 +33,8 @@ struct Append: AsyncParsableCommand {
     @Option(name: .customLong("expected-version"), help: "any, no-stream, exists, or the stream's current version.")
     var expectedVersion: String = "any"
     @Option(help: "The event id (a UUID); makes a retried append idempotent.") var id: String?
+    @Option(name: .customLong("tag"), help: "A tag (student:s1), repeated for more: queries and append conditions find the event by it.")
+    var tags: [String] = []
 
     func validate() throws {
         if ExpectedVersion(parsing: expectedVersion) == nil {
@@ -45,7 +47,8 @@ struct Append: AsyncParsableCommand {
         try await CLI.run {
             let store = try database.openStore()
             defer { Task { await store.shutdown() } }
-            let event = NewEvent(id: id.flatMap(UUID.init(uuidString:)), type: type, data: Data(data.utf8), metadata: metadata.map { Data($0.utf8) })
+            let event = NewEvent(
+                id: id.flatMap(UUID.init(uuidString:)), type: type, data: Data(data.utf8), metadata: metadata.map { Data($0.utf8) }, tags: tags)
             let result = try await store.append(to: stream, expected: ExpectedVersion(parsing: expectedVersion)!, events: [event])
             await store.shutdown()
             let note = result.wasAlreadyAppended ? " (already appended; nothing written)" : ""

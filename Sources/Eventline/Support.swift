@@ -13,7 +13,8 @@ enum EventPrinter {
         if json {
             let metadata = String(decoding: event.metadata, as: UTF8.self)
             let id = event.id.uuidString.lowercased()
-            return #"{"position":\#(event.position),"stream":\#(JSONValue.quoted(event.stream)),"version":\#(event.version),"id":"\#(id)","type":\#(JSONValue.quoted(event.type)),"data":\#(data),"metadata":\#(metadata),"recordedAt":"\#(timestamp(event.recordedAt))"}"#
+            let tags = event.tags.isEmpty ? "" : #","tags":[\#(event.tags.map(JSONValue.quoted).joined(separator: ","))]"#
+            return #"{"position":\#(event.position),"stream":\#(JSONValue.quoted(event.stream)),"version":\#(event.version),"id":"\#(id)","type":\#(JSONValue.quoted(event.type)),"data":\#(data),"metadata":\#(metadata),"recordedAt":"\#(timestamp(event.recordedAt))"\#(tags)}"#
         }
         return "\(event.position)\t\(event.stream)@\(event.version)\t\(event.type)\t\(data)"
     }

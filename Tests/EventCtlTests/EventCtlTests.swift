@@ -36,6 +36,12 @@ struct EventCtlTests {
         output = try await Self.eventctl(["append", "account-1", "--type", "MoneyDeposited", "--data", #"{"amount":5}"#, "--expected-version", "1"], url: database.url)
         #expect(output.stdout.contains("version 2, position 2"))
 
+        output = try await Self.eventctl(["append", "stock-1", "--type", "Moved", "--data", "{}", "--tag", "item:a", "--tag", "move:m1"], url: database.url)
+        #expect(output.status == 0, "\(output.stderr)")
+        output = try await Self.eventctl(["read", "stock-1", "--json"], url: database.url)
+        #expect((try JSONSerialization.jsonObject(with: Data(output.stdout.utf8)) as? [String: Any])?["tags"] as? [String] == ["item:a", "move:m1"])
+        Self.expectOneLineError(try await Self.eventctl(["append", "stock-1", "--type", "Moved", "--data", "{}", "--tag", "a,b"], url: database.url), containing: "comma")
+
         output = try await Self.eventctl(["read", "account-1"], url: database.url)
         #expect(output.status == 0)
         #expect(output.stdout.split(separator: "\n").count == 2)
@@ -46,8 +52,8 @@ struct EventCtlTests {
 
         output = try await Self.eventctl(["status"], url: database.url)
         #expect(output.status == 0)
-        #expect(output.stdout.contains("head         2"))
-        #expect(output.stdout.contains("streams      1"))
+        #expect(output.stdout.contains("head         3"))
+        #expect(output.stdout.contains("streams      2"))
         #expect(output.stdout.contains("0001_event_log.sql  applied"))
     }
 

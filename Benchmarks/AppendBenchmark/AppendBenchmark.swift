@@ -369,42 +369,55 @@ struct AppendBenchmark {
         log("\(label) Eventline: \(clients) appenders, \(eventsPerAppend) event(s) per append, \(seconds) s…")
         let payload = kind == .amount ? Data(#"{"amount":100}"#.utf8) : Data(#"{"amount":100,"email":"ada.lovelace@example.com","name":"Ada Lovelace"}"#.utf8)
         let run = UUID().uuidString.prefix(8).lowercased()
+        return try await measure(store: store, clients: clients, seconds: seconds) { client, versions in
+            let stream = "bench\(eventsPerAppend)-\(run)c\(client)"
+            let personal = kind == .personal ? PersonalData(subject: stream, fields: ["email", "name"]) : nil
+            let batch = (0..<eventsPerAppend).map { _ in NewEvent(type: "MoneyDeposited", data: payload, personal: personal) }
+            let result = try await store.append(to: stream, expected: versions[0] == 0 ? .noStream : .exact(versions[0]), events: batch)
+            versions[0] = result.version
+            return eventsPerAppend
+        }
+    }
 
-        // A short warm-up opens the connections and fills the caches.
+    /// Runs `clients` appenders, each calling `appendOnce` in a loop (with versions of its own,
+    /// two slots starting at 0) for a 2 s warm-up, which opens the connections and fills the
+    /// caches, then for `seconds` measured; shuts `store` down. `appendOnce` returns the events
+    /// it wrote.
+    static func measure(
+        store: EventStore, clients: Int, seconds: Int,
+        appendOnce: @escaping @Sendable (_ client: Int, _ versions: inout [Int]) async throws -> Int
+    ) async throws -> Sample {
         let started = ContinuousClock.now
-        let warmUp = started + .seconds(2)
-        let measureFrom = warmUp
-        let end = warmUp + .seconds(seconds)
+        let measureFrom = started + .seconds(2)
+        let end = measureFrom + .seconds(seconds)
         let before = store.writerStatistics
         let usageBefore = HTTPBenchmark.usage()
-        let results = try await withThrowingTaskGroup(of: (events: Int, latencies: [Double]).self) { group in
+        let results = try await withThrowingTaskGroup(of: (events: Int, appends: Int, latencies: [Double]).self) { group in
             for client in 0..<clients {
                 group.addTask {
-                    var version = 0
+                    var versions = [0, 0]
                     var events = 0
+                    var appends = 0
                     var latencies: [Double] = []
                     latencies.reserveCapacity(100_000)
-                    let stream = "bench\(eventsPerAppend)-\(run)c\(client)"
-                    let personal = kind == .personal ? PersonalData(subject: stream, fields: ["email", "name"]) : nil
                     while true {
                         let started = ContinuousClock.now
                         if started >= end { break }
-                        let batch = (0..<eventsPerAppend).map { _ in NewEvent(type: "MoneyDeposited", data: payload, personal: personal) }
-                        let result = try await store.append(
-                            to: stream, expected: version == 0 ? .noStream : .exact(version), events: batch)
-                        version = result.version
+                        let written = try await appendOnce(client, &versions)
                         let finished = ContinuousClock.now
                         if started >= measureFrom {
-                            events += eventsPerAppend
+                            events += written
+                            appends += 1
                             latencies.append(milliseconds(finished - started))
                         }
                     }
-                    return (events, latencies)
+                    return (events, appends, latencies)
                 }
             }
-            var all: (events: Int, latencies: [Double]) = (0, [])
+            var all: (events: Int, appends: Int, latencies: [Double]) = (0, 0, [])
             for try await result in group {
                 all.events += result.events
+                all.appends += result.appends
                 all.latencies += result.latencies
             }
             return all
@@ -416,14 +429,16 @@ struct AppendBenchmark {
         // Counters cover the warm-up too; the shares are what matter.
         let batches = max(1, after.batches - before.batches)
         let writing = milliseconds(after.writing - before.writing)
+        let appends = Double(max(1, after.appends - before.appends))
         return Sample(
             eventsPerSecond: Double(results.events) / Double(seconds),
             p50: percentile(sorted, 0.50), p99: percentile(sorted, 0.99),
             groupSize: Double(after.appends - before.appends) / Double(batches),
             groupMilliseconds: writing / Double(batches),
             writerBusy: writing / (milliseconds(end - started)),
-            cpuMicroseconds: (usageAfter.cpu - usageBefore.cpu) / Double(max(1, after.appends - before.appends)),
-            switches: (usageAfter.switches - usageBefore.switches) / Double(max(1, after.appends - before.appends)))
+            cpuMicroseconds: (usageAfter.cpu - usageBefore.cpu) / appends,
+            switches: (usageAfter.switches - usageBefore.switches) / appends,
+            appendsPerSecond: Double(results.appends) / Double(seconds))
     }
 
     // MARK: - Helpers

@@ -37,77 +37,30 @@ enum BoundaryBenchmark {
             after = try await store.headPosition()
         }
         let conditionAfter = after
-        let started = ContinuousClock.now
-        let measureFrom = started + .seconds(2)
-        let end = measureFrom + .seconds(seconds)
-        let before = store.writerStatistics
-        let usageBefore = HTTPBenchmark.usage()
-        let results = try await withThrowingTaskGroup(of: (events: Int, appends: Int, latencies: [Double]).self) { group in
-            for client in 0..<clients {
-                group.addTask {
-                    var versions = (0, 0)
-                    var events = 0
-                    var appends = 0
-                    var latencies: [Double] = []
-                    latencies.reserveCapacity(100_000)
-                    let payload = Data(#"{"amount":100}"#.utf8)
-                    let condition = AppendCondition(
-                        failIfEventsMatch: EventQuery(EventQuery.Item(types: ["SeatBooked"], tags: ["course:\(run)-\(client)"])), after: conditionAfter)
-                    while true {
-                        let started = ContinuousClock.now
-                        if started >= end { break }
-                        let written: Int
-                        switch kind {
-                        case .twoStreams:
-                            let result = try await store.append([
-                                StreamAppend(
-                                    stream: "from-\(run)c\(client)", expected: versions.0 == 0 ? .noStream : .exact(versions.0),
-                                    events: [NewEvent(type: "StockMoved", data: payload)]),
-                                StreamAppend(
-                                    stream: "to-\(run)c\(client)", expected: versions.1 == 0 ? .noStream : .exact(versions.1),
-                                    events: [NewEvent(type: "StockMoved", data: payload)]),
-                            ])
-                            versions = (result.appends[0].version, result.appends[1].version)
-                            written = 2
-                        case .conditional:
-                            try await store.append(
-                                [StreamAppend(stream: "probe-\(run)c\(client)", events: [NewEvent(type: "SeatChecked", data: payload)])],
-                                condition: condition)
-                            written = 1
-                        }
-                        let finished = ContinuousClock.now
-                        if started >= measureFrom {
-                            events += written
-                            appends += 1
-                            latencies.append(AppendBenchmark.milliseconds(finished - started))
-                        }
-                    }
-                    return (events, appends, latencies)
-                }
+        let payload = Data(#"{"amount":100}"#.utf8)
+        return try await AppendBenchmark.measure(store: store, clients: clients, seconds: seconds) { client, versions in
+            switch kind {
+            case .twoStreams:
+                let result = try await store.append([
+                    StreamAppend(
+                        stream: "from-\(run)c\(client)", expected: versions[0] == 0 ? .noStream : .exact(versions[0]),
+                        events: [NewEvent(type: "StockMoved", data: payload)]),
+                    StreamAppend(
+                        stream: "to-\(run)c\(client)", expected: versions[1] == 0 ? .noStream : .exact(versions[1]),
+                        events: [NewEvent(type: "StockMoved", data: payload)]),
+                ])
+                versions = [result.appends[0].version, result.appends[1].version]
+                return 2
+            case .conditional:
+                let condition = AppendCondition(
+                    failIfEventsMatch: EventQuery(EventQuery.Item(types: ["SeatBooked"], tags: ["course:\(run)-\(client)"])),
+                    after: conditionAfter)
+                try await store.append(
+                    [StreamAppend(stream: "probe-\(run)c\(client)", events: [NewEvent(type: "SeatChecked", data: payload)])],
+                    condition: condition)
+                return 1
             }
-            var all: (events: Int, appends: Int, latencies: [Double]) = (0, 0, [])
-            for try await result in group {
-                all.events += result.events
-                all.appends += result.appends
-                all.latencies += result.latencies
-            }
-            return all
         }
-        let after2 = store.writerStatistics
-        let usageAfter = HTTPBenchmark.usage()
-        await store.shutdown()
-        let sorted = results.latencies.sorted()
-        let batches = max(1, after2.batches - before.batches)
-        let writing = AppendBenchmark.milliseconds(after2.writing - before.writing)
-        return AppendBenchmark.Sample(
-            eventsPerSecond: Double(results.events) / Double(seconds),
-            p50: AppendBenchmark.percentile(sorted, 0.50), p99: AppendBenchmark.percentile(sorted, 0.99),
-            groupSize: Double(after2.appends - before.appends) / Double(batches),
-            groupMilliseconds: writing / Double(batches),
-            writerBusy: writing / AppendBenchmark.milliseconds(end - started),
-            cpuMicroseconds: (usageAfter.cpu - usageBefore.cpu) / Double(max(1, after2.appends - before.appends)),
-            switches: (usageAfter.switches - usageBefore.switches) / Double(max(1, after2.appends - before.appends)),
-            appendsPerSecond: Double(results.appends) / Double(seconds))
     }
 
     /// The (n) and (o) table: appends and events per second against plain appends and pgbench.

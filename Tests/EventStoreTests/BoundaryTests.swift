@@ -171,51 +171,37 @@ struct BoundaryTests {
     @Test("multi-stream appends under concurrent load, with the log writer's session killed again and again, are all or nothing: positions consecutive in the given order, or no event at all")
     func allOrNothingUnderKills() async throws {
         let test = try await TestStore.make("multikill")
-        let done = Atomic<Bool>(false)
-        let killer = Task {
-            var kills = 0
-            while !done.load(ordering: .relaxed) {
-                try await Task.sleep(for: .milliseconds(120))
-                kills += try await test.sql { conn in
-                    try conn.query("""
-                        SELECT count(pg_terminate_backend(pid)) FILTER (WHERE pg_terminate_backend(pid))
-                        FROM pg_stat_activity WHERE application_name = 'eventline-log-writer' AND datname = current_database()
-                        """).first!.decode(0, as: Int.self)
-                }
-            }
-            return kills
-        }
         struct Unit: Sendable {
             var parts: [(stream: String, ids: [UUID])]
             var failing: Bool
             var outcome: Result<MultiAppendResult, EventStoreError>
         }
-        let units = try await withThrowingTaskGroup(of: [Unit].self) { group in
-            for worker in 0..<16 {
-                group.addTask {
-                    var units: [Unit] = []
-                    for round in 0..<40 {
-                        let streams = Array(Set((0..<3).map { _ in "item-\(Int.random(in: 0..<12))" })).sorted()
-                        let parts = streams.map { stream in (stream: stream, ids: (0..<Int.random(in: 1...3)).map { _ in UUID() }) }
-                        // One unit in four checks a stream that never exists, so it fails in a group of others.
-                        let failing = round % 4 == worker % 4
-                        let conditions = failing ? [StreamCondition(stream: "nowhere-\(worker)", expected: .exists)] : []
-                        let appends = parts.map { StreamAppend(stream: $0.stream, events: $0.ids.map { event(id: $0) }) }
-                        do {
-                            units.append(Unit(parts: parts, failing: failing, outcome: .success(try await test.store.append(appends, conditions: conditions))))
-                        } catch let error as EventStoreError {
-                            units.append(Unit(parts: parts, failing: failing, outcome: .failure(error)))
+        let (units, kills) = try await test.whileKillingWriterSessions(every: .milliseconds(120)) {
+            try await withThrowingTaskGroup(of: [Unit].self) { group in
+                for worker in 0..<16 {
+                    group.addTask {
+                        var units: [Unit] = []
+                        for round in 0..<40 {
+                            let streams = Array(Set((0..<3).map { _ in "item-\(Int.random(in: 0..<12))" })).sorted()
+                            let parts = streams.map { stream in (stream: stream, ids: (0..<Int.random(in: 1...3)).map { _ in UUID() }) }
+                            // One unit in four checks a stream that never exists, so it fails in a group of others.
+                            let failing = round % 4 == worker % 4
+                            let conditions = failing ? [StreamCondition(stream: "nowhere-\(worker)", expected: .exists)] : []
+                            let appends = parts.map { StreamAppend(stream: $0.stream, events: $0.ids.map { event(id: $0) }) }
+                            do {
+                                units.append(Unit(parts: parts, failing: failing, outcome: .success(try await test.store.append(appends, conditions: conditions))))
+                            } catch let error as EventStoreError {
+                                units.append(Unit(parts: parts, failing: failing, outcome: .failure(error)))
+                            }
                         }
+                        return units
                     }
-                    return units
                 }
+                var all: [Unit] = []
+                for try await units in group { all += units }
+                return all
             }
-            var all: [Unit] = []
-            for try await units in group { all += units }
-            return all
         }
-        done.store(true, ordering: .relaxed)
-        let kills = try await killer.value
         #expect(kills > 0, "the writer's session was never killed")
 
         let rows = try await test.allRows()

@@ -150,23 +150,9 @@ struct ConcurrencyTests {
     @Test("killing the log writer's database session during load loses no acknowledged event and leaves no hole")
     func writerSessionKilled() async throws {
         let test = try await TestStore.make("kill")
-        let done = Atomic<Bool>(false)
-        let killer = Task {
-            var kills = 0
-            while !done.load(ordering: .relaxed) {
-                try await Task.sleep(for: .milliseconds(150))
-                kills += try await test.sql { conn in
-                    try conn.query("""
-                        SELECT count(pg_terminate_backend(pid)) FILTER (WHERE pg_terminate_backend(pid))
-                        FROM pg_stat_activity WHERE application_name = 'eventline-log-writer' AND datname = current_database()
-                        """).first!.decode(0, as: Int.self)
-                }
-            }
-            return kills
+        let (attempts, kills) = try await test.whileKillingWriterSessions(every: .milliseconds(150)) {
+            try await Self.load(stores: [test.store], appenders: 16, appendsEach: 60, tolerateUnavailable: true)
         }
-        let attempts = try await Self.load(stores: [test.store], appenders: 16, appendsEach: 60, tolerateUnavailable: true)
-        done.store(true, ordering: .relaxed)
-        let kills = try await killer.value
         #expect(kills > 0, "the writer session was never killed")
         let rows = try await test.allRows()
         checkLog(rows, attempts: attempts, head: try await test.store.headPosition())

@@ -1,6 +1,7 @@
 import EmbeddedServers
 import EventStore
 import Foundation
+import Synchronization
 import PostgresClient
 
 /// Where the repository's files are, found from this source file.
@@ -76,6 +77,37 @@ public struct TestStore: Sendable {
         let connection = DedicatedConnection(conninfo: url, name: "eventline-test-sql")
         defer { connection.shutdown() }
         return try await connection.run(body)
+    }
+
+    /// Runs `body` while the log writers' database sessions are killed every `interval` (as a
+    /// database restart or a cut connection would end them); returns its result and the kills.
+    public func whileKillingWriterSessions<T: Sendable>(
+        every interval: Duration, _ body: @Sendable () async throws -> T
+    ) async throws -> (result: T, kills: Int) {
+        let done = Atomic<Bool>(false)
+        let killer = Task {
+            var kills = 0
+            while !done.load(ordering: .relaxed) {
+                try await Task.sleep(for: interval)
+                kills += try await sql { conn in
+                    try conn.query("""
+                        SELECT count(pg_terminate_backend(pid)) FILTER (WHERE pg_terminate_backend(pid))
+                        FROM pg_stat_activity WHERE application_name = 'eventline-log-writer' AND datname = current_database()
+                        """).first!.decode(0, as: Int.self)
+                }
+            }
+            return kills
+        }
+        let result: T
+        do {
+            result = try await body()
+        } catch {
+            done.store(true, ordering: .relaxed)
+            _ = try? await killer.value
+            throw error
+        }
+        done.store(true, ordering: .relaxed)
+        return (result, try await killer.value)
     }
 
     /// Every row of the log, in position order, straight from the table.

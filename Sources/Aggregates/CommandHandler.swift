@@ -65,7 +65,12 @@ public final class CommandHandler<A: Aggregate>: Sendable {
     /// Handler settings; every field has a default.
     public struct Configuration: Sendable {
         /// Decide-and-append attempts before a conflict with other processes is given up on.
-        public var maxAttempts = 30
+        ///
+        /// Every conflict means that another writer committed to the stream after this command
+        /// read it, so the bound is how many other writes may get in first. It must exceed what
+        /// other processes queue for one stream: a process that runs its queued commands back to
+        /// back from its cache wins most races against one that must read after each conflict.
+        public var maxAttempts = 100
         /// Streams whose state is kept in memory (a bank account's state is a few dozen bytes).
         public var cacheSize = 100_000
         /// Events read per page while loading.

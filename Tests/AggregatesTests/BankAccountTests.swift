@@ -163,7 +163,9 @@ struct CommandHandlerTests {
     @Test("50 concurrent deposits to one account without expected versions all succeed and sum up")
     func concurrentDeposits() async throws {
         let test = try await TestStore.make("deposits")
-        // Several handlers, as several server processes would have, each with its own cache.
+        // Several handlers, as several server processes would have, each with its own cache. A
+        // conflict means another deposit committed in between, so no deposit can conflict more
+        // than 49 times: within the handler's bound however the machine schedules them.
         let handlers = (0..<3).map { _ in CommandHandler<BankAccount>(store: test.store) }
         _ = try await handlers[0].handle(id: "7", command: OpenAccount(owner: "Ada", currency: "EUR"))
         try await withThrowingTaskGroup(of: Void.self) { group in

@@ -126,7 +126,12 @@ struct CrashFaultTests {
         var crashes: [String] = []
         let faultsStarted = ContinuousClock.now
         for round in 0..<6 {
+            // Time and a count of answered requests both, so that every fault hits a load
+            // however slow the machine is.
             try await Task.sleep(for: .milliseconds(1500))
+            try await eventually(timeout: .seconds(60), "20 more requests answered before fault \(round + 1)") {
+                load.requests.count >= 20 * (round + 1)
+            }
             let how: EmbeddedPostgres.Crash = round % 2 == 0 ? .immediateStop : .killPostmaster
             await postgres.crash(how)
             crashes.append("\(how)")

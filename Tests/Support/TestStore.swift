@@ -63,6 +63,9 @@ public struct TestStore: Sendable {
         var configuration = EventStoreConfiguration(databaseURL: database.url)
         configuration.subscriptionPollInterval = .milliseconds(500)
         configuration.masterKey = TestMasterKey.key
+        // The suites share two cores: a burst of hundreds of readers on a slow machine waits for a
+        // connection rather than failing the test (the tests of the timeout set their own).
+        configuration.acquireTimeout = .seconds(60)
         configure(&configuration)
         return TestStore(database: database, store: EventStore(configuration))
     }

@@ -240,17 +240,32 @@ struct RedisClientTests {
 
     @Test("Blocking commands run on the client's own threads and do not hold the cooperative pool")
     func blockingOffThePool() async throws {
-        let client = try await sharedClient(poolSize: 8)
+        // A database of its own, so that the server's client list tells this test's blocked
+        // connections apart from any other test's.
+        let client = try await sharedClient(poolSize: 8, commandTimeout: .seconds(120), database: 7)
         defer { client.shutdown() }
-        let key = uniqueKey()
-        let started = ContinuousClock.now
-        // Eight one-second BLPOPs at once: on a 2-core cooperative pool they would take four seconds.
-        try await withThrowingTaskGroup(of: RedisReply.self) { group in
-            for _ in 0..<8 { group.addTask { try await client.send(["BLPOP", key, "1"]) } }
-            for try await reply in group { #expect(reply == .array(nil)) }
+        let observer = try await sharedClient(poolSize: 1, database: 7)
+        defer { observer.shutdown() }
+        let keys = (0..<8).map { uniqueKey("blocking-\($0)") }
+        func blockedHere() async throws -> Int {
+            let list = try await observer.send(["CLIENT", "LIST"]).string ?? ""
+            return list.split(separator: "\n").filter { $0.contains(" db=7 ") && $0.contains(" cmd=blpop") }.count
         }
-        // Run one after another they would take eight seconds: a bound on ordering, not on speed.
-        #expect(ContinuousClock.now - started < .seconds(7.5))
+        // Eight BLPOPs that wait for ever. On the 2-core cooperative pool at most two could be
+        // blocked at once; on the client's own threads all eight are.
+        let pops = Task {
+            try await withThrowingTaskGroup(of: RedisReply.self) { group in
+                for key in keys { group.addTask { try await client.send(["BLPOP", key, "0"]) } }
+                return try await group.reduce(into: [RedisReply]()) { $0.append($1) }
+            }
+        }
+        #expect(try await eventually(within: .seconds(60)) { try await blockedHere() == 8 }, "eight BLPOPs blocked at once")
+        // Meanwhile the cooperative pool does other work.
+        try await observer.ping()
+        for key in keys { _ = try await observer.send(["RPUSH", key, "v"]) }
+        let replies = try await pops.value
+        #expect(replies.count == 8)
+        #expect(replies.allSatisfy { if case .array(let items?) = $0 { items.count == 2 } else { false } })
     }
 
     @Test("After shutdown(), calls fail with .closed")

@@ -150,9 +150,9 @@ struct BoundaryRouteTests {
                         let client = index % 2 == 0 ? first : second
                         let number = index % 3 == 0 ? "de4412345678" : "DE4412345678"
                         group.addTask {
-                            let response = try await client.command(
+                            let response = try await client.commandAlone(
                                 "n\(index)", "OpenAccount", #"{"owner": "Owner \#(index)", "currency": "EUR", "number": "\#(number)"}"#)
-                            return (Int(response.status.code), response.json["type"] as? String)
+                            return (response.status, response.json["type"] as? String)
                         }
                     }
                     var all: [(Int, String?)] = []

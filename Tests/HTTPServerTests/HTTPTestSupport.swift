@@ -69,6 +69,21 @@ extension TestClientProtocol {
         let expected = expectedVersion.map { #","expectedVersion":\#($0)"# } ?? ""
         return try await send(.post, "/v1/commands/account/\(id)", json: #"{"type":"\#(type)","data":\#(data)\#(expected)}"#, headers: headers)
     }
+
+    /// A command sent over a connection of its own. The test client pipelines every request over
+    /// one connection, which the server answers one at a time: requests from concurrent tasks
+    /// only run at once this way.
+    func commandAlone(_ id: String, _ type: String, _ data: String) async throws -> LoopbackHTTP.Answer {
+        try await LoopbackHTTP.request(
+            "POST", port: port!, "/v1/commands/account/\(id)", body: #"{"type":"\#(type)","data":\#(data)}"#, timeout: 120)
+    }
+}
+
+extension LoopbackHTTP.Answer {
+    /// The body as a JSON object (empty when it is not one).
+    var json: [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any] ?? [:]
+    }
 }
 
 extension TestResponse {

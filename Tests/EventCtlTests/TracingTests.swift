@@ -26,9 +26,9 @@ final class OTLPReceiver: Sendable {
     private let received = Received()
     private let task: Task<Void, any Error>
 
-    init() throws {
-        let port = try FreePort.pick()
-        self.port = port
+    /// Listens on a port the system picks (a port picked beforehand could be taken by another
+    /// test's server before this one binds it).
+    init() async throws {
         let received = self.received
         let router = Router()
         router.post("/v1/traces") { request, _ -> Response in
@@ -37,8 +37,25 @@ final class OTLPReceiver: Sendable {
             received.spans.withLock { $0 += spans }
             return Response(status: .ok, headers: [.contentType: "application/x-protobuf"], body: ResponseBody())
         }
-        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)))
-        task = Task { try await app.runService() }
+        let (ports, listening) = AsyncStream<Int>.makeStream()
+        let app = Application(
+            router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { channel in listening.yield(channel.localAddress?.port ?? 0) })
+        let server = Task {
+            defer { listening.finish() }
+            try await app.runService()
+        }
+        task = server
+        var bound: Int? = nil
+        for await port in ports {
+            bound = port
+            break
+        }
+        guard let bound, bound > 0 else {
+            server.cancel()
+            throw TestFailure("the OTLP receiver did not start: \(String(describing: await server.result))")
+        }
+        port = bound
     }
 
     var spans: [ReceivedSpan] { received.spans.withLock { $0 } }
@@ -127,9 +144,8 @@ final class OTLPReceiver: Sendable {
 struct TracingTests {
     @Test("a command's HTTP span, its handler's load and append, the group commit and the projector's apply share the caller's trace id; events keep traceparent and the X-Correlation-Id")
     func oneTraceFromRequestToReadModel() async throws {
-        let receiver = try OTLPReceiver()
+        let receiver = try await OTLPReceiver()
         defer { receiver.stop() }
-        try await eventually("the OTLP receiver listens") { await LoopbackHTTP.answers(port: receiver.port, "/") }
         let database = try await TestDatabase.create("tracing")
         let eventctl = try Repository.eventctl
         let environment = [

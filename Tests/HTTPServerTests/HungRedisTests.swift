@@ -16,9 +16,9 @@ struct HungRedisTests {
     func stoppedRedis() async throws {
         let redis = try await EmbeddedRedis.start()
         defer { redis.stop() }
-        // The client waits up to 5 s for a reply (the library's default); the cache's read cap
-        // and breaker alone keep reads and the projector fast.
-        let client = RedisClient(configuration: try RedisConfiguration(url: redis.url, connectTimeout: .seconds(5), commandTimeout: .seconds(5)))
+        // The client would wait ten minutes for a reply: only the cache's read cap and breaker
+        // can answer reads, and let the projector go on, while Redis is stopped.
+        let client = RedisClient(configuration: try RedisConfiguration(url: redis.url, connectTimeout: .seconds(5), commandTimeout: .seconds(600)))
         defer { client.shutdown() }
         let cache = ReadModelCache(client: client, ttlSeconds: 60, readTimeout: .milliseconds(250), breakerCooldown: .seconds(5))
         var server = try await TestServer.make("hungredis")
@@ -47,16 +47,15 @@ struct HungRedisTests {
                 // On a busy machine the cool-down can pass during the reads; once open is enough.
                 if cache.isCircuitOpen { sawOpen = true }
             }
+            // A figure for the log, not a bound: a read that waited for Redis would not have
+            // been answered at all within the test client's 20 s.
             print("hung Redis: slowest of 10 reads \(slowest)")
-            // A bound on waiting (the 250 ms cap, plus the read itself on a busy machine), far below
-            // the client's 5 s: not a performance figure.
-            #expect(slowest < .seconds(3), "a read waited \(slowest) for a stopped Redis")
             #expect(sawOpen, "the breaker did not open during 10 failed reads")
 
             // The projector's invalidations fail fast: it keeps up, and reads see the write.
             let started = ContinuousClock.now
             position = http.position(of: try await http.command("h1", "DepositMoney", #"{"amount":5}"#))
-            _ = try await http.waitCaughtUp("account_balances", position: position, within: .seconds(10))
+            _ = try await http.waitCaughtUp("account_balances", position: position, within: .seconds(120))
             print("hung Redis: a write projected and visible after \(ContinuousClock.now - started)")
             #expect(try await http.send(.get, "/v1/read-models/account_balances/h1").json["balance"] as? Int == 105)
 

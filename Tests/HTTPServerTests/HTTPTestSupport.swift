@@ -79,20 +79,19 @@ extension TestClientProtocol {
     }
 }
 
+/// `text` as a JSON object (empty when it is not one).
+func jsonObject(_ text: String) -> [String: Any] {
+    (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
+}
+
 extension LoopbackHTTP.Answer {
-    /// The body as a JSON object (empty when it is not one).
-    var json: [String: Any] {
-        (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any] ?? [:]
-    }
+    var json: [String: Any] { jsonObject(body) }
 }
 
 extension TestResponse {
     var text: String { String(buffer: body) }
 
-    /// The body as a JSON object (empty when it is not one).
-    var json: [String: Any] {
-        (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
-    }
+    var json: [String: Any] { jsonObject(text) }
 
     var isProblem: Bool { headers[.contentType] == "application/problem+json" }
 }

@@ -196,9 +196,14 @@ public final class EventStore: Sendable {
             }
             guard JSONValidator.isValid(event.data) else { throw invalid("data is not valid JSON") }
             guard JSONValidator.isObject(event.metadata) else { throw invalid("metadata is not a JSON object") }
-            // jsonb cannot hold the NUL character; refuse it here rather than fail the group's statement.
-            if Self.containsEscapedNUL(event.metadata) {
+            // jsonb cannot hold the NUL character; refuse it here rather than fail the group's
+            // statement. Nor can text: a projection binding a field of the data as text would
+            // stop at the event, so data is refused the character too.
+            if JSONValidator.containsNUL(event.metadata) {
                 throw invalid("metadata contains \\u0000, which PostgreSQL's jsonb cannot store")
+            }
+            if JSONValidator.containsNUL(event.data) {
+                throw invalid("data contains \\u0000 (NUL), which PostgreSQL's text cannot store")
             }
             if !event.tags.isEmpty, let problem = EventTag.problem(withTags: event.tags) { throw invalid(problem) }
             let tags = event.tags.map(EventTag.normalized)
@@ -281,28 +286,6 @@ public final class EventStore: Sendable {
             throw EventStoreError.invalidEvent(
                 "the append's events hold \(append.byteCount) bytes, more than the limit of \(configuration.maxAppendBytes)",
                 stream: append.stream.rawValue)
-        }
-    }
-
-    /// Whether JSON text holds the escape `\u0000` (a backslash that is not itself escaped,
-    /// then `u0000`).
-    static func containsEscapedNUL(_ json: Data) -> Bool {
-        json.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) -> Bool in
-            var index = 0
-            while index < bytes.count {
-                guard bytes[index] == UInt8(ascii: "\\") else {
-                    index += 1
-                    continue
-                }
-                if index + 5 < bytes.count, bytes[index + 1] == UInt8(ascii: "u"),
-                    bytes[index + 2] == UInt8(ascii: "0"), bytes[index + 3] == UInt8(ascii: "0"),
-                    bytes[index + 4] == UInt8(ascii: "0"), bytes[index + 5] == UInt8(ascii: "0")
-                {
-                    return true
-                }
-                index += 2  // past the escaped character: in `\\u0000` the second backslash is text
-            }
-            return false
         }
     }
 

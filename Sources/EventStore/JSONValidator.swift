@@ -14,6 +14,29 @@ public enum JSONValidator {
         }
     }
 
+    /// Whether `json` (valid JSON) holds U+0000 in a string or a member name: whether it spells
+    /// the escape `\u0000` outside another escape (a raw NUL byte is not valid JSON).
+    /// PostgreSQL's text and jsonb cannot hold the character.
+    public static func containsNUL(_ json: Data) -> Bool {
+        json.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) -> Bool in
+            var index = 0
+            while index < bytes.count {
+                guard bytes[index] == UInt8(ascii: "\\") else {
+                    index += 1
+                    continue
+                }
+                if index + 5 < bytes.count, bytes[index + 1] == UInt8(ascii: "u"),
+                    bytes[index + 2] == UInt8(ascii: "0"), bytes[index + 3] == UInt8(ascii: "0"),
+                    bytes[index + 4] == UInt8(ascii: "0"), bytes[index + 5] == UInt8(ascii: "0")
+                {
+                    return true
+                }
+                index += 2  // past the escaped character: in `\\u0000` the second backslash is text
+            }
+            return false
+        }
+    }
+
     /// Whether `data` is one JSON object.
     public static func isObject(_ data: Data) -> Bool {
         data.withUnsafeBytes { bytes in

@@ -23,7 +23,39 @@ enum JSONIO {
         guard JSONValidator.isObject(raw), let object = try? JSONSerialization.jsonObject(with: raw) as? [String: Any] else {
             throw Problem.badRequest("the body is not a JSON object (malformed JSON, invalid UTF-8, or nested too deeply)")
         }
+        try rejectNUL(raw, object)
         return (raw, object)
+    }
+
+    /// Refuses a body with U+0000 in any string or member name. PostgreSQL's text and jsonb
+    /// cannot hold it, so such a value would be accepted here and fail later, where nobody can
+    /// answer for it (a projection binding it as text, a cache key, a tag). Only a body that
+    /// holds the character is walked, to name the field.
+    static func rejectNUL(_ raw: Data, _ object: [String: Any]) throws {
+        guard JSONValidator.containsNUL(raw), let path = firstNULPath(object, at: "") else { return }
+        throw Problem.badRequest("\(path) contains a NUL character (U+0000), which cannot be stored", field: path)
+    }
+
+    /// The path (`events[0].data.owner`) of the first string or member name holding U+0000.
+    static func firstNULPath(_ value: Any, at path: String) -> String? {
+        switch value {
+        case let string as String:
+            return string.utf8.contains(0) ? (path.isEmpty ? "body" : path) : nil
+        case let object as [String: Any]:
+            for key in object.keys.sorted() {
+                let member = path.isEmpty ? key : "\(path).\(key)"
+                if key.utf8.contains(0) { return member }
+                if let found = firstNULPath(object[key]!, at: member) { return found }
+            }
+            return nil
+        case let array as [Any]:
+            for (index, item) in array.enumerated() {
+                if let found = firstNULPath(item, at: "\(path)[\(index)]") { return found }
+            }
+            return nil
+        default:
+            return nil
+        }
     }
 
     /// The media type of a Content-Type value, lowercased, without parameters or spaces
@@ -111,9 +143,22 @@ enum JSONIO {
         event.json(includeStream: includeStream)
     }
 
-    /// Refuses query parameters not in `allowed`, and control characters in values.
+    /// The request's query parameters with their names percent-decoded as well as their values
+    /// (Hummingbird decodes only the values): `?curr%65ncy=EUR` names `currency`. A name that is
+    /// not valid percent-encoding stays as sent, and is refused as unknown.
+    static func queryParameters(_ request: Request) -> Hummingbird.Parameters {
+        let parameters = request.uri.queryParameters
+        guard parameters.contains(where: { $0.key.utf8.contains(UInt8(ascii: "%")) }) else { return parameters }
+        return Hummingbird.Parameters(parameters.map { pair in
+            guard pair.key.utf8.contains(UInt8(ascii: "%")), let decoded = String(pair.key).removingPercentEncoding else { return pair }
+            return (key: decoded[...], value: pair.value)
+        })
+    }
+
+    /// Refuses query parameters not in `allowed`, and control characters in names and values.
     static func rejectUnknownQuery(_ query: Hummingbird.Parameters, allowed: Set<String>) throws {
         for (key, value) in query {
+            try JSONIO.rejectControlCharacters(String(key), field: "a query parameter's name")
             guard allowed.contains(String(key)) else { throw Problem.badRequest("unknown query parameter \(key)", field: String(key)) }
             try JSONIO.rejectControlCharacters(String(value), field: String(key))
         }

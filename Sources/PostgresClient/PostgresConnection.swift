@@ -243,7 +243,7 @@ public final class PostgresConnection {
         // Everything that can fail before sending is checked first, and statements prepared for
         // the first time are prepared before the pipeline starts: a pipeline left half-sent
         // cannot be recovered.
-        for query in queries { try Self.validate(query) }
+        for query in queries { try query.checkSendable() }
         var names: [String?] = []
         for query in queries { names.append(query.isPrepared ? try prepare(query) : nil) }
         guard PQenterPipelineMode(conn) == 1 else {
@@ -528,7 +528,7 @@ public final class PostgresConnection {
             UnsafePointer<Int32>?
         ) throws -> R
     ) throws -> R {
-        try Self.validate(query)
+        try query.checkSendable()
         let binds = query.binds
         if binds.isEmpty { return try body(0, nil, nil, nil, nil) }
         // One contiguous buffer; text values are NUL-terminated as libpq requires.
@@ -556,25 +556,6 @@ public final class PostgresConnection {
             let values: [UnsafePointer<CChar>?] = offsets.map { $0.map { base + $0 } }
             return try values.withUnsafeBufferPointer { values in
                 try body(Int32(binds.count), types, values.baseAddress, lengths, formats)
-            }
-        }
-    }
-
-    /// Throws for binds libpq cannot send: too many, too large, or text with a NUL character.
-    private static func validate(_ query: SQLQuery) throws {
-        guard query.binds.count <= 65535 else {
-            throw PostgresError(
-                code: .invalidParameter, message: "a statement takes at most 65535 parameters, got \(query.binds.count)",
-                query: query.sql)
-        }
-        for bind in query.binds {
-            guard let bytes = bind.bytes else { continue }
-            guard bytes.count < Int(Int32.max) else {
-                throw PostgresError(code: .invalidParameter, message: "a parameter is larger than 2 GiB", query: query.sql)
-            }
-            if bind.format == 0 && bytes.contains(0) {
-                throw PostgresError(
-                    code: .invalidParameter, message: "a text parameter contains a NUL character", query: query.sql)
             }
         }
     }

@@ -45,6 +45,26 @@ public struct SQLQuery: Sendable, Hashable, ExpressibleByStringInterpolation, Cu
     /// whose text never changes and that run often).
     public private(set) var isPrepared = false
 
+    /// Throws `.invalidParameter` for binds libpq cannot send: more than 65535, one of 2 GiB or
+    /// more, or text with a NUL character (PostgreSQL's text cannot hold one). Every statement is
+    /// checked before it is sent; a caller that must know which of several statements is at
+    /// fault (a projection's event, say) checks each one itself first.
+    public func checkSendable() throws {
+        guard binds.count <= 65535 else {
+            throw PostgresError(
+                code: .invalidParameter, message: "a statement takes at most 65535 parameters, got \(binds.count)", query: sql)
+        }
+        for bind in binds {
+            guard let bytes = bind.bytes else { continue }
+            guard bytes.count < Int(Int32.max) else {
+                throw PostgresError(code: .invalidParameter, message: "a parameter is larger than 2 GiB", query: sql)
+            }
+            if bind.format == 0 && bytes.contains(0) {
+                throw PostgresError(code: .invalidParameter, message: "a text parameter contains a NUL character", query: sql)
+            }
+        }
+    }
+
     /// This statement, marked to be prepared once per connection and reused.
     public func prepared() -> SQLQuery {
         var copy = self

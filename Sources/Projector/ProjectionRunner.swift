@@ -347,6 +347,10 @@ final class ProjectionRunner: LogConsumer {
             let statements: [SQLQuery]
             do {
                 statements = try projection.statements(for: event, table: table)
+                // A value libpq cannot send (text with a NUL) fails the whole pipeline before
+                // anything is sent: checked here, it is this event's failure, counted and parked
+                // like a statement the server refused.
+                for statement in statements { try statement.checkSendable() }
             } catch {
                 return try failure(events, at: index, message: "\(error)", from: checkpoint, projection: projection, table: table, on: conn)
             }

@@ -117,6 +117,49 @@ struct ProjectorTests {
         await store.shutdown()
     }
 
+    @Test("an event whose value cannot be bound (a NUL in text, from a log written before appends refused it) parks its projection like any failing event")
+    func parksOnUnbindableValue() async throws {
+        let test = try await TestStore.make("projnul")
+        let store = test.store
+        let names = try ProjectionDirectory.parse("""
+            name: names
+            version: 1
+            key: id
+            create: |
+              CREATE TABLE $table (id text PRIMARY KEY, name text NOT NULL)
+            handlers:
+              Named: |
+                INSERT INTO $table (id, name) VALUES (:id, :data.name) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name RETURNING id
+            """, source: "names.yaml")
+        _ = try await store.append(to: "person-1", events: [bank("Named", #"{"name":"Ada"}"#)])
+        // Appends refuse the character now; a log written before keeps it. Written as the log
+        // writer would (position 2, the head moved in the same transaction).
+        try await test.sql { conn in
+            try conn.execute("BEGIN")
+            try conn.execute("""
+                INSERT INTO eventline.events (position, stream, version, event_id, type, data, recorded_at)
+                VALUES (2, 'person-2', 1, gen_random_uuid(), 'Named', convert_to('{"name":"A\\u0000da"}', 'UTF8'), now())
+                """)
+            try conn.execute("UPDATE eventline.log_head SET position = 2")
+            try conn.execute("COMMIT")
+        }
+        _ = try await store.append(to: "person-3", events: [bank("Named", #"{"name":"Bo"}"#)])
+        var settings = configuration(test)
+        settings.maxAttempts = 2
+        let task = start(Projector(projections: [names], configuration: settings))
+        defer { task.cancel() }
+        try await eventually("names parked") {
+            try await test.sql { conn in try ProjectionCatalog.status(on: conn, name: "names") }.first?.state == "parked"
+        }
+        let parked = try await test.sql { conn in try ProjectionCatalog.status(on: conn, name: "names") }.first!
+        #expect(parked.errorPosition == 2, "\(parked)")
+        #expect(parked.error?.contains("NUL") == true, "\(String(describing: parked.error))")
+        #expect(parked.failedAttempts == 2)
+        #expect(parked.checkpoint == 1, "the event before the failing one is applied")
+        task.cancel()
+        await store.shutdown()
+    }
+
     @Test("an event that keeps failing parks its projection (error, position, handler); others go on; resume retries it")
     func parking() async throws {
         let test = try await TestStore.make("projpark")

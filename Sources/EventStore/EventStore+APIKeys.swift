@@ -67,14 +67,36 @@ extension EventStore {
 
     /// The hashes and scopes of the keys in force, for the server's in-memory check.
     public func activeAPIKeyHashes() async throws -> [String: APIKeyScope] {
+        try await apiKeyState().keys
+    }
+
+    /// The keys in force, and whether any key was ever created: a server whose every key is
+    /// revoked stays closed (revoking the last key must not open it).
+    public func apiKeyState() async throws -> APIKeyState {
         try await translatingErrors {
             try await pool.withConnection { conn in
-                var keys: [String: APIKeyScope] = [:]
-                for row in try conn.query("SELECT key_hash, scope FROM eventline.api_keys WHERE revoked_at IS NULL").rows {
-                    keys[try row.decode(0)] = APIKeyScope(rawValue: try row.decode(1))
+                var state = APIKeyState(keys: [:], everCreated: false)
+                for row in try conn.query("SELECT key_hash, scope, revoked_at IS NULL FROM eventline.api_keys").rows {
+                    state.everCreated = true
+                    if try row.decode(2, as: Bool.self) {
+                        state.keys[try row.decode(0)] = APIKeyScope(rawValue: try row.decode(1))
+                    }
                 }
-                return keys
+                return state
             }
         }
+    }
+}
+
+/// The API keys as the server checks them.
+public struct APIKeyState: Sendable, Equatable {
+    /// The SHA-256 (hex) of each key in force, with its scope.
+    public var keys: [String: APIKeyScope]
+    /// Whether any key was ever created (revoked ones count).
+    public var everCreated: Bool
+
+    public init(keys: [String: APIKeyScope], everCreated: Bool) {
+        self.keys = keys
+        self.everCreated = everCreated
     }
 }

@@ -2,35 +2,113 @@ import EventStore
 import Foundation
 import HTTPTypes
 import Hummingbird
+import Logging
+import ServiceLifecycle
 import Synchronization
 
 /// API-key checks. Keys in force are read from the database into memory and re-read every
 /// `refreshInterval`, so a new or revoked key takes effect within that time without a query per
-/// request. With no key in force the API is open.
-final class AccessControl: Sendable {
+/// request. The API is open only while no key was ever created, or when the operator opened it
+/// (`Authentication.off`): revoking the last key closes it rather than opening it. Each change
+/// between open and closed is logged, and the first state when the server starts.
+final class AccessControl: Service, Sendable {
     private struct Cache {
-        var keys: [String: APIKeyScope] = [:]
+        var state = APIKeyState(keys: [:], everCreated: false)
         var loadedAt: ContinuousClock.Instant? = nil
+        /// What was last logged.
+        var logged: Access? = nil
+    }
+
+    /// Whether the API asks for keys now, and why.
+    enum Access: Equatable, Sendable {
+        /// Keys in force are checked.
+        case keys
+        /// Keys were created and every one is revoked: every request that needs a key is refused.
+        case noKeyInForce
+        /// No key was ever created: open until the first one is.
+        case openNoKeys
+        /// The operator opened it (`EVENTLINE_AUTH=off`).
+        case openByOperator
+
+        var isOpen: Bool { self == .openNoKeys || self == .openByOperator }
+
+        /// What `/health/ready` says: `keys`, `no-key-in-force` or `open`.
+        var name: String {
+            switch self {
+            case .keys: "keys"
+            case .noKeyInForce: "no-key-in-force"
+            case .openNoKeys, .openByOperator: "open"
+            }
+        }
+
+        var explanation: String {
+            switch self {
+            case .keys: "API keys are required"
+            case .noKeyInForce:
+                "every API key is revoked: requests are refused until a key is created (eventctl keys create) or EVENTLINE_AUTH=off opens the API"
+            case .openNoKeys: "no API key has been created: the API is open to anyone who can reach it until the first key is"
+            case .openByOperator: "EVENTLINE_AUTH=off: the API is open to anyone who can reach it, whatever keys exist"
+            }
+        }
     }
 
     private let store: EventStore
     private let refreshInterval: Duration
+    private let mode: Authentication
+    private let logger: Logger
     private let cache = Mutex(Cache())
 
-    init(store: EventStore, refreshInterval: Duration) {
+    init(store: EventStore, refreshInterval: Duration, mode: Authentication = .keys, logger: Logger = Logger(label: "eventline.http")) {
         self.store = store
         self.refreshInterval = refreshInterval
+        self.mode = mode
+        self.logger = logger
     }
 
-    private func keys() async throws -> [String: APIKeyScope] {
-        let (keys, loadedAt) = cache.withLock { ($0.keys, $0.loadedAt) }
-        if let loadedAt, ContinuousClock.now - loadedAt < refreshInterval { return keys }
+    /// Says at start whether the API is open (in the background of the server's start: a
+    /// database that is down must not delay listening; the first request asks again).
+    func run() async throws {
+        _ = try? await access()
+        try? await gracefulShutdown()
+    }
+
+    private func keys() async throws -> APIKeyState {
+        let (state, loadedAt) = cache.withLock { ($0.state, $0.loadedAt) }
+        if let loadedAt, ContinuousClock.now - loadedAt < refreshInterval { return state }
         do {
-            let fresh = try await store.activeAPIKeyHashes()
-            cache.withLock { $0 = Cache(keys: fresh, loadedAt: .now) }
+            let fresh = try await store.apiKeyState()
+            cache.withLock {
+                $0.state = fresh
+                $0.loadedAt = .now
+            }
             return fresh
         } catch where loadedAt != nil {
-            return keys  // the database is away: keep to what was known
+            return state  // the database is away: keep to what was known
+        }
+    }
+
+    /// The API's access now (logged when it changed).
+    func access() async throws -> (Access, APIKeyState) {
+        if mode == .off {
+            note(.openByOperator)
+            return (.openByOperator, APIKeyState(keys: [:], everCreated: false))
+        }
+        let state = try await keys()
+        let access: Access = !state.keys.isEmpty ? .keys : state.everCreated ? .noKeyInForce : .openNoKeys
+        note(access)
+        return (access, state)
+    }
+
+    private func note(_ access: Access) {
+        let changed = cache.withLock { cache -> Bool in
+            defer { cache.logged = access }
+            return cache.logged != access
+        }
+        guard changed else { return }
+        if access == .keys {
+            logger.notice("\(access.explanation)")
+        } else {
+            logger.warning("\(access.explanation)")
         }
     }
 
@@ -56,16 +134,17 @@ final class AccessControl: Sendable {
     /// identity (for rate limiting), or nil when the API is open or the route needs no key.
     func authorize(_ request: Request) async throws -> String? {
         guard let needed = Self.requiredScope(method: request.method, path: request.uri.path) else { return nil }
-        let keys = try await keys()
-        guard !keys.isEmpty else { return nil }
+        let (access, state) = try await access()
+        if access.isOpen { return nil }
         let challenge: HTTPFields = [.wwwAuthenticate: #"Bearer realm="eventline""#]
         guard let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") else {
             throw Problem(.unauthorized, "unauthorized", "An API key is required", detail: "send Authorization: Bearer <key>", headers: challenge)
         }
         let key = header.dropFirst("bearer ".count).trimmingCharacters(in: .whitespaces)
         let hash = SHA256.hex(Array(key.utf8))
-        guard let scope = keys[hash] else {
-            throw Problem(.unauthorized, "unauthorized", "The API key is not valid", detail: "the key is unknown or revoked", headers: challenge)
+        guard let scope = state.keys[hash] else {
+            let detail = access == .noKeyInForce ? "no API key is in force: every key is revoked" : "the key is unknown or revoked"
+            throw Problem(.unauthorized, "unauthorized", "The API key is not valid", detail: detail, headers: challenge)
         }
         guard scope >= needed else {
             throw Problem(

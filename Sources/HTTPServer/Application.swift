@@ -31,14 +31,18 @@ public func buildApplication(
         // spans and the events' stored trace context hang below it.
         router.middlewares.add(TracingMiddleware(recordingHeaders: [.requestID, .correlationID]))
     }
-    let access = AccessControl(store: store, refreshInterval: configuration.apiKeyRefresh)
+    let access = AccessControl(
+        store: store, refreshInterval: configuration.apiKeyRefresh, mode: configuration.authentication, logger: logger)
     router.middlewares.add(RequestMiddleware(
         configuration: configuration, metrics: metrics, access: access, limiter: configuration.rateLimit.map(RateLimiter.init),
         logger: logger))
     let endpoints = Endpoints(router)
     let groupChanges = ChangeSignal()
-    let live = LiveFeed(store: store, heartbeat: configuration.liveHeartbeat, commits: groupChanges)
-    Routes(store: store, commands: commands, configuration: configuration, metrics: metrics, live: live, logger: logger)
+    let live = LiveFeed(
+        store: store, heartbeat: configuration.liveHeartbeat, commits: groupChanges, maxClients: configuration.liveMaxClients,
+        maxClientsPerClient: configuration.liveMaxClientsPerKey)
+    Routes(
+        store: store, commands: commands, configuration: configuration, metrics: metrics, live: live, access: access, logger: logger)
         .register(on: endpoints)
     ConsumerGroupRoutes(store: store, changes: groupChanges).register(on: endpoints)
     ReadModelRoutes(readModels: readModels, configuration: configuration).register(on: endpoints)
@@ -51,7 +55,7 @@ public func buildApplication(
         configuration: .init(
             address: .hostname(configuration.host, port: configuration.port), serverName: "eventline",
             availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections)),
-        services: [StoreService(store: store), readModels, live],
+        services: [StoreService(store: store), readModels, live, access],
         logger: logger)
 }
 

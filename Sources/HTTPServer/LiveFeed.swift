@@ -50,10 +50,66 @@ final class LiveFeed: Service, Sendable {
     /// Also signalled at every commit and poll tick (for waiting consumer-group fetches).
     private let commits: ChangeSignal?
 
-    init(store: EventStore, heartbeat: Duration, commits: ChangeSignal? = nil) {
+    /// Streams allowed at once, in all and per client (an API key, or an address when the API
+    /// is open). A stream holds its connection for as long as the client stays: without a
+    /// bound of their own, idle streams would take every connection the server has, and
+    /// health checks and commands with them.
+    let maxClients: Int
+    let maxClientsPerClient: Int
+    /// Slots taken: streams running, and responses returned whose stream has not ended.
+    private let slots = Mutex<(total: Int, byClient: [String: Int])>((0, [:]))
+
+    init(store: EventStore, heartbeat: Duration, commits: ChangeSignal? = nil, maxClients: Int = 256, maxClientsPerClient: Int = 64) {
         self.store = store
         self.heartbeat = heartbeat
         self.commits = commits
+        self.maxClients = max(1, maxClients)
+        self.maxClientsPerClient = max(1, maxClientsPerClient)
+    }
+
+    /// A stream's place among the bounded few. It is given back when the last reference goes:
+    /// the response body holds it, so a stream that ends, and a response never written (its
+    /// client gone first), both give it back.
+    final class Slot: Sendable {
+        private let feed: LiveFeed
+        private let client: String
+
+        fileprivate init(feed: LiveFeed, client: String) {
+            self.feed = feed
+            self.client = client
+        }
+
+        deinit { feed.giveBack(client) }
+    }
+
+    /// Takes a slot for `client`, or throws 503 with Retry-After when the server's or the
+    /// client's streams are all taken.
+    func takeSlot(client: String) throws -> Slot {
+        let refusal = slots.withLock { slots -> String? in
+            if slots.total >= maxClients {
+                return "the server streams to \(maxClients) live feed clients at most, and all are taken"
+            }
+            if slots.byClient[client, default: 0] >= maxClientsPerClient {
+                return "a client (an API key, or an address when the API is open) may follow the live feed \(maxClientsPerClient) times at once, and this one does"
+            }
+            slots.total += 1
+            slots.byClient[client, default: 0] += 1
+            return nil
+        }
+        if let refusal {
+            throw Problem(
+                .serviceUnavailable, "live-clients-exhausted", "Too many live feed clients", detail: "\(refusal); retry later",
+                headers: [.retryAfter: "5"])
+        }
+        return Slot(feed: self, client: client)
+    }
+
+    fileprivate func giveBack(_ client: String) {
+        slots.withLock { slots in
+            slots.total -= 1
+            let left = slots.byClient[client, default: 1] - 1
+            slots.byClient[client] = left > 0 ? left : nil
+        }
     }
 
     func run() async throws {
@@ -210,12 +266,16 @@ final class LiveFeed: Service, Sendable {
 
     /// The response that streams the events after `position` matching `filter`.
     func response(
-        after position: Int, filter: EventFilter, format: Format, connectionClosed: EventLoopFuture<Void>?, logger: Logger
-    ) -> Response {
+        after position: Int, filter: EventFilter, format: Format, client: String, connectionClosed: EventLoopFuture<Void>?,
+        logger: Logger
+    ) throws -> Response {
         let store = self.store
         let pageSize = store.configuration.subscriptionBatchSize
         let pageBytes = store.configuration.subscriptionPageBytes
+        let slot = try takeSlot(client: client)
         let body = ResponseBody { writer in
+            // Held until the stream ends.
+            defer { withExtendedLifetime(slot) {} }
             self.streaming.add(1, ordering: .relaxed)
             self.demand.signal()
             defer { self.streaming.subtract(1, ordering: .relaxed) }

@@ -55,6 +55,7 @@ struct RequestMiddleware: RouterMiddleware {
             if let limiter, AccessControl.requiredScope(method: request.method, path: request.uri.path) != nil {
                 limitHeaders = try limiter.take(identity ?? context.clientAddress)
             }
+            context.clientIdentity = identity.map { "key \($0)" }
             response = try await next(request, context)
         } catch {
             let (problem, isBug) = Problem.from(error)

@@ -19,6 +19,9 @@ public struct EventlineRequestContext: RequestContext {
     public var maxUploadSize: Int
     /// The client's address, for rate limiting when the API is open.
     public var clientAddress: String
+    /// The API key's identity (a prefix of its hash) once the request is authorized with one;
+    /// nil when the API is open or the route needs no key.
+    public var clientIdentity: String?
     /// Completes when the client's connection closes: a stream that only writes now and then
     /// (the live feed) learns of a gone client from it, not from its next write.
     public var connectionClosed: EventLoopFuture<Void>?

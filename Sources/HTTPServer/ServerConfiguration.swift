@@ -15,6 +15,10 @@ public struct ServerConfiguration: Sendable {
     }
     /// Requests per client (API key, or address when the API is open); nil: no limit.
     public var rateLimit: RateLimit? = nil
+    /// Whether requests need an API key: `.keys` (the default) from the first key ever created
+    /// on, for good (revoking every key leaves the API closed); `.off` never, which an operator
+    /// must choose (`EVENTLINE_AUTH=off`).
+    public var authentication: Authentication = .keys
     /// How often the server re-reads the API keys in force.
     public var apiKeyRefresh: Duration = .seconds(2)
     /// A connection with no request in progress (idle between requests, or still sending a
@@ -23,9 +27,25 @@ public struct ServerConfiguration: Sendable {
     /// The most connections served at once; past it new connections wait in the listen backlog
     /// until one closes.
     public var maxConnections: Int = 1024
+    /// The most live feed streams (`GET /v1/events/live`) at once; the next gets 503 with
+    /// Retry-After. Below `maxConnections`, so that idle streams leave connections for health
+    /// checks and commands.
+    public var liveMaxClients: Int = 256
+    /// The most live feed streams one client (an API key, or an address when the API is open)
+    /// holds at once.
+    public var liveMaxClientsPerKey: Int = 64
     /// How often a live feed client that has had nothing for this long gets a heartbeat (a
     /// comment line), so that proxies and clients can tell a quiet log from a dead connection.
     public var liveHeartbeat: Duration = .seconds(15)
 
     public init() {}
+}
+
+/// Whether the API asks for keys.
+public enum Authentication: String, Sendable, CaseIterable {
+    /// Keys are required once any key was ever created; until then the API is open (a new
+    /// database, `eventctl dev`).
+    case keys
+    /// No key is asked for, whatever keys exist: chosen by the operator.
+    case off
 }

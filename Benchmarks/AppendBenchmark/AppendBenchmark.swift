@@ -233,6 +233,12 @@ struct AppendBenchmark {
             print("")
             print(String(format: "(l) a consumer group of 4 acknowledges %.0f events/s while 16 appenders write %.0f/s: %.2f of the append rate.", acked, appended, acked / appended))
         }
+        if let backlog = try? await ConsumerGroupBenchmark.backlog(url: url) {
+            let sorted = backlog.sorted()
+            print(String(
+                format: "(l″) a new group drains 500 one-event streams and 500 events of one stream, 100 per fetch: %d fetches, p50 %.2f ms, max %.2f ms per fetch.",
+                backlog.count, AppendBenchmark.percentile(sorted, 0.5) ?? 0, sorted.last ?? 0))
+        }
     }
 
     /// (m): appends whose events carry two personal fields against the same appends without.

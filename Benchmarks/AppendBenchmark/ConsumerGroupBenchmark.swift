@@ -107,4 +107,35 @@ enum ConsumerGroupBenchmark {
             appendedPerSecond: Double(written) / appendSeconds, acknowledgedPerSecond: Double(acknowledged) / elapsed,
             p50: AppendBenchmark.percentile(delays, 0.5), p99: AppendBenchmark.percentile(delays, 0.99))
     }
+
+    /// (l″) The data set of the quadratic fetch (issue 23): 500 single-event streams and 500
+    /// events of one stream, interleaved; a new group drains it, fetching 100 and acknowledging
+    /// them. Returns the milliseconds of each fetch. Before the fix a fetch read every blocked
+    /// event of the long stream (and could read them once per row handed out).
+    static func backlog(url: String) async throws -> [Double] {
+        var configuration = EventStoreConfiguration(databaseURL: url)
+        configuration.poolSize = 2
+        let store = EventStore(configuration)
+        let category = "bl\(UUID().uuidString.prefix(6).lowercased())"
+        let head = try await store.headPosition()
+        for index in 0..<500 {
+            _ = try await store.append(to: "\(category)-s\(index)", events: [NewEvent(type: "Sold", data: Data("{}".utf8))])
+            _ = try await store.append(to: "\(category)-big", events: [NewEvent(type: "Sold", data: Data("{}".utf8))])
+        }
+        let group = "bench-\(category)"
+        _ = try await store.putConsumerGroup(group, ConsumerGroupSettings(filter: EventFilter(category: category), startAfter: head))
+        var fetches: [Double] = []
+        var acknowledged = 0
+        while acknowledged < 1000 {
+            let started = ContinuousClock.now
+            let batch = try await store.fetch(group: group, consumer: "c", max: 100) ?? []
+            fetches.append(AppendBenchmark.milliseconds(ContinuousClock.now - started))
+            guard !batch.isEmpty else { throw AppendBenchmark.BenchError("(l″) the group stalled after \(acknowledged) events") }
+            _ = try await store.acknowledge(group: group, deliveryIds: batch.map(\.deliveryId))
+            acknowledged += batch.count
+        }
+        _ = try? await store.deleteConsumerGroup(group)
+        await store.shutdown()
+        return fetches
+    }
 }

@@ -58,6 +58,11 @@ public struct ConsumerGroupSettings: Sendable, Hashable {
             return ("ackTimeout", "ackTimeout must be a whole number of seconds from 1 to 3600")
         }
         if let webhook {
+            // A space, CR or LF has no place in a URL (Foundation may take some of them), and a
+            // stored one would reach the request line of every delivery.
+            if webhook.url.unicodeScalars.contains(where: { $0.value <= 0x20 || $0.value == 0x7F || $0.properties.generalCategory == .control }) {
+                return ("webhook.url", "webhook.url must not contain spaces or control characters (CR, LF, tab); percent-encode them")
+            }
             guard let url = URL(string: webhook.url), let scheme = url.scheme?.lowercased(), ["http", "https"].contains(scheme),
                 let host = url.host, !host.isEmpty, webhook.url.utf8.count <= 2000
             else {
@@ -290,7 +295,7 @@ extension EventStore {
                         SELECT min(position) FILTER (WHERE state <> 'parked') AS earliest,
                                -- A delivery past its deadline waits for its next fetch: it is waiting.
                                count(*) FILTER (WHERE state = 'delivered' AND due_at > now()) AS delivered,
-                               count(*) FILTER (WHERE state = 'ready' OR (state = 'delivered' AND due_at <= now())) AS ready,
+                               count(*) FILTER (WHERE state IN ('ready', 'blocked') OR (state = 'delivered' AND due_at <= now())) AS ready,
                                count(*) FILTER (WHERE state = 'parked') AS parked
                         FROM eventline.consumer_group_messages WHERE group_name = g.name
                     ) m
@@ -359,14 +364,20 @@ extension EventStore {
                     let scanned: Int = try group.decode(0)
                     let maxDeliveries: Int = try group.decode(1)
                     let timeout: Int = try group.decode(2)
-                    // Deliveries whose ack deadline passed wait again, or are parked.
-                    try conn.execute("""
+                    // Deliveries whose ack deadline passed wait again, or are parked (and the
+                    // next event of their stream is readied).
+                    let expired = try conn.query("""
                         UPDATE eventline.consumer_group_messages
                         SET state = CASE WHEN attempt >= \(maxDeliveries) THEN 'parked' ELSE 'ready' END,
                             parked_at = CASE WHEN attempt >= \(maxDeliveries) THEN now() END,
                             last_error = 'not acknowledged in time', delivery_id = NULL, consumer = NULL, due_at = now()
                         WHERE group_name = \(name) AND state = 'delivered' AND due_at <= now()
-                        """)
+                        RETURNING stream
+                        """).rows.map { try $0.decode(0, as: String.self) }
+                    if !expired.isEmpty {
+                        // The group's row lock keeps acks out: no stream lock is needed.
+                        try conn.execute("SELECT eventline.consumer_group_reorder(\(name), \(Array(Set(expired)).sorted()))")
+                    }
                     // The log past `scanned`, into the queue, while the queue is short.
                     let queued = try conn.query("""
                         SELECT count(*) FROM (SELECT 1 FROM eventline.consumer_group_messages
@@ -384,8 +395,16 @@ extension EventStore {
                                       AND (g.types IS NULL OR e.type = ANY(g.types))
                                     ORDER BY e.position LIMIT \(limit)
                                 ), queued AS (
-                                    INSERT INTO eventline.consumer_group_messages (group_name, position, stream)
-                                    SELECT \(name), position, stream FROM picked
+                                    -- A stream's first event waits as blocked when an earlier
+                                    -- one of the stream is outstanding, or is in this page.
+                                    INSERT INTO eventline.consumer_group_messages (group_name, position, stream, state)
+                                    SELECT \(name), p.position, p.stream,
+                                           CASE WHEN row_number() OVER (PARTITION BY p.stream ORDER BY p.position) = 1
+                                                 AND NOT EXISTS (
+                                                     SELECT 1 FROM eventline.consumer_group_messages o
+                                                     WHERE o.group_name = \(name) AND o.stream = p.stream AND o.state <> 'parked')
+                                                THEN 'ready' ELSE 'blocked' END
+                                    FROM picked p
                                     RETURNING position
                                 )
                                 SELECT count(*), max(position) FROM queued
@@ -395,23 +414,16 @@ extension EventStore {
                             try conn.execute("UPDATE eventline.consumer_groups SET scanned = \(upTo) WHERE name = \(name)")
                         }
                     }
-                    // The earliest waiting events whose stream has nothing earlier outstanding.
-                    let handed = try conn.query("""
-                        WITH picked AS (
-                            SELECT m.position FROM eventline.consumer_group_messages m
-                            WHERE m.group_name = \(name) AND m.state = 'ready' AND m.due_at <= now()
-                              AND NOT EXISTS (
-                                  SELECT 1 FROM eventline.consumer_group_messages e
-                                  WHERE e.group_name = m.group_name AND e.stream = m.stream AND e.position < m.position
-                                    AND e.state <> 'parked')
-                            ORDER BY m.position LIMIT \(max)
-                        )
-                        UPDATE eventline.consumer_group_messages m
-                        SET state = 'delivered', attempt = m.attempt + 1, delivery_id = gen_random_uuid(), consumer = \(consumer),
-                            due_at = now() + make_interval(secs => \(Double(timeout) / 1000))
-                        FROM picked WHERE m.group_name = \(name) AND m.position = picked.position
-                        RETURNING m.position, m.attempt, m.delivery_id
-                        """).rows.map { row in (position: try row.decode(0, as: Int.self), attempt: try row.decode(1, as: Int.self), id: try row.decode(2, as: UUID.self)) }
+                    // The earliest ready events: each the first outstanding one of its stream
+                    // (its later ones are blocked), so this reads about what it hands out.
+                    let ready = try conn.query(Self.readyPositions(group: name, max: max)).rows.map { try $0.decode(0, as: Int.self) }
+                    var handed: [(position: Int, attempt: Int, id: UUID)] = []
+                    if !ready.isEmpty {
+                        let rows = try conn.query(Self.handOut(group: name, positions: ready, consumer: consumer, ackTimeoutMilliseconds: timeout))
+                        handed = try rows.rows.map { row in
+                            (position: try row.decode(0, as: Int.self), attempt: try row.decode(1, as: Int.self), id: try row.decode(2, as: UUID.self))
+                        }
+                    }
                     let again = handed.filter { $0.attempt > 1 }.count
                     if again > 0 {
                         try conn.execute("UPDATE eventline.consumer_groups SET redeliveries = redeliveries + \(again) WHERE name = \(name)")
@@ -433,15 +445,35 @@ extension EventStore {
         }
     }
 
+    /// The statements that hand `consumer` up to `max` ready events of group `name` (under the
+    /// group's row lock): the earliest ready positions, read from the index of ready events,
+    /// then those rows by the primary key, returning each one's position, attempt and delivery
+    /// id. Two statements, so that the second is planned for the positions it is given: a
+    /// queue the planner has no statistics of yet cannot turn it into a scan of the group.
+    static func readyPositions(group name: String, max: Int) -> SQLQuery {
+        """
+            SELECT position FROM eventline.consumer_group_messages
+            WHERE group_name = \(name) AND state = 'ready' AND due_at <= now()
+            ORDER BY position LIMIT \(max)
+            """
+    }
+
+    static func handOut(group name: String, positions: [Int], consumer: String, ackTimeoutMilliseconds timeout: Int) -> SQLQuery {
+        """
+            UPDATE eventline.consumer_group_messages m
+            SET state = 'delivered', attempt = m.attempt + 1, delivery_id = gen_random_uuid(), consumer = \(consumer),
+                due_at = now() + make_interval(secs => \(Double(timeout) / 1000))
+            WHERE m.group_name = \(name) AND m.position = ANY(\(positions)) AND m.state = 'ready'
+            RETURNING m.position, m.attempt, m.delivery_id
+            """
+    }
+
     /// Acknowledges deliveries: their events are done for the group.
     public func acknowledge(group name: String, deliveryIds: [UUID]) async throws -> DeliverySettlement? {
         try checkGroupName(name)
         return try await settle(name, deliveryIds) { conn in
-            try conn.query("""
-                DELETE FROM eventline.consumer_group_messages
-                WHERE group_name = \(name) AND delivery_id = ANY(\(deliveryIds)) AND state = 'delivered'
-                RETURNING delivery_id
-                """)
+            // Deletes them and readies the next event of each of their streams (migration 0012).
+            try conn.query("SELECT eventline.consumer_group_ack(\(name), \(deliveryIds))")
         }
     }
 
@@ -452,21 +484,7 @@ extension EventStore {
         let seconds = Double(retryAfter.components.seconds) + Double(retryAfter.components.attoseconds) / 1e18
         guard seconds >= 0 && seconds <= 86_400 else { throw EventStoreError.invalidArgument("retryAfter must be from 0 to 86400 seconds") }
         return try await settle(name, deliveryIds) { conn in
-            try conn.query("""
-                WITH target AS (
-                    SELECT position, delivery_id FROM eventline.consumer_group_messages
-                    WHERE group_name = \(name) AND delivery_id = ANY(\(deliveryIds)) AND state = 'delivered'
-                    FOR UPDATE
-                )
-                UPDATE eventline.consumer_group_messages m
-                SET state = CASE WHEN m.attempt >= g.max_deliveries THEN 'parked' ELSE 'ready' END,
-                    parked_at = CASE WHEN m.attempt >= g.max_deliveries THEN now() END,
-                    due_at = now() + make_interval(secs => \(seconds)), delivery_id = NULL, consumer = NULL,
-                    last_error = \(reason ?? "refused by the consumer")
-                FROM target, eventline.consumer_groups g
-                WHERE m.group_name = \(name) AND m.position = target.position AND g.name = m.group_name
-                RETURNING target.delivery_id
-                """)
+            try conn.query("SELECT eventline.consumer_group_refuse(\(name), \(deliveryIds), \(seconds), \(reason ?? "refused by the consumer"))")
         }
     }
 
@@ -522,12 +540,23 @@ extension EventStore {
         try checkGroupName(name)
         return try await translatingErrors {
             try await pool.withConnection { conn -> Int? in
-                guard try conn.query("SELECT 1 FROM eventline.consumer_groups WHERE name = \(name)").first != nil else { return nil }
-                return try conn.execute("""
-                    UPDATE eventline.consumer_group_messages
-                    SET state = 'ready', attempt = 0, due_at = now(), parked_at = NULL, last_error = NULL
-                    WHERE group_name = \(name) AND state = 'parked' AND (\(positions)::bigint[] IS NULL OR position = ANY(\(positions)))
-                    """)
+                try conn.transaction { conn -> Int? in
+                    // The group's row lock keeps fetches and acks out while the order is mended.
+                    guard try conn.query("SELECT 1 FROM eventline.consumer_groups WHERE name = \(name) FOR UPDATE").first != nil else {
+                        return nil
+                    }
+                    let streams = try conn.query("""
+                        UPDATE eventline.consumer_group_messages
+                        SET state = 'blocked', attempt = 0, due_at = now(), parked_at = NULL, last_error = NULL
+                        WHERE group_name = \(name) AND state = 'parked' AND (\(positions)::bigint[] IS NULL OR position = ANY(\(positions)))
+                        RETURNING stream
+                        """).rows.map { try $0.decode(0, as: String.self) }
+                    if !streams.isEmpty {
+                        // Each retried event is ready when nothing earlier of its stream is outstanding.
+                        try conn.execute("SELECT eventline.consumer_group_reorder(\(name), \(Array(Set(streams)).sorted()))")
+                    }
+                    return streams.count
+                }
             }
         }
     }

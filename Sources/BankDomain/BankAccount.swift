@@ -88,9 +88,7 @@ public enum BankAccount: Aggregate {
         switch command {
         case let open as OpenAccount:
             guard state.status == .new else { throw RuleViolation(Rule.alreadyOpened, "the account is already opened") }
-            guard (1...200).contains(open.owner.count) else {
-                throw RuleViolation(Rule.invalidOwner, "the owner must be 1 to 200 characters")
-            }
+            if let problem = OpenAccount.ownerProblem(open.owner) { throw RuleViolation(Rule.invalidOwner, problem) }
             guard open.currency.utf8.count == 3, open.currency.utf8.allSatisfy({ (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) }) else {
                 throw RuleViolation(Rule.invalidCurrency, "the currency must be 3 uppercase letters (ISO 4217)")
             }
@@ -126,7 +124,8 @@ public enum BankAccount: Aggregate {
 
 // MARK: - Commands
 
-/// Opens an account for `owner` (1–200 characters) in `currency` (ISO 4217, three capitals).
+/// Opens an account for `owner` (a name of 1 to 200 characters and at most 800 bytes, with a
+/// letter or digit and no control characters) in `currency` (ISO 4217, three capitals).
 public struct OpenAccount: DomainCommand, Hashable {
     public static let typeName = "OpenAccount"
     public var owner: String
@@ -137,6 +136,25 @@ public struct OpenAccount: DomainCommand, Hashable {
         self.owner = owner
         self.currency = currency
         self.number = number
+    }
+
+    /// At most this many bytes of UTF-8: the character bound alone counts grapheme clusters,
+    /// and one cluster may carry any number of combining marks.
+    public static let maxOwnerBytes = 800
+
+    /// Why `owner` is not a name, or nil. A name has a letter or a digit (not only spaces or
+    /// marks), no control characters (tabs and line breaks included), 1 to 200 characters and
+    /// at most `maxOwnerBytes` bytes.
+    public static func ownerProblem(_ owner: String) -> String? {
+        if owner.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
+            return "the owner must not contain control characters (tabs, line breaks)"
+        }
+        if owner.utf8.count > maxOwnerBytes { return "the owner must be at most \(maxOwnerBytes) bytes of UTF-8" }
+        guard (1...200).contains(owner.count) else { return "the owner must be 1 to 200 characters" }
+        guard owner.unicodeScalars.contains(where: { $0.properties.isAlphabetic || $0.properties.numericType != nil }) else {
+            return "the owner must contain a letter or a digit"
+        }
+        return nil
     }
 }
 

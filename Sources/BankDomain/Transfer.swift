@@ -146,7 +146,10 @@ public enum Transfer: Aggregate {
     }
 
     private static func checked(_ reason: String) throws(RuleViolation) -> String {
-        guard (1...200).contains(reason.count) else { throw RuleViolation(Rule.invalidReason, "a reason must be 1 to 200 characters") }
+        // Bytes are bounded too: one character (a grapheme cluster) may carry any number of marks.
+        guard (1...200).contains(reason.count), reason.utf8.count <= 800 else {
+            throw RuleViolation(Rule.invalidReason, "a reason must be 1 to 200 characters and at most 800 bytes")
+        }
         return reason
     }
 }

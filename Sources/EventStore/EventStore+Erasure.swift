@@ -16,11 +16,23 @@ extension EventStore {
     /// everywhere from now on, and appends a `SubjectForgotten` event (`{"subject": …}`) in the
     /// same transaction. Snapshots of the streams that hold its personal data are dropped with
     /// it. The key never comes back: later appends with personal data of the subject are
-    /// refused. Forgetting again (or a subject that never had a key) succeeds; the result then
-    /// says it was already appended. Needs no master key.
+    /// refused. Forgetting again succeeds; the result then says it was already appended. A
+    /// subject that never had personal data is not known to the store: forgetting it throws
+    /// `.subjectNotFound` (nothing is appended) unless `evenIfUnknown`, which forgets it ahead
+    /// of any data (its personal data will be refused). Needs no master key.
     @discardableResult
-    public func forget(subject: String) async throws -> AppendResult {
+    public func forget(subject: String, evenIfUnknown: Bool = false) async throws -> AppendResult {
         if let problem = PersonalData.subjectProblem(subject) { throw EventStoreError.invalidArgument(problem) }
+        if !evenIfUnknown {
+            // A subject is known once a writer made its key (or it was forgotten): a row of
+            // subject_keys, which is never deleted.
+            let known = try await translatingErrors {
+                try await pool.withConnection { conn in
+                    try conn.query("SELECT 1 FROM eventline.subject_keys WHERE subject = \(subject)").first != nil
+                }
+            }
+            guard known else { throw EventStoreError.subjectNotFound(subject) }
+        }
         let event = NewEvent(
             id: UUID.sha256Derived(from: "eventline subject forgotten\0\(subject)"), type: Self.subjectForgottenType,
             data: JSONValue.jsonData(["subject": .string(subject)]))
@@ -54,6 +66,8 @@ extension EventStore {
     /// version satisfies `expected`. From then on its reads fail with `.streamDeleted`, and so
     /// does every append to it, however many writers race it; its events keep their positions
     /// in the log. Deleting again is idempotent (the result says it was already appended).
+    /// A stream with no events is not deleted (`.streamNotFound`) unless `expected` is
+    /// `.noStream`, which closes its name before it is ever written.
     @discardableResult
     public func deleteStream(_ stream: String, expected: ExpectedVersion = .any, metadata: Data? = nil) async throws -> AppendResult {
         let name = try StreamName(stream)
@@ -61,8 +75,14 @@ extension EventStore {
         let tombstone = NewEvent(
             id: UUID.sha256Derived(from: "eventline tombstone\0\(name.rawValue)"), type: Self.tombstoneType, data: Data("{}".utf8),
             metadata: metadata)
-        let prepared = try prepare(name, expected: expected, events: [tombstone], platform: true)
-        return try await writer.append(prepared)[0]
+        // `.any` deletes a stream that exists: the check is the writer's, under the head lock,
+        // so it holds however many writers race it.
+        let prepared = try prepare(name, expected: expected == .any ? .exists : expected, events: [tombstone], platform: true)
+        do {
+            return try await writer.append(prepared)[0]
+        } catch let error as EventStoreError where expected == .any && error.code == .wrongExpectedVersion && error.currentVersion == 0 {
+            throw EventStoreError(code: .streamNotFound, message: "stream \(name.rawValue) has no events: there is nothing to delete (expectedVersion noStream closes its name anyway)", stream: name.rawValue)
+        }
     }
 
     /// Whether the stream's last event is its tombstone, read on `conn`.

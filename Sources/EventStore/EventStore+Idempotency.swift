@@ -82,17 +82,20 @@ extension EventStore {
              OR (k.owner_pid IS NOT NULL AND NOT EXISTS (
                  SELECT 1 FROM pg_stat_activity a WHERE a.pid = k.owner_pid AND a.backend_start = k.owner_started)))
             """
+        let hash = requestHash(body)
+        // Rows written before request hashes were keyed hold the plain SHA-256.
+        let legacyHash = SHA256.hex(Array(body))
         return try await translatingErrors {
             try await pool.withConnection { conn in
                 let inserted = try conn.query("""
                     INSERT INTO eventline.idempotency_keys (scope, key, request_hash, token, owner_pid, owner_started)
-                    VALUES (\(scope), \(key), encode(sha256(\(body)), 'hex'), \(token), \(owner.pid), \(owner.started)::timestamptz)
+                    VALUES (\(scope), \(key), \(hash), \(token), \(owner.pid), \(owner.started)::timestamptz)
                     ON CONFLICT (scope, key) DO NOTHING
                     RETURNING true
                     """)
                 if inserted.count == 1 { return .reserved(token: token, resumed: false) }
                 guard let row = try conn.query("""
-                    SELECT request_hash = encode(sha256(\(body)), 'hex'), status, response, \(unsafeSQL: abandoned)
+                    SELECT request_hash IN (\(hash), \(legacyHash)), status, response, \(unsafeSQL: abandoned)
                     FROM eventline.idempotency_keys k WHERE scope = \(scope) AND key = \(key)
                     """).first
                 else { return .inProgress }  // deleted between the two statements: let the client retry
@@ -109,6 +112,18 @@ extension EventStore {
                 return taken == 1 ? .reserved(token: token, resumed: true) : .inProgress
             }
         }
+    }
+
+    /// What is stored to tell a retry's body from another: an HMAC-SHA256 of the body under a
+    /// key derived from the master key (`hmac-<master key id>:<hex>`), so that someone with the
+    /// database alone cannot confirm a guessed body (a person's name, say), before or after
+    /// the person is forgotten. Without a master key no personal data is accepted, and the
+    /// plain SHA-256 is stored. A key rotation changes the hash: a retry of a request made
+    /// before it is refused as a different body (`.mismatch`), never answered wrongly.
+    func requestHash(_ body: Data) -> String {
+        guard let masterKey = configuration.masterKey else { return SHA256.hex(Array(body)) }
+        let key = HMACSHA256.mac(key: masterKey.bytes, message: Array("eventline idempotency request hash".utf8))
+        return "hmac-\(masterKey.id):" + HMACSHA256.hex(key: key, message: body)
     }
 
     /// Stores the response to the request that reserved `key` with `token`; does nothing when

@@ -7,7 +7,7 @@ public struct EventStoreError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         enum Base: String, Sendable {
             case wrongExpectedVersion, duplicateEventId, invalidStreamName, invalidEvent, invalidArgument
-            case streamNotFound, corruptEvent, unavailable, commitOutcomeUnknown, shutdown, database
+            case streamNotFound, subjectNotFound, corruptEvent, unavailable, commitOutcomeUnknown, shutdown, database
             case migration, subjectForgotten, masterKey, streamDeleted, appendConditionFailed
         }
         let base: Base
@@ -25,6 +25,8 @@ public struct EventStoreError: Error, Sendable, CustomStringConvertible {
         public static let invalidArgument = Code(base: .invalidArgument)
         /// The stream has no events.
         public static let streamNotFound = Code(base: .streamNotFound)
+        /// A subject with no personal data was to be forgotten.
+        public static let subjectNotFound = Code(base: .subjectNotFound)
         /// A stored event cannot be decoded.
         public static let corruptEvent = Code(base: .corruptEvent)
         /// The database cannot be reached; nothing was written.
@@ -87,6 +89,13 @@ public struct EventStoreError: Error, Sendable, CustomStringConvertible {
     }
 
     public var description: String { message }
+
+    /// `subject` never had personal data here.
+    public static func subjectNotFound(_ subject: String) -> Self {
+        EventStoreError(
+            code: .subjectNotFound,
+            message: "subject \(subject) has no personal data here: there is nothing to forget (evenIfUnknown forgets it ahead of any data)")
+    }
 
     /// The stream is closed by its tombstone.
     public static func streamDeleted(_ stream: String) -> Self {

@@ -36,7 +36,7 @@ struct Deliver: AsyncParsableCommand {
             let logger = Logs.logger("eventline.deliver")
             let metricsAddress = try metrics.address()
             try await schema.prepare(databaseURL: url, logger: logger)
-            var storeConfiguration = Domain.current.storeConfiguration(databaseURL: url, masterKey: try EnvironmentVariables.masterKey())
+            var storeConfiguration = Domain.current.storeConfiguration(databaseURL: url, masterKey: try EnvironmentVariables.requiredMasterKey())
             storeConfiguration.poolSize = 4
             let store = EventStore(storeConfiguration, logger: logger)
             var configuration = WebhookConfiguration()

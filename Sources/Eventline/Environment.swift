@@ -16,6 +16,8 @@ enum EnvironmentVariables {
         ("EVENTLINE_HTTP_IDLE_TIMEOUT", "serve: seconds before a connection with no request in progress, or a request head still arriving, is closed (default 30)"),
         ("EVENTLINE_LIVE_HEARTBEAT", "serve: seconds of silence after which a live feed client (GET /v1/events/live) gets a heartbeat comment (default 15)"),
         ("EVENTLINE_HTTP_MAX_CONNECTIONS", "serve: connections served at once; more wait to be accepted (default 1024)"),
+        ("EVENTLINE_LIVE_MAX_CLIENTS", "serve: live feed streams at once; the next gets 503 with Retry-After (default 256, and at most three quarters of EVENTLINE_HTTP_MAX_CONNECTIONS)"),
+        ("EVENTLINE_LIVE_MAX_CLIENTS_PER_KEY", "serve: live feed streams at once per API key (per address when the API is open) (default 64)"),
         ("EVENTLINE_DB_CONNECT_TIMEOUT", "serve: seconds opening a database connection may take (default 1.5)"),
         ("EVENTLINE_DB_STATEMENT_TIMEOUT", "serve: seconds a statement may run, and the database stay silent, before the request fails with 503 (default 1.5)"),
         ("EVENTLINE_DB_POOL_TIMEOUT", "serve: seconds a request waits for a free database connection (default 1)"),
@@ -24,6 +26,8 @@ enum EnvironmentVariables {
         ("EVENTLINE_READ_WAIT_TIMEOUT", "serve: seconds a read with atLeast waits (default 5)"),
         ("EVENTLINE_MASTER_KEY", "32 random bytes in base64 (openssl rand -base64 32): wraps the keys that encrypt personal data (default: none; personal fields are refused)"),
         ("EVENTLINE_MASTER_KEY_FILE", "a file holding the master key (base64, or the 32 bytes), instead of EVENTLINE_MASTER_KEY"),
+        ("EVENTLINE_AUTH", "serve: keys (default: an API key is required once any key was ever created, even after every key is revoked) or off (the API is open to anyone who can reach it)"),
+        ("EVENTLINE_PERSONAL_DATA", "on (default: a domain that declares personal fields needs a master key to serve, project, react, deliver or replay) or off (run without one; personal data is refused)"),
         ("EVENTLINE_REDIS_URL", "serve, project, replay: Redis for the read-model cache (default: none)"),
         ("EVENTLINE_REDIS_TIMEOUT", "serve, project: seconds a cache read, or an invalidation, waits for Redis before going without it (default 0.25)"),
         ("EVENTLINE_CACHE_TTL", "seconds a cached row lives (default 300)"),
@@ -74,6 +78,37 @@ enum EnvironmentVariables {
             } catch {
                 throw CLIError("EVENTLINE_MASTER_KEY_FILE: \(path) holds neither 32 bytes nor their base64 (\(error.message))")
             }
+        }
+    }
+
+    /// `EVENTLINE_AUTH`: `keys` (the default) or `off`.
+    static func authentication(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Authentication {
+        guard let text = environment["EVENTLINE_AUTH"], !text.isEmpty else { return .keys }
+        guard let mode = Authentication(rawValue: text) else {
+            throw CLIError("EVENTLINE_AUTH must be keys or off, not '\(text)'")
+        }
+        return mode
+    }
+
+    /// The master key for a process that handles the domain's events (`serve`, `project`,
+    /// `react`, `deliver`, `replay`): a domain that declares personal fields cannot do its work
+    /// without one, so the process refuses to start rather than start "ready" and refuse every
+    /// command. `EVENTLINE_PERSONAL_DATA=off` runs it without personal data, on purpose.
+    static func requiredMasterKey(
+        _ environment: [String: String] = ProcessInfo.processInfo.environment, domain: Domain = .current
+    ) throws -> MasterKey? {
+        if let key = try masterKey(environment) { return key }
+        switch environment["EVENTLINE_PERSONAL_DATA"] {
+        case nil, "", "on":
+            guard domain.personalData.isEmpty else {
+                throw CLIError(
+                    "\(domain.name) declares personal fields and EVENTLINE_MASTER_KEY is not set: set it to a key from `\(domain.name) master-key generate` (or EVENTLINE_MASTER_KEY_FILE), or set EVENTLINE_PERSONAL_DATA=off to run without personal data")
+            }
+            return nil
+        case "off":
+            return nil
+        case let text?:
+            throw CLIError("EVENTLINE_PERSONAL_DATA must be on or off, not '\(text)'")
         }
     }
 

@@ -12,6 +12,8 @@ struct Forget: AsyncParsableCommand {
             """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The subject (for the bank, account-<id>).") var subject: String
+    @Flag(name: .customLong("even-if-unknown"), help: "Forget a subject that has no personal data yet (its data will be refused).")
+    var evenIfUnknown = false
 
     func validate() throws {
         if let problem = PersonalData.subjectProblem(subject) { throw ValidationError(problem) }
@@ -22,7 +24,7 @@ struct Forget: AsyncParsableCommand {
             let store = try database.openStore()
             let result: AppendResult
             do {
-                result = try await store.forget(subject: subject)
+                result = try await store.forget(subject: subject, evenIfUnknown: evenIfUnknown)
             } catch {
                 await store.shutdown()
                 throw error

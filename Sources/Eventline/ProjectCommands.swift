@@ -108,7 +108,7 @@ struct Project: AsyncParsableCommand {
             }
             let cache = try cacheOptions.cache(logger: logger)
             defer { cache?.client.shutdown() }
-            var configuration = Domain.current.projectorConfiguration(databaseURL: url, masterKey: try EnvironmentVariables.masterKey())
+            var configuration = Domain.current.projectorConfiguration(databaseURL: url, masterKey: try EnvironmentVariables.requiredMasterKey())
             let rebuildSetting = ProcessInfo.processInfo.environment["EVENTLINE_REBUILD_ON_VERSION_CHANGE"]?.lowercased()
             configuration.rebuildOnVersionChange = !noRebuild && !["0", "false", "off", "no"].contains(rebuildSetting ?? "")
             // Without --projection, files added to (or changed in) the directory are picked up
@@ -333,6 +333,7 @@ struct Replay: AsyncParsableCommand {
     func run() async throws {
         try await CLI.run {
             let url = try database.databaseURL
+            let masterKey = try EnvironmentVariables.requiredMasterKey()
             let loaded = try projections.load()
             let known = Dictionary(loaded.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
             var selected: [YAMLProjection] = loaded
@@ -364,7 +365,7 @@ struct Replay: AsyncParsableCommand {
                         projection, databaseURL: url, dryRun: dryRun, batchSize: batchSize,
                         progress: { progress in
                             line.update(events: progress.events, position: progress.position, target: progress.target, note: progress.phase)
-                        }, reading: EventReading(upcasters: Domain.current.upcasters, masterKey: try EnvironmentVariables.masterKey()))
+                        }, reading: EventReading(upcasters: Domain.current.upcasters, masterKey: masterKey))
                 } catch let error as ReplayError {
                     line.finish()
                     throw CLIError("\(projection.name): \(error.description); the live read model is untouched")

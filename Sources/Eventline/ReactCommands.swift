@@ -58,7 +58,7 @@ extension React {
     /// The shipped reactors (or only those named) over a store of their own; the caller shuts
     /// the store down once the runner has stopped.
     static func runner(url: String, only: [String] = [], logger: Logger) throws -> (EventStore, ReactorRunner) {
-        var storeConfiguration = Domain.current.storeConfiguration(databaseURL: url, masterKey: try EnvironmentVariables.masterKey())
+        var storeConfiguration = Domain.current.storeConfiguration(databaseURL: url, masterKey: try EnvironmentVariables.requiredMasterKey())
         storeConfiguration.poolSize = 4
         let store = EventStore(storeConfiguration, logger: logger)
         let selected = Domain.current.reactors(store: store, logger: logger, only: only)

@@ -30,6 +30,8 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         try await CLI.run {
+            // A configuration error says so before anything else starts.
+            _ = try EnvironmentVariables.requiredMasterKey()
             let environment = ProcessInfo.processInfo.environment
             var configuration = ServerConfiguration()
             configuration.host = host ?? environment["EVENTLINE_HTTP_HOST"] ?? configuration.host
@@ -47,6 +49,22 @@ struct Serve: AsyncParsableCommand {
                     throw CLIError("EVENTLINE_HTTP_MAX_CONNECTIONS must be a number from 1 to 1000000, not '\(text)'")
                 }
                 configuration.maxConnections = count
+            }
+            for (name, field) in [("EVENTLINE_LIVE_MAX_CLIENTS", \ServerConfiguration.liveMaxClients), ("EVENTLINE_LIVE_MAX_CLIENTS_PER_KEY", \.liveMaxClientsPerKey)] {
+                guard let text = environment[name] else { continue }
+                guard let count = Int(text), (1...1_000_000).contains(count) else {
+                    throw CLIError("\(name) must be a number from 1 to 1000000, not '\(text)'")
+                }
+                configuration[keyPath: field] = count
+            }
+            // Streams stay open: they must leave connections for health checks and commands.
+            let room = max(1, configuration.maxConnections / 4)
+            if configuration.liveMaxClients > configuration.maxConnections - room {
+                if environment["EVENTLINE_LIVE_MAX_CLIENTS"] != nil {
+                    throw CLIError(
+                        "EVENTLINE_LIVE_MAX_CLIENTS (\(configuration.liveMaxClients)) must leave a quarter of EVENTLINE_HTTP_MAX_CONNECTIONS (\(configuration.maxConnections)) to other requests: at most \(configuration.maxConnections - room)")
+                }
+                configuration.liveMaxClients = max(1, configuration.maxConnections - room)
             }
             var readModels = ReadModels()
             readModels.cache = try cacheOptions.cache(logger: Logger(label: "eventline.cache"))
@@ -147,9 +165,11 @@ enum Server {
         domain: Domain = .current
     ) async throws {
         let logger = Logs.logger("eventline")
+        var configuration = configuration
+        configuration.authentication = try EnvironmentVariables.authentication()
         // Before the application is built: it adds a tracing middleware when a tracer is installed.
         let tracing = try Telemetry.bootstrapTracing(serviceName: "eventline-server", logger: logger)
-        var storeConfiguration = domain.storeConfiguration(databaseURL: databaseURL, masterKey: try EnvironmentVariables.masterKey())
+        var storeConfiguration = domain.storeConfiguration(databaseURL: databaseURL, masterKey: try EnvironmentVariables.requiredMasterKey(domain: domain))
         storeConfiguration.poolSize = 16
         storeConfiguration.connectTimeout = timeouts.connect
         storeConfiguration.statementTimeout = timeouts.statement
@@ -164,12 +184,6 @@ enum Server {
         let readService = ReadModelService(readConfiguration, cache: readModels.cache, logger: logger)
         let app = Eventline.application(domain, store: store, configuration: configuration, readModels: readService, logger: logger)
         logger.info("serving", metadata: ["http.address": "\(configuration.host):\(configuration.port)"])
-        // Asked in the background: a database that is down or hung must not delay listening.
-        Task {
-            if (try? await store.activeAPIKeyHashes())?.isEmpty == true {
-                logger.warning("no API keys are configured: the server is open to anyone who can reach it")
-            }
-        }
         for line in banner { print(line) }
         fflush(nil)
         // The server first: on SIGTERM the services stop in reverse order, the server last (and

@@ -151,7 +151,7 @@ struct ConsumerGroupRoutes: Sendable {
 
     func parked(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let name = try groupName(context)
-        let query = request.uri.queryParameters
+        let query = JSONIO.queryParameters(request)
         try JSONIO.rejectUnknownQuery(query, allowed: ["after", "limit"])
         let after = try JSONIO.queryInteger(query, "after", range: 0...Int(Int64.max)) ?? 0
         let limit = try JSONIO.queryInteger(query, "limit", range: 1...1000) ?? 100

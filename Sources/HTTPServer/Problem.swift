@@ -90,7 +90,7 @@ extension Problem {
             return (schemaMissing(error.underlying!), false)
         case let error as EventStoreError:
             let problem = fromStore(error)
-            return (problem, problem.status.code >= 500 && (error.code == .database || error.code == .corruptEvent))
+            return (problem, problem.status == .internalServerError && (error.code == .database || error.code == .corruptEvent))
         case let error as DecodingError:
             return (fromDecoding(error), false)
         case let error as PostgresError:
@@ -98,6 +98,7 @@ extension Problem {
             if error.isConnectionError || error.code == .poolTimeout || error.code == .poolClosed {
                 return (unavailable(databaseUnavailable), false)
             }
+            if error.sqlState == SQLState.queryCanceled { return (unavailable(databaseTimedOut), false) }
             if error.code == .invalidParameter {
                 return (Problem(.badRequest, "invalid-request", "The request is not valid", detail: error.message), false)
             }
@@ -124,6 +125,9 @@ extension Problem {
     /// What a client is told when the database cannot be reached. libpq's message names hosts,
     /// ports and users; it goes to the server's log, never to clients.
     static let databaseUnavailable = "the database is unavailable; retry later"
+
+    /// What a client is told when a statement ran past `EVENTLINE_DB_STATEMENT_TIMEOUT`.
+    static let databaseTimedOut = "the database did not answer in time; retry later"
 
     static func unavailable(_ detail: String) -> Problem {
         Problem(.serviceUnavailable, "unavailable", "The service is unavailable", detail: detail, headers: [.retryAfter: "1"])
@@ -168,7 +172,7 @@ extension Problem {
             return Problem(.badRequest, "invalid-event", "An event is not valid", detail: error.message)
         case .invalidArgument:
             return Problem(.badRequest, "invalid-request", "The request is not valid", detail: error.message)
-        case .streamNotFound:
+        case .streamNotFound, .subjectNotFound:
             return notFound(error.message)
         case .unavailable:
             return unavailable(databaseUnavailable)
@@ -191,6 +195,10 @@ extension Problem {
         case .masterKey:
             // Configuration, not the caller's input: the operator sets the master key.
             return Problem(.serviceUnavailable, "master-key", "Personal data cannot be handled", detail: error.message)
+        case .database where error.underlying?.sqlState == SQLState.queryCanceled:
+            // statement_timeout: the database is slow or waiting (on a lock, on a synchronous
+            // standby), which the caller can only wait out, like an outage.
+            return unavailable(databaseTimedOut)
         case .database where error.underlying?.code == .invalidParameter:
             return Problem(.badRequest, "invalid-request", "The request is not valid", detail: error.underlying?.message ?? error.message)
         default:

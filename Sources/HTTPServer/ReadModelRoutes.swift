@@ -19,7 +19,7 @@ struct ReadModelRoutes: Sendable {
     }
 
     func list(_ request: Request) async throws -> Response {
-        try JSONIO.rejectUnknownQuery(request.uri.queryParameters, allowed: [])
+        try JSONIO.rejectUnknownQuery(JSONIO.queryParameters(request), allowed: [])
         let items = try await readModels.status().map { status -> String in
             var fields: [String: JSONValue] = [
                 "name": .string(status.name), "version": .integer(status.version),
@@ -42,7 +42,7 @@ struct ReadModelRoutes: Sendable {
     func row(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let name = try JSONIO.pathParameter(context, "name")
         let key = try JSONIO.pathParameter(context, "key")
-        let query = request.uri.queryParameters
+        let query = JSONIO.queryParameters(request)
         try JSONIO.rejectUnknownQuery(query, allowed: ["atLeast"])
         let atLeast = try self.atLeast(request)
         let found = try await withCatalog(name, atLeast: atLeast) { info in
@@ -66,7 +66,7 @@ struct ReadModelRoutes: Sendable {
 
     func page(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let name = try JSONIO.pathParameter(context, "name")
-        let query = request.uri.queryParameters
+        let query = JSONIO.queryParameters(request)
         let limit = try JSONIO.queryInteger(query, "limit", range: 1...configuration.maxReadLimit) ?? 100
         let atLeast = try self.atLeast(request)
         var after: String? = nil
@@ -78,6 +78,7 @@ struct ReadModelRoutes: Sendable {
         }
         var filters: [(column: String, value: String)] = []
         for (column, value) in query where !["limit", "after", "atLeast"].contains(String(column)) {
+            try JSONIO.rejectControlCharacters(String(column), field: "a filter's column")
             try JSONIO.rejectControlCharacters(String(value), field: String(column))
             filters.append((String(column), String(value)))
         }
@@ -91,9 +92,20 @@ struct ReadModelRoutes: Sendable {
             do {
                 return try await readModels.page(info, filters: filters, after: after, limit: limit + 1, atLeast: atLeast)
             } catch let error as PostgresError where error.sqlState?.hasPrefix(SQLState.dataExceptionClass) == true || error.sqlState == SQLState.undefinedFunction {
+                // Which value did not fit is asked value by value, so that the answer names the
+                // column and its type (never PostgreSQL's message, which quotes the value back).
+                for filter in filters {
+                    if let type = info.type(of: filter.column), try await !readModels.fits(filter.value, type: type) {
+                        throw Problem(
+                            .badRequest, "invalid-filter", "A filter value does not fit its column",
+                            detail: "the filter on \(filter.column) must be a value of type \(type)",
+                            extensions: ["field": .string(filter.column), "expectedType": .string(type)])
+                    }
+                }
                 throw Problem(
                     .badRequest, "invalid-filter", "A filter value does not fit its column",
-                    detail: "a filter or cursor value does not fit its column's type: \(error.message)")
+                    detail: "the cursor does not fit the type of the key column \(info.keyColumn) (\(info.type(of: info.keyColumn) ?? "text"))",
+                    extensions: ["field": .string("after")])
             }
         }
         guard let page else { throw Problem.notFound("no read model named \(name)") }
@@ -147,7 +159,7 @@ struct ReadModelRoutes: Sendable {
 
     /// `?atLeast=P` or `Eventline-At-Least: P`.
     func atLeast(_ request: Request) throws -> Int? {
-        let text = request.uri.queryParameters["atLeast"].map(String.init) ?? request.headers[.atLeast]
+        let text = JSONIO.queryParameters(request)["atLeast"].map(String.init) ?? request.headers[.atLeast]
         guard let text else { return nil }
         guard let value = Int(text), value >= 0 else {
             throw Problem.badRequest("atLeast (or Eventline-At-Least) must be a log position, an integer ≥ 0", field: "atLeast")

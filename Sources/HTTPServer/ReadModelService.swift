@@ -114,6 +114,19 @@ public final class ReadModelService: Service, Sendable {
         return models[name]
     }
 
+    /// Whether `value` (text) is a value of the SQL type `type` (a column's `format_type`,
+    /// from the catalog).
+    func fits(_ value: String, type: String) async throws -> Bool {
+        try await withConnection { conn in
+            do {
+                _ = try conn.query("SELECT \(value)::text::\(unsafeSQL: type)")
+                return true
+            } catch let error as PostgresError where error.sqlState?.hasPrefix(SQLState.dataExceptionClass) == true {
+                return false
+            }
+        }
+    }
+
     /// Every projection's status with the log head.
     func status() async throws -> [ProjectionStatus] {
         try await withConnection { conn in try ProjectionCatalog.status(on: conn) }

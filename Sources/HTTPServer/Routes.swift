@@ -15,6 +15,7 @@ struct Routes: Sendable {
     let configuration: ServerConfiguration
     let metrics: ServerMetrics
     let live: LiveFeed
+    let access: AccessControl
     let logger: Logger
 
     func register(on router: Endpoints) {
@@ -329,7 +330,7 @@ struct Routes: Sendable {
     /// `DELETE /v1/streams/{stream}[?expectedVersion=N]`: closes the stream for good with a tombstone.
     func deleteStream(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let stream = try JSONIO.pathParameter(context, "stream")
-        let query = request.uri.queryParameters
+        let query = JSONIO.queryParameters(request)
         try JSONIO.rejectUnknownQuery(query, allowed: ["expectedVersion"])
         var expected = ExpectedVersion.any
         if let text = query["expectedVersion"].map({ String($0) }) {
@@ -349,9 +350,16 @@ struct Routes: Sendable {
     /// `DELETE /v1/subjects/{subject}`: destroys the subject's key; its personal data reads as null from now on.
     func forgetSubject(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let subject = try JSONIO.pathParameter(context, "subject")
-        try JSONIO.rejectUnknownQuery(request.uri.queryParameters, allowed: [])
+        let query = JSONIO.queryParameters(request)
+        try JSONIO.rejectUnknownQuery(query, allowed: ["evenIfUnknown"])
         if let problem = PersonalData.subjectProblem(subject) { throw Problem.badRequest(problem, field: "subject") }
-        let result = try await store.forget(subject: subject)
+        let evenIfUnknown: Bool
+        switch query["evenIfUnknown"].map(String.init) {
+        case nil, "false"?: evenIfUnknown = false
+        case "true"?: evenIfUnknown = true
+        default: throw Problem.badRequest("evenIfUnknown must be true or false", field: "evenIfUnknown")
+        }
+        let result = try await store.forget(subject: subject, evenIfUnknown: evenIfUnknown)
         return JSONIO.response(.ok, JSONValue.jsonData([
             "subject": .string(subject), "forgotten": true, "position": .integer(result.position),
             "wasAlreadyForgotten": .bool(result.wasAlreadyAppended),
@@ -390,7 +398,7 @@ struct Routes: Sendable {
 
     func readStream(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let stream = try JSONIO.pathParameter(context, "stream")
-        let query = request.uri.queryParameters
+        let query = JSONIO.queryParameters(request)
         try JSONIO.rejectUnknownQuery(query, allowed: ["from", "limit", "direction"])
         let limit = try JSONIO.queryInteger(query, "limit", range: 1...configuration.maxReadLimit) ?? 100
         let from = try JSONIO.queryInteger(query, "from", range: 0...Int(Int64.max))
@@ -415,7 +423,7 @@ struct Routes: Sendable {
     }
 
     func readLog(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
-        let query = request.uri.queryParameters
+        let query = JSONIO.queryParameters(request)
         try JSONIO.rejectUnknownQuery(query, allowed: ["after", "limit", "category", "type", "query"])
         let after = try JSONIO.queryInteger(query, "after", range: 0...Int(Int64.max)) ?? 0
         let limit = try JSONIO.queryInteger(query, "limit", range: 1...configuration.maxReadLimit) ?? 100
@@ -426,6 +434,9 @@ struct Routes: Sendable {
             }
             guard let object = try? JSONSerialization.jsonObject(with: Data(String(text).utf8)) else {
                 throw Problem.badRequest(#"query must be a JSON query, {"items": [{"types": [...], "tags": [...]}]}"#, field: "query")
+            }
+            if let path = JSONIO.firstNULPath(object, at: "query") {
+                throw Problem.badRequest("\(path) contains a NUL character (U+0000), which cannot be stored", field: "query")
             }
             return try await queryAnswer(try Self.eventQuery(object, place: "query"), after: after, limit: limit)
         }
@@ -450,7 +461,7 @@ struct Routes: Sendable {
     /// `GET /v1/events/live`: the log from `after` (or the client's `Last-Event-ID`, which a
     /// reconnecting EventSource sends), then live, as server-sent events or NDJSON.
     func liveLog(_ request: Request, _ context: EventlineRequestContext) throws -> Response {
-        let query = request.uri.queryParameters
+        let query = JSONIO.queryParameters(request)
         try JSONIO.rejectUnknownQuery(query, allowed: ["after", "category", "type"])
         var after = try JSONIO.queryInteger(query, "after", range: 0...Int(Int64.max)) ?? 0
         if let last = request.headers[HTTPField.Name("Last-Event-ID")!] {
@@ -466,7 +477,9 @@ struct Routes: Sendable {
         let accept = request.headers[.accept] ?? ""
         let format: LiveFeed.Format = accept.contains("application/x-ndjson") && !accept.contains("text/event-stream")
             ? .ndjson : .serverSentEvents
-        return live.response(after: after, filter: filter, format: format, connectionClosed: context.connectionClosed, logger: logger)
+        return try live.response(
+            after: after, filter: filter, format: format, client: context.clientIdentity ?? "address \(context.clientAddress)",
+            connectionClosed: context.connectionClosed, logger: logger)
     }
 
     // MARK: - Health
@@ -474,7 +487,11 @@ struct Routes: Sendable {
     func ready() async throws -> Response {
         do {
             let head = try await store.headPosition()
-            return JSONIO.response(.ok, Data(#"{"status":"ready","head":\#(head)}"#.utf8))
+            // Whether requests need a key: an open server says so where monitoring looks.
+            let auth = (try? await access.access().0).map { access in
+                #","auth":\#(JSONValue.quoted(access.name))"# + (access == .keys ? "" : #","authNote":\#(JSONValue.quoted(access.explanation))"#)
+            } ?? ""
+            return JSONIO.response(.ok, Data(#"{"status":"ready","head":\#(head)\#(auth)}"#.utf8))
         } catch let error as EventStoreError where error.underlying?.isMissingSchema ?? false {
             throw Problem.schemaMissing(error.underlying!)
         } catch {

@@ -43,12 +43,12 @@ struct ConnectionLimitTests {
         let (server, port) = try await serve("httpidle", ["EVENTLINE_HTTP_IDLE_TIMEOUT": "0.5"])
         defer { killProcessTree(server.pid) }
         do {
-            let silent = try LoopbackHTTP.connect(host: "localhost", port: port)
+            let silent = try LoopbackHTTP.connect(host: LoopbackHTTP.host, port: port)
             defer { close(silent) }
             #expect(try await onThread { closedByServer(silent, within: 20) }, "a silent connection stayed open")
 
             // One byte every 100 ms of a head that would take 10 s to finish.
-            let slow = try LoopbackHTTP.connect(host: "localhost", port: port)
+            let slow = try LoopbackHTTP.connect(host: LoopbackHTTP.host, port: port)
             defer { close(slow) }
             let head = Array("GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: \(String(repeating: "a", count: 70))\r\n\r\n".utf8)
             let sent = try await onThread { () -> Int in
@@ -64,7 +64,7 @@ struct ConnectionLimitTests {
             #expect(sent < head.count, "the whole slow head was accepted")
 
             // A whole head, then a body one byte every 100 ms: 408, and the connection closed.
-            let dribbler = try LoopbackHTTP.connect(host: "localhost", port: port)
+            let dribbler = try LoopbackHTTP.connect(host: LoopbackHTTP.host, port: port)
             defer { close(dribbler) }
             let body = Array(#"{"type":"OpenAccount","data":{"owner":"\#(String(repeating: "a", count: 60))","currency":"EUR"}}"#.utf8)
             let bodyHead = Array("POST /v1/commands/account/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n".utf8)
@@ -107,8 +107,8 @@ struct ConnectionLimitTests {
         let (server, port) = try await serve("httpmaxconn", ["EVENTLINE_HTTP_MAX_CONNECTIONS": "2"])
         defer { killProcessTree(server.pid) }
         do {
-            let first = try LoopbackHTTP.connect(host: "localhost", port: port)
-            let second = try LoopbackHTTP.connect(host: "localhost", port: port)
+            let first = try LoopbackHTTP.connect(host: LoopbackHTTP.host, port: port)
+            let second = try LoopbackHTTP.connect(host: LoopbackHTTP.host, port: port)
             defer { close(second) }
             // Both are served: each answers a request and stays open.
             for fd in [first, second] {

@@ -18,7 +18,9 @@ final class LiveClient: Sendable {
     private let received = Received()
 
     init(port: Int, path: String, headers: [String: String] = [:]) throws {
-        let socket = try LoopbackHTTP.connect(host: "127.0.0.1", port: port)
+        // The name the server was bound to (Hummingbird's live test server binds `localhost`,
+        // which a stock Debian resolves to ::1 first), every address of it tried.
+        let socket = try LoopbackHTTP.connect(host: LoopbackHTTP.host, port: port)
         fd = socket
         var request = "GET \(path) HTTP/1.1\r\nHost: localhost\r\n"
         for (name, value) in headers { request += "\(name): \(value)\r\n" }

@@ -4,6 +4,13 @@ import Foundation
 /// started as `eventctl serve`) and of requests that break HTTP itself (which a client will not
 /// send). Blocking socket calls, on a thread of their own.
 public enum LoopbackHTTP {
+    /// The name every test client uses for a server on this machine: Hummingbird's live test
+    /// framework binds its servers to it, and a stock Debian resolves it to ::1 as well as
+    /// 127.0.0.1 (in that order), where some machines have 127.0.0.1 only. A client that
+    /// connects to a fixed address reaches a server on one kind of machine and not on the
+    /// other; clients use this name and try every address it resolves to.
+    public static let host = "localhost"
+
     /// A parsed answer.
     public struct Answer: Sendable {
         public var status: Int
@@ -14,7 +21,7 @@ public enum LoopbackHTTP {
     /// Sends `request` as it is over a new connection to `host`:`port` (every address the name
     /// resolves to is tried: `localhost` is ::1 on a stock Debian), and returns what the server
     /// answers until it closes the connection or `timeout` passes.
-    public static func exchange(host: String = "localhost", port: Int, _ request: [UInt8], timeout: Double = 3) async throws -> String {
+    public static func exchange(host: String = LoopbackHTTP.host, port: Int, _ request: [UInt8], timeout: Double = 3) async throws -> String {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<String, any Error>) in
             Thread.detachNewThread {
                 continuation.resume(with: Result {
@@ -43,7 +50,7 @@ public enum LoopbackHTTP {
 
     /// One request with `Connection: close`; the answer parsed (chunked bodies joined).
     public static func request(
-        _ method: String = "GET", host: String = "localhost", port: Int, _ path: String, headers: [String: String] = [:],
+        _ method: String = "GET", host: String = LoopbackHTTP.host, port: Int, _ path: String, headers: [String: String] = [:],
         body: String? = nil, timeout: Double = 10
     ) async throws -> Answer {
         var text = "\(method) \(path) HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n"

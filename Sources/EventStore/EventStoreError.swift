@@ -159,7 +159,7 @@ public struct EventStoreError: Error, Sendable, CustomStringConvertible {
         if error.code == .poolClosed {
             return EventStoreError(code: .shutdown, message: "the event store is shut down", stream: stream, underlying: error)
         }
-        if error.isConnectionError || error.code == .poolTimeout {
+        if error.isConnectionError || error.code == .poolTimeout || error.code == .deadline {
             return EventStoreError(
                 code: .unavailable, message: "the database is unavailable: \(error.message)", stream: stream,
                 underlying: error)

@@ -94,7 +94,8 @@ private struct ExistingEvent {
 final class LogWriter: Sendable {
     private struct Pending {
         var append: PreparedAppend
-        var continuation: CheckedContinuation<[AppendResult], any Error>
+        /// Resumed once: by the outcome, or earlier by the appender's `DatabaseDeadline`.
+        var continuation: DatabaseDeadline.Completion<[AppendResult]>
     }
 
     private struct State {
@@ -197,7 +198,11 @@ final class LogWriter: Sendable {
 
     /// Queues `append` for the next group commit and waits for its own outcome.
     func append(_ append: PreparedAppend) async throws -> [AppendResult] {
-        try await withCheckedThrowingContinuation { continuation in
+        // A request whose deadline passes first stops waiting; its append is left in the group
+        // (it may commit), so its outcome is unknown: retried with the same event ids, it is
+        // applied once.
+        let stream = append.parts.first?.stream.rawValue
+        return try await DatabaseDeadline.wait({ (continuation: DatabaseDeadline.Completion<[AppendResult]>) in
             let now = ContinuousClock.now
             let startDraining = state.withLock { state -> Bool? in
                 if state.closed { return nil }
@@ -209,7 +214,7 @@ final class LogWriter: Sendable {
             }
             switch startDraining {
             case nil:
-                continuation.resume(throwing: EventStoreError(code: .shutdown, message: "the event store is shut down"))
+                continuation.resume(with: .failure(EventStoreError(code: .shutdown, message: "the event store is shut down")))
             case true?:
                 if !connection.enqueue({ [self] in self.drain() }) { failPending() }
             case false?:
@@ -217,7 +222,12 @@ final class LogWriter: Sendable {
                 arrivals.signal()
                 arrivals.unlock()
             }
-        }
+        }, onDeadline: {
+            EventStoreError(
+                code: .commitOutcomeUnknown,
+                message: "the request's deadline passed before the database said whether the events were committed; retry with the same event ids",
+                stream: stream, underlying: DatabaseDeadline.exceeded("the commit"))
+        })
     }
 
     /// Refuses new appends, lets queued ones commit, then closes the writer's connection.
@@ -237,7 +247,7 @@ final class LogWriter: Sendable {
             return state.pending
         }
         for item in pending {
-            item.continuation.resume(throwing: EventStoreError(code: .shutdown, message: "the event store is shut down"))
+            item.continuation.resume(with: .failure(EventStoreError(code: .shutdown, message: "the event store is shut down")))
         }
     }
 
@@ -321,7 +331,7 @@ final class LogWriter: Sendable {
                     return state.pending
                 }
                 for item in waiting {
-                    item.continuation.resume(throwing: EventStoreError.database(unreachable, stream: item.append.stream.rawValue))
+                    item.continuation.resume(with: .failure(EventStoreError.database(unreachable, stream: item.append.stream.rawValue)))
                 }
                 returning = 0
             }

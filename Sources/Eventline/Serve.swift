@@ -167,6 +167,9 @@ enum Server {
         let logger = Logs.logger("eventline")
         var configuration = configuration
         configuration.authentication = try EnvironmentVariables.authentication()
+        // One deadline per request for all its database steps: no request answers later than
+        // the statement timeout and half a second, whatever its steps' own timeouts add up to.
+        if configuration.databaseDeadline == nil { configuration.databaseDeadline = timeouts.statement + .milliseconds(400) }
         // Before the application is built: it adds a tracing middleware when a tracer is installed.
         let tracing = try Telemetry.bootstrapTracing(serviceName: "eventline-server", logger: logger)
         var storeConfiguration = domain.storeConfiguration(databaseURL: databaseURL, masterKey: try EnvironmentVariables.requiredMasterKey(domain: domain))

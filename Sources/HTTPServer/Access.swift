@@ -65,26 +65,42 @@ final class AccessControl: Service, Sendable {
         self.logger = logger
     }
 
-    /// Says at start whether the API is open (in the background of the server's start: a
-    /// database that is down must not delay listening; the first request asks again).
+    /// Re-reads the keys in force every `refreshInterval`, in the background, so that no
+    /// request waits on the database for them (but the first, before any read succeeded); says
+    /// at start whether the API is open. A database that is down must not delay listening: the
+    /// loop keeps to what it knew and tries again.
     func run() async throws {
-        _ = try? await access()
-        try? await gracefulShutdown()
+        guard mode == .keys else {
+            note(.openByOperator)
+            try? await gracefulShutdown()
+            return
+        }
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                _ = try? await self.refresh()
+                try await Task.sleep(for: self.refreshInterval)
+            }
+        }
+    }
+
+    private func refresh() async throws -> APIKeyState {
+        let fresh = try await store.apiKeyState()
+        cache.withLock {
+            $0.state = fresh
+            $0.loadedAt = .now
+        }
+        note(Self.access(fresh))
+        return fresh
     }
 
     private func keys() async throws -> APIKeyState {
         let (state, loadedAt) = cache.withLock { ($0.state, $0.loadedAt) }
-        if let loadedAt, ContinuousClock.now - loadedAt < refreshInterval { return state }
-        do {
-            let fresh = try await store.apiKeyState()
-            cache.withLock {
-                $0.state = fresh
-                $0.loadedAt = .now
-            }
-            return fresh
-        } catch where loadedAt != nil {
-            return state  // the database is away: keep to what was known
-        }
+        if loadedAt != nil { return state }
+        return try await refresh()
+    }
+
+    static func access(_ state: APIKeyState) -> Access {
+        !state.keys.isEmpty ? .keys : state.everCreated ? .noKeyInForce : .openNoKeys
     }
 
     /// The API's access now (logged when it changed).
@@ -94,9 +110,7 @@ final class AccessControl: Service, Sendable {
             return (.openByOperator, APIKeyState(keys: [:], everCreated: false))
         }
         let state = try await keys()
-        let access: Access = !state.keys.isEmpty ? .keys : state.everCreated ? .noKeyInForce : .openNoKeys
-        note(access)
-        return (access, state)
+        return (Self.access(state), state)
     }
 
     private func note(_ access: Access) {

@@ -1,5 +1,6 @@
 import EventStore
 import Foundation
+import PostgresClient
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -108,7 +109,8 @@ struct ConsumerGroupRoutes: Sendable {
                 guard let messages = try await store.fetch(group: name, consumer: consumer, max: max) else { throw Self.notFound(name) }
                 let left = deadline - .now
                 if !messages.isEmpty || left <= .zero || stopping.flag.load(ordering: .relaxed) || Task.isCancelled { return messages }
-                await changes.wait(after: generation, timeout: Swift.min(left, Self.recheck))
+                // A long poll waits on purpose: the database deadline does not run meanwhile.
+                await DatabaseDeadline.excludingWait { await changes.wait(after: generation, timeout: Swift.min(left, Self.recheck)) }
             }
         } onGracefulShutdown: {
             stopping.flag.store(true, ordering: .relaxed)

@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import PostgresClient
 
 /// Outermost middleware: gives every request an id, turns every error into a problem+json
 /// response, records metrics and writes one log line per request.
@@ -44,19 +45,23 @@ struct RequestMiddleware: RouterMiddleware {
             if Self.hasEmptySegment(path) {
                 throw Problem.notFound("no such route (the path is not in canonical form)")
             }
-            let identity: String?
-            do {
-                identity = try await access.authorize(request)
-            } catch let problem as Problem where problem.status == .unauthorized {
-                // Guessing keys costs tokens too, from the address's bucket.
-                if let limiter { _ = try limiter.take("unauthenticated " + context.clientAddress) }
-                throw problem
+            // One deadline for every database step of the request, the check of its key included.
+            let deadline = configuration.databaseDeadline.map { DatabaseDeadline(budget: $0) }
+            response = try await DatabaseDeadline.$current.withValue(deadline) {
+                let identity: String?
+                do {
+                    identity = try await access.authorize(request)
+                } catch let problem as Problem where problem.status == .unauthorized {
+                    // Guessing keys costs tokens too, from the address's bucket.
+                    if let limiter { _ = try limiter.take("unauthenticated " + context.clientAddress) }
+                    throw problem
+                }
+                if let limiter, AccessControl.requiredScope(method: request.method, path: request.uri.path) != nil {
+                    limitHeaders = try limiter.take(identity ?? context.clientAddress)
+                }
+                context.clientIdentity = identity.map { "key \($0)" }
+                return try await next(request, context)
             }
-            if let limiter, AccessControl.requiredScope(method: request.method, path: request.uri.path) != nil {
-                limitHeaders = try limiter.take(identity ?? context.clientAddress)
-            }
-            context.clientIdentity = identity.map { "key \($0)" }
-            response = try await next(request, context)
         } catch {
             let (problem, isBug) = Problem.from(error)
             if isBug {

@@ -95,6 +95,7 @@ extension Problem {
             return (fromDecoding(error), false)
         case let error as PostgresError:
             if error.isMissingSchema { return (schemaMissing(error), false) }
+            if error.code == .deadline { return (unavailable(databaseDeadline), false) }
             if error.isConnectionError || error.code == .poolTimeout || error.code == .poolClosed {
                 return (unavailable(databaseUnavailable), false)
             }
@@ -125,6 +126,9 @@ extension Problem {
     /// What a client is told when the database cannot be reached. libpq's message names hosts,
     /// ports and users; it goes to the server's log, never to clients.
     static let databaseUnavailable = "the database is unavailable; retry later"
+
+    /// What a client is told when the request's database deadline passed (`DatabaseDeadline`).
+    static let databaseDeadline = "the database did not answer within the request's deadline; retry later"
 
     /// What a client is told when a statement ran past `EVENTLINE_DB_STATEMENT_TIMEOUT`.
     static let databaseTimedOut = "the database did not answer in time; retry later"
@@ -174,6 +178,8 @@ extension Problem {
             return Problem(.badRequest, "invalid-request", "The request is not valid", detail: error.message)
         case .streamNotFound, .subjectNotFound:
             return notFound(error.message)
+        case .unavailable where error.underlying?.code == .deadline:
+            return unavailable(databaseDeadline)
         case .unavailable:
             return unavailable(databaseUnavailable)
         case .shutdown:
@@ -184,7 +190,9 @@ extension Problem {
             if let stream = error.stream { extensions["stream"] = .string(stream) }
             return Problem(
                 .serviceUnavailable, "commit-outcome-unknown", "The outcome is unknown",
-                detail: "the connection to the database broke while the events were being committed, and the database did not come back in time to say whether they were; retry with the same Idempotency-Key to learn the outcome (it is applied at most once), or read the stream",
+                detail: error.underlying?.code == .deadline
+                    ? "the database did not say within the request's deadline whether the events were committed; retry with the same Idempotency-Key to learn the outcome (it is applied at most once), or read the stream"
+                    : "the connection to the database broke while the events were being committed, and the database did not come back in time to say whether they were; retry with the same Idempotency-Key to learn the outcome (it is applied at most once), or read the stream",
                 extensions: extensions, headers: [.retryAfter: "1"])
         case .streamDeleted:
             var extensions: [String: JSONValue] = [:]

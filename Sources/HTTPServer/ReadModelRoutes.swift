@@ -128,7 +128,7 @@ struct ReadModelRoutes: Sendable {
             guard let atLeast, ReadModelNames.isValidName(name), try await readModels.mayAppear(name) else { return nil }
             let remaining = deadline - ContinuousClock.now
             guard remaining > .zero else { throw ReadModelService.Behind(checkpoint: 0, atLeast: atLeast) }
-            await readModels.changes.wait(after: seen, timeout: min(remaining, .milliseconds(500)))
+            await DatabaseDeadline.excludingWait { await readModels.changes.wait(after: seen, timeout: min(remaining, .milliseconds(500))) }
         }
     }
 

@@ -151,7 +151,8 @@ public final class ReadModelService: Service, Sendable {
             guard let atLeast, checkpoint(value) < atLeast else { return value }
             let remaining = deadline - ContinuousClock.now
             guard remaining > .zero else { throw Behind(checkpoint: checkpoint(value), atLeast: atLeast) }
-            await changes.wait(after: seen, timeout: min(remaining, .milliseconds(500)))
+            // Waiting for a projection is on purpose: the database deadline does not run meanwhile.
+            await DatabaseDeadline.excludingWait { await changes.wait(after: seen, timeout: min(remaining, .milliseconds(500))) }
         }
     }
 

@@ -15,6 +15,12 @@ public struct ServerConfiguration: Sendable {
     }
     /// Requests per client (API key, or address when the API is open); nil: no limit.
     public var rateLimit: RateLimit? = nil
+    /// How long one request may wait for the database in all (`DatabaseDeadline`): every step
+    /// (a free connection, each statement, the commit of its events) draws from it, from the
+    /// first step on; waits on purpose (for a projection, a long poll) do not count. Nil: each
+    /// step has only its own timeout. `eventctl serve` sets it to the statement timeout plus
+    /// 0.4 s, so that no request answers later than the statement timeout plus half a second.
+    public var databaseDeadline: Duration? = nil
     /// Whether requests need an API key: `.keys` (the default) from the first key ever created
     /// on, for good (revoking every key leaves the API closed); `.off` never, which an operator
     /// must choose (`EVENTLINE_AUTH=off`).

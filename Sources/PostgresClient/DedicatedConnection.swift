@@ -91,15 +91,17 @@ public final class DedicatedConnection: @unchecked Sendable {
     public static var currentThreadName: String? { BlockingWorker.currentName }
 
     /// Runs `body` with the live connection on this connection's thread and returns its value.
+    /// With a `DatabaseDeadline`, the caller stops waiting at the deadline (`.deadline`) while
+    /// `body` goes on to its end on the thread; the connection's next job runs after it.
     public func run<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        try await DatabaseDeadline.wait({ (completion: DatabaseDeadline.Completion<T>) in
             let accepted = worker.submit { [self] in
-                continuation.resume(with: Result { try self.withConnectionOnThread(body) })
+                completion.resume(with: Result { try self.withConnectionOnThread(body) })
             }
             if !accepted {
-                continuation.resume(throwing: PostgresError(code: .poolClosed, message: "the connection was shut down"))
+                completion.resume(with: .failure(PostgresError(code: .poolClosed, message: "the connection was shut down")))
             }
-        }
+        }, onDeadline: { DatabaseDeadline.exceeded("the database") })
     }
 
     /// Queues `job` to run on this connection's thread; returns false after `shutdown()`.

@@ -76,9 +76,24 @@ public final class PostgresConnectionPool: Sendable {
             let value = try await connection.run(body)
             release(connection)
             return value
+        } catch let error as PostgresError where error.code == .deadline {
+            // The caller's deadline passed while `body` runs on the connection's thread: the
+            // connection is busy until it ends, and goes back to the pool only then.
+            Task.detached { [self] in
+                await Self.finished(connection)
+                release(connection)
+            }
+            throw error
         } catch {
             release(connection)
             throw error
+        }
+    }
+
+    /// Returns once every job queued on `connection`'s thread so far has run.
+    private static func finished(_ connection: DedicatedConnection) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            if !connection.enqueue({ continuation.resume() }) { continuation.resume() }
         }
     }
 
@@ -155,8 +170,17 @@ public final class PostgresConnectionPool: Sendable {
                     continuation.resume(throwing: CancellationError())
                 case .wait:
                     let timeout = configuration.acquireTimeout
+                    // The request's deadline, when it comes first, ends the wait.
+                    let deadline = DatabaseDeadline.current?.instant()
                     let timer = Task { [weak self] in
-                        try? await Task.sleep(for: timeout)
+                        let limit = ContinuousClock.now + timeout
+                        if let deadline, deadline < limit {
+                            try? await Task.sleep(until: deadline)
+                            guard !Task.isCancelled else { return }
+                            self?.failWaiter(id, DatabaseDeadline.exceeded("a free database connection"))
+                            return
+                        }
+                        try? await Task.sleep(until: limit)
                         guard !Task.isCancelled else { return }
                         self?.failWaiter(id, PostgresError(
                             code: .poolTimeout,

@@ -5,7 +5,7 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         enum Base: String, Sendable {
             case connectionFailed, connectionClosed, server, protocolViolation
-            case poolTimeout, poolClosed, decoding, invalidParameter
+            case poolTimeout, poolClosed, decoding, invalidParameter, deadline
         }
         let base: Base
         public var description: String { base.rawValue }
@@ -26,6 +26,9 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
         public static let decoding = Code(base: .decoding)
         /// A bound value cannot be sent (for example a string with a NUL character).
         public static let invalidParameter = Code(base: .invalidParameter)
+        /// The current task's `DatabaseDeadline` passed before the database answered; the step
+        /// may still finish on its own (a statement's outcome is unknown).
+        public static let deadline = Code(base: .deadline)
     }
 
     /// What kind of failure this is.

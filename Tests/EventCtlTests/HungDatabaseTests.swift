@@ -85,6 +85,8 @@ struct HungDatabaseTests {
             "POST", port: port, "/v1/commands/account/1", body: #"{"type":"OpenAccount","data":{"owner":"Ada","currency":"EUR"}}"#)
         #expect(open.status == 200, "\(open.body)")
         #expect(try await LoopbackHTTP.request(port: port, "/v1/streams/account-1").status == 200)
+        let group = try await LoopbackHTTP.request("PUT", port: port, "/v1/consumer-groups/g", body: #"{"categories":["account"]}"#)
+        #expect(group.status == 201, "\(group.body)")
 
         // Every PostgreSQL process stops: sessions, the postmaster and all.
         let processes = [postgres.processIdentifier] + descendants(of: postgres.processIdentifier)
@@ -101,6 +103,16 @@ struct HungDatabaseTests {
         Self.expectUnavailable(answer, elapsed, "a second command")
         (answer, elapsed) = try await Self.timed { try await LoopbackHTTP.request(port: port, "/v1/streams/account-1") }
         Self.expectUnavailable(answer, elapsed, "a stream read")
+        (answer, elapsed) = try await Self.timed { try await LoopbackHTTP.request(port: port, "/v1/read-models/account_balances/1") }
+        Self.expectUnavailable(answer, elapsed, "a read-model read")
+        (answer, elapsed) = try await Self.timed {
+            try await LoopbackHTTP.request("POST", port: port, "/v1/consumer-groups/g/fetch", body: #"{"consumer":"c"}"#)
+        }
+        Self.expectUnavailable(answer, elapsed, "a consumer-group fetch")
+        (answer, elapsed) = try await Self.timed {
+            try await LoopbackHTTP.request("POST", port: port, "/v1/commands/account/4", body: #"{"type":"OpenAccount","data":{"owner":"Di","currency":"EUR"}}"#)
+        }
+        Self.expectUnavailable(answer, elapsed, "a third command")
         (answer, elapsed) = try await Self.timed { try await LoopbackHTTP.request(port: port, "/health/ready") }
         Self.expectUnavailable(answer, elapsed, "GET /health/ready")
 

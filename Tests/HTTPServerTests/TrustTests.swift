@@ -90,6 +90,42 @@ struct TrustTests {
         try holder.execute("ROLLBACK")
     }
 
+    @Test("one deadline per request: a command, a stream read, a read-model read and a consumer-group fetch that wait on the database answer 503 when it passes, with no statement timeout to end them")
+    func oneDeadline() async throws {
+        let test = try await TestStore.make("trustdeadline")
+        var server = TestServer(test: test)
+        server.configuration.port = 0
+        server.configuration.databaseDeadline = .milliseconds(500)
+        _ = try await test.store.putConsumerGroup("g", ConsumerGroupSettings())
+        _ = try await test.store.append(to: "thing-1", events: [NewEvent(type: "Made", data: Data("{}".utf8))])
+        try await server.run { client in
+            // Before anything waits: everything answers.
+            #expect(try await client.send(.get, "/v1/streams/thing-1").status == .ok)
+            // Another session holds what each request needs, for longer than any deadline.
+            let holder = try PostgresConnection(conninfo: test.url)
+            defer { holder.close() }
+            try holder.execute("BEGIN")
+            _ = try holder.query("SELECT 1 FROM eventline.consumer_groups WHERE name = 'g' FOR UPDATE")
+            _ = try holder.query("SELECT 1 FROM eventline.log_head FOR UPDATE")
+            try holder.execute(unsafeSQL: "LOCK TABLE eventline.events, eventline.projections IN ACCESS EXCLUSIVE MODE")
+            let command = try await client.command("1", "OpenAccount", #"{"owner":"Ada","currency":"EUR"}"#)
+            #expect(command.status == .serviceUnavailable && command.text.contains("deadline"), "\(command.text)")
+            for (method, path, body) in [
+                (HTTPRequest.Method.get, "/v1/streams/thing-1", nil), (.get, "/v1/read-models/account_balances/1", nil),
+                (.post, "/v1/consumer-groups/g/fetch", #"{"consumer":"c"}"#),
+            ] as [(HTTPRequest.Method, String, String?)] {
+                let answer = try await client.send(method, path, json: body)
+                #expect(answer.status == .serviceUnavailable && answer.isProblem && answer.headers[.retryAfter] != nil, "\(path): \(answer.text)")
+                #expect(answer.text.contains("deadline"), "\(path): \(answer.text)")
+            }
+            try holder.execute("ROLLBACK")
+            // The steps left waiting finish on their own; the server answers again.
+            try await eventually("the server answers again") {
+                try await client.send(.get, "/v1/streams/thing-1").status == .ok
+            }
+        }
+    }
+
     @Test("a consumer group's fetch reads about the rows it hands out, however many of one stream wait")
     func fetchCost() async throws {
         let test = try await TestStore.make("trustfetch")

@@ -205,6 +205,44 @@ struct PostgresClientTests {
         try await holder.value
     }
 
+    @Test("a deadline ends a wait for a statement and a wait for a free connection with .deadline; the busy connection goes back to the pool only once its statement ends")
+    func deadline() async throws {
+        let database = try await TestDatabase.create("pooldeadline")
+        // No statement timeout, no short acquire timeout: only the deadline can end the waits.
+        let pool = PostgresConnectionPool(.init(conninfo: database.url, size: 1, acquireTimeout: .seconds(60)))
+        defer { pool.close() }
+        let holder = try PostgresConnection(conninfo: database.url)
+        defer { holder.close() }
+        try holder.execute("CREATE TABLE held (n int)")
+        try holder.execute("BEGIN")
+        try holder.execute(unsafeSQL: "LOCK TABLE held IN ACCESS EXCLUSIVE MODE")
+        let statement = await #expect(throws: PostgresError.self) {
+            try await DatabaseDeadline.$current.withValue(DatabaseDeadline(budget: .milliseconds(300))) {
+                try await pool.withConnection { conn in try conn.query("SELECT count(*) FROM held").first!.decode(0, as: Int.self) }
+            }
+        }
+        #expect(statement?.code == .deadline, "\(String(describing: statement))")
+        // The pool's one connection still waits on the lock: the next caller waits for it, and
+        // its own deadline ends that wait.
+        #expect(pool.statistics.idle == 0)
+        let acquire = await #expect(throws: PostgresError.self) {
+            try await DatabaseDeadline.$current.withValue(DatabaseDeadline(budget: .milliseconds(300))) {
+                try await pool.withConnection { _ in 1 }
+            }
+        }
+        #expect(acquire?.code == .deadline, "\(String(describing: acquire))")
+        try holder.execute("ROLLBACK")
+        // The statement ends; its connection comes back and serves the next caller.
+        try await eventually("the connection is back") { pool.statistics.idle == 1 }
+        #expect(try await pool.withConnection { conn in try conn.query("SELECT 1").first!.decode(0, as: Int.self) } == 1)
+        // A wait on purpose does not count: the deadline moves by its length.
+        try await DatabaseDeadline.$current.withValue(DatabaseDeadline(budget: .seconds(2))) {
+            #expect(try await pool.withConnection { conn in try conn.query("SELECT 1").first!.decode(0, as: Int.self) } == 1)
+            try await DatabaseDeadline.excludingWait { try await Task.sleep(for: .seconds(3)) }
+            #expect(try await pool.withConnection { conn in try conn.query("SELECT 2").first!.decode(0, as: Int.self) } == 2)
+        }
+    }
+
     @Test("a pooled connection whose session was killed is replaced transparently")
     func brokenConnectionReplaced() async throws {
         let database = try await TestDatabase.create("poolkill")

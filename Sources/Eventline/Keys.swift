@@ -55,9 +55,14 @@ struct Keys: AsyncParsableCommand {
             try await CLI.run {
                 let store = try database.openStore()
                 let revoked = try await store.revokeAPIKey(id: id)
+                let left = try? await store.apiKeyState().keys.count
                 await store.shutdown()
                 guard revoked else { throw CLIError("no key \(id) in force") }
                 print("revoked \(id)")
+                if left == 0 {
+                    // The server stays closed; say what that means before someone finds out.
+                    print("no key is in force now: servers refuse every request but /health/* until a key is created (\(CLI.name) keys create), or EVENTLINE_AUTH=off opens them")
+                }
             }
         }
     }

@@ -29,6 +29,44 @@ struct MigrationTests {
         #expect(statuses.allSatisfy { $0.state == .applied })
     }
 
+    @Test("migration 0012 puts consumer-group queues of the schema before it in stream order: waiting events behind an outstanding one of their stream are blocked, and every event is still delivered once, in order")
+    func consumerGroupQueuesUpgrade() async throws {
+        let database = try await TestDatabase.create("migcg")
+        let all = try Self.migrations()
+        try await Migrator(databaseURL: database.url, migrations: all.filter { $0.version < 12 }).migrate()
+        var configuration = EventStoreConfiguration(databaseURL: database.url)
+        configuration.masterKey = TestMasterKey.key
+        // Queues as the old schema keeps them: every waiting event 'ready', one delivered.
+        let conn = try PostgresConnection(conninfo: database.url)
+        defer { conn.close() }
+        try conn.execute("""
+            INSERT INTO eventline.consumer_groups (name, start_after, max_deliveries, ack_timeout_ms, scanned) VALUES ('g', 0, 5, 30000, 0)
+            """)
+        let streams = ["s-1", "s-1", "s-2", "s-1", "s-2", "s-3"]
+        for (index, stream) in streams.enumerated() {
+            let position = index + 1
+            try conn.execute("""
+                INSERT INTO eventline.consumer_group_messages (group_name, position, stream, state, attempt, delivery_id, due_at)
+                VALUES ('g', \(position), \(stream), \(position == 1 ? "delivered" : "ready"), \(position == 1 ? 1 : 0),
+                        \(position == 1 ? UUID() : nil), now() + interval '1 hour')
+                """)
+        }
+        try await Migrator(databaseURL: database.url, migrations: all).migrate()
+        let states = try conn.query("SELECT position, state FROM eventline.consumer_group_messages ORDER BY position").rows.map {
+            "\(try $0.decode(0, as: Int.self)):\(try $0.decode(1, as: String.self))"
+        }
+        #expect(states == ["1:delivered", "2:blocked", "3:ready", "4:blocked", "5:blocked", "6:ready"])
+        // The outstanding delivery is acknowledged: its stream goes on, in order.
+        let store = EventStore(configuration)
+        defer { Task { await store.shutdown() } }
+        let delivered = try conn.query("SELECT delivery_id FROM eventline.consumer_group_messages WHERE position = 1").first!.decode(0, as: UUID.self)
+        #expect(try await store.acknowledge(group: "g", deliveryIds: [delivered])?.settled == [delivered])
+        let after = try conn.query("SELECT position FROM eventline.consumer_group_messages WHERE state = 'ready' ORDER BY position").rows.map {
+            try $0.decode(0, as: Int.self)
+        }
+        #expect(after == [2, 3, 6])
+    }
+
     @Test("several migrators started at once apply each migration exactly once")
     func concurrentMigrators() async throws {
         let database = try await TestDatabase.create("migconc")

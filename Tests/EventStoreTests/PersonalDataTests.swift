@@ -182,10 +182,12 @@ struct PersonalDataTests {
         }
         #expect(rows.0 == [true, true])
         #expect(rows.1 == ["customer-18"])
-        // Again: the same event, nothing new. Never had a key: forgotten all the same.
+        // Again: the same event, nothing new. Never had a key: not known, unless asked.
         let again = try await store.forget(subject: "customer-17")
         #expect(again.wasAlreadyAppended && again.position == 4)
-        #expect(try await !store.forget(subject: "nobody").wasAlreadyAppended)
+        let unknown = await #expect(throws: EventStoreError.self) { try await store.forget(subject: "nobody") }
+        #expect(unknown?.code == .subjectNotFound)
+        #expect(try await !store.forget(subject: "nobody", evenIfUnknown: true).wasAlreadyAppended)
         // No personal data of a forgotten subject is stored again, by any store.
         for writer in [store, other] {
             let refused = await #expect(throws: EventStoreError.self) { try await writer.append(to: "customer-17", events: [personalEvent()]) }

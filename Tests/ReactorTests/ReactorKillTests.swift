@@ -16,6 +16,7 @@ struct ReactorKillTests {
         process.arguments = ["react", "--reactor", "transfers"]
         var environment = ProcessInfo.processInfo.environment
         environment["EVENTLINE_DATABASE_URL"] = url
+        TestMasterKey.applied(to: &environment)  // the bank declares personal data: no key, no start
         process.environment = environment
         let log = logs.appendingPathComponent("react-\(UUID().uuidString.prefix(8).lowercased()).log")
         FileManager.default.createFile(atPath: log.path, contents: nil)

@@ -34,10 +34,11 @@ $$;
 -- Puts the events of `streams` in group `g` in order again after some of them were settled,
 -- parked, retried or timed out: the first outstanding event of each stream is ready (unless it
 -- is delivered), every later one waits. Its cost is a few index probes per stream, however many
--- events wait. The caller serializes it per stream (the group's row lock, or
--- consumer_group_lock_streams), so that two settlements of one stream cannot both miss the next.
+-- events wait. Each stream is reordered under a lock held to the end of the transaction, so
+-- that two settlements of one stream (acks run side by side) cannot both miss the next event.
 CREATE FUNCTION eventline.consumer_group_reorder(g text, streams text[]) RETURNS void
 LANGUAGE sql VOLATILE AS $$
+    SELECT eventline.consumer_group_lock_streams(g, streams);
     UPDATE eventline.consumer_group_messages m SET state = 'blocked'
     WHERE m.group_name = g AND m.stream = ANY(streams) AND m.state = 'ready'
       AND EXISTS (
@@ -55,8 +56,7 @@ $$;
 
 -- Acknowledges deliveries of group `g`: deletes them and readies the next event of each of
 -- their streams. Acks of one group run side by side (a share lock on the group's row keeps
--- fetches out), each stream's reordering one at a time (a transaction advisory lock per stream,
--- taken in order).
+-- fetches out), each stream's reordering one at a time.
 CREATE FUNCTION eventline.consumer_group_ack(g text, ids uuid[]) RETURNS SETOF uuid
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -73,7 +73,6 @@ BEGIN
     IF settled IS NULL THEN
         RETURN;
     END IF;
-    PERFORM eventline.consumer_group_lock_streams(g, streams);
     PERFORM eventline.consumer_group_reorder(g, streams);
     RETURN QUERY SELECT unnest(settled);
 END
@@ -105,7 +104,6 @@ BEGIN
     IF settled IS NULL THEN
         RETURN;
     END IF;
-    PERFORM eventline.consumer_group_lock_streams(g, streams);
     PERFORM eventline.consumer_group_reorder(g, streams);
     RETURN QUERY SELECT unnest(settled);
 END

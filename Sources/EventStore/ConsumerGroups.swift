@@ -375,7 +375,6 @@ extension EventStore {
                         RETURNING stream
                         """).rows.map { try $0.decode(0, as: String.self) }
                     if !expired.isEmpty {
-                        // The group's row lock keeps acks out: no stream lock is needed.
                         try conn.execute("SELECT eventline.consumer_group_reorder(\(name), \(Array(Set(expired)).sorted()))")
                     }
                     // The log past `scanned`, into the queue, while the queue is short.

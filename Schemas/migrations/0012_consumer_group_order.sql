@@ -70,9 +70,7 @@ BEGIN
         RETURNING delivery_id, stream
     )
     SELECT array_agg(delivery_id), array_agg(DISTINCT stream) INTO settled, streams FROM acked;
-    IF settled IS NULL THEN
-        RETURN;
-    END IF;
+    -- Nothing settled: both arrays are NULL, which reorders and returns nothing.
     PERFORM eventline.consumer_group_reorder(g, streams);
     RETURN QUERY SELECT unnest(settled);
 END
@@ -101,9 +99,7 @@ BEGIN
         RETURNING target.delivery_id, m.stream
     )
     SELECT array_agg(refused.delivery_id), array_agg(DISTINCT refused.stream) INTO settled, streams FROM refused;
-    IF settled IS NULL THEN
-        RETURN;
-    END IF;
+    -- Nothing settled: both arrays are NULL, which reorders and returns nothing.
     PERFORM eventline.consumer_group_reorder(g, streams);
     RETURN QUERY SELECT unnest(settled);
 END

@@ -24,6 +24,8 @@ struct HTTPBenchmark {
         commands.register(accounts)
         var server = ServerConfiguration()
         server.port = port
+        // As `serve` runs: every request within one database deadline (DatabaseDeadline).
+        server.databaseDeadline = .milliseconds(1900)
         var logger = Logger(label: "bench")
         logger.logLevel = .error
         let app = buildApplication(server, store: store, commands: commands, logger: logger)

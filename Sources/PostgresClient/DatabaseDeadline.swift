@@ -73,45 +73,28 @@ public final class DatabaseDeadline: Sendable {
         guard deadline > .now else { throw onDeadline() }
         return try await withCheckedThrowingContinuation { continuation in
             let completion = Completion(continuation)
-            let timer = Task {
-                try? await Task.sleep(until: deadline)
-                if !Task.isCancelled { completion.resume(with: .failure(onDeadline())) }
-            }
-            completion.onResume { timer.cancel() }
+            // One shared thread ends waits at their deadlines (within 10 ms): a task and a timer
+            // per wait cost more CPU than the request's own work.
+            DeadlineTimer.shared.schedule(at: deadline) { completion.resume(with: .failure(onDeadline())) }
             start(completion)
         }
     }
 
     /// Resumes a waiting task once: the first result wins, later ones are dropped.
     public final class Completion<T: Sendable>: Sendable {
-        private struct State {
-            var continuation: CheckedContinuation<T, any Error>?
-            var onResume: (@Sendable () -> Void)?
-        }
-        private let state: Mutex<State>
+        private let continuation: Mutex<CheckedContinuation<T, any Error>?>
 
         init(_ continuation: CheckedContinuation<T, any Error>) {
-            state = Mutex(State(continuation: continuation))
-        }
-
-        fileprivate func onResume(_ action: @escaping @Sendable () -> Void) {
-            let resumed = state.withLock { state -> Bool in
-                guard state.continuation != nil else { return true }
-                state.onResume = action
-                return false
-            }
-            if resumed { action() }
+            self.continuation = Mutex(continuation)
         }
 
         /// Resumes the waiter with `result`, unless it was resumed already.
         public func resume(with result: Result<T, any Error>) {
-            let (continuation, action) = state.withLock { state in
-                defer { state = State() }
-                return (state.continuation, state.onResume)
+            let continuation = self.continuation.withLock { continuation in
+                defer { continuation = nil }
+                return continuation
             }
-            guard let continuation else { return }
-            action?()
-            continuation.resume(with: result)
+            continuation?.resume(with: result)
         }
     }
 }

@@ -62,6 +62,10 @@ public final class EmbeddedPostgres: Sendable {
     public let logFile: String
     /// The directory of the PostgreSQL binaries used; the matching `psql` lives here.
     public let binDirectory: String
+    /// The settings the server was started with (`-c key=value`).
+    public let settings: [String: String]
+    /// max_connections as started (a standby needs at least as many).
+    var maxConnections: String { settings["max_connections"] ?? "100" }
     /// The postmaster's pid (it changes with `resume()`).
     public var processIdentifier: Int32 { processes.withLock { $0.postmaster } }
 
@@ -81,8 +85,9 @@ public final class EmbeddedPostgres: Sendable {
 
     private init(
         port: Int, superuser: String, directory: String, dataDirectory: String, logFile: String,
-        binDirectory: String, processIdentifier: Int32, childPID: Int32, watchdog: Watchdog, launch: Launch
+        binDirectory: String, processIdentifier: Int32, childPID: Int32, watchdog: Watchdog, launch: Launch, settings: [String: String]
     ) {
+        self.settings = settings
         self.port = port
         self.host = "127.0.0.1"
         self.superuser = superuser
@@ -232,6 +237,83 @@ public final class EmbeddedPostgres: Sendable {
         return try await shared().url()
     }
 
+    /// A streaming standby of `primary`: a `pg_basebackup` of it started in hot standby, which
+    /// replays what the primary writes and answers read-only queries. `name` is its
+    /// `application_name` on the primary (`synchronous_standby_names` names it). It is stopped
+    /// like any server; `promote()` makes it a primary.
+    public static func startStandby(of primary: EmbeddedPostgres, name: String, _ options: Options = .init()) async throws -> EmbeddedPostgres {
+        try await onDedicatedThread("EmbeddedPostgres.startStandby") { try startStandbyBlocking(of: primary, name: name, options) }
+    }
+
+    /// Ends recovery (`pg_promote`): the standby becomes a primary that accepts writes, as a
+    /// cluster manager does at failover. Returns once it does.
+    public func promote() async throws {
+        try await onDedicatedThread("EmbeddedPostgres.promote") { [self] in
+            let psql = binDirectory + "/psql"
+            let exit = try ChildProcess.run(
+                psql, ["-h", host, "-p", String(port), "-U", superuser, "-d", "postgres", "-Atqc", "SELECT pg_promote(true, 30)"],
+                environment: launch.environment, deadline: .now + .seconds(40))
+            guard exit == .exited(0) else { throw EmbeddedServerError("pg_promote failed (\(exit)); log tail:\n\(ServerFiles.tail(logFile))") }
+        }
+    }
+
+    private static func startStandbyBlocking(of primary: EmbeddedPostgres, name: String, _ options: Options) throws -> EmbeddedPostgres {
+        let deadline = ContinuousClock.now + options.startTimeout
+        let baseEnvironment = ProcessInfo.processInfo.environment
+        let binaries = try PostgresBinaries.locate(environment: baseEnvironment)
+        let account = try UnprivilegedAccount.forCurrentProcess()
+        let directory = try ServerFiles.makeTemporaryDirectory(prefix: "eventline-pg-standby")
+        let environment = ServerFiles.childEnvironment(baseEnvironment, home: account == nil ? nil : directory)
+        let watchdog: Watchdog
+        do {
+            watchdog = try Watchdog.start(directory: directory, signal: "INT", environment: environment)
+        } catch {
+            ServerFiles.remove(directory)
+            throw error
+        }
+        var started = false
+        defer {
+            if !started {
+                watchdog.cancel()
+                ServerFiles.remove(directory)
+            }
+        }
+        if let account { try account.take(directory) }
+        let dataDirectory = directory + "/data"
+        let backupLog = directory + "/basebackup.log"
+        // -R writes standby.signal and primary_conninfo; the WAL the backup needs is streamed along.
+        let backupCommand = [
+            binaries.directory + "/pg_basebackup", "-D", dataDirectory, "-h", primary.host, "-p", String(primary.port),
+            "-U", primary.superuser, "-X", "stream", "-R", "--checkpoint=fast", "--no-sync",
+        ]
+        let backup = try account?.wrap(backupCommand, environment: environment) ?? backupCommand
+        let backupPID = try ChildProcess.spawn(
+            backup[0], Array(backup.dropFirst()), environment: environment, workingDirectory: directory, outputPath: backupLog)
+        try Watchdog.recordChild(backupPID, in: directory)
+        guard let backupExit = ChildProcess.wait(backupPID, timeout: max(deadline - ContinuousClock.now, .zero)) else {
+            ChildProcess.terminate(backupPID, signal: SIGKILL, grace: .seconds(5))
+            throw EmbeddedServerError("pg_basebackup did not finish in time; output tail:\n\(ServerFiles.tail(backupLog))")
+        }
+        guard backupExit == .exited(0) else {
+            throw EmbeddedServerError("pg_basebackup failed (\(backupExit)); output tail:\n\(ServerFiles.tail(backupLog))")
+        }
+        var standbyOptions = options
+        standbyOptions.settings = [
+            // Named on the primary by this name (pg_stat_replication.application_name).
+            "primary_conninfo": "host=\(primary.host) port=\(primary.port) user=\(primary.superuser) application_name=\(name)",
+            "cluster_name": name,
+            "hot_standby": "on",
+            // Queries here hold back the primary's vacuum rather than being cancelled by it.
+            "hot_standby_feedback": "on",
+            "max_connections": primary.maxConnections,
+        ].merging(options.settings) { _, override in override }
+        let server = try launch(
+            standbyOptions, binaries: binaries, account: account, directory: directory, dataDirectory: dataDirectory,
+            environment: environment, watchdog: watchdog, deadline: deadline)
+        started = true
+        return server
+    }
+
     // MARK: - Starting
 
     private static func startBlocking(_ options: Options) throws -> EmbeddedPostgres {
@@ -283,6 +365,18 @@ public final class EmbeddedPostgres: Sendable {
             )
         }
 
+        let server = try launch(
+            options, binaries: binaries, account: account, directory: directory, dataDirectory: dataDirectory,
+            environment: environment, watchdog: watchdog, deadline: deadline)
+        started = true
+        return server
+    }
+
+    /// Starts `postgres` on an initialised (or backed-up) data directory, on a free port.
+    private static func launch(
+        _ options: Options, binaries: PostgresBinaries, account: UnprivilegedAccount?, directory: String, dataDirectory: String,
+        environment: [String: String], watchdog: Watchdog, deadline: ContinuousClock.Instant
+    ) throws -> EmbeddedPostgres {
         var settings = defaultSettings.merging(options.settings) { _, override in override }
         settings["listen_addresses"] = "127.0.0.1"
         settings["unix_socket_directories"] = directory
@@ -321,12 +415,12 @@ public final class EmbeddedPostgres: Sendable {
                         throw error
                     }
                 }
-                started = true
                 let server = EmbeddedPostgres(
                     port: port, superuser: options.superuser, directory: directory,
                     dataDirectory: dataDirectory, logFile: logFile, binDirectory: binaries.directory,
                     processIdentifier: postmaster, childPID: pid, watchdog: watchdog,
-                    launch: Launch(command: command, environment: environment, pgIsReady: binaries.pgIsReady)
+                    launch: Launch(command: command, environment: environment, pgIsReady: binaries.pgIsReady),
+                    settings: settings
                 )
                 let id = RunningServers.register { server.stop() }
                 server.registration.withLock { $0 = id }
@@ -379,7 +473,8 @@ public final class EmbeddedPostgres: Sendable {
 
     private static func postmasterReports(ready dataDirectory: String) -> Bool {
         let lines = postmasterPIDFile(dataDirectory)
-        return lines.count > 7 && lines[7].trimmingCharacters(in: .whitespaces) == "ready"
+        // A hot standby that accepts read-only connections says "standby".
+        return lines.count > 7 && ["ready", "standby"].contains(lines[7].trimmingCharacters(in: .whitespaces))
     }
 
     /// The postmaster's own pid, which differs from the one we spawned when runuser sits in between.

@@ -332,7 +332,7 @@ extension EventStore {
         }
         let arrays = Self.conditionArrays(items.map { (0, after, $0) })
         return try await translatingErrors {
-            try await pool.withConnection { conn in
+            try await withReadConnection { conn in
                 // The head first: positions are dense and commit-ordered, so the statement
                 // after sees every event up to it. (Read in one statement with the events, an
                 // empty page would leave the head to a later snapshot, which may hold a match

@@ -50,6 +50,13 @@ public struct EventStoreConfiguration: Sendable {
     public var masterKey: MasterKey? = nil
     /// What the domain declares personal: sealed in every append of those types.
     public var personalData = PersonalDataDeclarations()
+    /// Standbys for the reads of requests that allow them (`ReadContext`): any libpq string,
+    /// usually several hosts with `target_session_attrs=prefer-standby` or `standby`. Nil: every
+    /// read goes to `databaseURL`.
+    public var readDatabaseURL: String? = nil
+    /// How long a read that must see a position waits for a standby to replay it before the
+    /// primary serves it.
+    public var readWaitTimeout: Duration = .seconds(2)
 
     public init(databaseURL: String) {
         self.databaseURL = databaseURL
@@ -70,6 +77,8 @@ public struct EventStoreConfiguration: Sendable {
 public final class EventStore: Sendable {
     public let configuration: EventStoreConfiguration
     let pool: PostgresConnectionPool
+    /// Reads on standbys, when `readDatabaseURL` is set.
+    public let replicas: ReplicaReads?
     let writer: LogWriter
     /// This process's owner identity for idempotency reservations.
     let presence: PresenceSession
@@ -87,6 +96,13 @@ public final class EventStore: Sendable {
         poolConfiguration.statementTimeout = configuration.statementTimeout
         poolConfiguration.connectTimeout = configuration.connectTimeout
         self.pool = PostgresConnectionPool(poolConfiguration)
+        self.replicas = configuration.readDatabaseURL.map { url in
+            var replicaConfiguration = poolConfiguration
+            replicaConfiguration.conninfo = url
+            replicaConfiguration.spreadOverHosts = true
+            replicaConfiguration.name = "eventline-replica"
+            return ReplicaReads(pool: PostgresConnectionPool(replicaConfiguration), waitTimeout: configuration.readWaitTimeout)
+        }
         self.writer = LogWriter(
             conninfo: configuration.databaseURL, maxBatchEvents: configuration.maxBatchEvents,
             groupWindow: configuration.groupCommitWindow, resolutionWindow: configuration.commitResolutionTimeout,
@@ -98,6 +114,7 @@ public final class EventStore: Sendable {
     public func shutdown() async {
         await writer.shutdown()
         pool.close()
+        replicas?.pool.close()
         presence.shutdown()
     }
 
@@ -116,6 +133,28 @@ public final class EventStore: Sendable {
 
     /// Read-pool use, for metrics.
     package var poolStatistics: PostgresConnectionPool.Statistics { pool.statistics }
+
+    /// Runs a read on a standby when the current request allows it (`ReadContext`) and one has
+    /// replayed the request's position, else on the primary; records which served it.
+    func withReadConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        guard let context = ReadContext.current else { return try await pool.withConnection(body) }
+        // Once the primary served a read of the request, its later reads go there at once.
+        if let replicas, context.servedBy != .primary {
+            let minimum = context.minPosition
+            let served = try await replicas.read { conn -> ReplicaReads.Attempt<T> in
+                let head = try conn.query("SELECT position FROM eventline.log_head").first?.decode(0, as: Int.self) ?? 0
+                guard head >= minimum else { return .behind }
+                return .served(try body(conn), head: head)
+            }
+            if let (value, head) = served {
+                context.served(by: .replica, head: head)
+                return value
+            }
+            replicas.countPrimary()
+        }
+        context.served(by: .primary)
+        return try await pool.withConnection(body)
+    }
 
     // MARK: - Appending
 
@@ -362,7 +401,7 @@ public final class EventStore: Sendable {
             query = "SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE stream = \(name) AND version <= \(from ?? Int(Int64.max)) ORDER BY version DESC LIMIT \(limit)"
         }
         return try await translatingErrors(stream: name) {
-            try await pool.withConnection { conn in
+            try await withReadConnection { conn in
                 let result = try conn.query(query)
                 // A deleted stream is not read. Its last event is its tombstone: a page that
                 // reaches the stream's end shows whether it is one; otherwise one look-up does.
@@ -407,7 +446,7 @@ public final class EventStore: Sendable {
             ORDER BY position
             """
         return try await translatingErrors {
-            try await pool.withConnection { conn in try self.decodeEvents(conn.query(query), on: conn) }
+            try await withReadConnection { conn in try self.decodeEvents(conn.query(query), on: conn) }
         }
     }
 
@@ -417,7 +456,7 @@ public final class EventStore: Sendable {
     public func event(id: UUID) async throws -> RecordedEvent? {
         let query: SQLQuery = "SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE event_id = \(id)"
         return try await translatingErrors {
-            try await pool.withConnection { conn in try self.decodeEvents(conn.query(query), on: conn).first }
+            try await withReadConnection { conn in try self.decodeEvents(conn.query(query), on: conn).first }
         }
     }
 
@@ -425,7 +464,7 @@ public final class EventStore: Sendable {
     public func streamVersion(_ stream: String) async throws -> Int {
         let name = try StreamName(stream).rawValue
         return try await translatingErrors(stream: name) {
-            try await pool.withConnection { conn in
+            try await withReadConnection { conn in
                 try conn.query("SELECT max(version) FROM eventline.events WHERE stream = \(name)").first?.decode(0, as: Int?.self) ?? 0
             }
         }

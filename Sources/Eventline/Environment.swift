@@ -1,6 +1,7 @@
 import EventStore
 import Foundation
 import Logging
+import PostgresClient
 
 /// Every environment variable eventctl reads, with what it does: the README's configuration
 /// reference lists the same (a test compares them), and a set `EVENTLINE_*` variable that is not
@@ -23,7 +24,9 @@ enum EnvironmentVariables {
         ("EVENTLINE_DB_POOL_TIMEOUT", "serve: seconds a request waits for a free database connection (default 1)"),
         ("EVENTLINE_RATE_LIMIT", "serve: requests per client, 200/s, 12000/m or 100000/h (default: no limit)"),
         ("EVENTLINE_RATE_BURST", "serve: burst of the rate limit (default: one second's worth)"),
-        ("EVENTLINE_READ_WAIT_TIMEOUT", "serve: seconds a read with atLeast waits (default 5)"),
+        ("EVENTLINE_READ_DATABASE_URL", "serve: libpq connection string of standbys for reads (stream, log, query and read-model reads, the live feed's catch-up), e.g. several hosts with target_session_attrs=prefer-standby (default: none; every read goes to EVENTLINE_DATABASE_URL)"),
+        ("EVENTLINE_READ_WAIT_TIMEOUT", "serve: seconds a read with atLeast (or Eventline-Min-Position) waits for a standby, or a read model, to reach its position before the primary serves it (default 5)"),
+        ("EVENTLINE_REQUIRE_SYNC_REPLICATION", "serve: true refuses to start against a primary with no synchronous standby configured, and /health/ready answers 503 while none is connected (default false)"),
         ("EVENTLINE_MASTER_KEY", "32 random bytes in base64 (openssl rand -base64 32): wraps the keys that encrypt personal data (default: none; personal fields are refused)"),
         ("EVENTLINE_MASTER_KEY_FILE", "a file holding the master key (base64, or the 32 bytes), instead of EVENTLINE_MASTER_KEY"),
         ("EVENTLINE_AUTH", "serve: keys (default: an API key is required once any key was ever created, even after every key is revoked) or off (the API is open to anyone who can reach it)"),
@@ -82,6 +85,27 @@ enum EnvironmentVariables {
     }
 
     /// `EVENTLINE_AUTH`: `keys` (the default) or `off`.
+    /// `EVENTLINE_READ_DATABASE_URL`, checked by libpq's own parser, or nil when unset.
+    static func readDatabaseURL(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String? {
+        guard let url = environment["EVENTLINE_READ_DATABASE_URL"], !url.isEmpty else { return nil }
+        do {
+            _ = try ConnectionInfo(url)
+        } catch let error as PostgresError {
+            throw CLIError("EVENTLINE_READ_DATABASE_URL: \(error.message)")
+        }
+        return url
+    }
+
+    /// `EVENTLINE_REQUIRE_SYNC_REPLICATION`: true or false (also 1/0, yes/no, on/off).
+    static func requireSynchronousReplication(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool {
+        guard let text = environment["EVENTLINE_REQUIRE_SYNC_REPLICATION"], !text.isEmpty else { return false }
+        switch text.lowercased() {
+        case "true", "1", "yes", "on": return true
+        case "false", "0", "no", "off": return false
+        default: throw CLIError("EVENTLINE_REQUIRE_SYNC_REPLICATION must be true or false, not '\(text)'")
+        }
+    }
+
     static func authentication(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Authentication {
         guard let text = environment["EVENTLINE_AUTH"], !text.isEmpty else { return .keys }
         guard let mode = Authentication(rawValue: text) else {

@@ -12,6 +12,13 @@ struct DatabaseOptions: ParsableArguments {
     var databaseURL: String {
         get throws {
             if let url = databaseURLOption ?? ProcessInfo.processInfo.environment["EVENTLINE_DATABASE_URL"], !url.isEmpty {
+                // libpq's own parser: a malformed string, or an unknown target_session_attrs,
+                // is one clear line before anything connects.
+                do {
+                    _ = try ConnectionInfo(url)
+                } catch let error as PostgresError {
+                    throw CLIError("\(databaseURLOption == nil ? "EVENTLINE_DATABASE_URL" : "--database-url"): \(error.message)")
+                }
                 return url
             }
             throw CLIError("no database: pass --database-url or set EVENTLINE_DATABASE_URL")

@@ -5,6 +5,7 @@ import Foundation
 import HTTPServer
 import Hummingbird
 import Logging
+import PostgresClient
 import Projector
 import ServiceLifecycle
 import UnixSignals
@@ -71,10 +72,13 @@ struct Serve: AsyncParsableCommand {
             if let timeout = try EnvironmentVariables.seconds("EVENTLINE_READ_WAIT_TIMEOUT", in: 0...3600, environment) {
                 readModels.waitTimeout = timeout
             }
+            readModels.readDatabaseURL = try EnvironmentVariables.readDatabaseURL(environment)
+            configuration.requireSynchronousReplication = try EnvironmentVariables.requireSynchronousReplication(environment)
             let timeouts = try DatabaseTimeouts.from(environment)
             let url = try database.databaseURL
             let reachable = try await schema.prepare(databaseURL: url, logger: Logs.logger("eventline"), connectTimeout: timeouts.connect)
             readModels.declared = await Self.checkProjections(projections, url: url, reachable: reachable)
+            if configuration.requireSynchronousReplication && reachable { try await Self.checkSynchronousReplication(url) }
             try await Server.run(databaseURL: url, configuration: configuration, readModels: readModels, timeouts: timeouts)
         }
     }
@@ -108,6 +112,23 @@ struct Serve: AsyncParsableCommand {
             CLI.logger.warning("cannot check the projections of \(options.path)", metadata: ["error": "\(error)"])
         }
         return Set(declared.map(\.name))
+    }
+
+    /// With `EVENTLINE_REQUIRE_SYNC_REPLICATION`, a primary that acknowledges commits without
+    /// waiting for a standby is refused at start, in one line.
+    static func checkSynchronousReplication(_ url: String) async throws {
+        let (node, names, commit) = try await CLI.withConnection(url) { conn in
+            let row = try conn.query("SELECT current_setting('synchronous_standby_names'), current_setting('synchronous_commit')").first
+            return (conn.node ?? "the primary", try row?.decode(0, as: String.self) ?? "", try row?.decode(1, as: String.self) ?? "")
+        }
+        if names.trimmingCharacters(in: .whitespaces).isEmpty {
+            throw CLIError(
+                "EVENTLINE_REQUIRE_SYNC_REPLICATION is set, but the primary \(node) has no synchronous standby configured (synchronous_standby_names is empty; with Patroni, set synchronous_mode: true)")
+        }
+        if ["off", "local"].contains(commit) {
+            throw CLIError(
+                "EVENTLINE_REQUIRE_SYNC_REPLICATION is set, but the primary \(node) has synchronous_commit=\(commit), which does not wait for a standby (use on or remote_apply)")
+        }
     }
 
     /// `EVENTLINE_RATE_LIMIT=200/s` (or /m, /h) and `EVENTLINE_RATE_BURST=N`; unset: no limit.
@@ -153,6 +174,8 @@ struct DatabaseTimeouts {
 struct ReadModels {
     var cache: ReadModelCache?
     var waitTimeout: Duration = .seconds(5)
+    /// Standbys for reads (`EVENTLINE_READ_DATABASE_URL`).
+    var readDatabaseURL: String?
     /// The projections the server's projections directory declares.
     var declared: Set<String> = []
 }
@@ -177,9 +200,12 @@ enum Server {
         storeConfiguration.connectTimeout = timeouts.connect
         storeConfiguration.statementTimeout = timeouts.statement
         storeConfiguration.acquireTimeout = timeouts.pool
+        storeConfiguration.readDatabaseURL = readModels.readDatabaseURL
+        storeConfiguration.readWaitTimeout = readModels.waitTimeout
         let store = EventStore(storeConfiguration, logger: logger)
         var readConfiguration = ReadModelService.Configuration(databaseURL: databaseURL)
         readConfiguration.waitTimeout = readModels.waitTimeout
+        readConfiguration.readDatabaseURL = readModels.readDatabaseURL
         readConfiguration.declared = readModels.declared
         readConfiguration.connectTimeout = timeouts.connect
         readConfiguration.statementTimeout = timeouts.statement

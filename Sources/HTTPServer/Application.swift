@@ -24,6 +24,9 @@ public func buildApplication(
 ) -> some ApplicationProtocol {
     let readModels = readModels ?? ReadModelService(.init(databaseURL: store.configuration.databaseURL), logger: logger)
     let metrics = ServerMetrics()
+    let replication = ReplicationMonitor(
+        databaseURL: store.configuration.databaseURL, readDatabaseURL: store.configuration.readDatabaseURL,
+        connectTimeout: store.configuration.connectTimeout, logger: logger)
     store.observeGroupCommits { appends, events in metrics.recordGroup(appends: appends, events: events) }
     let router = Router(context: EventlineRequestContext.self, options: .autoGenerateHeadEndpoints)
     if EventTrace.isEnabled {
@@ -42,7 +45,8 @@ public func buildApplication(
         store: store, heartbeat: configuration.liveHeartbeat, commits: groupChanges, maxClients: configuration.liveMaxClients,
         maxClientsPerClient: configuration.liveMaxClientsPerKey)
     Routes(
-        store: store, commands: commands, configuration: configuration, metrics: metrics, live: live, access: access, logger: logger)
+        store: store, commands: commands, configuration: configuration, metrics: metrics, live: live, access: access,
+        replication: replication, readModels: readModels, logger: logger)
         .register(on: endpoints)
     ConsumerGroupRoutes(store: store, changes: groupChanges).register(on: endpoints)
     ReadModelRoutes(readModels: readModels, configuration: configuration).register(on: endpoints)
@@ -55,7 +59,7 @@ public func buildApplication(
         configuration: .init(
             address: .hostname(configuration.host, port: configuration.port), serverName: "eventline",
             availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections)),
-        services: [StoreService(store: store), readModels, live, access],
+        services: [StoreService(store: store), readModels, live, access, replication],
         logger: logger)
 }
 

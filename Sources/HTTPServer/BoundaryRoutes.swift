@@ -144,12 +144,13 @@ extension Routes {
     /// `POST /v1/events/query`: `{"query": {"items": [...]}, "after": 0, "limit": 100}`.
     func queryLog(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let (_, body) = try await JSONIO.readObject(request, context: context)
-        try JSONIO.rejectUnknown(body, allowed: ["query", "after", "limit"])
+        try JSONIO.rejectUnknown(body, allowed: ["query", "after", "limit", "atLeast"])
         guard let given = body["query"] else { throw Problem.badRequest("query is required", field: "query") }
         let query = try Self.eventQuery(given, place: "query")
         let after = try JSONIO.integer(body, "after", range: 0...Int(Int64.max)) ?? 0
         let limit = try JSONIO.integer(body, "limit", range: 1...configuration.maxReadLimit) ?? 100
-        return try await queryAnswer(query, after: after, limit: limit)
+        let minPosition = try ReadPlacement.minPosition(request, atLeast: JSONIO.integer(body, "atLeast", range: 0...Int(Int64.max)))
+        return try await ReadPlacement.serve(minPosition: minPosition) { try await queryAnswer(query, after: after, limit: limit) }
     }
 
     /// Events matching `query`, with the position up to which it was evaluated (an append's

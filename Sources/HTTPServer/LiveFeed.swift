@@ -304,7 +304,11 @@ final class LiveFeed: Service, Sendable {
                 } else {
                     // Behind the tail (or no tail yet): the table.
                     do {
-                        page = try await store.readAll(after: position, limit: pageSize, filter: filter, maxBytes: pageBytes)
+                        // Catching up may read a standby: it reads a dense prefix of the log,
+                        // so one that lags only delays the page, never skips an event.
+                        page = try await ReadContext.$current.withValue(ReadContext()) {
+                            try await store.readAll(after: position, limit: pageSize, filter: filter, maxBytes: pageBytes)
+                        }
                     } catch let error as EventStoreError where error.code == .shutdown {
                         break
                     } catch {

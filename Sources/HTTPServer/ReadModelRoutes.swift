@@ -45,6 +45,10 @@ struct ReadModelRoutes: Sendable {
         let query = JSONIO.queryParameters(request)
         try JSONIO.rejectUnknownQuery(query, allowed: ["atLeast"])
         let atLeast = try self.atLeast(request)
+        return try await ReadPlacement.serve(minPosition: atLeast) { try await row(request, name: name, key: key, atLeast: atLeast) }
+    }
+
+    private func row(_ request: Request, name: String, key: String, atLeast: Int?) async throws -> Response {
         let found = try await withCatalog(name, atLeast: atLeast) { info in
             do {
                 return try await readModels.row(info, key: key, atLeast: atLeast)
@@ -82,6 +86,14 @@ struct ReadModelRoutes: Sendable {
             try JSONIO.rejectControlCharacters(String(value), field: String(column))
             filters.append((String(column), String(value)))
         }
+        return try await ReadPlacement.serve(minPosition: atLeast) {
+            try await page(name: name, filters: filters, after: after, limit: limit, atLeast: atLeast)
+        }
+    }
+
+    private func page(
+        name: String, filters: [(column: String, value: String)], after: String?, limit: Int, atLeast: Int?
+    ) async throws -> Response {
         let page = try await withCatalog(name, atLeast: atLeast) { info -> ReadModelPage? in
             for filter in filters where info.type(of: filter.column) == nil {
                 throw Problem(
@@ -157,14 +169,16 @@ struct ReadModelRoutes: Sendable {
         return nil
     }
 
-    /// `?atLeast=P` or `Eventline-At-Least: P`.
+    /// `?atLeast=P`, `Eventline-At-Least: P` or `Eventline-Min-Position: P` (the larger).
     func atLeast(_ request: Request) throws -> Int? {
-        let text = JSONIO.queryParameters(request)["atLeast"].map(String.init) ?? request.headers[.atLeast]
-        guard let text else { return nil }
-        guard let value = Int(text), value >= 0 else {
-            throw Problem.badRequest("atLeast (or Eventline-At-Least) must be a log position, an integer ≥ 0", field: "atLeast")
+        var atLeast: Int? = nil
+        if let text = JSONIO.queryParameters(request)["atLeast"].map(String.init) ?? request.headers[.atLeast] {
+            guard let value = Int(text), value >= 0 else {
+                throw Problem.badRequest("atLeast (or Eventline-At-Least) must be a log position, an integer ≥ 0", field: "atLeast")
+            }
+            atLeast = value
         }
-        return value
+        return try ReadPlacement.minPosition(request, atLeast: atLeast)
     }
 
     /// A strong validator: a hash of the row's JSON.

@@ -18,6 +18,8 @@ public final class ReadModelService: Service, Sendable {
     /// How the server reads read models; every field has a default.
     public struct Configuration: Sendable {
         public var databaseURL: String
+        /// Standbys for reads (`EVENTLINE_READ_DATABASE_URL`); nil reads the primary.
+        public var readDatabaseURL: String? = nil
         /// Connections for read-model queries (apart from the event store's).
         public var poolSize = 8
         /// The longest a read with `atLeast` waits for the projection to pass that position.
@@ -48,6 +50,8 @@ public final class ReadModelService: Service, Sendable {
 
     public let configuration: Configuration
     let pool: PostgresConnectionPool
+    /// Read-model reads on standbys, when `readDatabaseURL` is set.
+    public let replicas: ReplicaReads?
     let cache: ReadModelCache?
     let changes = ChangeSignal()
     private let catalog = Mutex<(models: [String: ReadModelInfo], loadedAt: ContinuousClock.Instant?)>(([:], nil))
@@ -64,6 +68,13 @@ public final class ReadModelService: Service, Sendable {
         // JIT compiling costs more than these short queries take.
         poolConfiguration.sessionSettings = ["TimeZone": "UTC", "jit": "off"]
         self.pool = PostgresConnectionPool(poolConfiguration)
+        self.replicas = configuration.readDatabaseURL.map { url in
+            var replicaConfiguration = poolConfiguration
+            replicaConfiguration.conninfo = url
+            replicaConfiguration.spreadOverHosts = true
+            replicaConfiguration.name = "eventline-replica-read-models"
+            return ReplicaReads(pool: PostgresConnectionPool(replicaConfiguration), waitTimeout: configuration.waitTimeout)
+        }
         self.cache = cache
         self.logger = logger
     }
@@ -90,6 +101,7 @@ public final class ReadModelService: Service, Sendable {
             group.cancelAll()
         }
         pool.close()  // the cache's client belongs to the caller
+        replicas?.pool.close()
     }
 
     private func invalidateCatalog() {
@@ -140,11 +152,28 @@ public final class ReadModelService: Service, Sendable {
     }
 
     /// Waits until `read` returns a result whose checkpoint is at least `atLeast` (no wait when
-    /// nil), re-reading whenever a projection moves; past the timeout, throws `Behind`.
+    /// nil), re-reading whenever a projection moves; past the timeout, throws `Behind`. A read
+    /// route's read (`ReadContext`) goes to a standby first when there are some, and to the
+    /// primary when no standby has the checkpoint within the timeout.
     func read<T: Sendable>(
-        atLeast: Int?, checkpoint: (T) -> Int, _ read: @escaping @Sendable (PostgresConnection) throws -> T
+        atLeast: Int?, checkpoint: @escaping @Sendable (T) -> Int, _ read: @escaping @Sendable (PostgresConnection) throws -> T
     ) async throws -> T {
         let deadline = ContinuousClock.now + configuration.waitTimeout
+        if let context = ReadContext.current {
+            if let replicas, context.servedBy != .primary {
+                let served = try await replicas.read { conn -> ReplicaReads.Attempt<T> in
+                    let value = try read(conn)
+                    if let atLeast, checkpoint(value) < atLeast { return .behind }
+                    return .served(value, head: nil)
+                }
+                if let (value, _) = served {
+                    context.served(by: .replica)
+                    return value
+                }
+                replicas.countPrimary()
+            }
+            context.served(by: .primary)
+        }
         while true {
             let seen = changes.generation
             let value = try await withConnection(read)

@@ -16,6 +16,8 @@ struct Routes: Sendable {
     let metrics: ServerMetrics
     let live: LiveFeed
     let access: AccessControl
+    let replication: ReplicationMonitor
+    let readModels: ReadModelService
     let logger: Logger
 
     func register(on router: Endpoints) {
@@ -34,9 +36,13 @@ struct Routes: Sendable {
             // Consumer groups are read at the scrape (their state is in the database, shared by
             // every server); a database that cannot answer leaves them out, not the scrape.
             let groups = try? await store.consumerGroups()
+            let replicationState = await replication.snapshot(maxAge: .seconds(1))
+            let reads = [store.replicas?.statistics, readModels.replicas?.statistics].compactMap { $0 }
             return Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render(store: store, liveClients: live.clients, groups: groups))))
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render(
+                    store: store, liveClients: live.clients, groups: groups,
+                    replication: replicationState, failovers: replication.failovers, replicaReads: reads))))
         }
         router.get("/openapi.yaml") { _, _ in
             // The document this binary was built with: it describes exactly the routes above.
@@ -399,7 +405,8 @@ struct Routes: Sendable {
     func readStream(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let stream = try JSONIO.pathParameter(context, "stream")
         let query = JSONIO.queryParameters(request)
-        try JSONIO.rejectUnknownQuery(query, allowed: ["from", "limit", "direction"])
+        try JSONIO.rejectUnknownQuery(query, allowed: ["from", "limit", "direction", "atLeast"])
+        let minPosition = try ReadPlacement.minPosition(request, atLeast: JSONIO.queryInteger(query, "atLeast", range: 0...Int(Int64.max)))
         let limit = try JSONIO.queryInteger(query, "limit", range: 1...configuration.maxReadLimit) ?? 100
         let from = try JSONIO.queryInteger(query, "from", range: 0...Int(Int64.max))
         let direction: ReadDirection
@@ -408,6 +415,12 @@ struct Routes: Sendable {
         case "backward"?: direction = .backward
         default: throw Problem.badRequest("direction must be forward or backward", field: "direction")
         }
+        return try await ReadPlacement.serve(minPosition: minPosition) {
+            try await readStream(stream, from: from, direction: direction, limit: limit)
+        }
+    }
+
+    private func readStream(_ stream: String, from: Int?, direction: ReadDirection, limit: Int) async throws -> Response {
         // One more than asked tells whether there is a next page.
         let events = try await store.readStream(stream, from: from, direction: direction, limit: limit + 1)
         let version = try await store.streamVersion(stream)
@@ -424,9 +437,10 @@ struct Routes: Sendable {
 
     func readLog(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let query = JSONIO.queryParameters(request)
-        try JSONIO.rejectUnknownQuery(query, allowed: ["after", "limit", "category", "type", "query"])
+        try JSONIO.rejectUnknownQuery(query, allowed: ["after", "limit", "category", "type", "query", "atLeast"])
         let after = try JSONIO.queryInteger(query, "after", range: 0...Int(Int64.max)) ?? 0
         let limit = try JSONIO.queryInteger(query, "limit", range: 1...configuration.maxReadLimit) ?? 100
+        let minPosition = try ReadPlacement.minPosition(request, atLeast: JSONIO.queryInteger(query, "atLeast", range: 0...Int(Int64.max)))
         if let text = query["query"] {
             // A DCB query (types and tags) instead of categories and types.
             if query["category"] != nil || query["type"] != nil {
@@ -438,13 +452,16 @@ struct Routes: Sendable {
             if let path = JSONIO.firstNULPath(object, at: "query") {
                 throw Problem.badRequest("\(path) contains a NUL character (U+0000), which cannot be stored", field: "query")
             }
-            return try await queryAnswer(try Self.eventQuery(object, place: "query"), after: after, limit: limit)
+            let eventQuery = try Self.eventQuery(object, place: "query")
+            return try await ReadPlacement.serve(minPosition: minPosition) { try await queryAnswer(eventQuery, after: after, limit: limit) }
         }
         let filter = try Self.logFilter(query)
-        let events = try await store.readAll(after: after, limit: limit, filter: filter)
-        let next = events.count == limit ? String(events.last!.position) : "null"
-        let json = #"{"events":[\#(events.map { JSONIO.event($0, includeStream: true) }.joined(separator: ","))],"next":\#(next)}"#
-        return JSONIO.response(.ok, Data(json.utf8))
+        return try await ReadPlacement.serve(minPosition: minPosition) {
+            let events = try await store.readAll(after: after, limit: limit, filter: filter)
+            let next = events.count == limit ? String(events.last!.position) : "null"
+            let json = #"{"events":[\#(events.map { JSONIO.event($0, includeStream: true) }.joined(separator: ","))],"next":\#(next)}"#
+            return JSONIO.response(.ok, Data(json.utf8))
+        }
     }
 
     /// `category=a,b` and `type=X,Y` (each also repeatable): events of any of the categories
@@ -484,16 +501,66 @@ struct Routes: Sendable {
 
     // MARK: - Health
 
+    /// Ready, unless synchronous replication is required and no synchronous standby is connected.
+    static func readiness(_ fields: [String: JSONValue], _ state: ReplicationMonitor.Snapshot, required: Bool) throws -> Response {
+        if required && state.synchronousConnected == 0 {
+            var problem = Problem.unavailable(
+                state.synchronousConfigured
+                    ? "no synchronous standby is connected, and EVENTLINE_REQUIRE_SYNC_REPLICATION is set"
+                    : "synchronous replication is not configured on the primary, and EVENTLINE_REQUIRE_SYNC_REPLICATION is set")
+            problem.extensions.merge(fields.filter { $0.key != "status" }) { _, new in new }
+            throw problem
+        }
+        return JSONIO.response(.ok, JSONValue.jsonData(fields))
+    }
+
+    /// The node written to, synchronous replication, and each read node's lag.
+    static func replicationFields(_ state: ReplicationMonitor.Snapshot, required: Bool) -> [String: JSONValue] {
+        var fields: [String: JSONValue] = [
+            "writeNode": state.writeNode.map(JSONValue.string) ?? .null,
+            "synchronousReplication": .object([
+                "configured": .bool(state.synchronousConfigured), "connected": .integer(state.synchronousConnected),
+                "required": .bool(required), "standbyNames": .string(state.synchronousStandbyNames),
+                "synchronousCommit": .string(state.synchronousCommit),
+            ]),
+            "standbys": .array(state.standbys.map { standby in
+                .object([
+                    "name": .string(standby.name), "state": .string(standby.state), "syncState": .string(standby.syncState),
+                    "replayLagSeconds": standby.replayLagSeconds.map(JSONValue.number) ?? .null,
+                ])
+            }),
+        ]
+        if !state.readNodes.isEmpty {
+            fields["readNodes"] = .array(state.readNodes.map { node in
+                var entry: [String: JSONValue] = ["node": .string(node.node), "reachable": .bool(node.reachable)]
+                if let standby = node.standby { entry["role"] = .string(standby ? "standby" : "primary") }
+                if let head = node.head { entry["head"] = .integer(head) }
+                if let lag = node.lagPositions { entry["lagPositions"] = .integer(lag) }
+                if let lag = node.lagSeconds { entry["lagSeconds"] = .number(lag) }
+                if let paused = node.replayPaused { entry["replayPaused"] = .bool(paused) }
+                if let error = node.error { entry["error"] = .string(error) }
+                return .object(entry)
+            })
+        }
+        return fields
+    }
+
     func ready() async throws -> Response {
         do {
             let head = try await store.headPosition()
+            var fields: [String: JSONValue] = ["status": .string("ready"), "head": .integer(head)]
             // Whether requests need a key: an open server says so where monitoring looks.
-            let auth = (try? await access.access().0).map { access in
-                #","auth":\#(JSONValue.quoted(access.name))"# + (access == .keys ? "" : #","authNote":\#(JSONValue.quoted(access.explanation))"#)
-            } ?? ""
-            return JSONIO.response(.ok, Data(#"{"status":"ready","head":\#(head)\#(auth)}"#.utf8))
+            if let access = try? await access.access().0 {
+                fields["auth"] = .string(access.name)
+                if access != .keys { fields["authNote"] = .string(access.explanation) }
+            }
+            let state = await replication.snapshot(maxAge: .seconds(1))
+            fields.merge(Self.replicationFields(state, required: configuration.requireSynchronousReplication)) { _, new in new }
+            return try Self.readiness(fields, state, required: configuration.requireSynchronousReplication)
         } catch let error as EventStoreError where error.underlying?.isMissingSchema ?? false {
             throw Problem.schemaMissing(error.underlying!)
+        } catch let problem as Problem {
+            throw problem
         } catch {
             throw Problem.unavailable("the database is not reachable")
         }

@@ -21,6 +21,9 @@ public struct ServerConfiguration: Sendable {
     /// step has only its own timeout. `eventctl serve` sets it to the statement timeout plus
     /// 0.4 s, so that no request answers later than the statement timeout plus half a second.
     public var databaseDeadline: Duration? = nil
+    /// `EVENTLINE_REQUIRE_SYNC_REPLICATION`: `/health/ready` answers 503 while no synchronous
+    /// standby is connected (`serve` refuses to start when none is configured).
+    public var requireSynchronousReplication = false
     /// Whether requests need an API key: `.keys` (the default) from the first key ever created
     /// on, for good (revoking every key leaves the API closed); `.off` never, which an operator
     /// must choose (`EVENTLINE_AUTH=off`).

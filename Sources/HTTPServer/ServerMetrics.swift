@@ -62,9 +62,34 @@ public final class ServerMetrics: Sendable {
         groupEvents.record(Double(events))
     }
 
+    /// Replication: the synchronous standbys in force, each read node's lag, where reads were
+    /// served, their waits for a standby and their fall-backs to the primary, failovers seen.
+    private func renderReplication(_ state: ReplicationMonitor.Snapshot, failovers: Int, reads: [ReplicaReads.Statistics]) {
+        registry.makeGauge(name: "eventline_db_synchronous_standbys").set(Double(state.synchronousConnected))
+        registry.makeGauge(name: "eventline_db_failovers").set(Double(failovers))
+        for node in state.readNodes {
+            let labels = [("node", node.node)]
+            registry.makeGauge(name: "eventline_replica_reachable", labels: labels).set(node.reachable ? 1.0 : 0.0)
+            if let lag = node.lagPositions { registry.makeGauge(name: "eventline_replica_lag_positions", labels: labels).set(Double(lag)) }
+            if let lag = node.lagSeconds { registry.makeGauge(name: "eventline_replica_lag_seconds", labels: labels).set(lag) }
+        }
+        guard !reads.isEmpty else { return }
+        let sum = { (value: (ReplicaReads.Statistics) -> Double) in reads.map(value).reduce(0, +) }
+        registry.makeGauge(name: "eventline_reads_served", labels: [("by", "replica")]).set(sum { Double($0.servedByReplica) })
+        registry.makeGauge(name: "eventline_reads_served", labels: [("by", "primary")]).set(sum { Double($0.servedByPrimary) })
+        registry.makeGauge(name: "eventline_replica_read_waits").set(sum { Double($0.waits) })
+        registry.makeGauge(name: "eventline_replica_read_wait_seconds").set(sum { $0.waitSeconds })
+        registry.makeGauge(name: "eventline_replica_read_fallbacks", labels: [("reason", "behind")]).set(sum { Double($0.fallbacksBehind) })
+        registry.makeGauge(name: "eventline_replica_read_fallbacks", labels: [("reason", "unavailable")]).set(sum { Double($0.fallbacksUnavailable) })
+    }
+
     /// The Prometheus text exposition, with the store's counters read now.
-    func render(store: EventStore, liveClients: Int, groups: [ConsumerGroupStatus]? = nil) -> [UInt8] {
+    func render(
+        store: EventStore, liveClients: Int, groups: [ConsumerGroupStatus]? = nil, replication: ReplicationMonitor.Snapshot? = nil,
+        failovers: Int = 0, replicaReads: [ReplicaReads.Statistics] = []
+    ) -> [UInt8] {
         registry.makeGauge(name: "eventline_live_clients").set(Double(liveClients))
+        if let replication { renderReplication(replication, failovers: failovers, reads: replicaReads) }
         if let groups {
             let names = Set(groups.map(\.name))
             reportedGroups.withLock { reported in

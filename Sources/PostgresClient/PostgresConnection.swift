@@ -110,6 +110,13 @@ public final class PostgresConnection {
         return PQbackendPID(handle)
     }
 
+    /// The node this session reached, as `host:port` (of a multi-host string, the one libpq
+    /// chose), or nil when closed.
+    public var node: String? {
+        guard let handle, let host = PQhost(handle), let port = PQport(handle) else { return nil }
+        return "\(String(cString: host)):\(String(cString: port))"
+    }
+
     /// The socket descriptor, for polling.
     public var socket: Int32 {
         guard let handle else { return -1 }

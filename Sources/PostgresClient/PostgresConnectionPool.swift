@@ -23,6 +23,9 @@ public final class PostgresConnectionPool: Sendable {
         public var acquireTimeout: Duration
         /// Thread name prefix, for debuggers and `top -H`.
         public var name: String
+        /// With several hosts, each new connection tries them from a turning start, so that a
+        /// pool on standbys spreads over all of them (libpq 15 always starts at the first).
+        public var spreadOverHosts = false
         /// Session settings made on each new connection (for example `TimeZone: UTC`).
         public var sessionSettings: [String: String] = [:]
         /// How long a statement may wait for the server: past it the server cancels the
@@ -155,8 +158,10 @@ public final class PostgresConnectionPool: Sendable {
                         sessionSettings["statement_timeout"] = "\(max(1, limit.milliseconds))"
                     }
                     let settings = sessionSettings
+                    let conninfo = configuration.spreadOverHosts
+                        ? (try? ConnectionInfo(configuration.conninfo))?.rotated(by: id) ?? configuration.conninfo : configuration.conninfo
                     continuation.resume(returning: DedicatedConnection(
-                        conninfo: configuration.conninfo, name: "\(configuration.name)-\(id)",
+                        conninfo: conninfo, name: "\(configuration.name)-\(id)",
                         answerTimeout: configuration.statementTimeout.map { $0 + .milliseconds(500) },
                         connectTimeout: configuration.connectTimeout
                     ) { conn in

@@ -26,6 +26,8 @@ struct TestServer {
     var declaredProjections: Set<String> = []
     /// The server's logger (nil: the default one).
     var logger: Logger? = nil
+    /// Standbys for read-model reads (the store's come from its configuration).
+    var readDatabaseURL: String? = nil
 
     static func make(_ label: String, configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
         var server = TestServer(test: try await TestStore.make(label))
@@ -44,6 +46,7 @@ struct TestServer {
         var readConfiguration = ReadModelService.Configuration(databaseURL: test.url)
         readConfiguration.waitTimeout = readWaitTimeout
         readConfiguration.declared = declaredProjections
+        readConfiguration.readDatabaseURL = readDatabaseURL
         let readModels = ReadModelService(readConfiguration, cache: cache)
         let app = buildApplication(
             configuration, store: store, commands: commands, readModels: readModels,

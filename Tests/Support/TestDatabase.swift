@@ -10,9 +10,10 @@ public struct TestDatabase: Sendable {
     /// The database's name.
     public let name: String
 
-    /// Creates a database with a unique name.
-    public static func create(_ label: String = "t") async throws -> TestDatabase {
-        let serverURL = try await EmbeddedPostgres.testServerURL()
+    /// Creates a database with a unique name, on `serverURL` (default: the test server).
+    public static func create(_ label: String = "t", serverURL given: String? = nil) async throws -> TestDatabase {
+        let serverURL: String
+        if let given { serverURL = given } else { serverURL = try await EmbeddedPostgres.testServerURL() }
         let name = "eventline_\(label.lowercased().filter { $0.isLetter || $0.isNumber })_\(UUID().uuidString.prefix(8).lowercased())"
         let admin = DedicatedConnection(conninfo: serverURL, name: "eventline-test-admin")
         defer { admin.shutdown() }

@@ -56,9 +56,9 @@ public struct TestStore: Sendable {
 
     /// A fresh database, migrated, and a store over it.
     public static func make(
-        _ label: String = "store", configure: (inout EventStoreConfiguration) -> Void = { _ in }
+        _ label: String = "store", serverURL: String? = nil, configure: (inout EventStoreConfiguration) -> Void = { _ in }
     ) async throws -> TestStore {
-        let database = try await TestDatabase.create(label)
+        let database = try await TestDatabase.create(label, serverURL: serverURL)
         try await Migrator(databaseURL: database.url, migrations: Migration.embedded()).migrate()
         var configuration = EventStoreConfiguration(databaseURL: database.url)
         configuration.subscriptionPollInterval = .milliseconds(500)

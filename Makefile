@@ -4,7 +4,7 @@ SWIFT ?= swift
 PACKAGES := pkg-config libpq-dev liblz4-dev libssl-dev postgresql redis-server curl ca-certificates
 # What the tests need on top: the lz4 tool (archive interop) and Debian's own Python packages
 # for the OpenAPI conformance check (never pip: Debian's python3 is externally managed).
-TEST_PACKAGES := lz4 python3 python3-yaml python3-jsonschema
+TEST_PACKAGES := lz4 python3 python3-yaml python3-jsonschema patroni etcd-server
 BENCH_SECONDS ?= 20
 
 .PHONY: deps test-deps build test run bench clean

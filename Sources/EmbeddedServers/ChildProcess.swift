@@ -315,6 +315,12 @@ enum ServerFiles {
         try? FileManager.default.removeItem(atPath: path)
     }
 
+    /// A private directory for `account` (or us).
+    static func makeDirectory(_ path: String, account: UnprivilegedAccount?) throws {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        if let account { try account.take(path) }
+    }
+
     /// The last `lines` lines of a log, for error messages.
     static func tail(_ path: String, lines: Int = 25) -> String {
         guard let handle = FileHandle(forReadingAtPath: path) else { return "(no log at \(path))" }
@@ -338,5 +344,30 @@ enum ServerFiles {
         if let home { environment["HOME"] = home }
         if environment["PATH"] == nil { environment["PATH"] = "/usr/local/bin:/usr/bin:/bin" }
         return environment
+    }
+}
+
+/// Processes as /proc shows them.
+enum ProcessTree {
+    /// Whether `pid` is a process that has not exited (a zombie has: it holds no memory).
+    static func isRunning(_ pid: pid_t) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
+            return false
+        }
+        return stat[stat.index(after: close)...].split(separator: " ").first != "Z"
+    }
+
+    /// The processes whose parent is `pid`.
+    static func children(of pid: pid_t) -> [pid_t] {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        return entries.compactMap { entry -> pid_t? in
+            guard let candidate = pid_t(entry),
+                let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { return nil }
+            // "pid (comm) state ppid …": the name may hold spaces and parentheses.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 1 && pid_t(fields[1]) == pid ? candidate : nil
+        }
     }
 }

@@ -158,37 +158,15 @@ public final class EmbeddedPostgres: Sendable {
             case .immediateStop:
                 ChildProcess.terminate(child, signal: SIGQUIT, grace: .seconds(10), target: postmaster)
             case .killPostmaster:
-                let backends = Self.children(of: postmaster)
+                let backends = ProcessTree.children(of: postmaster)
                 ChildProcess.terminate(child, signal: SIGKILL, grace: .seconds(10), target: postmaster)
                 for backend in backends { kill(backend, SIGKILL) }
                 // Orphans are reaped by init; wait until they are gone.
                 let deadline = ContinuousClock.now + .seconds(10)
-                while backends.contains(where: Self.isRunning) && ContinuousClock.now < deadline {
+                while backends.contains(where: ProcessTree.isRunning) && ContinuousClock.now < deadline {
                     usleep(10_000)
                 }
             }
-        }
-    }
-
-    /// Whether `pid` is a process that has not exited (a zombie has: it holds no memory).
-    private static func isRunning(_ pid: pid_t) -> Bool {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
-            return false
-        }
-        return stat[stat.index(after: close)...].split(separator: " ").first != "Z"
-    }
-
-    /// The processes whose parent is `pid` (from /proc).
-    private static func children(of pid: pid_t) -> [pid_t] {
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
-        return entries.compactMap { entry -> pid_t? in
-            guard let candidate = pid_t(entry),
-                let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
-                let close = stat.lastIndex(of: ")")
-            else { return nil }
-            // "pid (comm) state ppid …": the name may hold spaces and parentheses.
-            let fields = stat[stat.index(after: close)...].split(separator: " ")
-            return fields.count > 1 && pid_t(fields[1]) == pid ? candidate : nil
         }
     }
 

@@ -17,18 +17,24 @@ struct ComposeTests {
     }
 
     /// The services that run the eventline image, as compose would start them.
-    static func services() throws -> [Service] {
-        let text = try String(contentsOfFile: Repository.root + "/docker-compose.yml", encoding: .utf8)
-        guard let document = try Yams.load(yaml: text) as? [String: Any], let services = document["services"] as? [String: Any] else {
-            throw TestFailure("docker-compose.yml has no services")
-        }
+    static func services(file: String = "docker-compose.yml") throws -> [Service] {
+        let services = try allServices(file: file)
         return try services.compactMap { name, value -> Service? in
-            guard let service = value as? [String: Any], (service["image"] as? String)?.hasPrefix("eventline") == true else { return nil }
+            guard let service = value as? [String: Any], (service["image"] as? String)?.hasPrefix("eventline:") == true else { return nil }
             guard let command = service["command"] as? [String] else { throw TestFailure("service \(name) has no command list") }
             let environment = (service["environment"] as? [String: Any] ?? [:]).mapValues { "\($0)" }
             let replicas = (service["deploy"] as? [String: Any])?["replicas"] as? Int ?? 1
             return Service(name: name, command: command, environment: environment, replicas: replicas)
         }.sorted { $0.name < $1.name }
+    }
+
+    /// Every service of a compose file, as YAML (anchors and merge keys resolved).
+    static func allServices(file: String) throws -> [String: Any] {
+        let text = try String(contentsOfFile: Repository.root + "/" + file, encoding: .utf8)
+        guard let document = try Yams.load(yaml: text) as? [String: Any], let services = document["services"] as? [String: Any] else {
+            throw TestFailure("\(file) has no services")
+        }
+        return services
     }
 
     /// `command` with every `--port`/`--metrics-port` value replaced by a free local port (in
@@ -139,6 +145,97 @@ struct ComposeTests {
                 #expect(object != nil, "\(name) wrote a line that is not JSON: \(line)")
                 #expect(!line.contains("unknown environment variable"), "\(name): \(line)")
             }
+        }
+    }
+
+    @Test("docker-compose.ha.yml: each Patroni node's configuration passes patroni --validate-config against a live etcd; migrate, the server and two projectors run with its multi-host URLs against a local three-node Patroni cluster; the server writes to the leader, sees the synchronous standby and reads its writes from a standby")
+    func highAvailability() async throws {
+        let file = "docker-compose.ha.yml"
+        let all = try Self.allServices(file: file)
+        #expect(Set(all.keys) == ["etcd", "pg1", "pg2", "pg3", "migrate", "server", "projector"])
+        let cluster = try await EmbeddedPatroni.start(nodes: 3, synchronous: true)
+        defer { cluster.stop() }
+
+        // Patroni's own check of the configuration each node runs with (its variables from the file).
+        for name in ["pg1", "pg2", "pg3"] {
+            let service = try #require(all[name] as? [String: Any])
+            var environment = (service["environment"] as? [String: Any] ?? [:]).mapValues { "\($0)" }
+            #expect(environment["PATRONI_NAME"] == name && environment["PATRONI_SCOPE"] == "eventline", "\(name): \(environment)")
+            #expect(environment["PATRONI_ETCD3_HOSTS"] == "etcd:2379", "\(name)")
+            // Compose's host names and secrets, as this machine has them.
+            environment["PATRONI_ETCD3_HOSTS"] = String(cluster.etcdURL.dropFirst("http://".count))
+            for (key, value) in environment where value.hasPrefix("${") { environment[key] = "secret" }
+            environment["PATH"] = "/usr/bin:/bin"
+            let validated = try await runProgram(
+                "/usr/bin/patroni", ["--validate-config", Repository.root + "/deploy/patroni/patroni.yml"], environment: environment)
+            #expect(validated.status == 0, "\(name): \(validated.stdout) \(validated.stderr)")
+        }
+
+        let services = try Self.services(file: file)
+        #expect(Set(services.map(\.name)) == ["migrate", "server", "projector"])
+        let leader = try await cluster.waitForLeader()
+        _ = try await cluster.query(leader, "CREATE DATABASE eventline")
+        for node in cluster.nodes {
+            try await eventually(timeout: .seconds(30), "\(node.name) has the database") {
+                (try? await cluster.query(node, "SELECT count(*) FROM pg_database WHERE datname = 'eventline'")) == "1"
+            }
+        }
+        let hosts = cluster.nodes.map { "127.0.0.1:\($0.port)" }.joined(separator: ",")
+        func local(_ environment: [String: String]) throws -> [String: String] {
+            var environment = environment
+            for key in ["EVENTLINE_DATABASE_URL", "EVENTLINE_READ_DATABASE_URL"] {
+                let url = try #require(environment[key])
+                #expect(url.contains("@pg1:5432,pg2:5432,pg3:5432/eventline?target_session_attrs="), "\(key): \(url)")
+                let attributes = String(url[url.range(of: "target_session_attrs=")!.upperBound...])
+                #expect(attributes == (key == "EVENTLINE_DATABASE_URL" ? "read-write" : "prefer-standby"), "\(key): \(url)")
+                environment[key] = "postgresql://eventline@\(hosts)/eventline?target_session_attrs=\(attributes)"
+            }
+            #expect(environment["EVENTLINE_REQUIRE_SYNC_REPLICATION"] == "true")
+            environment["EVENTLINE_MASTER_KEY"] = TestMasterKey.base64
+            environment["EVENTLINE_PROJECTIONS_DIR"] = Repository.root + "/Projections"
+            environment["PATH"] = "/usr/bin:/bin"
+            environment.merge(tolerantDatabaseTimeouts) { $1 }
+            return environment
+        }
+        for service in services {
+            #expect(EnvironmentCheck.unknown(service.environment).isEmpty, "\(service.name): \(EnvironmentCheck.unknown(service.environment))")
+        }
+        let eventctl = try Repository.eventctl
+        let migrate = try #require(services.first { $0.name == "migrate" })
+        let migrated = try await runProgram(eventctl, migrate.command, environment: try local(migrate.environment))
+        #expect(migrated.status == 0, "\(migrated.stderr)")
+        let running = ProcessList()
+        defer { running.killAll() }
+        var started: [(service: String, process: BackgroundProcess, ports: [String: Int])] = []
+        for service in services where service.name != "migrate" {
+            for _ in 0..<service.replicas {
+                let (command, ports) = try Self.localCommand(service.command)
+                let process = try BackgroundProcess(eventctl, command, environment: try local(service.environment), replaceEnvironment: true)
+                running.append(process.process)
+                started.append((service.name, process, ports))
+            }
+        }
+        let server = try #require(started.first { $0.service == "server" })
+        let port = try #require(server.ports["--port"])
+        try await eventually(timeout: .seconds(60), "the server is ready") {
+            guard server.process.isRunning else { throw TestFailure("the server exited: \(server.process.output)") }
+            return (try? await LoopbackHTTP.request(port: port, "/health/ready", timeout: 2))?.status == 200
+        }
+        let ready = try await LoopbackHTTP.request(port: port, "/health/ready")
+        let health = (try? JSONSerialization.jsonObject(with: Data(ready.body.utf8))) as? [String: Any] ?? [:]
+        #expect(health["writeNode"] as? String == "127.0.0.1:\(leader.port)", "\(ready.body)")
+        #expect((health["synchronousReplication"] as? [String: Any])?["connected"] as? Int == 1, "\(ready.body)")
+        #expect((health["readNodes"] as? [[String: Any]])?.count == 3, "\(ready.body)")
+        let opened = try await LoopbackHTTP.request(
+            "POST", port: port, "/v1/commands/account/ha1", body: #"{"type":"OpenAccount","data":{"owner":"Ada","currency":"EUR"}}"#)
+        #expect(opened.status == 200, "\(opened.body)")
+        let position = ((try? JSONSerialization.jsonObject(with: Data(opened.body.utf8))) as? [String: Any])?["position"] as? Int ?? 0
+        let read = try await LoopbackHTTP.request(port: port, "/v1/streams/account-ha1?atLeast=\(position)")
+        #expect(read.status == 200 && read.headers["eventline-served-by"] == "replica", "\(read.headers) \(read.body)")
+        let balance = try await LoopbackHTTP.request(port: port, "/v1/read-models/account_balances/ha1?atLeast=\(position)")
+        #expect(balance.status == 200 && balance.body.contains(#""owner":"Ada""#), "\(balance.body)")
+        for (name, process, _) in started {
+            #expect(await process.stop() == 0, "\(name) did not stop cleanly: \(process.output.suffix(2000))")
         }
     }
 

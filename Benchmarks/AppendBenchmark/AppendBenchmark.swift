@@ -20,6 +20,8 @@ struct AppendBenchmark {
         /// personal data against pgbench (2), only multi-stream and conditional appends
         /// against plain ones and pgbench (3), or none (0).
         var append = 1
+        /// Whether to run the replication rounds (a primary and two standbys) after the rest.
+        var replication = 1
 
         init(_ arguments: [String]) throws {
             var rest = arguments.dropFirst()
@@ -33,7 +35,8 @@ struct AppendBenchmark {
                 case "--rounds": rounds = max(1, value)
                 case "--history": history = value
                 case "--append": append = value
-                default: throw BenchError("unknown option \(flag) (use --seconds N, --clients N, --rounds N, --history EVENTS, --append 0|1|2|3)")
+                case "--replication": replication = value
+                default: throw BenchError("unknown option \(flag) (use --seconds N, --clients N, --rounds N, --history EVENTS, --append 0|1|2|3, --replication 0|1)")
                 }
             }
         }
@@ -86,7 +89,10 @@ struct AppendBenchmark {
             HistoryBenchmark.print(rows, events: options.history)
             fflush(nil)
         }
-        guard options.append > 0 else { return }
+        guard options.append > 0 else {
+            if options.replication > 0 { try await ReplicationBenchmark.run(options) }
+            return
+        }
         let url = server.url(database: "bench")
         try await Migrator(databaseURL: url, migrations: Migration.embedded()).migrate()
 
@@ -239,6 +245,8 @@ struct AppendBenchmark {
                 format: "(l″) a new group drains 500 one-event streams and 500 events of one stream, 100 per fetch: %d fetches, p50 %.2f ms, max %.2f ms per fetch.",
                 backlog.count, AppendBenchmark.percentile(sorted, 0.5) ?? 0, sorted.last ?? 0))
         }
+        fflush(nil)
+        if options.replication > 0 { try await ReplicationBenchmark.run(options) }
     }
 
     /// (m): appends whose events carry two personal fields against the same appends without.

@@ -15,9 +15,10 @@ struct HTTPBenchmark {
     static let accounts = 10_000
 
     /// Starts the server; returns the task running it (cancel it to stop).
-    static func start(url: String, port: Int) async throws -> (Task<Void, any Error>, EventStore, CommandHandler<BankAccount>) {
+    static func start(url: String, port: Int, readDatabaseURL: String? = nil) async throws -> (Task<Void, any Error>, EventStore, CommandHandler<BankAccount>) {
         var configuration = EventStoreConfiguration(databaseURL: url)
         configuration.poolSize = 8
+        configuration.readDatabaseURL = readDatabaseURL
         let store = EventStore(configuration)
         let accounts = CommandHandler<BankAccount>(store: store)
         var commands = CommandRegistry()

@@ -7,7 +7,7 @@ import Synchronization
 /// command, a projector or a subscription does.
 ///
 /// `minPosition` is the position the request must see (`atLeast`, `Eventline-Min-Position`).
-/// A read served by a replica raises it to that replica's head, so the later reads of the same
+/// A read at a position that a replica served raises it to that replica's head, so the later reads of the same
 /// request never see less than the first did, whichever node serves them.
 public final class ReadContext: Sendable {
     @TaskLocal public static var current: ReadContext?
@@ -43,10 +43,12 @@ public final class ReadContext: Sendable {
     }
 }
 
-/// Reads on standbys (`EVENTLINE_READ_DATABASE_URL`). A read runs in one snapshot (a
-/// read-only repeatable-read transaction) on a pooled standby connection; when the standby has
-/// not replayed what the read needs yet, it is tried again as replay moves on, up to
-/// `waitTimeout`, and then left to the primary. A standby that cannot be reached, or that
+/// Reads on standbys (`EVENTLINE_READ_DATABASE_URL`). A read runs on a pooled standby
+/// connection; when the standby has not replayed what the read needs yet, it is tried again as
+/// replay moves on, up to `waitTimeout`, and then left to the primary. No transaction is
+/// needed to read at a position: a standby replays commits in order and its snapshots only
+/// move forward, so a statement that follows one that saw position P on the same session sees
+/// everything up to P too. A standby that cannot be reached, or that
 /// cancels a read for a conflict with recovery, also leaves the read to the primary: a read is
 /// never failed for a replica's sake.
 public final class ReplicaReads: Sendable {
@@ -101,12 +103,7 @@ public final class ReplicaReads: Sendable {
         while true {
             let outcome: Attempt<T>
             do {
-                outcome = try await pool.withConnection { conn in
-                    try conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    let outcome = try attempt(conn)
-                    try conn.execute("COMMIT")
-                    return outcome
-                }
+                outcome = try await pool.withConnection(attempt)
             } catch let error as PostgresError where Self.leavesToPrimary(error) {
                 counters.withLock { $0.fallbacksUnavailable += 1 }
                 return nil

@@ -22,7 +22,11 @@ public func buildApplication(
     _ configuration: ServerConfiguration, store: EventStore, commands: CommandRegistry,
     readModels: ReadModelService? = nil, logger: Logger = Logger(label: "eventline.http")
 ) -> some ApplicationProtocol {
-    let readModels = readModels ?? ReadModelService(.init(databaseURL: store.configuration.databaseURL), logger: logger)
+    let readModels = readModels ?? {
+        var configuration = ReadModelService.Configuration(databaseURL: store.configuration.databaseURL)
+        configuration.readDatabaseURL = store.configuration.readDatabaseURL
+        return ReadModelService(configuration, logger: logger)
+    }()
     let metrics = ServerMetrics()
     let replication = ReplicationMonitor(
         databaseURL: store.configuration.databaseURL, readDatabaseURL: store.configuration.readDatabaseURL,

@@ -91,6 +91,10 @@ public final class EmbeddedPatroni: Sendable {
         guard let patroni = Executables.find("patroni", environment: baseEnvironment),
             let etcdBinary = Executables.find("etcd", environment: baseEnvironment)
         else { throw EmbeddedServerError(installHint) }
+        // Patroni's failover check uses a multiprocessing pool, whose locks are POSIX semaphores.
+        guard FileManager.default.fileExists(atPath: "/dev/shm") else {
+            throw EmbeddedServerError("Patroni needs /dev/shm (POSIX semaphores for its failover checks): mount a tmpfs there")
+        }
         let account = try UnprivilegedAccount.forCurrentProcess()
         let directory = try ServerFiles.makeTemporaryDirectory(prefix: "eventline-ha")
         var environment = ServerFiles.childEnvironment(baseEnvironment, home: account == nil ? nil : directory)

@@ -131,6 +131,10 @@ public final class EventStore: Sendable {
         writer.observeGroups(observer)
     }
 
+    /// The node the log writer writes to (`host:port`, nil before its first session) and the
+    /// failovers it has followed (reconnects that reached another node).
+    public var writerNode: (node: String?, failovers: Int) { writer.nodes.current }
+
     /// Read-pool use, for metrics.
     package var poolStatistics: PostgresConnectionPool.Statistics { pool.statistics }
 
@@ -148,8 +152,8 @@ public final class EventStore: Sendable {
                 guard head >= minimum else { return .behind }
                 return .served(try body(conn), head: head)
             }
-            if let (value, head) = served {
-                context.served(by: .replica, head: head)
+            if let (value, head, node) = served {
+                context.served(by: node, head: head)
                 return value
             }
             replicas.countPrimary()

@@ -162,6 +162,8 @@ final class LogWriter: Sendable {
     }
     private let maxBatchEvents: Int
     private let logger: Logger
+    /// The nodes the writer has written to: a new one after a reconnect is a failover.
+    let nodes: WriterNodes
 
     /// How long the writer waits for a silent server (more for large groups), or nil.
     private let answerTimeout: Duration?
@@ -173,7 +175,10 @@ final class LogWriter: Sendable {
         self.groupWindow = groupWindow
         self.resolutionWindow = resolutionWindow
         self.answerTimeout = answerTimeout
+        let nodes = WriterNodes(logger: logger)
+        self.nodes = nodes
         self.connection = DedicatedConnection(conninfo: conninfo, name: "eventline-log-writer", connectTimeout: connectTimeout) { conn in
+            nodes.connected(to: conn.node)
             // Named, so that operators can find the writer's session in pg_stat_activity.
             try conn.execute(unsafeSQL: "SET application_name = 'eventline-log-writer'")
             // The writer never idles inside a transaction; if its process hangs there, the server
@@ -966,5 +971,31 @@ final class LogWriter: Sendable {
         return .success([AppendResult(
             stream: stream, version: last.version, position: last.position, events: events, recordedAt: last.recordedAt,
             wasAlreadyAppended: true)])
+    }
+}
+
+/// The node (`host:port`) the log writer's session reached, and how many times it changed:
+/// with a multi-host URL, a reconnect that lands on another node follows a failover. Each is
+/// logged once, when the writer's first session on the new primary opens.
+final class WriterNodes: Sendable {
+    private let state = Mutex<(node: String?, failovers: Int)>((nil, 0))
+    private let logger: Logger
+
+    init(logger: Logger) {
+        self.logger = logger
+    }
+
+    var current: (node: String?, failovers: Int) { state.withLock { $0 } }
+
+    func connected(to node: String?) {
+        guard let node else { return }
+        let previous = state.withLock { state -> String? in
+            defer { state.node = node }
+            if let was = state.node, was != node { state.failovers += 1 }
+            return state.node
+        }
+        if let previous, previous != node {
+            logger.warning("failover: the log writer now writes to \(node) (was \(previous))", metadata: ["db.primary": "\(node)", "db.primary.previous": "\(previous)"])
+        }
     }
 }

@@ -95,15 +95,21 @@ public final class ReplicaReads: Sendable {
 
     /// Runs `attempt` on a standby until it is served or `waitTimeout` passes, and returns its
     /// value with the standby's head when the attempt gave it; nil leaves the read to the primary. Errors of the read itself (a deleted stream, a bad filter) are thrown.
+    ///
+    /// `node` says which served it: a read URL may reach a primary (one named by mistake, or a
+    /// standby promoted since), and the read is then the primary's, as the server reports it.
     public func read<T: Sendable>(
         _ attempt: @escaping @Sendable (PostgresConnection) throws -> Attempt<T>
-    ) async throws -> (value: T, head: Int?)? {
+    ) async throws -> (value: T, head: Int?, node: ReadContext.Node)? {
         let started = ContinuousClock.now
         var pause = Self.firstPause
         while true {
             let outcome: Attempt<T>
+            let node: ReadContext.Node
             do {
-                outcome = try await pool.withConnection(attempt)
+                (outcome, node) = try await pool.withConnection { conn in
+                    (try attempt(conn), conn.isHotStandby == false ? .primary : .replica)
+                }
             } catch let error as PostgresError where Self.leavesToPrimary(error) {
                 counters.withLock { $0.fallbacksUnavailable += 1 }
                 return nil
@@ -112,13 +118,13 @@ public final class ReplicaReads: Sendable {
             switch outcome {
             case .served(let value, let head):
                 counters.withLock { counters in
-                    counters.servedByReplica += 1
+                    if node == .replica { counters.servedByReplica += 1 } else { counters.servedByPrimary += 1 }
                     if pause > Self.firstPause {
                         counters.waits += 1
                         counters.waitSeconds += waited.secondsValue
                     }
                 }
-                return (value, head)
+                return (value, head, node)
             case .behind:
                 let left = waitTimeout - waited
                 guard left > .zero else {

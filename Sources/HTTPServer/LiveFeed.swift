@@ -305,8 +305,11 @@ final class LiveFeed: Service, Sendable {
                     // Behind the tail (or no tail yet): the table.
                     do {
                         // Catching up may read a standby: it reads a dense prefix of the log,
-                        // so one that lags only delays the page, never skips an event.
-                        page = try await ReadContext.$current.withValue(ReadContext()) {
+                        // so one that lags only delays the page, never skips an event. When the
+                        // tail shows events past the client, the page must hold the next one: a
+                        // standby behind that waits for replay or leaves the page to the primary.
+                        let known = self.tail.withLock { $0?.end ?? 0 }
+                        page = try await ReadContext.$current.withValue(ReadContext(minPosition: known > position ? position + 1 : nil)) {
                             try await store.readAll(after: position, limit: pageSize, filter: filter, maxBytes: pageBytes)
                         }
                     } catch let error as EventStoreError where error.code == .shutdown {

@@ -166,8 +166,8 @@ public final class ReadModelService: Service, Sendable {
                     if let atLeast, checkpoint(value) < atLeast { return .behind }
                     return .served(value, head: nil)
                 }
-                if let (value, _) = served {
-                    context.served(by: .replica)
+                if let (value, _, node) = served {
+                    context.served(by: node)
                     return value
                 }
                 replicas.countPrimary()

@@ -9,8 +9,8 @@ import Synchronization
 /// node it writes to, whether synchronous replication is configured and in force, and how far
 /// each read node (each host of `EVENTLINE_READ_DATABASE_URL`) is behind, in positions and in
 /// seconds. Read every `interval` on connections of its own (one to the primary, one per read
-/// node), and on demand when older than that. A change of the write node is a failover: it is
-/// logged once and counted.
+/// node), and on demand when older than that. (Failovers are the log writer's to count and log:
+/// `EventStore.writerNode`.)
 public final class ReplicationMonitor: Service, Sendable {
     /// A standby as the primary sees it (`pg_stat_replication`).
     public struct Standby: Sendable {
@@ -63,7 +63,7 @@ public final class ReplicationMonitor: Service, Sendable {
     private let readNodes: [(node: String, connection: DedicatedConnection)]
     private let interval: Duration
     private let logger: Logger
-    private let state = Mutex<(snapshot: Snapshot?, failovers: Int)>((nil, 0))
+    private let state = Mutex<Snapshot?>(nil)
 
     public init(
         databaseURL: String, readDatabaseURL: String?, interval: Duration = .seconds(1), connectTimeout: Duration = .milliseconds(1500),
@@ -82,12 +82,9 @@ public final class ReplicationMonitor: Service, Sendable {
         self.logger = logger
     }
 
-    /// Failovers seen since the start (changes of the write node).
-    public var failovers: Int { state.withLock { $0.failovers } }
-
     /// The last snapshot if it is younger than `maxAge`, else a new one.
     public func snapshot(maxAge: Duration) async -> Snapshot {
-        if let last = state.withLock({ $0.snapshot }), ContinuousClock.now - last.takenAt < maxAge { return last }
+        if let last = state.withLock({ $0 }), ContinuousClock.now - last.takenAt < maxAge { return last }
         return await refresh()
     }
 
@@ -135,8 +132,8 @@ public final class ReplicationMonitor: Service, Sendable {
             snapshot.readNodes.append(await read(node: node, connection, primaryHead: snapshot.head))
         }
         let previous = state.withLock { state -> Snapshot? in
-            defer { state.snapshot = snapshot }
-            return state.snapshot
+            defer { state = snapshot }
+            return state
         }
         for node in snapshot.readNodes where node.standby == false {
             // Documented behaviour: reads are served there, but they do not offload the primary.
@@ -144,10 +141,6 @@ public final class ReplicationMonitor: Service, Sendable {
                 logger.warning(
                     "a read node is not a standby: reads it serves take nothing off the primary", metadata: ["db.read_node": "\(node.node)"])
             }
-        }
-        if let was = previous?.writeNode, let now = snapshot.writeNode, was != now {
-            state.withLock { $0.failovers += 1 }
-            logger.warning("failover: the primary is now \(now) (was \(was))", metadata: ["db.primary": "\(now)", "db.primary.previous": "\(was)"])
         }
         return snapshot
     }

@@ -42,7 +42,7 @@ struct Routes: Sendable {
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render(
                     store: store, liveClients: live.clients, groups: groups,
-                    replication: replicationState, failovers: replication.failovers, replicaReads: reads))))
+                    replication: replicationState, failovers: store.writerNode.failovers, replicaReads: reads))))
         }
         router.get("/openapi.yaml") { _, _ in
             // The document this binary was built with: it describes exactly the routes above.

@@ -117,6 +117,13 @@ public final class PostgresConnection {
         return "\(String(cString: host)):\(String(cString: port))"
     }
 
+    /// Whether the server is a hot standby, as it reports itself at connect and on every
+    /// change (`in_hot_standby`, PostgreSQL 14 and later: no round trip); nil when it does not say.
+    public var isHotStandby: Bool? {
+        guard let handle, let value = PQparameterStatus(handle, "in_hot_standby") else { return nil }
+        return String(cString: value) == "on"
+    }
+
     /// The socket descriptor, for polling.
     public var socket: Int32 {
         guard let handle else { return -1 }

@@ -100,6 +100,17 @@ struct FailoverTests {
         load.stop()
         await clients.value
 
+        // Each server's log writer followed the primary, and says so once per failover.
+        var followed: [Int] = []
+        for (port, server) in zip(ports, servers) {
+            let metrics = try await LoopbackHTTP.request(port: port, "/metrics")
+            let line = metrics.body.split(separator: "\n").first { $0.hasPrefix("eventline_db_failovers ") }
+            let count = line.flatMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) } ?? -1
+            let logged = server.output.components(separatedBy: "failover: the log writer now writes to").count - 1
+            #expect(count >= 1 && count == logged, "server on \(port): metric \(count), log lines \(logged)")
+            followed.append(count)
+        }
+
         let (events, head) = try await KeyedLoad.log(url: url)
         #expect(events.count == head && events.enumerated().allSatisfy { $0.offset + 1 == $0.element.position }, "the log is not dense")
         let verdict = try load.verify(events)
@@ -136,6 +147,7 @@ struct FailoverTests {
               \(kills.joined(separator: "\n  "))
             \(load.figures())
               lost: \(verdict.lost.count); committed by an earlier attempt and answered to a retry from the log: \(verdict.resolvedFromEarlier)
+              failovers followed by each server's log writer: \(followed)
               log: \(head) events, dense; projection at the head, balances exact; consumer group: \(consumed.positions.count) positions acknowledged, \(consumed.redeliveries) redelivered
             """)
     }

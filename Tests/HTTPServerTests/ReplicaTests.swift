@@ -178,6 +178,22 @@ struct ReplicaTests {
         }
     }
 
+    @Test("a read URL that reaches a primary (documented behaviour): reads are served, and say they were the primary's; /health/ready shows the read node's role")
+    func readURLOnPrimary() async throws {
+        let test = try await TestStore.make("replicaonprimary") { $0.readDatabaseURL = $0.databaseURL }
+        var server = TestServer(test: test)
+        server.configuration.port = 0
+        server.readDatabaseURL = test.url
+        try await server.run { client in
+            let opened = try await client.command("x1", "OpenAccount", #"{"owner":"Ada","currency":"EUR"}"#)
+            let read = try await client.send(.get, "/v1/streams/account-x1?atLeast=\(client.position(of: opened))")
+            #expect(read.status == .ok && read.headers[HTTPField.Name("Eventline-Served-By")!] == "primary", "\(read.headers) \(read.text)")
+            let ready = try await client.send(.get, "/health/ready")
+            let nodes = ready.json["readNodes"] as? [[String: Any]] ?? []
+            #expect(nodes.count == 1 && nodes.first?["role"] as? String == "primary", "\(ready.text)")
+        }
+    }
+
     @Test("/health/ready names the node written to and the synchronous standby in force; with synchronous replication required, a primary without it is 503")
     func synchronousReplication() async throws {
         let cluster = try await ReplicatedCluster.start("replicasync")

@@ -236,71 +236,66 @@ public final class EmbeddedPostgres: Sendable {
     }
 
     private static func startStandbyBlocking(of primary: EmbeddedPostgres, name: String, _ options: Options) throws -> EmbeddedPostgres {
-        let deadline = ContinuousClock.now + options.startTimeout
-        let baseEnvironment = ProcessInfo.processInfo.environment
-        let binaries = try PostgresBinaries.locate(environment: baseEnvironment)
-        let account = try UnprivilegedAccount.forCurrentProcess()
-        let directory = try ServerFiles.makeTemporaryDirectory(prefix: "eventline-pg-standby")
-        let environment = ServerFiles.childEnvironment(baseEnvironment, home: account == nil ? nil : directory)
-        let watchdog: Watchdog
-        do {
-            watchdog = try Watchdog.start(directory: directory, signal: "INT", environment: environment)
-        } catch {
-            ServerFiles.remove(directory)
-            throw error
+        try prepared(prefix: "eventline-pg-standby", timeout: options.startTimeout) { setup in
+            // -R writes standby.signal and primary_conninfo; the WAL the backup needs is streamed along.
+            try setup.run("pg_basebackup", [
+                setup.binaries.directory + "/pg_basebackup", "-D", setup.dataDirectory, "-h", primary.host, "-p", String(primary.port),
+                "-U", primary.superuser, "-X", "stream", "-R", "--checkpoint=fast", "--no-sync",
+            ])
+            var standbyOptions = options
+            standbyOptions.settings = [
+                // Named on the primary by this name (pg_stat_replication.application_name).
+                "primary_conninfo": "host=\(primary.host) port=\(primary.port) user=\(primary.superuser) application_name=\(name)",
+                "cluster_name": name,
+                "hot_standby": "on",
+                // Queries here hold back the primary's vacuum rather than being cancelled by it.
+                "hot_standby_feedback": "on",
+                "max_connections": primary.maxConnections,
+            ].merging(options.settings) { _, override in override }
+            return try launch(standbyOptions, setup)
         }
-        var started = false
-        defer {
-            if !started {
-                watchdog.cancel()
-                ServerFiles.remove(directory)
-            }
-        }
-        if let account { try account.take(directory) }
-        let dataDirectory = directory + "/data"
-        let backupLog = directory + "/basebackup.log"
-        // -R writes standby.signal and primary_conninfo; the WAL the backup needs is streamed along.
-        let backupCommand = [
-            binaries.directory + "/pg_basebackup", "-D", dataDirectory, "-h", primary.host, "-p", String(primary.port),
-            "-U", primary.superuser, "-X", "stream", "-R", "--checkpoint=fast", "--no-sync",
-        ]
-        let backup = try account?.wrap(backupCommand, environment: environment) ?? backupCommand
-        let backupPID = try ChildProcess.spawn(
-            backup[0], Array(backup.dropFirst()), environment: environment, workingDirectory: directory, outputPath: backupLog)
-        try Watchdog.recordChild(backupPID, in: directory)
-        guard let backupExit = ChildProcess.wait(backupPID, timeout: max(deadline - ContinuousClock.now, .zero)) else {
-            ChildProcess.terminate(backupPID, signal: SIGKILL, grace: .seconds(5))
-            throw EmbeddedServerError("pg_basebackup did not finish in time; output tail:\n\(ServerFiles.tail(backupLog))")
-        }
-        guard backupExit == .exited(0) else {
-            throw EmbeddedServerError("pg_basebackup failed (\(backupExit)); output tail:\n\(ServerFiles.tail(backupLog))")
-        }
-        var standbyOptions = options
-        standbyOptions.settings = [
-            // Named on the primary by this name (pg_stat_replication.application_name).
-            "primary_conninfo": "host=\(primary.host) port=\(primary.port) user=\(primary.superuser) application_name=\(name)",
-            "cluster_name": name,
-            "hot_standby": "on",
-            // Queries here hold back the primary's vacuum rather than being cancelled by it.
-            "hot_standby_feedback": "on",
-            "max_connections": primary.maxConnections,
-        ].merging(options.settings) { _, override in override }
-        let server = try launch(
-            standbyOptions, binaries: binaries, account: account, directory: directory, dataDirectory: dataDirectory,
-            environment: environment, watchdog: watchdog, deadline: deadline)
-        started = true
-        return server
     }
 
     // MARK: - Starting
 
-    private static func startBlocking(_ options: Options) throws -> EmbeddedPostgres {
-        let deadline = ContinuousClock.now + options.startTimeout
+    /// What starting a server needs: a private directory (handed to the server's account when
+    /// we are root), its watchdog, the binaries and the environment.
+    private struct Setup {
+        let deadline: ContinuousClock.Instant
+        let binaries: PostgresBinaries
+        let account: UnprivilegedAccount?
+        let directory: String
+        let environment: [String: String]
+        let watchdog: Watchdog
+        var dataDirectory: String { directory + "/data" }
+
+        /// Runs a one-shot tool (initdb, pg_basebackup) as the server's account until it
+        /// exits; throws with the tail of its output when it fails or outlives the deadline.
+        func run(_ name: String, _ command: [String]) throws {
+            let log = directory + "/\(name).log"
+            let wrapped = try account?.wrap(command, environment: environment) ?? command
+            let pid = try ChildProcess.spawn(
+                wrapped[0], Array(wrapped.dropFirst()), environment: environment, workingDirectory: directory, outputPath: log)
+            try Watchdog.recordChild(pid, in: directory)
+            guard let exit = ChildProcess.wait(pid, timeout: max(deadline - ContinuousClock.now, .zero)) else {
+                ChildProcess.terminate(pid, signal: SIGKILL, grace: .seconds(5))
+                throw EmbeddedServerError("\(name) did not finish in time; output tail:\n\(ServerFiles.tail(log))")
+            }
+            guard exit == .exited(0) else {
+                throw EmbeddedServerError("\(name) failed (\(exit)); output tail:\n\(ServerFiles.tail(log))")
+            }
+        }
+    }
+
+    /// Runs `body` with a fresh `Setup`; its directory and watchdog go unless `body` returns a server.
+    private static func prepared(
+        prefix: String, timeout: Duration, _ body: (Setup) throws -> EmbeddedPostgres
+    ) throws -> EmbeddedPostgres {
+        let deadline = ContinuousClock.now + timeout
         let baseEnvironment = ProcessInfo.processInfo.environment
         let binaries = try PostgresBinaries.locate(environment: baseEnvironment)
         let account = try UnprivilegedAccount.forCurrentProcess()
-
-        let directory = try ServerFiles.makeTemporaryDirectory(prefix: "eventline-pg")
+        let directory = try ServerFiles.makeTemporaryDirectory(prefix: prefix)
         let environment = ServerFiles.childEnvironment(baseEnvironment, home: account == nil ? nil : directory)
         let watchdog: Watchdog
         do {
@@ -317,44 +312,26 @@ public final class EmbeddedPostgres: Sendable {
             }
         }
         if let account { try account.take(directory) }
-
-        let dataDirectory = directory + "/data"
-        let initdbLog = directory + "/initdb.log"
-        let initdbCommand = [
-            binaries.initdb, "-D", dataDirectory, "-U", options.superuser, "--auth=trust",
-            "--encoding=UTF8", "--locale=C", "--no-sync",
-        ]
-        let initdb = try account?.wrap(initdbCommand, environment: environment) ?? initdbCommand
-        let initdbPID = try ChildProcess.spawn(
-            initdb[0], Array(initdb.dropFirst()), environment: environment,
-            workingDirectory: directory, outputPath: initdbLog
-        )
-        try Watchdog.recordChild(initdbPID, in: directory)
-        let remaining = deadline - ContinuousClock.now
-        guard let initdbExit = ChildProcess.wait(initdbPID, timeout: max(remaining, .zero)) else {
-            ChildProcess.terminate(initdbPID, signal: SIGKILL, grace: .seconds(5))
-            throw EmbeddedServerError(
-                "initdb did not finish within \(formatted(options.startTimeout)); output tail:\n\(ServerFiles.tail(initdbLog))"
-            )
-        }
-        guard initdbExit == .exited(0) else {
-            throw EmbeddedServerError(
-                "initdb failed (\(initdbExit)); output tail:\n\(ServerFiles.tail(initdbLog))"
-            )
-        }
-
-        let server = try launch(
-            options, binaries: binaries, account: account, directory: directory, dataDirectory: dataDirectory,
-            environment: environment, watchdog: watchdog, deadline: deadline)
+        let server = try body(Setup(
+            deadline: deadline, binaries: binaries, account: account, directory: directory, environment: environment, watchdog: watchdog))
         started = true
         return server
     }
 
+    private static func startBlocking(_ options: Options) throws -> EmbeddedPostgres {
+        try prepared(prefix: "eventline-pg", timeout: options.startTimeout) { setup in
+            try setup.run("initdb", [
+                setup.binaries.initdb, "-D", setup.dataDirectory, "-U", options.superuser, "--auth=trust",
+                "--encoding=UTF8", "--locale=C", "--no-sync",
+            ])
+            return try launch(options, setup)
+        }
+    }
+
     /// Starts `postgres` on an initialised (or backed-up) data directory, on a free port.
-    private static func launch(
-        _ options: Options, binaries: PostgresBinaries, account: UnprivilegedAccount?, directory: String, dataDirectory: String,
-        environment: [String: String], watchdog: Watchdog, deadline: ContinuousClock.Instant
-    ) throws -> EmbeddedPostgres {
+    private static func launch(_ options: Options, _ setup: Setup) throws -> EmbeddedPostgres {
+        let (binaries, account, directory, dataDirectory) = (setup.binaries, setup.account, setup.directory, setup.dataDirectory)
+        let (environment, watchdog, deadline) = (setup.environment, setup.watchdog, setup.deadline)
         var settings = defaultSettings.merging(options.settings) { _, override in override }
         settings["listen_addresses"] = "127.0.0.1"
         settings["unix_socket_directories"] = directory

@@ -97,11 +97,7 @@ public final class EventStore: Sendable {
         poolConfiguration.connectTimeout = configuration.connectTimeout
         self.pool = PostgresConnectionPool(poolConfiguration)
         self.replicas = configuration.readDatabaseURL.map { url in
-            var replicaConfiguration = poolConfiguration
-            replicaConfiguration.conninfo = url
-            replicaConfiguration.spreadOverHosts = true
-            replicaConfiguration.name = "eventline-replica"
-            return ReplicaReads(pool: PostgresConnectionPool(replicaConfiguration), waitTimeout: configuration.readWaitTimeout)
+            ReplicaReads(url: url, like: poolConfiguration, name: "eventline-replica", waitTimeout: configuration.readWaitTimeout)
         }
         self.writer = LogWriter(
             conninfo: configuration.databaseURL, maxBatchEvents: configuration.maxBatchEvents,

@@ -86,6 +86,16 @@ public final class ReplicaReads: Sendable {
         self.waitTimeout = waitTimeout
     }
 
+    /// Reads on the standbys of `url`, with the settings of the primary's pool (`like`: its
+    /// timeouts and session settings), under another `name`, spread over the hosts.
+    public convenience init(url: String, like primary: PostgresConnectionPool.Configuration, name: String, waitTimeout: Duration) {
+        var configuration = primary
+        configuration.conninfo = url
+        configuration.name = name
+        configuration.spreadOverHosts = true
+        self.init(pool: PostgresConnectionPool(configuration), waitTimeout: waitTimeout)
+    }
+
     public var statistics: Statistics { counters.withLock { $0 } }
 
     /// Counts a read the primary served (no replica, or one left to it).

@@ -69,11 +69,7 @@ public final class ReadModelService: Service, Sendable {
         poolConfiguration.sessionSettings = ["TimeZone": "UTC", "jit": "off"]
         self.pool = PostgresConnectionPool(poolConfiguration)
         self.replicas = configuration.readDatabaseURL.map { url in
-            var replicaConfiguration = poolConfiguration
-            replicaConfiguration.conninfo = url
-            replicaConfiguration.spreadOverHosts = true
-            replicaConfiguration.name = "eventline-replica-read-models"
-            return ReplicaReads(pool: PostgresConnectionPool(replicaConfiguration), waitTimeout: configuration.waitTimeout)
+            ReplicaReads(url: url, like: poolConfiguration, name: "eventline-replica-read-models", waitTimeout: configuration.waitTimeout)
         }
         self.cache = cache
         self.logger = logger

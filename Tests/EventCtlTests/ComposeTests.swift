@@ -37,6 +37,30 @@ struct ComposeTests {
         return services
     }
 
+    /// Runs the file's migrate service to its end, then every other service (each replica) as
+    /// a background process with `local`'s environment, killed by `running` when the test ends.
+    static func startServices(
+        _ services: [Service], local: ([String: String]) throws -> [String: String], running: ProcessList
+    ) async throws -> [(service: String, process: BackgroundProcess, ports: [String: Int])] {
+        let eventctl = try Repository.eventctl
+        for service in services {
+            #expect(EnvironmentCheck.unknown(service.environment).isEmpty, "\(service.name): \(EnvironmentCheck.unknown(service.environment))")
+        }
+        let migrate = try #require(services.first { $0.name == "migrate" })
+        let migrated = try await runProgram(eventctl, migrate.command, environment: try local(migrate.environment))
+        #expect(migrated.status == 0, "\(migrated.stderr)")
+        var started: [(service: String, process: BackgroundProcess, ports: [String: Int])] = []
+        for service in services where service.name != "migrate" {
+            for _ in 0..<service.replicas {
+                let (command, ports) = try Self.localCommand(service.command)
+                let process = try BackgroundProcess(eventctl, command, environment: try local(service.environment), replaceEnvironment: true)
+                running.append(process.process)
+                started.append((service.name, process, ports))
+            }
+        }
+        return started
+    }
+
     /// `command` with every `--port`/`--metrics-port` value replaced by a free local port (in
     /// compose each container has its own network), and the ports chosen.
     static func localCommand(_ command: [String]) throws -> (command: [String], ports: [String: Int]) {
@@ -57,7 +81,6 @@ struct ComposeTests {
         #expect(services.first { $0.name == "projector" }?.replicas == 2)
         let database = try await TestDatabase.create("compose")
         let redis = try await EmbeddedRedis.testServerURL()
-        let eventctl = try Repository.eventctl
         // The image's paths and the containers' host names, as this machine has them.
         func local(_ environment: [String: String]) -> [String: String] {
             var environment = environment
@@ -73,24 +96,10 @@ struct ComposeTests {
         }
         for service in services {
             #expect(service.environment["EVENTLINE_PROJECTIONS_DIR"] == "/etc/eventline/projections", "\(service.name)")
-            #expect(EnvironmentCheck.unknown(service.environment).isEmpty, "\(service.name): \(EnvironmentCheck.unknown(service.environment))")
         }
-
-        let migrate = try #require(services.first { $0.name == "migrate" })
-        let migrated = try await runProgram(eventctl, migrate.command, environment: local(migrate.environment))
-        #expect(migrated.status == 0, "\(migrated.stderr)")
-
         let running = ProcessList()
         defer { running.killAll() }
-        var started: [(service: String, process: BackgroundProcess, ports: [String: Int])] = []
-        for service in services where service.name != "migrate" {
-            for _ in 0..<service.replicas {
-                let (command, ports) = try Self.localCommand(service.command)
-                let process = try BackgroundProcess(eventctl, command, environment: local(service.environment), replaceEnvironment: true)
-                running.append(process.process)
-                started.append((service.name, process, ports))
-            }
-        }
+        let started = try await Self.startServices(services, local: local, running: running)
         // Each is up: the server ready, the others' health endpoints live.
         for (name, process, ports) in started {
             let (port, path) = name == "server" ? (ports["--port"]!, "/health/ready") : (ports["--metrics-port"]!, "/health/live")
@@ -197,24 +206,9 @@ struct ComposeTests {
             environment.merge(tolerantDatabaseTimeouts) { $1 }
             return environment
         }
-        for service in services {
-            #expect(EnvironmentCheck.unknown(service.environment).isEmpty, "\(service.name): \(EnvironmentCheck.unknown(service.environment))")
-        }
-        let eventctl = try Repository.eventctl
-        let migrate = try #require(services.first { $0.name == "migrate" })
-        let migrated = try await runProgram(eventctl, migrate.command, environment: try local(migrate.environment))
-        #expect(migrated.status == 0, "\(migrated.stderr)")
         let running = ProcessList()
         defer { running.killAll() }
-        var started: [(service: String, process: BackgroundProcess, ports: [String: Int])] = []
-        for service in services where service.name != "migrate" {
-            for _ in 0..<service.replicas {
-                let (command, ports) = try Self.localCommand(service.command)
-                let process = try BackgroundProcess(eventctl, command, environment: try local(service.environment), replaceEnvironment: true)
-                running.append(process.process)
-                started.append((service.name, process, ports))
-            }
-        }
+        let started = try await Self.startServices(services, local: local, running: running)
         let server = try #require(started.first { $0.service == "server" })
         let port = try #require(server.ports["--port"])
         try await eventually(timeout: .seconds(60), "the server is ready") {

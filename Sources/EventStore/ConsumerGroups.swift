@@ -25,22 +25,27 @@ public struct ConsumerGroupSettings: Sendable, Hashable {
     /// How long a consumer has to acknowledge a delivery before it is delivered again.
     public var ackTimeout: Duration
     public var webhook: ConsumerGroupWebhook?
+    /// The most deliveries one consumer may hold unacknowledged (nil: no bound): its fetches
+    /// get only what fits, so a consumer that never acks cannot hold every stream's head.
+    public var maxInFlightPerConsumer: Int?
 
     public init(
         filter: EventFilter = .all, startAfter: Int = 0, maxDeliveries: Int = 5, ackTimeout: Duration = .seconds(30),
-        webhook: ConsumerGroupWebhook? = nil
+        webhook: ConsumerGroupWebhook? = nil, maxInFlightPerConsumer: Int? = nil
     ) {
         self.filter = filter
         self.startAfter = startAfter
         self.maxDeliveries = maxDeliveries
         self.ackTimeout = ackTimeout
         self.webhook = webhook
+        self.maxInFlightPerConsumer = maxInFlightPerConsumer
     }
 
     public static let maxDeliveriesRange = 1...100
     /// In seconds.
     public static let ackTimeoutRange = 1...3600
     public static let batchSizeRange = 1...1000
+    public static let maxInFlightRange = 1...10_000
 
     /// Why these settings cannot be stored, or nil.
     public func problem() -> (field: String, message: String)? {
@@ -50,6 +55,9 @@ public struct ConsumerGroupSettings: Sendable, Hashable {
             }
         }
         if startAfter < 0 { return ("startAfter", "startAfter must be a position of 0 or more") }
+        if let limit = maxInFlightPerConsumer, !Self.maxInFlightRange.contains(limit) {
+            return ("maxInFlightPerConsumer", "maxInFlightPerConsumer must be an integer from 1 to 10000, or absent for no bound")
+        }
         if !Self.maxDeliveriesRange.contains(maxDeliveries) {
             return ("maxDeliveries", "maxDeliveries must be an integer from 1 to 100")
         }
@@ -92,8 +100,8 @@ public struct ConsumerGroupStatus: Sendable {
     /// Events handed to a consumer, not acknowledged yet and within their ack deadline.
     public var inFlight: Int
     /// Events waiting for delivery: scanned and not handed out yet, or handed out and past
-    /// their deadline (the next fetch delivers them again or parks them). Events the group
-    /// has not scanned yet are not counted.
+    /// their deadline (a status read returns or parks those first). Events the group has not
+    /// scanned yet are not counted.
     public var waiting: Int
     public var parked: Int
     /// Deliveries after the first, ever.
@@ -178,7 +186,8 @@ public struct ConsumerGroupStartFixed: Error, Sendable, CustomStringConvertible 
 /// Consumer groups: state in PostgreSQL (migration 0009), served by any process.
 ///
 /// A fetch runs in one transaction under a lock on the group's row: it returns timed-out
-/// deliveries to the queue (or parks them), scans the log past the group's `scanned` position
+/// deliveries to the queue (or parks them; servers also sweep every group each second, and
+/// status reads do it first), scans the log past the group's `scanned` position
 /// into queued rows (a bounded window), then hands out the earliest queued events whose
 /// stream has nothing earlier outstanding, so a stream's events are delivered one at a time and
 /// in order. An acknowledgement deletes the delivery's row; the checkpoint is the position
@@ -220,6 +229,7 @@ extension EventStore {
                         try conn.execute("""
                             UPDATE eventline.consumer_groups SET categories = \(settings.filter.categories), types = \(types),
                                 max_deliveries = \(settings.maxDeliveries), ack_timeout_ms = \(timeout),
+                                max_in_flight_per_consumer = \(settings.maxInFlightPerConsumer),
                                 webhook_url = \(webhook?.url), webhook_secret = \(webhook?.secret), webhook_batch_size = \(webhook?.batchSize),
                                 updated_at = now()
                             WHERE name = \(name)
@@ -228,9 +238,10 @@ extension EventStore {
                     }
                     try conn.execute("""
                         INSERT INTO eventline.consumer_groups
-                            (name, categories, types, start_after, max_deliveries, ack_timeout_ms, webhook_url, webhook_secret, webhook_batch_size, scanned)
+                            (name, categories, types, start_after, max_deliveries, ack_timeout_ms, webhook_url, webhook_secret, webhook_batch_size,
+                             scanned, max_in_flight_per_consumer)
                         VALUES (\(name), \(settings.filter.categories), \(types), \(settings.startAfter), \(settings.maxDeliveries), \(timeout),
-                                \(webhook?.url), \(webhook?.secret), \(webhook?.batchSize), \(settings.startAfter))
+                                \(webhook?.url), \(webhook?.secret), \(webhook?.batchSize), \(settings.startAfter), \(settings.maxInFlightPerConsumer))
                         """)
                     return true
                 }
@@ -284,11 +295,13 @@ extension EventStore {
         let upcasters = configuration.upcasters
         return try await translatingErrors {
             try await pool.withConnection { conn in
+                // Overdue deliveries are returned or parked first: the figures are true without a fetch.
+                _ = try conn.query("SELECT eventline.consumer_groups_sweep(\(only))")
                 let head = try conn.query("SELECT position FROM eventline.log_head").first?.decode(0, as: Int.self) ?? 0
                 let groups = try conn.query("""
                     SELECT g.name, to_json(g.categories)::text, to_json(g.types)::text, g.start_after, g.max_deliveries, g.ack_timeout_ms,
                            g.webhook_url, g.webhook_secret, g.webhook_batch_size, g.scanned, g.redeliveries, g.created_at,
-                           m.earliest, m.delivered, m.ready, m.parked
+                           m.earliest, m.delivered, m.ready, m.parked, g.max_in_flight_per_consumer
                     FROM eventline.consumer_groups g
                     -- One pass over each group's rows for all four figures.
                     CROSS JOIN LATERAL (
@@ -326,7 +339,8 @@ extension EventStore {
                     let types = try names(2).map { $0.map(upcasters.currentName(of:)).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } } }
                     let settings = ConsumerGroupSettings(
                         filter: EventFilter(categories: try names(1), types: types), startAfter: try row.decode(3),
-                        maxDeliveries: try row.decode(4), ackTimeout: .milliseconds(try row.decode(5, as: Int.self)), webhook: webhook)
+                        maxDeliveries: try row.decode(4), ackTimeout: .milliseconds(try row.decode(5, as: Int.self)), webhook: webhook,
+                        maxInFlightPerConsumer: try row.decode(16, as: Int?.self))
                     let scanned: Int = try row.decode(9)
                     let earliest = try row.decode(12, as: Int?.self)
                     return ConsumerGroupStatus(
@@ -354,7 +368,7 @@ extension EventStore {
             try await pool.withConnection { conn -> [ConsumerGroupMessage]? in
                 let handed = try conn.transaction { conn -> [(position: Int, attempt: Int, id: UUID)]? in
                     guard let group = try conn.query("""
-                        SELECT scanned, max_deliveries, ack_timeout_ms, webhook_url IS NOT NULL
+                        SELECT scanned, max_deliveries, ack_timeout_ms, webhook_url IS NOT NULL, max_in_flight_per_consumer
                         FROM eventline.consumer_groups WHERE name = \(name) FOR UPDATE
                         """).first
                     else { return nil }
@@ -362,21 +376,11 @@ extension EventStore {
                         throw ConsumerGroupDeliveredByWebhook(group: name, hasWebhook: !byWebhook)
                     }
                     let scanned: Int = try group.decode(0)
-                    let maxDeliveries: Int = try group.decode(1)
                     let timeout: Int = try group.decode(2)
+                    let inFlightLimit = try group.decode(4, as: Int?.self)
                     // Deliveries whose ack deadline passed wait again, or are parked (and the
                     // next event of their stream is readied).
-                    let expired = try conn.query("""
-                        UPDATE eventline.consumer_group_messages
-                        SET state = CASE WHEN attempt >= \(maxDeliveries) THEN 'parked' ELSE 'ready' END,
-                            parked_at = CASE WHEN attempt >= \(maxDeliveries) THEN now() END,
-                            last_error = 'not acknowledged in time', delivery_id = NULL, consumer = NULL, due_at = now()
-                        WHERE group_name = \(name) AND state = 'delivered' AND due_at <= now()
-                        RETURNING stream
-                        """).rows.map { try $0.decode(0, as: String.self) }
-                    if !expired.isEmpty {
-                        try conn.execute("SELECT eventline.consumer_group_reorder(\(name), \(Array(Set(expired)).sorted()))")
-                    }
+                    _ = try conn.query("SELECT eventline.consumer_group_expire(\(name))")
                     // The log past `scanned`, into the queue, while the queue is short.
                     let queued = try conn.query("""
                         SELECT count(*) FROM (SELECT 1 FROM eventline.consumer_group_messages
@@ -413,9 +417,18 @@ extension EventStore {
                             try conn.execute("UPDATE eventline.consumer_groups SET scanned = \(upTo) WHERE name = \(name)")
                         }
                     }
+                    // A consumer bounded in flight gets what fits under its bound.
+                    var room = max
+                    if let inFlightLimit {
+                        let held = try conn.query("""
+                            SELECT count(*) FROM eventline.consumer_group_messages
+                            WHERE group_name = \(name) AND state = 'delivered' AND consumer = \(consumer)
+                            """).first?.decode(0, as: Int.self) ?? 0
+                        room = Swift.min(max, inFlightLimit - held)
+                    }
                     // The earliest ready events: each the first outstanding one of its stream
                     // (its later ones are blocked), so this reads about what it hands out.
-                    let ready = try conn.query(Self.readyPositions(group: name, max: max)).rows.map { try $0.decode(0, as: Int.self) }
+                    let ready = room <= 0 ? [] : try conn.query(Self.readyPositions(group: name, max: room)).rows.map { try $0.decode(0, as: Int.self) }
                     var handed: [(position: Int, attempt: Int, id: UUID)] = []
                     if !ready.isEmpty {
                         let rows = try conn.query(Self.handOut(group: name, positions: ready, consumer: consumer, ackTimeoutMilliseconds: timeout))
@@ -516,6 +529,8 @@ extension EventStore {
         return try await translatingErrors {
             try await pool.withConnection { conn -> [ParkedMessage]? in
                 guard try conn.query("SELECT 1 FROM eventline.consumer_groups WHERE name = \(name)").first != nil else { return nil }
+                // An event past its last attempt whose deadline passed is parked now, not at the next fetch.
+                _ = try conn.query("SELECT eventline.consumer_groups_sweep(\(name))")
                 let parked = try conn.query("""
                     SELECT position, attempt, parked_at, last_error FROM eventline.consumer_group_messages
                     WHERE group_name = \(name) AND state = 'parked' AND position > \(after)
@@ -529,6 +544,17 @@ extension EventStore {
                     SELECT \(unsafeSQL: Self.eventColumns) FROM eventline.events WHERE position = ANY(\(parked.map(\.position))) ORDER BY position
                     """), on: conn)
                 return zip(parked, events).map { ParkedMessage(attempt: $0.attempt, parkedAt: $0.parkedAt, lastError: $0.error, event: $1) }
+            }
+        }
+    }
+
+    /// Returns every group's overdue deliveries to the queue, or parks them after their last
+    /// attempt (groups a fetch holds are left to it); returns how many. Servers run it every
+    /// second, so parked events and metrics are true whether or not anyone fetches.
+    public func sweepConsumerGroups() async throws -> Int {
+        try await translatingErrors {
+            try await pool.withConnection { conn in
+                try conn.query("SELECT eventline.consumer_groups_sweep()").first?.decode(0, as: Int.self) ?? 0
             }
         }
     }

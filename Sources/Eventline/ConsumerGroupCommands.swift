@@ -49,6 +49,7 @@ struct ConsumerGroups: AsyncParsableCommand {
                 print("start after:    \(settings.startAfter)")
                 print("max deliveries: \(settings.maxDeliveries)")
                 print("ack timeout:    \(settings.ackTimeout.components.seconds) s")
+                print("in flight max:  \(settings.maxInFlightPerConsumer.map { "\($0) per consumer" } ?? "no bound")")
                 print("webhook:        \(settings.webhook.map { "\($0.url) (batches of \($0.batchSize))" } ?? "none")")
                 print("checkpoint:     \(group.checkpoint) (head \(group.head), lag \(group.lag))")
                 print("in flight:      \(group.inFlight)")

@@ -63,7 +63,10 @@ public func buildApplication(
         configuration: .init(
             address: .hostname(configuration.host, port: configuration.port), serverName: "eventline",
             availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections)),
-        services: [StoreService(store: store), readModels, live, access, replication],
+        services: [
+            StoreService(store: store), readModels, live, access, replication,
+            ConsumerGroupSweep(store: store, interval: configuration.consumerGroupSweepInterval, changes: groupChanges, logger: logger),
+        ],
         logger: logger)
 }
 

@@ -24,6 +24,8 @@ public struct ServerConfiguration: Sendable {
     /// `EVENTLINE_REQUIRE_SYNC_REPLICATION`: `/health/ready` answers 503 while no synchronous
     /// standby is connected (`serve` refuses to start when none is configured).
     public var requireSynchronousReplication = false
+    /// How often the server returns overdue consumer-group deliveries to the queue (or parks them).
+    public var consumerGroupSweepInterval: Duration = .seconds(1)
     /// Whether requests need an API key: `.keys` (the default) from the first key ever created
     /// on, for good (revoking every key leaves the API closed); `.off` never, which an operator
     /// must choose (`EVENTLINE_AUTH=off`).

@@ -4,6 +4,7 @@ import Foundation
 import HTTPServer
 import HTTPTypes
 import HummingbirdTesting
+import PostgresClient
 import Synchronization
 import Testing
 
@@ -218,6 +219,77 @@ struct ConsumerGroupTests {
             }
             shown = try await client.send(.get, "/v1/consumer-groups/g")
             #expect(shown.json["inFlight"] as? Int == 1, "\(shown.text)")
+        }
+        await store.shutdown()
+    }
+
+    @Test("a delivery on its last attempt whose ack deadline passes is parked by the server's sweep, with no fetch: …/parked, the group and /metrics show it at once; an earlier attempt's overdue delivery wakes a waiting fetch")
+    func parkedAtDeadline() async throws {
+        var configured = try await TestServer.make("cgdeadline")
+        configured.configuration.consumerGroupSweepInterval = .milliseconds(200)
+        let server = configured
+        let store = server.test.store
+        try await server.run { client in
+            let put = try await client.send(.put, "/v1/consumer-groups/late", json: #"{"maxDeliveries":1,"ackTimeout":1}"#)
+            #expect(put.status == .created, "\(put.text)")
+            _ = try await store.append(to: "thing-1", events: [NewEvent(type: "Made", data: Data("{}".utf8))])
+            let first = try await Self.fetch(client, "late", consumer: "c1")
+            #expect(first.count == 1 && first.first?.attempt == 1)
+            // Nobody fetches or reads the group: the server's sweep parks it past its deadline.
+            try await eventually(timeout: .seconds(20), "the sweep parks the overdue delivery") {
+                try await server.test.sql { conn in
+                    try conn.query("SELECT state FROM eventline.consumer_group_messages WHERE group_name = 'late'").first?.decode(0, as: String.self)
+                } == "parked"
+            }
+            let parked = try await client.send(.get, "/v1/consumer-groups/late/parked")
+            #expect(parked.status == .ok && parked.text.contains("not acknowledged in time"), "\(parked.text)")
+            let shown = try await client.send(.get, "/v1/consumer-groups/late")
+            #expect(shown.json["parked"] as? Int == 1 && shown.json["waiting"] as? Int == 0, "\(shown.text)")
+            let metrics = try await client.send(.get, "/metrics")
+            #expect(metrics.text.contains(#"eventline_consumer_group_parked{group="late"} 1"#), "\(metrics.text)")
+
+            // With attempts left, an overdue delivery comes back to a fetch that was waiting for it.
+            let again = try await client.send(.put, "/v1/consumer-groups/again", json: #"{"maxDeliveries":3,"ackTimeout":1}"#)
+            #expect(again.status == .created, "\(again.text)")
+            let held = try await Self.fetch(client, "again", consumer: "c1")
+            #expect(held.count == 1)
+            let redelivered = try await Self.fetch(client, "again", consumer: "c2", wait: 10)
+            #expect(redelivered.map(\.attempt) == [2] && redelivered.first?.position == held.first?.position, "\(redelivered)")
+        }
+        await store.shutdown()
+    }
+
+    @Test("maxInFlightPerConsumer bounds what one consumer holds unacknowledged: its fetches get what fits, others get the rest, an ack makes room; out of range is a 400 that changes nothing")
+    func inFlightBound() async throws {
+        let server = try await TestServer.make("cginflight")
+        let store = server.test.store
+        try await server.run { client in
+            let put = try await client.send(.put, "/v1/consumer-groups/bounded", json: #"{"maxInFlightPerConsumer":2}"#)
+            #expect(put.status == .created && put.json["maxInFlightPerConsumer"] as? Int == 2, "\(put.text)")
+            for stream in 1...5 {
+                _ = try await store.append(to: "thing-\(stream)", events: [NewEvent(type: "Made", data: Data("{}".utf8))])
+            }
+            let first = try await Self.fetch(client, "bounded", consumer: "greedy", max: 10)
+            #expect(first.count == 2, "\(first)")
+            #expect(try await Self.fetch(client, "bounded", consumer: "greedy", max: 10).isEmpty)
+            let other = try await Self.fetch(client, "bounded", consumer: "other", max: 10)
+            #expect(other.count == 2, "\(other)")
+            #expect(try await Self.ack(client, "bounded", [first[0].deliveryId]).status == .ok)
+            let more = try await Self.fetch(client, "bounded", consumer: "greedy", max: 10)
+            #expect(more.count == 1, "\(more)")
+            for bad in ["0", "10001", "1.5", "\"2\""] {
+                let refused = try await client.send(.put, "/v1/consumer-groups/bounded", json: #"{"maxInFlightPerConsumer":\#(bad)}"#)
+                #expect(refused.status == .badRequest && refused.isProblem, "\(bad): \(refused.text)")
+            }
+            let shown = try await client.send(.get, "/v1/consumer-groups/bounded")
+            #expect(shown.json["maxInFlightPerConsumer"] as? Int == 2, "\(shown.text)")
+            let unbounded = try await client.send(.put, "/v1/consumer-groups/bounded", json: #"{"maxInFlightPerConsumer":null}"#)
+            #expect(unbounded.status == .ok && unbounded.json["maxInFlightPerConsumer"] is NSNull, "\(unbounded.text)")
+            // Greedy holds 2; unbounded, it takes 2 more.
+            for stream in 6...7 {
+                _ = try await store.append(to: "thing-\(stream)", events: [NewEvent(type: "Made", data: Data("{}".utf8))])
+            }
+            #expect(try await Self.fetch(client, "bounded", consumer: "greedy", max: 10).count == 2)
         }
         await store.shutdown()
     }

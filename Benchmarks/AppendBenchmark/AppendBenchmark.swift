@@ -245,6 +245,12 @@ struct AppendBenchmark {
                 format: "(l″) a new group drains 500 one-event streams and 500 events of one stream, 100 per fetch: %d fetches, p50 %.2f ms, max %.2f ms per fetch.",
                 backlog.count, AppendBenchmark.percentile(sorted, 0.5) ?? 0, sorted.last ?? 0))
         }
+        if let backlog = try? await ConsumerGroupBenchmark.backlog(url: url, maxPerStream: 100) {
+            let sorted = backlog.sorted()
+            print(String(
+                format: "(l‴) the same with maxPerStream 100 (a run of one stream per consumer): %d fetches, p50 %.2f ms, max %.2f ms per fetch.",
+                backlog.count, AppendBenchmark.percentile(sorted, 0.5) ?? 0, sorted.last ?? 0))
+        }
         fflush(nil)
         if options.replication > 0 { try await ReplicationBenchmark.run(options) }
     }

@@ -112,7 +112,7 @@ enum ConsumerGroupBenchmark {
     /// events of one stream, interleaved; a new group drains it, fetching 100 and acknowledging
     /// them. Returns the milliseconds of each fetch. Before the fix a fetch read every blocked
     /// event of the long stream (and could read them once per row handed out).
-    static func backlog(url: String) async throws -> [Double] {
+    static func backlog(url: String, maxPerStream: Int = 1) async throws -> [Double] {
         var configuration = EventStoreConfiguration(databaseURL: url)
         configuration.poolSize = 2
         let store = EventStore(configuration)
@@ -123,7 +123,8 @@ enum ConsumerGroupBenchmark {
             _ = try await store.append(to: "\(category)-big", events: [NewEvent(type: "Sold", data: Data("{}".utf8))])
         }
         let group = "bench-\(category)"
-        _ = try await store.putConsumerGroup(group, ConsumerGroupSettings(filter: EventFilter(category: category), startAfter: head))
+        _ = try await store.putConsumerGroup(
+            group, ConsumerGroupSettings(filter: EventFilter(category: category), startAfter: head, maxPerStream: maxPerStream))
         var fetches: [Double] = []
         var acknowledged = 0
         while acknowledged < 1000 {

@@ -8,6 +8,11 @@
 -- NULL: no bound.
 ALTER TABLE eventline.consumer_groups
     ADD COLUMN max_in_flight_per_consumer integer CHECK (max_in_flight_per_consumer BETWEEN 1 AND 10000);
+-- How many consecutive events of one stream a fetch hands to one consumer together (1: one at a
+-- time). A hot stream then moves a run per round trip; its order holds because the run is
+-- acknowledged in order or, refused or overdue, returned whole.
+ALTER TABLE eventline.consumer_groups
+    ADD COLUMN max_per_stream integer NOT NULL DEFAULT 1 CHECK (max_per_stream BETWEEN 1 AND 1000);
 
 -- A consumer's deliveries in flight, counted at each of its fetches.
 CREATE INDEX consumer_group_messages_consumer ON eventline.consumer_group_messages (group_name, consumer)
@@ -60,5 +65,41 @@ BEGIN
         END IF;
     END LOOP;
     RETURN total;
+END
+$$;
+
+-- Refusing a delivery also returns the later events of its stream that the same consumer holds
+-- (a run handed out together, `max_per_stream`): they wait behind it again, so the stream's
+-- order holds. Otherwise as in 0012.
+CREATE OR REPLACE FUNCTION eventline.consumer_group_refuse(g text, ids uuid[], seconds double precision, reason text) RETURNS SETOF uuid
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    settled uuid[];
+    streams text[];
+BEGIN
+    PERFORM 1 FROM eventline.consumer_groups WHERE name = g FOR SHARE;
+    WITH target AS (
+        SELECT position, delivery_id, stream, consumer FROM eventline.consumer_group_messages
+        WHERE group_name = g AND delivery_id = ANY(ids) AND state = 'delivered'
+        FOR UPDATE
+    ), refused AS (
+        UPDATE eventline.consumer_group_messages m
+        SET state = CASE WHEN m.attempt >= cg.max_deliveries THEN 'parked' ELSE 'ready' END,
+            parked_at = CASE WHEN m.attempt >= cg.max_deliveries THEN now() END,
+            due_at = now() + make_interval(secs => seconds), delivery_id = NULL, consumer = NULL, last_error = reason
+        FROM target, eventline.consumer_groups cg
+        WHERE m.group_name = g AND m.position = target.position AND cg.name = g
+        RETURNING target.delivery_id, m.stream
+    ), behind AS (
+        UPDATE eventline.consumer_group_messages m
+        SET state = 'blocked', delivery_id = NULL, consumer = NULL, due_at = now()
+        FROM target
+        WHERE m.group_name = g AND m.stream = target.stream AND m.position > target.position
+          AND m.state = 'delivered' AND m.consumer = target.consumer AND NOT (m.delivery_id = ANY(ids))
+    )
+    SELECT array_agg(refused.delivery_id), array_agg(DISTINCT refused.stream) INTO settled, streams FROM refused;
+    -- Nothing settled: both arrays are NULL, which reorders and returns nothing.
+    PERFORM eventline.consumer_group_reorder(g, streams);
+    RETURN QUERY SELECT unnest(settled);
 END
 $$;

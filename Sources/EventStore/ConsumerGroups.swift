@@ -28,11 +28,16 @@ public struct ConsumerGroupSettings: Sendable, Hashable {
     /// The most deliveries one consumer may hold unacknowledged (nil: no bound): its fetches
     /// get only what fits, so a consumer that never acks cannot hold every stream's head.
     public var maxInFlightPerConsumer: Int?
+    /// How many consecutive events of one stream a fetch hands to one consumer together (1:
+    /// one at a time). A hot stream then moves a run per round trip; its order holds, because a
+    /// run is acknowledged in order, or (refused, overdue) returned whole.
+    public var maxPerStream: Int
 
     public init(
         filter: EventFilter = .all, startAfter: Int = 0, maxDeliveries: Int = 5, ackTimeout: Duration = .seconds(30),
-        webhook: ConsumerGroupWebhook? = nil, maxInFlightPerConsumer: Int? = nil
+        webhook: ConsumerGroupWebhook? = nil, maxInFlightPerConsumer: Int? = nil, maxPerStream: Int = 1
     ) {
+        self.maxPerStream = maxPerStream
         self.filter = filter
         self.startAfter = startAfter
         self.maxDeliveries = maxDeliveries
@@ -46,6 +51,7 @@ public struct ConsumerGroupSettings: Sendable, Hashable {
     public static let ackTimeoutRange = 1...3600
     public static let batchSizeRange = 1...1000
     public static let maxInFlightRange = 1...10_000
+    public static let maxPerStreamRange = 1...1000
 
     /// Why these settings cannot be stored, or nil.
     public func problem() -> (field: String, message: String)? {
@@ -57,6 +63,9 @@ public struct ConsumerGroupSettings: Sendable, Hashable {
         if startAfter < 0 { return ("startAfter", "startAfter must be a position of 0 or more") }
         if let limit = maxInFlightPerConsumer, !Self.maxInFlightRange.contains(limit) {
             return ("maxInFlightPerConsumer", "maxInFlightPerConsumer must be an integer from 1 to 10000, or absent for no bound")
+        }
+        if !Self.maxPerStreamRange.contains(maxPerStream) {
+            return ("maxPerStream", "maxPerStream must be an integer from 1 to 1000")
         }
         if !Self.maxDeliveriesRange.contains(maxDeliveries) {
             return ("maxDeliveries", "maxDeliveries must be an integer from 1 to 100")
@@ -229,7 +238,7 @@ extension EventStore {
                         try conn.execute("""
                             UPDATE eventline.consumer_groups SET categories = \(settings.filter.categories), types = \(types),
                                 max_deliveries = \(settings.maxDeliveries), ack_timeout_ms = \(timeout),
-                                max_in_flight_per_consumer = \(settings.maxInFlightPerConsumer),
+                                max_in_flight_per_consumer = \(settings.maxInFlightPerConsumer), max_per_stream = \(settings.maxPerStream),
                                 webhook_url = \(webhook?.url), webhook_secret = \(webhook?.secret), webhook_batch_size = \(webhook?.batchSize),
                                 updated_at = now()
                             WHERE name = \(name)
@@ -239,9 +248,9 @@ extension EventStore {
                     try conn.execute("""
                         INSERT INTO eventline.consumer_groups
                             (name, categories, types, start_after, max_deliveries, ack_timeout_ms, webhook_url, webhook_secret, webhook_batch_size,
-                             scanned, max_in_flight_per_consumer)
+                             scanned, max_in_flight_per_consumer, max_per_stream)
                         VALUES (\(name), \(settings.filter.categories), \(types), \(settings.startAfter), \(settings.maxDeliveries), \(timeout),
-                                \(webhook?.url), \(webhook?.secret), \(webhook?.batchSize), \(settings.startAfter), \(settings.maxInFlightPerConsumer))
+                                \(webhook?.url), \(webhook?.secret), \(webhook?.batchSize), \(settings.startAfter), \(settings.maxInFlightPerConsumer), \(settings.maxPerStream))
                         """)
                     return true
                 }
@@ -301,7 +310,7 @@ extension EventStore {
                 let groups = try conn.query("""
                     SELECT g.name, to_json(g.categories)::text, to_json(g.types)::text, g.start_after, g.max_deliveries, g.ack_timeout_ms,
                            g.webhook_url, g.webhook_secret, g.webhook_batch_size, g.scanned, g.redeliveries, g.created_at,
-                           m.earliest, m.delivered, m.ready, m.parked, g.max_in_flight_per_consumer
+                           m.earliest, m.delivered, m.ready, m.parked, g.max_in_flight_per_consumer, g.max_per_stream
                     FROM eventline.consumer_groups g
                     -- One pass over each group's rows for all four figures.
                     CROSS JOIN LATERAL (
@@ -340,7 +349,7 @@ extension EventStore {
                     let settings = ConsumerGroupSettings(
                         filter: EventFilter(categories: try names(1), types: types), startAfter: try row.decode(3),
                         maxDeliveries: try row.decode(4), ackTimeout: .milliseconds(try row.decode(5, as: Int.self)), webhook: webhook,
-                        maxInFlightPerConsumer: try row.decode(16, as: Int?.self))
+                        maxInFlightPerConsumer: try row.decode(16, as: Int?.self), maxPerStream: try row.decode(17))
                     let scanned: Int = try row.decode(9)
                     let earliest = try row.decode(12, as: Int?.self)
                     return ConsumerGroupStatus(
@@ -368,7 +377,7 @@ extension EventStore {
             try await pool.withConnection { conn -> [ConsumerGroupMessage]? in
                 let handed = try conn.transaction { conn -> [(position: Int, attempt: Int, id: UUID)]? in
                     guard let group = try conn.query("""
-                        SELECT scanned, max_deliveries, ack_timeout_ms, webhook_url IS NOT NULL, max_in_flight_per_consumer
+                        SELECT scanned, max_deliveries, ack_timeout_ms, webhook_url IS NOT NULL, max_in_flight_per_consumer, max_per_stream
                         FROM eventline.consumer_groups WHERE name = \(name) FOR UPDATE
                         """).first
                     else { return nil }
@@ -378,6 +387,7 @@ extension EventStore {
                     let scanned: Int = try group.decode(0)
                     let timeout: Int = try group.decode(2)
                     let inFlightLimit = try group.decode(4, as: Int?.self)
+                    let perStream: Int = try group.decode(5)
                     // Deliveries whose ack deadline passed wait again, or are parked (and the
                     // next event of their stream is readied).
                     _ = try conn.query("SELECT eventline.consumer_group_expire(\(name))")
@@ -428,10 +438,15 @@ extension EventStore {
                     }
                     // The earliest ready events: each the first outstanding one of its stream
                     // (its later ones are blocked), so this reads about what it hands out.
-                    let ready = room <= 0 ? [] : try conn.query(Self.readyPositions(group: name, max: room)).rows.map { try $0.decode(0, as: Int.self) }
+                    var ready = room <= 0 ? [] : try conn.query(Self.readyPositions(group: name, max: room)).rows.map { try $0.decode(0, as: Int.self) }
+                    // With runs, each ready event brings the next waiting ones of its stream along.
+                    if perStream > 1 && !ready.isEmpty && ready.count < room {
+                        ready = try conn.query(Self.runs(group: name, heads: ready, perStream: perStream, max: room)).rows.map { try $0.decode(0, as: Int.self) }
+                    }
                     var handed: [(position: Int, attempt: Int, id: UUID)] = []
                     if !ready.isEmpty {
-                        let rows = try conn.query(Self.handOut(group: name, positions: ready, consumer: consumer, ackTimeoutMilliseconds: timeout))
+                        let rows = try conn.query(Self.handOut(
+                            group: name, positions: ready, consumer: consumer, ackTimeoutMilliseconds: timeout, runs: perStream > 1))
                         handed = try rows.rows.map { row in
                             (position: try row.decode(0, as: Int.self), attempt: try row.decode(1, as: Int.self), id: try row.decode(2, as: UUID.self))
                         }
@@ -470,13 +485,35 @@ extension EventStore {
             """
     }
 
-    static func handOut(group name: String, positions: [Int], consumer: String, ackTimeoutMilliseconds timeout: Int) -> SQLQuery {
-        """
+    /// `runs`: the positions include waiting (blocked) events behind ready ones (`runs(…)`).
+    static func handOut(group name: String, positions: [Int], consumer: String, ackTimeoutMilliseconds timeout: Int, runs: Bool = false) -> SQLQuery {
+        let states = runs ? "m.state IN ('ready', 'blocked')" : "m.state = 'ready'"
+        return """
             UPDATE eventline.consumer_group_messages m
             SET state = 'delivered', attempt = m.attempt + 1, delivery_id = gen_random_uuid(), consumer = \(consumer),
                 due_at = now() + make_interval(secs => \(Double(timeout) / 1000))
-            WHERE m.group_name = \(name) AND m.position = ANY(\(positions)) AND m.state = 'ready'
+            WHERE m.group_name = \(name) AND m.position = ANY(\(positions)) AND \(unsafeSQL: states)
             RETURNING m.position, m.attempt, m.delivery_id
+            """
+    }
+
+    /// The ready `heads` with, behind each, up to `perStream` - 1 of the next waiting events of
+    /// its stream (in order, none parked between them counts), `max` positions in all, earliest
+    /// heads first: a run of one stream goes to one consumer.
+    static func runs(group name: String, heads: [Int], perStream: Int, max: Int) -> SQLQuery {
+        """
+            SELECT r.position FROM (
+                SELECT h.position AS head, n.position
+                FROM eventline.consumer_group_messages h
+                CROSS JOIN LATERAL (
+                    SELECT h.position UNION ALL
+                    (SELECT b.position FROM eventline.consumer_group_messages b
+                     WHERE b.group_name = \(name) AND b.stream = h.stream AND b.position > h.position AND b.state = 'blocked'
+                     ORDER BY b.position LIMIT \(perStream - 1))
+                ) n (position)
+                WHERE h.group_name = \(name) AND h.position = ANY(\(heads))
+            ) r
+            ORDER BY r.head, r.position LIMIT \(max)
             """
     }
 

@@ -50,6 +50,7 @@ struct ConsumerGroups: AsyncParsableCommand {
                 print("max deliveries: \(settings.maxDeliveries)")
                 print("ack timeout:    \(settings.ackTimeout.components.seconds) s")
                 print("in flight max:  \(settings.maxInFlightPerConsumer.map { "\($0) per consumer" } ?? "no bound")")
+                print("per stream:     \(settings.maxPerStream) consecutive event(s) per fetch")
                 print("webhook:        \(settings.webhook.map { "\($0.url) (batches of \($0.batchSize))" } ?? "none")")
                 print("checkpoint:     \(group.checkpoint) (head \(group.head), lag \(group.lag))")
                 print("in flight:      \(group.inFlight)")

@@ -42,7 +42,7 @@ struct ConsumerGroupRoutes: Sendable {
     func put(_ request: Request, _ context: EventlineRequestContext) async throws -> Response {
         let name = try groupName(context)
         let (_, body) = try await JSONIO.readObject(request, context: context)
-        try JSONIO.rejectUnknown(body, allowed: ["categories", "types", "startAfter", "maxDeliveries", "ackTimeout", "maxInFlightPerConsumer", "webhook"])
+        try JSONIO.rejectUnknown(body, allowed: ["categories", "types", "startAfter", "maxDeliveries", "ackTimeout", "maxInFlightPerConsumer", "maxPerStream", "webhook"])
         var settings = ConsumerGroupSettings(
             filter: EventFilter(categories: try Self.names(body, "categories"), types: try Self.names(body, "types")))
         // Absent, startAfter is the group's own (or 0 for a new group); the store refuses a change.
@@ -53,6 +53,7 @@ struct ConsumerGroupRoutes: Sendable {
         }
         settings.maxDeliveries = try JSONIO.integer(body, "maxDeliveries", range: ConsumerGroupSettings.maxDeliveriesRange) ?? 5
         settings.ackTimeout = .seconds(try JSONIO.integer(body, "ackTimeout", range: ConsumerGroupSettings.ackTimeoutRange) ?? 30)
+        settings.maxPerStream = try JSONIO.integer(body, "maxPerStream", range: ConsumerGroupSettings.maxPerStreamRange) ?? 1
         if !(body["maxInFlightPerConsumer"] is NSNull) {
             settings.maxInFlightPerConsumer = try JSONIO.integer(body, "maxInFlightPerConsumer", range: ConsumerGroupSettings.maxInFlightRange)
         }
@@ -229,7 +230,7 @@ struct ConsumerGroupRoutes: Sendable {
         }
         return #"{"name":\#(JSONValue.quoted(group.name)),"categories":\#(list(group.settings.filter.categories)),"types":\#(list(group.settings.filter.types)),"#
             + #""startAfter":\#(group.settings.startAfter),"maxDeliveries":\#(group.settings.maxDeliveries),"ackTimeout":\#(group.settings.ackTimeout.components.seconds),"#
-            + #""maxInFlightPerConsumer":\#(group.settings.maxInFlightPerConsumer.map(String.init) ?? "null"),"webhook":\#(webhook),"#
+            + #""maxInFlightPerConsumer":\#(group.settings.maxInFlightPerConsumer.map(String.init) ?? "null"),"maxPerStream":\#(group.settings.maxPerStream),"webhook":\#(webhook),"#
             + #""checkpoint":\#(group.checkpoint),"head":\#(group.head),"lag":\#(group.lag),"inFlight":\#(group.inFlight),"waiting":\#(group.waiting),"parked":\#(group.parked),"#
             + #""redeliveries":\#(group.redeliveries),"consumers":[\#(consumers.joined(separator: ","))],"createdAt":"\#(group.createdAt.formatted(JSONIO.timestampStyle))"}"#
     }

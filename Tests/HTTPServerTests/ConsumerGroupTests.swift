@@ -293,4 +293,70 @@ struct ConsumerGroupTests {
         }
         await store.shutdown()
     }
+
+    @Test("maxPerStream hands a run of one stream's consecutive events to one consumer; a refused event sends the rest of its run back behind it, so the stream's order holds; out of range is a 400")
+    func streamRuns() async throws {
+        let server = try await TestServer.make("cgruns")
+        let store = server.test.store
+        try await server.run { client in
+            let put = try await client.send(.put, "/v1/consumer-groups/runs", json: #"{"maxPerStream":10}"#)
+            #expect(put.status == .created && put.json["maxPerStream"] as? Int == 10, "\(put.text)")
+            _ = try await store.append(to: "hot-1", events: (0..<5).map { _ in NewEvent(type: "Made", data: Data("{}".utf8)) })
+            _ = try await store.append(to: "cold-1", events: [NewEvent(type: "Made", data: Data("{}".utf8))])
+            let first = try await Self.fetch(client, "runs", consumer: "c1")
+            #expect(first.map(\.position) == [1, 2, 3, 4, 5, 6], "\(first)")
+            // The second of the run refused: the rest of the run waits behind it, and nothing of
+            // the stream goes to anyone while the first is still out.
+            let refused = try await client.send(.post, "/v1/consumer-groups/runs/nack", json: #"{"deliveryIds":["\#(first[1].deliveryId)"]}"#)
+            #expect(refused.status == .ok, "\(refused.text)")
+            #expect(try await Self.fetch(client, "runs", consumer: "c2").isEmpty)
+            #expect(try await Self.ack(client, "runs", [first[0].deliveryId, first[5].deliveryId]).status == .ok)
+            let again = try await Self.fetch(client, "runs", consumer: "c2")
+            #expect(again.map(\.position) == [2, 3, 4, 5] && again.allSatisfy { $0.attempt == 2 }, "\(again)")
+            // Acknowledged in order, the stream is done; the stale deliveries of the first run settle nothing.
+            let stale = try await Self.ack(client, "runs", first[2...4].map(\.deliveryId))
+            #expect((stale.json["stale"] as? [String])?.count == 3, "\(stale.text)")
+            #expect(try await Self.ack(client, "runs", again.map(\.deliveryId)).status == .ok)
+            let shown = try await client.send(.get, "/v1/consumer-groups/runs")
+            #expect(shown.json["checkpoint"] as? Int == 6 && shown.json["inFlight"] as? Int == 0, "\(shown.text)")
+            for bad in ["0", "1001", "true"] {
+                let refused = try await client.send(.put, "/v1/consumer-groups/runs", json: #"{"maxPerStream":\#(bad)}"#)
+                #expect(refused.status == .badRequest && refused.isProblem, "\(bad): \(refused.text)")
+            }
+        }
+        await store.shutdown()
+    }
+
+    @Test("one hot stream drains in runs: 500 one-event streams and 500 events of one stream, fetched 100 at a time and acknowledged, take 500 fetches one at a time and a few with maxPerStream 100, each stream in order either way")
+    func hotStreamRuns() async throws {
+        let test = try await TestStore.make("cghot")
+        let store = test.store
+        for index in 0..<500 {
+            _ = try await store.append(to: "shop-s\(index)", events: [NewEvent(type: "Sold", data: Data("{}".utf8))])
+            _ = try await store.append(to: "shop-big", events: [NewEvent(type: "Sold", data: Data("{}".utf8))])
+        }
+        var fetches: [Int: Int] = [:]
+        for perStream in [1, 100] {
+            let group = "hot\(perStream)"
+            _ = try await store.putConsumerGroup(group, ConsumerGroupSettings(filter: EventFilter(categories: ["shop"]), maxPerStream: perStream))
+            var last: [String: Int] = [:]
+            var acknowledged = 0
+            var count = 0
+            while acknowledged < 1000 && count < 2000 {
+                count += 1
+                let batch = try #require(try await store.fetch(group: group, consumer: "c", max: 100))
+                for message in batch {
+                    #expect(message.event.position > last[message.event.stream, default: 0], "out of order: \(message.event.stream)")
+                    last[message.event.stream] = message.event.position
+                }
+                _ = try await store.acknowledge(group: group, deliveryIds: batch.map(\.deliveryId))
+                acknowledged += batch.count
+            }
+            #expect(acknowledged == 1000)
+            fetches[perStream] = count
+        }
+        print("draining 1,000 events (500 of one stream), 100 per fetch: \(fetches[1] ?? 0) fetches one at a time, \(fetches[100] ?? 0) with maxPerStream 100")
+        #expect(fetches[1] == 500 && (fetches[100] ?? 1000) <= 20, "\(fetches)")
+        await store.shutdown()
+    }
 }

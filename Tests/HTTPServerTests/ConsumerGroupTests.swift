@@ -8,6 +8,15 @@ import PostgresClient
 import Synchronization
 import Testing
 
+/// 500 single-event streams (`shop-s…`) and 500 events of one stream (`shop-big`), interleaved:
+/// a backlog with one hot stream.
+func appendShopBacklog(_ store: EventStore) async throws {
+    for index in 0..<500 {
+        _ = try await store.append(to: "shop-s\(index)", events: [NewEvent(type: "Sold", data: Data("{}".utf8))])
+        _ = try await store.append(to: "shop-big", events: [NewEvent(type: "Sold", data: Data("{}".utf8))])
+    }
+}
+
 /// Consumer groups over real HTTP and PostgreSQL: settings and bad input, then the delivery
 /// rules one by one (stream order, acks, nacks, ack timeouts, parking, retries, long polls).
 /// A value a `@Sendable` closure sets and the test reads afterwards.
@@ -331,10 +340,7 @@ struct ConsumerGroupTests {
     func hotStreamRuns() async throws {
         let test = try await TestStore.make("cghot")
         let store = test.store
-        for index in 0..<500 {
-            _ = try await store.append(to: "shop-s\(index)", events: [NewEvent(type: "Sold", data: Data("{}".utf8))])
-            _ = try await store.append(to: "shop-big", events: [NewEvent(type: "Sold", data: Data("{}".utf8))])
-        }
+        try await appendShopBacklog(store)
         var fetches: [Int: Int] = [:]
         for perStream in [1, 100] {
             let group = "hot\(perStream)"

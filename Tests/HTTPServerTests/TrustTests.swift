@@ -130,11 +130,7 @@ struct TrustTests {
     func fetchCost() async throws {
         let test = try await TestStore.make("trustfetch")
         let store = test.store
-        // 500 single-event streams and 500 events of one stream, interleaved.
-        for index in 0..<500 {
-            _ = try await store.append(to: "shop-s\(index)", events: [NewEvent(type: "Sold", data: Data("{}".utf8))])
-            _ = try await store.append(to: "shop-big", events: [NewEvent(type: "Sold", data: Data("{}".utf8))])
-        }
+        try await appendShopBacklog(store)
         _ = try await store.putConsumerGroup("shop", ConsumerGroupSettings(filter: EventFilter(categories: ["shop"])))
         let first = try #require(try await store.fetch(group: "shop", consumer: "c", max: 10))
         #expect(first.map(\.event.position) == [1, 2, 3, 5, 7, 9, 11, 13, 15, 17])

@@ -305,6 +305,45 @@ struct AnalystRole: AsyncParsableCommand {
     }
 }
 
+extension Replay {
+    /// `replay NAME --stream S --step`: the projection over the stream's events, in a
+    /// transaction rolled back at the end, printing each event's changed rows.
+    static func step(_ projection: YAMLProjection, stream: String, database: DatabaseOptions) async throws {
+        let store = try database.openStore()
+        var events: [RecordedEvent] = []
+        do {
+            while true {
+                let page = try await store.readStream(stream, from: (events.last?.version ?? 0) + 1, limit: 1000)
+                events += page
+                if page.count < 1000 { break }
+            }
+        } catch {
+            await store.shutdown()
+            throw error
+        }
+        await store.shutdown()
+        guard !events.isEmpty else { throw CLIError("stream \(stream) has no events") }
+        let read = events
+        let steps: [ProjectionStepper.Step]
+        do {
+            steps = try await database.withConnection { conn in try ProjectionStepper.run(projection, events: read, on: conn) }
+        } catch let error as ProjectionError {
+            throw CLIError(error.description)
+        }
+        print("\(projection.name) over \(stream): \(events.count) events, \(steps.count) handled (dry run: nothing is written)")
+        for step in steps {
+            print("position \(step.event.position) · \(step.event.type) (version \(step.event.version))")
+            if let error = step.error { throw CLIError("\(projection.name) fails on position \(step.event.position) (\(step.event.type)): \(error)") }
+            if step.changes.isEmpty { print("  no row changed") }
+            for change in step.changes {
+                print("  row \(change.key)")
+                print("    before: \(change.before ?? "(none)")")
+                print("    after:  \(change.after ?? "(deleted)")")
+            }
+        }
+    }
+}
+
 struct Replay: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Rebuild projections from the whole log beside the live tables, then swap them in (no downtime).",
@@ -323,8 +362,16 @@ struct Replay: AsyncParsableCommand {
     @Flag(help: "Rebuild every projection of the directory.") var all = false
     @Flag(name: .customLong("dry-run"), help: "Build and compare with the live table; do not swap.") var dryRun = false
     @Option(name: .customLong("batch-size"), help: "Events per transaction while building (default 1000).") var batchSize = 1000
+    @Option(help: "With --step: the stream whose events to replay.") var stream: String?
+    @Flag(help: "Replay one projection over one stream (--stream) and print, after each event, the rows it changed, before and after. Nothing is written.")
+    var step = false
 
     func validate() throws {
+        if step || stream != nil {
+            guard step, let stream, !stream.isEmpty else { throw ValidationError("--step and --stream go together: --step --stream STREAM") }
+            guard names.count == 1, !all, !dryRun else { throw ValidationError("--step replays one projection: name exactly one, without --all or --dry-run") }
+            return
+        }
         if all && !names.isEmpty { throw ValidationError("give projection names or --all, not both") }
         if !all && names.isEmpty { throw ValidationError("name a projection to rebuild (or --all)") }
         if !(1...100_000).contains(batchSize) { throw ValidationError("--batch-size must be from 1 to 100000") }
@@ -346,6 +393,7 @@ struct Replay: AsyncParsableCommand {
                 }
             }
             guard !selected.isEmpty else { throw CLIError("no projections in \(projections.path)") }
+            if step, let stream, let projection = selected.first { return try await Self.step(projection, stream: stream, database: database) }
             for projection in selected {
                 do {
                     try await database.withConnection { conn in try ProjectionCatalog.validate(projection, on: conn) }

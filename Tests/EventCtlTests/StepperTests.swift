@@ -37,6 +37,28 @@ struct StepperTests {
         }
         #expect(written == true)
 
+        // A handler that fails: the steps before it are printed, then its error in one line.
+        let broken = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-step-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: broken, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: broken) }
+        try """
+            name: fragile
+            version: 1
+            key: account_id
+            create: |
+              CREATE TABLE $table (account_id text PRIMARY KEY, total bigint NOT NULL)
+            handlers:
+              AccountOpened: |
+                INSERT INTO $table (account_id, total) VALUES (:id, 0) RETURNING account_id
+              MoneyDeposited: |
+                UPDATE $table SET total = total + :data.amount::bigint / (:data.amount::bigint - 7) WHERE account_id = :id RETURNING account_id
+            """.write(to: broken.appendingPathComponent("fragile.yaml"), atomically: true, encoding: .utf8)
+        let failing = try await EventCtlTests.eventctl(
+            ["replay", "fragile", "--stream", "account-1", "--step", "--projections-dir", broken.path], url: url)
+        #expect(failing.stdout.contains("position 2 · MoneyDeposited") && failing.stdout.contains(#""total": -2"#), "\(failing.stdout)")
+        EventCtlTests.expectOneLineError(failing, containing: "fragile fails on position 3 (MoneyDeposited)")
+        #expect(failing.stderr.contains("division by zero"), "\(failing.stderr)")
+
         for (arguments, text) in [
             (["replay", "account_balances", "--step"], "--step and --stream go together"),
             (["replay", "account_balances", "--stream", "account-1"], "--step and --stream go together"),

@@ -37,8 +37,11 @@ BEGIN
         RETURNING m.stream
     )
     SELECT array_agg(DISTINCT stream), count(*) INTO streams, expired FROM overdue;
-    -- Nothing expired: the array is NULL, which reorders nothing.
-    PERFORM eventline.consumer_group_reorder(g, streams);
+    -- Nothing expired (every fetch, nearly always): not even a reorder of no streams, whose
+    -- first statement would still read the group's ready rows.
+    IF expired > 0 THEN
+        PERFORM eventline.consumer_group_reorder(g, streams);
+    END IF;
     RETURN expired;
 END
 $$;
@@ -98,8 +101,10 @@ BEGIN
           AND m.state = 'delivered' AND m.consumer = target.consumer AND NOT (m.delivery_id = ANY(ids))
     )
     SELECT array_agg(refused.delivery_id), array_agg(DISTINCT refused.stream) INTO settled, streams FROM refused;
-    -- Nothing settled: both arrays are NULL, which reorders and returns nothing.
-    PERFORM eventline.consumer_group_reorder(g, streams);
+    -- Nothing settled (a stale nack): nothing to reorder or return.
+    IF streams IS NOT NULL THEN
+        PERFORM eventline.consumer_group_reorder(g, streams);
+    END IF;
     RETURN QUERY SELECT unnest(settled);
 END
 $$;

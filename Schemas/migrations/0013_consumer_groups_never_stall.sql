@@ -18,6 +18,32 @@ ALTER TABLE eventline.consumer_groups
 CREATE INDEX consumer_group_messages_consumer ON eventline.consumer_group_messages (group_name, consumer)
     WHERE state = 'delivered';
 
+-- Reordering no streams returns at once (an ack or a nack that settled nothing, a fetch with
+-- nothing overdue): as a plain SQL function its first statement still read every ready row of
+-- the group. Otherwise as in 0012.
+CREATE OR REPLACE FUNCTION eventline.consumer_group_reorder(g text, streams text[]) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF streams IS NULL OR cardinality(streams) = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM eventline.consumer_group_lock_streams(g, streams);
+    UPDATE eventline.consumer_group_messages m SET state = 'blocked'
+    WHERE m.group_name = g AND m.stream = ANY(streams) AND m.state = 'ready'
+      AND EXISTS (
+          SELECT 1 FROM eventline.consumer_group_messages e
+          WHERE e.group_name = g AND e.stream = m.stream AND e.position < m.position AND e.state <> 'parked');
+    UPDATE eventline.consumer_group_messages m SET state = 'ready'
+    FROM (
+        SELECT (SELECT e.position FROM eventline.consumer_group_messages e
+                WHERE e.group_name = g AND e.stream = s.stream AND e.state <> 'parked'
+                ORDER BY e.position LIMIT 1) AS first
+        FROM unnest(streams) AS s (stream)
+    ) h
+    WHERE m.group_name = g AND m.position = h.first AND m.state = 'blocked';
+END
+$$;
+
 -- Returns the overdue deliveries of group `g` to the queue, or parks those past their last
 -- attempt, and readies the next event of their streams. The caller holds the group's row lock
 -- (FOR UPDATE), as a fetch does. Returns how many expired.
@@ -37,11 +63,8 @@ BEGIN
         RETURNING m.stream
     )
     SELECT array_agg(DISTINCT stream), count(*) INTO streams, expired FROM overdue;
-    -- Nothing expired (every fetch, nearly always): not even a reorder of no streams, whose
-    -- first statement would still read the group's ready rows.
-    IF expired > 0 THEN
-        PERFORM eventline.consumer_group_reorder(g, streams);
-    END IF;
+    -- Nothing expired (every fetch, nearly always): the array is NULL, which reorders nothing.
+    PERFORM eventline.consumer_group_reorder(g, streams);
     RETURN expired;
 END
 $$;
@@ -101,10 +124,8 @@ BEGIN
           AND m.state = 'delivered' AND m.consumer = target.consumer AND NOT (m.delivery_id = ANY(ids))
     )
     SELECT array_agg(refused.delivery_id), array_agg(DISTINCT refused.stream) INTO settled, streams FROM refused;
-    -- Nothing settled (a stale nack): nothing to reorder or return.
-    IF streams IS NOT NULL THEN
-        PERFORM eventline.consumer_group_reorder(g, streams);
-    END IF;
+    -- Nothing settled (a stale nack): both arrays are NULL, which reorders and returns nothing.
+    PERFORM eventline.consumer_group_reorder(g, streams);
     RETURN QUERY SELECT unnest(settled);
 END
 $$;

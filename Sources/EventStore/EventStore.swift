@@ -137,24 +137,14 @@ public final class EventStore: Sendable {
     /// Runs a read on a standby when the current request allows it (`ReadContext`) and one has
     /// replayed the request's position, else on the primary; records which served it.
     func withReadConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        guard let context = ReadContext.current else { return try await pool.withConnection(body) }
-        // Once the primary served a read of the request, its later reads go there at once.
-        if let replicas, context.servedBy != .primary {
-            let minimum = context.minPosition
-            let served = try await replicas.read { conn -> ReplicaReads.Attempt<T> in
-                // A read with no position is served as the standby stands, in one statement.
-                guard minimum > 0 else { return .served(try body(conn), head: nil) }
-                let head = try conn.query("SELECT position FROM eventline.log_head").first?.decode(0, as: Int.self) ?? 0
-                guard head >= minimum else { return .behind }
-                return .served(try body(conn), head: head)
-            }
-            if let (value, head, node) = served {
-                context.served(by: node, head: head)
-                return value
-            }
-            replicas.countPrimary()
+        let served = try await ReplicaReads.serve(on: replicas) { conn, minimum -> ReplicaReads.Attempt<T> in
+            // A read with no position is served as the standby stands, in one statement.
+            guard minimum > 0 else { return .served(try body(conn), head: nil) }
+            let head = try conn.query("SELECT position FROM eventline.log_head").first?.decode(0, as: Int.self) ?? 0
+            guard head >= minimum else { return .behind }
+            return .served(try body(conn), head: head)
         }
-        context.served(by: .primary)
+        if let served { return served }
         return try await pool.withConnection(body)
     }
 

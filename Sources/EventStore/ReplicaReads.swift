@@ -98,9 +98,25 @@ public final class ReplicaReads: Sendable {
 
     public var statistics: Statistics { counters.withLock { $0 } }
 
-    /// Counts a read the primary served (no replica, or one left to it).
-    public func countPrimary() {
-        counters.withLock { $0.servedByPrimary += 1 }
+    /// A read route's read (`ReadContext.current`) on `replicas`: the value a standby (or a
+    /// primary the read URL reached) served, recorded in the context; nil when the primary must
+    /// serve it, recorded too. Without a context (a command, a projector) nil, and nothing
+    /// recorded. `attempt` gets the position the read must see (0: any).
+    public static func serve<T: Sendable>(
+        on replicas: ReplicaReads?, _ attempt: @escaping @Sendable (PostgresConnection, _ minimum: Int) throws -> Attempt<T>
+    ) async throws -> T? {
+        guard let context = ReadContext.current else { return nil }
+        // Once the primary served a read of the request, its later reads go there at once.
+        if let replicas, context.servedBy != .primary {
+            let minimum = context.minPosition
+            if let (value, head, node) = try await replicas.read({ conn in try attempt(conn, minimum) }) {
+                context.served(by: node, head: head)
+                return value
+            }
+            replicas.counters.withLock { $0.servedByPrimary += 1 }
+        }
+        context.served(by: .primary)
+        return nil
     }
 
     /// Runs `attempt` on a standby until it is served or `waitTimeout` passes, and returns its

@@ -155,21 +155,12 @@ public final class ReadModelService: Service, Sendable {
         atLeast: Int?, checkpoint: @escaping @Sendable (T) -> Int, _ read: @escaping @Sendable (PostgresConnection) throws -> T
     ) async throws -> T {
         let deadline = ContinuousClock.now + configuration.waitTimeout
-        if let context = ReadContext.current {
-            if let replicas, context.servedBy != .primary {
-                let served = try await replicas.read { conn -> ReplicaReads.Attempt<T> in
-                    let value = try read(conn)
-                    if let atLeast, checkpoint(value) < atLeast { return .behind }
-                    return .served(value, head: nil)
-                }
-                if let (value, _, node) = served {
-                    context.served(by: node)
-                    return value
-                }
-                replicas.countPrimary()
-            }
-            context.served(by: .primary)
+        let served = try await ReplicaReads.serve(on: replicas) { conn, _ -> ReplicaReads.Attempt<T> in
+            let value = try read(conn)
+            if let atLeast, checkpoint(value) < atLeast { return .behind }
+            return .served(value, head: nil)
         }
+        if let served { return served }
         while true {
             let seen = changes.generation
             let value = try await withConnection(read)

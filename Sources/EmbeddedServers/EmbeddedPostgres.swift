@@ -197,13 +197,15 @@ public final class EmbeddedPostgres: Sendable {
 
     private static let sharedServer = ProcessWideInstance<EmbeddedPostgres>()
 
-    /// The one server of this process, started by the first caller (default options, but 500
+    /// The one server of this process, started by the first caller (default options, but 1500
     /// connections); concurrent callers all get the same instance. It runs until the process exits, so do
     /// not `stop()` it.
     public static func shared() async throws -> EmbeddedPostgres {
         // The test suites run in parallel, many with server, projector and deliver processes of
-        // their own (each with a pool, a LISTEN session and lease sessions): 200 is not enough.
-        try await sharedServer.get { try await EmbeddedPostgres.start(.init(settings: ["max_connections": "500"])) }
+        // their own (each with a pool, a LISTEN session and lease sessions). `make test` peaked at
+        // 449 client connections here, and a CI run, timed differently, passed 500: 1500 leaves
+        // room (an idle slot costs a few kilobytes of shared memory).
+        try await sharedServer.get { try await EmbeddedPostgres.start(.init(settings: ["max_connections": "1500"])) }
     }
 
     /// The server tests should use: `EVENTLINE_TEST_DATABASE_URL` when it is set and not

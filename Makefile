@@ -29,7 +29,7 @@ EXAMPLE := --package-path Examples/warehouse
 ## then the example service's build and tests.
 # The suites that crash and fail over databases under load run on their own afterwards: beside
 # the rest they load two cores enough to make other tests' clients wait.
-HEAVY_SUITES := FailoverTests|CrashFaultTests
+HEAVY_SUITES := FailoverTests|CrashFaultTests|PartitionKillTests
 
 test: test-deps
 	$(SWIFT) build --build-tests

@@ -263,7 +263,12 @@ extension EventStore {
         try checkGroupName(name)
         return try await translatingErrors {
             try await pool.withConnection { conn in
-                try conn.execute("DELETE FROM eventline.consumer_groups WHERE name = \(name)") == 1
+                // Its webhook lease's row goes with it.
+                try conn.query("""
+                    WITH gone AS (DELETE FROM eventline.consumer_groups WHERE name = \(name) RETURNING name),
+                         lease AS (DELETE FROM eventline.checkpoints c USING gone WHERE c.kind = 'webhook' AND c.name = gone.name)
+                    SELECT count(*) FROM gone
+                    """).first!.decode(0, as: Int.self) == 1
             }
         }
     }

@@ -208,7 +208,7 @@ struct Projections: AsyncParsableCommand {
 enum ProjectionReport {
     static func fetch(_ url: String) async throws -> [ProjectionStatus] {
         try await CLI.withConnection(url) { conn in
-            let installed = try conn.query("SELECT to_regclass('eventline.projections') IS NOT NULL").first!.decode(0, as: Bool.self)
+            let installed = try conn.query("SELECT to_regclass('eventline.checkpoints') IS NOT NULL").first!.decode(0, as: Bool.self)
             guard installed else { throw CLIError("projections are not installed: run \(CLI.name) migrate") }
             return try ProjectionCatalog.status(on: conn)
         }
@@ -223,7 +223,9 @@ enum ProjectionReport {
                 ("eventline_projection_checkpoint", labels, Double(status.checkpoint)),
                 ("eventline_projection_parked", labels, status.state == "parked" ? 1 : 0),
                 ("eventline_projection_failed_attempts", labels, Double(status.failedAttempts)),
-            ]
+            ] + status.partitions.map { partition in
+                ("eventline_projection_partition_lag_events", labels + [("partition", String(partition.consumer.partition))], Double(partition.lag))
+            }
         }
     }
 
@@ -258,6 +260,12 @@ enum ProjectionReport {
             Swift.print(line)
             if let error = status.error {
                 Swift.print("    error at position \(status.errorPosition ?? 0) in handler \(status.errorHandler ?? "?"): \(error)")
+            }
+            guard status.partitions.count > 1 else { continue }
+            Swift.print("    \(status.partitions.count) partitions by \(status.partitionBy)")
+            for partition in status.partitions {
+                Swift.print(
+                    "    #\(partition.consumer.partition)  \(partition.state)  checkpoint \(partition.checkpoint)  lag \(partition.lag)  owner \(partition.owner ?? "none")")
             }
         }
     }

@@ -81,9 +81,9 @@ struct ReactorService: Service {
 enum ReactorReport {
     static func fetch(_ url: String) async throws -> [ReactorStatus] {
         try await CLI.withConnection(url) { conn in
-            let installed = try conn.query("SELECT to_regclass('eventline.reactors') IS NOT NULL").first!.decode(0, as: Bool.self)
+            let installed = try conn.query("SELECT to_regclass('eventline.checkpoints') IS NOT NULL").first!.decode(0, as: Bool.self)
             guard installed else { throw CLIError("reactors are not installed: run \(CLI.name) migrate") }
-            return try ReactorCatalog.status(on: conn)
+            return ReactorCatalog.status(try CheckpointStore.list(.reactor, on: conn))
         }
     }
 

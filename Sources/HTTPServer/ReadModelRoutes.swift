@@ -26,6 +26,22 @@ struct ReadModelRoutes: Sendable {
                 "checkpoint": .integer(status.checkpoint), "head": .integer(status.head),
                 "lag": .integer(status.lag), "state": .string(status.state),
                 "owner": status.owner.map(JSONValue.string) ?? .null, "key": .string(status.keyColumn),
+                "partitionBy": .string(status.partitionBy),
+                "partitions": .array(status.partitions.map { partition in
+                    var fields: [String: JSONValue] = [
+                        "partition": .integer(partition.consumer.partition), "checkpoint": .integer(partition.checkpoint),
+                        "lag": .integer(partition.lag), "state": .string(partition.state),
+                        "owner": partition.owner.map(JSONValue.string) ?? .null,
+                    ]
+                    if let error = partition.error {
+                        fields["error"] = .object([
+                            "message": .string(error), "position": partition.errorPosition.map { .integer($0) } ?? .null,
+                            "handler": partition.errorHandler.map(JSONValue.string) ?? .null,
+                            "attempts": .integer(partition.failedAttempts),
+                        ])
+                    }
+                    return .object(fields)
+                }),
             ]
             if let error = status.error {
                 fields["error"] = .object([

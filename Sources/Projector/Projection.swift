@@ -23,6 +23,60 @@ public protocol Projection: Sendable {
     /// The statements applying `event` to `table`, in order. Rows they return name the read
     /// model's keys whose cache entries must be dropped (the first column of each row).
     func statements(for event: RecordedEvent, table: String) throws -> [SQLQuery]
+    /// How many partitions apply the projection in parallel (1: one, the default). Events of
+    /// one partition key are applied in log order, different keys in parallel.
+    var partitions: Int { get }
+    /// What an event's partition key is: `stream` (the default), or a parameter as handlers
+    /// name it without its colon (`data.account.id`, `id`, `metadata.tenant`). Choose it so
+    /// that every row's events share one key.
+    var partitionBy: String { get }
+}
+
+extension Projection {
+    public var partitions: Int { 1 }
+    public var partitionBy: String { "stream" }
+}
+
+/// Which partition applies an event: a stable hash (FNV-1a, the same in every process and
+/// release) of its partition key, modulo the partition count.
+public struct ProjectionPartitioner: Sendable {
+    public let partitions: Int
+    /// The key's parameter (`stream`, `data.account.id`).
+    public let key: String
+    private let parameter: HandlerParameter
+
+    public init(partitions: Int, by key: String) throws {
+        guard (1...256).contains(partitions) else { throw ProjectionError(source: "partitions", "must be between 1 and 256") }
+        self.partitions = partitions
+        self.key = key
+        do {
+            parameter = try HandlerSQL.parameter(named: key)
+        } catch let error as HandlerSQLError {
+            throw ProjectionError(source: "partitionBy", "\(key.debugDescription): \(error.message)")
+        }
+    }
+
+    public init(_ projection: any Projection) throws {
+        try self.init(partitions: projection.partitions, by: projection.partitionBy)
+    }
+
+    /// The partition that applies `event`; nil when every partition applies it (a forget,
+    /// which may touch rows of any partition and is idempotent).
+    public func partition(of event: RecordedEvent) -> Int? {
+        guard partitions > 1 else { return 0 }
+        if event.type == EventStore.subjectForgottenType, event.stream == EventStore.forgottenStream { return nil }
+        return Self.partition(ofKey: parameter.value(for: event) ?? "", partitions: partitions)
+    }
+
+    /// FNV-1a (64-bit) of the key's UTF-8 bytes, modulo `partitions`.
+    public static func partition(ofKey key: String, partitions: Int) -> Int {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in key.utf8 {
+            hash ^= UInt64(byte)
+            hash &*= 0x0000_0100_0000_01b3
+        }
+        return Int(hash % UInt64(max(1, partitions)))
+    }
 }
 
 /// A definition that cannot be used, naming the file (or type) and the handler.
@@ -57,6 +111,8 @@ public struct YAMLProjection: Projection {
     /// What runs when a subject is forgotten (a `SubjectForgotten` event), with `:subject`
     /// bound: it drops or blanks the subject's personal data from the read model.
     public let forget: String?
+    public let partitions: Int
+    public let partitionBy: String
     public var eventTypes: [String] {
         (handlers.keys.sorted() + (forget == nil ? [] : [EventStore.subjectForgottenType])).sorted()
     }
@@ -69,7 +125,8 @@ public struct YAMLProjection: Projection {
 
     /// Checks everything that can be checked without a database: names, parameters, quoting.
     public init(
-        name: String, version: Int, key: String, create: String, handlers: [String: String], forget: String? = nil, source: String
+        name: String, version: Int, key: String, create: String, handlers: [String: String], forget: String? = nil,
+        partitions: Int = 1, partitionBy: String = "stream", source: String
     ) throws {
         func fail(_ message: String) -> ProjectionError { ProjectionError(source: source, message) }
         func fail(_ handler: String, _ message: String) -> ProjectionError { ProjectionError(source: source, handler: handler, message) }
@@ -87,6 +144,13 @@ public struct YAMLProjection: Projection {
         self.handlers = handlers
         self.forget = forget
         self.source = source
+        do {
+            _ = try ProjectionPartitioner(partitions: partitions, by: partitionBy)
+        } catch let error as ProjectionError {
+            throw fail("\(error.source): \(error.message)")
+        }
+        self.partitions = partitions
+        self.partitionBy = partitionBy
         let ddl: HandlerSQL
         do {
             ddl = try HandlerSQL(create, table: "t")
@@ -139,6 +203,7 @@ public struct YAMLProjection: Projection {
 extension YAMLProjection: Equatable {
     public static func == (lhs: YAMLProjection, rhs: YAMLProjection) -> Bool {
         lhs.name == rhs.name && lhs.version == rhs.version && lhs.keyColumn == rhs.keyColumn && lhs.create == rhs.create
-            && lhs.handlers == rhs.handlers && lhs.forget == rhs.forget
+            && lhs.handlers == rhs.handlers && lhs.forget == rhs.forget && lhs.partitions == rhs.partitions
+            && lhs.partitionBy == rhs.partitionBy
     }
 }

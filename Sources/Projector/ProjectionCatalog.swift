@@ -2,24 +2,49 @@ import EventStore
 import Foundation
 import PostgresClient
 
-/// A projection's state as the registry and PostgreSQL's lock table show it.
+/// A projection's state as the registry, the checkpoint store and PostgreSQL's lock table show it.
 public struct ProjectionStatus: Sendable, Equatable {
     public var name: String
     public var version: Int
     public var keyColumn: String
     public var generation: Int
+    /// Every partition has applied every event up to here (the smallest partition checkpoint).
     public var checkpoint: Int
     /// The log's head when the status was read; lag is `head - checkpoint`, exactly.
     public var head: Int
     public var lag: Int { max(0, head - checkpoint) }
-    /// running or parked.
+    /// running, or parked when any partition is parked.
     public var state: String
-    /// The process holding the lease (host:pid), or nil when no process runs the projection.
+    /// The process holding the first partition's lease that is held (host:pid), or nil when no
+    /// process runs the projection.
     public var owner: String?
+    /// The first failing partition's error.
     public var error: String?
     public var errorPosition: Int?
     public var errorHandler: String?
     public var failedAttempts: Int
+    /// How the projection is partitioned, and each partition's checkpoint, lag and owner.
+    public var partitionBy: String
+    public var partitions: [ConsumerCheckpoint]
+
+    /// The status of a projection from its registry row and its partitions' rows.
+    init(name: String, version: Int, keyColumn: String, generation: Int, partitionBy: String, head: Int, partitions: [ConsumerCheckpoint]) {
+        self.name = name
+        self.version = version
+        self.keyColumn = keyColumn
+        self.generation = generation
+        self.partitionBy = partitionBy
+        self.head = head
+        self.partitions = partitions
+        checkpoint = partitions.map(\.checkpoint).min() ?? 0
+        state = partitions.contains { $0.state == "parked" } ? "parked" : "running"
+        owner = partitions.first { $0.owner != nil }?.owner
+        let failing = partitions.first { $0.state == "parked" } ?? partitions.first { $0.error != nil }
+        error = failing?.error
+        errorPosition = failing?.errorPosition
+        errorHandler = failing?.errorHandler
+        failedAttempts = failing?.failedAttempts ?? 0
+    }
 }
 
 /// The projections registered in a database: status, resume, and checks of definitions
@@ -27,39 +52,27 @@ public struct ProjectionStatus: Sendable, Equatable {
 public enum ProjectionCatalog {
     /// Every registered projection (or only `name`), with the log head read in the same snapshot.
     public static func status(on conn: PostgresConnection, name: String? = nil) throws -> [ProjectionStatus] {
-        // pg_locks is read once (a correlated subquery per projection costs enough to make
-        // PostgreSQL JIT-compile the query: 200 ms instead of 0.3).
-        let rows = try conn.query("""
-            WITH held AS (
-                SELECT l.objid FROM pg_locks l
-                WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                  AND l.classid = eventline.projection_lock_namespace()::oid
-                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-            )
-            SELECT p.name, p.version, p.key_column, p.generation, p.checkpoint, h.position, p.state,
-                   CASE WHEN p.lock_id::oid IN (SELECT objid FROM held) THEN p.owner END,
-                   p.error, p.error_position, p.error_handler, p.failed_attempts
-            FROM eventline.projections p CROSS JOIN eventline.log_head h
-            WHERE \(name)::text IS NULL OR p.name = \(name)::text
-            ORDER BY p.name
-            """)
-        return try rows.rows.map { row in
-            ProjectionStatus(
-                name: try row.decode(0), version: try row.decode(1), keyColumn: try row.decode(2), generation: try row.decode(3),
-                checkpoint: try row.decode(4), head: try row.decode(5), state: try row.decode(6), owner: try row.decode(7),
-                error: try row.decode(8), errorPosition: try row.decode(9), errorHandler: try row.decode(10),
-                failedAttempts: try row.decode(11))
+        // One snapshot for the registry and the checkpoints.
+        try conn.transaction(isolation: "REPEATABLE READ READ ONLY") { conn in
+            let checkpoints = Dictionary(grouping: try CheckpointStore.list(.projection, name: name, on: conn), by: \.consumer.name)
+            let head = try conn.query("SELECT position FROM eventline.log_head").first!.decode(0, as: Int.self)
+            return try conn.query("""
+                SELECT name, version, key_column, generation, partition_by FROM eventline.projections
+                WHERE \(name)::text IS NULL OR name = \(name)::text ORDER BY name
+                """).rows.map { row in
+                let name: String = try row.decode(0)
+                return ProjectionStatus(
+                    name: name, version: try row.decode(1), keyColumn: try row.decode(2), generation: try row.decode(3),
+                    partitionBy: try row.decode(4), head: head, partitions: checkpoints[name] ?? [])
+            }
         }
     }
 
-    /// Resumes a parked projection: it retries the event it stopped at. Returns false when no
-    /// projection has that name.
+    /// Resumes a parked projection (each parked partition retries the event it stopped at).
+    /// Returns false when no projection has that name.
     @discardableResult
     public static func resume(_ name: String, on conn: PostgresConnection) throws -> Bool {
-        try conn.execute("""
-            UPDATE eventline.projections SET state = 'running', failed_attempts = 0, updated_at = now()
-            WHERE name = \(name)
-            """) == 1
+        try CheckpointStore.resume(.projection, name: name, on: conn) > 0
     }
 
     /// Checks `projection` against PostgreSQL without changing anything: the DDL runs on a

@@ -36,7 +36,9 @@ public enum ProjectionDirectory {
         return try parse(text, source: path)
     }
 
-    static let fields: Set<String> = ["name", "version", "key", "create", "handlers", "forget", "description"]
+    static let fields: Set<String> = [
+        "name", "version", "key", "create", "handlers", "forget", "description", "partitions", "partitionBy",
+    ]
 
     /// A projection from YAML text; `source` names it in errors.
     public static func parse(_ text: String, source: String) throws -> YAMLProjection {
@@ -86,8 +88,22 @@ public enum ProjectionDirectory {
             }
             forget = sql
         }
+        var partitions = 1
+        if let node = values["partitions"] {
+            guard let count = node.int, (1...256).contains(count) else {
+                throw ProjectionError(source: source, "partitions must be an integer from 1 to 256")
+            }
+            partitions = count
+        }
+        var partitionBy = "stream"
+        if let node = values["partitionBy"] {
+            guard let text = node.scalar?.string, !text.isEmpty else {
+                throw ProjectionError(source: source, "partitionBy must be stream or a parameter such as :data.account.id")
+            }
+            partitionBy = text.hasPrefix(":") ? String(text.dropFirst()) : text
+        }
         return try YAMLProjection(
             name: name, version: version, key: try string("key"), create: try string("create"), handlers: handlers, forget: forget,
-            source: source)
+            partitions: partitions, partitionBy: partitionBy, source: source)
     }
 }

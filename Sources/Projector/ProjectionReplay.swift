@@ -128,18 +128,20 @@ private struct Replay {
 
     mutating func run(dryRun: Bool) throws -> ReplayResult {
         let name = projection.name
-        // Registered if new (a projection file dropped into the directory), so it gets a lock id.
+        // Registered if new (a projection file dropped into the directory), with its partitions' rows.
         try conn.execute("""
-            INSERT INTO eventline.projections (name, version, key_column) VALUES (\(name), \(projection.version), \(projection.keyColumn))
+            INSERT INTO eventline.projections (name, version, key_column, partitions, partition_by)
+            VALUES (\(name), \(projection.version), \(projection.keyColumn), \(projection.partitions), \(projection.partitionBy))
             ON CONFLICT (name) DO NOTHING
             """)
-        let lockID = try conn.query("SELECT lock_id FROM eventline.projections WHERE name = \(name)").first!.decode(0, as: Int.self)
-        guard try conn.query(
-            "SELECT pg_try_advisory_lock(eventline.projection_lock_namespace() + 1, \(Int32(lockID)))"
-        ).first!.decode(0, as: Bool.self) else {
+        try CheckpointStore.register(.projection, name: name, partitions: projection.partitions, on: conn)
+        // One replay of a projection at a time: a lock of its own, beside the partitions' leases.
+        guard try conn.query("""
+            SELECT pg_try_advisory_lock(eventline.lease_lock_namespace() + 1, hashtext(\(name)))
+            """).first!.decode(0, as: Bool.self) else {
             throw ReplayError("another replay of \(name) is running")
         }
-        defer { _ = try? conn.query("SELECT pg_advisory_unlock(eventline.projection_lock_namespace() + 1, \(Int32(lockID)))") }
+        defer { _ = try? conn.query("SELECT pg_advisory_unlock(eventline.lease_lock_namespace() + 1, hashtext(\(name)))") }
 
         // What a replay killed half-way left behind goes first.
         try conn.execute(unsafeSQL: "DROP TABLE IF EXISTS \(rebuild)")
@@ -170,7 +172,7 @@ private struct Replay {
     }
 
     func liveCheckpoint() throws -> Int {
-        try conn.query("SELECT checkpoint FROM eventline.projections WHERE name = \(projection.name)").first!.decode(0, as: Int.self)
+        try conn.query("SELECT eventline.projection_checkpoint(\(projection.name))").first!.decode(0, as: Int.self)
     }
 
     enum Target { case head, liveCheckpoint }
@@ -209,10 +211,10 @@ private struct Replay {
     }
 
     /// Reads the next events after `position` up to `goal` and applies them to the new table.
-    mutating func applyBatch(upTo goal: Int, inTransaction: Bool) throws {
+    mutating func applyBatch(upTo goal: Int, inTransaction: Bool, including: (RecordedEvent) -> Bool = { _ in true }) throws {
         let batch = try ReplayBatch.read(
             projection: projection, table: rebuild, after: position, upTo: goal, batchSize: batchSize, inTransaction: inTransaction,
-            reading: reading, on: conn)
+            reading: reading, including: including, on: conn)
         try execute(batch, inTransaction: inTransaction)
     }
 
@@ -239,8 +241,20 @@ private struct Replay {
             try conn.execute(unsafeSQL: "SET LOCAL lock_timeout = \(lockTimeoutMilliseconds)")
             let exists = try conn.query("SELECT to_regclass(\(live)) IS NOT NULL").first!.decode(0, as: Bool.self)
             if exists { try conn.execute(unsafeSQL: "LOCK TABLE \(live) IN SHARE MODE") }
-            let checkpoint = try conn.query("SELECT checkpoint FROM eventline.projections WHERE name = \(name) FOR SHARE").first!.decode(0, as: Int.self)
-            while position < checkpoint { try applyBatch(upTo: checkpoint, inTransaction: false) }
+            // Each partition of the live table is at its own checkpoint: the new table takes each
+            // event up to its partition's, so that both hold the same events.
+            let partitions = try conn.query("""
+                SELECT partition, checkpoint FROM eventline.checkpoints WHERE kind = 'projection' AND name = \(name) ORDER BY partition FOR SHARE
+                """).rows.map { (try $0.decode(0, as: Int.self), try $0.decode(1, as: Int.self)) }
+            let reached = Dictionary(uniqueKeysWithValues: partitions)
+            let checkpoint = partitions.map(\.1).max() ?? 0
+            let partitioner = try ProjectionPartitioner(projection)
+            while position < checkpoint {
+                try applyBatch(upTo: checkpoint, inTransaction: false) { event in
+                    guard let partition = partitioner.partition(of: event) else { return true }
+                    return event.position <= reached[partition] ?? 0
+                }
+            }
             progress?(ReplayProgress(projection: name, events: applied, position: position, target: checkpoint, phase: "comparing"))
             func digest(_ table: String) throws -> (Int, String) {
                 let row = try conn.query(SQLQuery(unsafeSQL: """
@@ -288,7 +302,7 @@ private struct Replay {
             let exists = try conn.query("SELECT to_regclass(\(live)) IS NOT NULL").first!.decode(0, as: Bool.self)
             // The live projector's batch in flight finishes first; its next one waits for the swap.
             if exists { try conn.execute(unsafeSQL: "LOCK TABLE \(live) IN ACCESS EXCLUSIVE MODE") }
-            _ = try conn.query("SELECT checkpoint FROM eventline.projections WHERE name = \(name) FOR UPDATE")
+            _ = try conn.query("SELECT 1 FROM eventline.projections WHERE name = \(name) FOR UPDATE")
             let goal = try head()
             while position < goal { try applyBatch(upTo: goal, inTransaction: false) }
             progress?(ReplayProgress(projection: name, events: applied, position: position, target: goal, phase: "swapping"))
@@ -308,11 +322,13 @@ private struct Replay {
                     ALTER \(kind) \(ReadModelNames.schema).\(quoteIdentifier(relation)) RENAME TO \(quoteIdentifier(String(renamed)))
                     """)
             }
+            // Every partition starts at the new table's checkpoint: the live projectors' next
+            // checkpoint moves fail, and they carry on from here.
+            try CheckpointStore.setPartitions(.projection, name: name, partitions: projection.partitions, checkpoint: position, on: conn)
             let generation = try conn.query("""
                 UPDATE eventline.projections
-                SET checkpoint = \(position), generation = generation + 1, version = \(projection.version),
-                    key_column = \(projection.keyColumn), state = 'running', error = NULL, error_position = NULL,
-                    error_handler = NULL, failed_attempts = 0, updated_at = now()
+                SET generation = generation + 1, version = \(projection.version), key_column = \(projection.keyColumn),
+                    partitions = \(projection.partitions), partition_by = \(projection.partitionBy), updated_at = now()
                 WHERE name = \(name)
                 RETURNING generation, pg_notify('eventline_projections', name || ':generation:' || generation)
                 """).first!.decode(0, as: Int.self)
@@ -337,11 +353,12 @@ struct ReplayBatch: @unchecked Sendable {
     /// Reads the events after `after` up to `upTo` that `projection` handles, and builds their statements.
     static func read(
         projection: any Projection, table: String, after: Int, upTo goal: Int, batchSize: Int, inTransaction: Bool,
-        reading: EventReading, on conn: PostgresConnection
+        reading: EventReading, including: (RecordedEvent) -> Bool = { _ in true }, on conn: PostgresConnection
     ) throws -> ReplayBatch {
-        let events = try EventStore.readEvents(
+        let page = try EventStore.readEvents(
             on: conn, after: after, upTo: goal, types: projection.eventTypes, limit: batchSize, reading: reading)
-        var batch = ReplayBatch(events: events, queries: [], owners: [], reached: events.count < batchSize ? goal : events.last!.position)
+        let events = page.filter(including)
+        var batch = ReplayBatch(events: events, queries: [], owners: [], reached: page.count < batchSize ? goal : page.last!.position)
         batch.queries.reserveCapacity(events.count + 2)
         if inTransaction { batch.queries.append("BEGIN"); batch.owners.append(-1) }
         for (index, event) in events.enumerated() {

@@ -47,21 +47,84 @@ public struct ProjectorConfiguration: Sendable {
 }
 
 
-/// One projection as a consumer of the log, run by a `LogFollower`: stands by until it holds
-/// the projection's lease, then catches up in batches and follows the log. Each batch's statements and the checkpoint commit
-/// in one transaction on the session that holds the lease, so a process that lost its lease
-/// can never commit.
+/// How many partitions of each projection this process holds, against its fair share: with K
+/// projector processes connected, each takes at most ⌈N / K⌉ of a projection's N partitions,
+/// and gives back what it holds beyond that when more processes join.
+final class PartitionShare: Sendable {
+    let partitions: Int
+    private let held = Mutex(0)
+    /// The share as last counted, and when (counted at most every `recount`).
+    private let counted = Mutex<(share: Int, at: ContinuousClock.Instant?)>((Int.max, nil))
+    static let recount: Duration = .seconds(3)
+
+    init(partitions: Int) { self.partitions = partitions }
+
+    /// ⌈N / processes⌉ (all of them for one process).
+    static func share(partitions: Int, processes: Int) -> Int {
+        let processes = max(1, processes)
+        return (partitions + processes - 1) / processes
+    }
+
+    /// The share to hold now; `count` asks the database how many processes there are.
+    func share(count: () async throws -> Int) async throws -> Int {
+        let now = ContinuousClock.now
+        if let cached = counted.withLock({ state -> Int? in
+            guard let at = state.at, now - at < Self.recount else { return nil }
+            return state.share
+        }) { return cached }
+        let share = Self.share(partitions: partitions, processes: try await count())
+        counted.withLock { $0 = (share, now) }
+        return share
+    }
+
+    /// Reserves one more partition if the process holds fewer than `share`.
+    func reserve(share: Int) -> Bool {
+        held.withLock { held in
+            guard held < share else { return false }
+            held += 1
+            return true
+        }
+    }
+
+    /// Gives one back (a lease not taken after all, released, or lost).
+    func unreserve() { held.withLock { $0 = max(0, $0 - 1) } }
+
+    /// Gives one back when the process holds more than `share` (one runner at a time sees it).
+    func yield(share: Int) -> Bool {
+        held.withLock { held in
+            guard held > share else { return false }
+            held -= 1
+            return true
+        }
+    }
+}
+
+/// One partition of a projection as a consumer of the log, run by a `LogFollower`: stands by
+/// until it holds the partition's lease (in the one lease and checkpoint store), then catches
+/// up in batches and follows the log. Each batch's statements and the checkpoint commit in one
+/// transaction on the session that holds the lease, so a process that lost its lease can never
+/// commit. A partition applies the events whose key hashes to it and moves past the others.
 final class ProjectionRunner: LogConsumer {
     let projection: any Projection
     let configuration: ProjectorConfiguration
     let sink: (any InvalidationSink)?
     let head: ChangeSignal
     let logger: Logger
-    private let connection: DedicatedConnection
+    let consumer: ConsumerID
+    private let session: LeaseSession
+    private let partitioner: ProjectionPartitioner
+    private let share: PartitionShare
+    /// Whether this runner counts one partition in `share` (from taking the lease to releasing it).
+    private let reserved = Mutex(false)
+    /// What `reportOnce` said last.
+    private let reported = Mutex<String?>(nil)
     let table: String
     private let metrics: Metrics
     /// How events reach the handlers (one keyring for the runner's life).
     private let reading: EventReading
+
+    /// The application name of projector sessions; fair shares count its processes.
+    static let application = "eventline-projector"
 
     /// What the runner reports through swift-metrics (the process decides where it goes).
     struct Metrics: Sendable {
@@ -70,8 +133,8 @@ final class ProjectionRunner: LogConsumer {
         let retries: Counter
         let parked: Gauge
 
-        init(projection: String) {
-            let dimensions = [("projection", projection)]
+        init(projection: String, partition: Int) {
+            let dimensions = [("projection", projection), ("partition", String(partition))]
             batchEvents = Recorder(label: "eventline_projection_batch_events", dimensions: dimensions)
             batchDuration = Timer(label: "eventline_projection_batch_seconds", dimensions: dimensions)
             retries = Counter(label: "eventline_projection_retries_total", dimensions: dimensions)
@@ -80,36 +143,44 @@ final class ProjectionRunner: LogConsumer {
     }
 
     init(
-        projection: any Projection, configuration: ProjectorConfiguration, sink: (any InvalidationSink)?, head: ChangeSignal,
-        logger: Logger
-    ) {
+        projection: any Projection, partition: Int = 0, share: PartitionShare? = nil, configuration: ProjectorConfiguration,
+        sink: (any InvalidationSink)?, head: ChangeSignal, logger: Logger
+    ) throws {
         self.projection = projection
         self.configuration = configuration
         self.sink = sink
         self.head = head
+        self.partitioner = try ProjectionPartitioner(projection)
+        self.share = share ?? PartitionShare(partitions: projection.partitions)
+        self.consumer = ConsumerID(.projection, projection.name, partition: partition)
         var logger = logger
         logger[metadataKey: "projection.name"] = "\(projection.name)"
+        if projection.partitions > 1 { logger[metadataKey: "projection.partition"] = "\(partition)" }
         self.logger = logger
         self.table = ReadModelNames.qualified(projection.name)
-        self.metrics = Metrics(projection: projection.name)
+        self.metrics = Metrics(projection: projection.name, partition: partition)
         self.reading = configuration.reading
-        self.connection = DedicatedConnection(conninfo: configuration.databaseURL, name: "eventline-projection-\(projection.name)") { conn in
-            try conn.execute(unsafeSQL: "SET application_name = 'eventline-projector'")
+        self.session = LeaseSession(
+            databaseURL: configuration.databaseURL, application: Self.application,
+            threadName: "eventline-projection-\(projection.name)-\(partition)"
+        ) { conn in
             try conn.execute(unsafeSQL: "SET TimeZone = 'UTC'")
         }
     }
 
     /// The lease as this process holds it: the session it lives in.
     struct Lease: Sendable {
-        var backendPID: Int32
+        var held: HeldLease
         var generation: Int
-        var checkpoint: Int
+        var checkpoint: Int { get { held.checkpoint } set { held.checkpoint = newValue } }
         /// Failed attempts at the event after the checkpoint.
         var attempts = 0
         /// A cache invalidation failed: some changed rows may still be cached.
         var invalidationLost = false
         /// The projection was parked when last looked at.
         var parked = false
+        /// When the fair share was last looked at.
+        var shareCheckedAt = ContinuousClock.now
     }
 
     /// Follows the log until the task is cancelled.
@@ -117,12 +188,12 @@ final class ProjectionRunner: LogConsumer {
         let timing = FollowSchedule.Timing(
             pollInterval: configuration.pollInterval, standbyInterval: configuration.standbyInterval, retryDelay: configuration.retryDelay)
         await LogFollower(consumer: self, wakeups: head, timing: timing, logger: logger).run()
-        connection.shutdown()
+        session.shutdown()
     }
 
-    /// Registers the projection, takes its lease if free, and creates its table if missing. A
-    /// projection whose declared version differs from the stored one is rebuilt first (or waits
-    /// for `eventctl replay`).
+    /// Registers the projection, takes its lease if free (and within this process's share of
+    /// partitions), and creates its table if missing. A projection whose declared version
+    /// differs from the stored one is rebuilt first (or waits for `eventctl replay`).
     func acquire() async throws -> Lease? {
         let lease: Lease?
         do {
@@ -136,8 +207,12 @@ final class ProjectionRunner: LogConsumer {
             let metadata: Logger.Metadata = [
                 "projection.version.stored": "\(pause.stored)", "projection.version.declared": "\(pause.declared)",
             ]
-            guard configuration.rebuildOnVersionChange else {
-                logger.error("projection version changed: rebuild it with eventctl replay", metadata: metadata)
+            if let problem = pause.problem {
+                reportOnce(problem, metadata: metadata)
+                return nil
+            }
+            guard configuration.rebuildOnVersionChange, consumer.partition == 0 else {
+                reportOnce("projection version changed: rebuild it with eventctl replay", metadata: metadata)
                 return nil
             }
             logger.notice("projection version changed: rebuilding it from the log", metadata: metadata)
@@ -157,49 +232,82 @@ final class ProjectionRunner: LogConsumer {
         return lease
     }
 
+    /// Logs why the projection cannot run, once per runner and cause (and for the first
+    /// partition only): it stands by and would say so again at every try.
+    private func reportOnce(_ message: String, metadata: Logger.Metadata) {
+        guard consumer.partition == 0, reported.withLock({ let new = $0 != message; $0 = message; return new }) else { return }
+        logger.error("\(message)", metadata: metadata)
+    }
+
     struct VersionChanged: Error {
         var stored: Int
         var declared: Int
+        /// Why the declared definition cannot replace the stored one at all (same version).
+        var problem: String? = nil
     }
 
     private func takeLease() async throws -> Lease? {
         let projection = self.projection
         let table = self.table
-        let owner = configuration.ownerName
         let caching = sink != nil
-        return try await connection.run { conn -> Lease? in
+        // The registry first: a definition of another version (or partitioning) takes no lease.
+        try await session.withSession { conn in
             try conn.execute("""
-                INSERT INTO eventline.projections (name, version, key_column) VALUES (\(projection.name), \(projection.version), \(projection.keyColumn))
+                INSERT INTO eventline.projections (name, version, key_column, partitions, partition_by)
+                VALUES (\(projection.name), \(projection.version), \(projection.keyColumn), \(projection.partitions), \(projection.partitionBy))
                 ON CONFLICT (name) DO NOTHING
                 """)
-            let lockID = try conn.query("SELECT lock_id FROM eventline.projections WHERE name = \(projection.name)").first!.decode(0, as: Int.self)
-            let locked = try conn.query(
-                "SELECT pg_try_advisory_lock(eventline.projection_lock_namespace(), \(Int32(lockID)))"
-            ).first!.decode(0, as: Bool.self)
-            guard locked else { return nil }
-            let row = try conn.query("SELECT version, generation, checkpoint, owner FROM eventline.projections WHERE name = \(projection.name)").first!
-            let storedVersion = try row.decode(0, as: Int.self)
-            if storedVersion != projection.version {
-                throw VersionChanged(stored: storedVersion, declared: projection.version)
+            let row = try conn.query("SELECT version, partitions, partition_by FROM eventline.projections WHERE name = \(projection.name)").first!
+            let stored = try row.decode(0, as: Int.self)
+            guard stored == projection.version else { throw VersionChanged(stored: stored, declared: projection.version) }
+            let partitions = try row.decode(1, as: Int.self)
+            let partitionBy = try row.decode(2, as: String.self)
+            if partitions != projection.partitions || partitionBy != projection.partitionBy {
+                throw VersionChanged(
+                    stored: stored, declared: projection.version,
+                    problem: "projection \(projection.name) is built with \(partitions) partition(s) by \(partitionBy); "
+                        + "changing partitions or partitionBy needs a new version (it is rebuilt blue/green)")
             }
-            var generation = try row.decode(1, as: Int.self)
-            // An owner that did not release the lease may have died between a commit and its
-            // cache invalidation: start a new cache generation, which drops every cached row.
-            if caching, try row.decode(3, as: String?.self) != nil {
-                generation = try Self.bumpGeneration(projection.name, on: conn)
-            }
-            try conn.transaction { conn in
-                let exists = try conn.query("SELECT to_regclass(\(table)) IS NOT NULL").first!.decode(0, as: Bool.self)
-                if !exists {
-                    try conn.execute(unsafeSQL: try projection.createStatements(table: table))
-                }
-                try conn.execute("""
-                    UPDATE eventline.projections SET owner = \(owner), owner_since = now(), key_column = \(projection.keyColumn)
-                    WHERE name = \(projection.name)
-                    """)
-            }
-            return Lease(backendPID: conn.backendPID, generation: generation, checkpoint: try row.decode(2))
         }
+        var share = Int.max
+        if projection.partitions > 1 {
+            share = try await self.share.share { try await session.withSession { conn in
+                try CheckpointStore.processes(application: Self.application, on: conn)
+            } }
+        }
+        if !reserved.withLock({ $0 }) {
+            guard self.share.reserve(share: share) else { return nil }
+            reserved.withLock { $0 = true }
+        }
+        guard let held = try await session.acquire(consumer, owner: configuration.ownerName, partitions: projection.partitions) else {
+            unreserve()
+            return nil
+        }
+        do {
+            let generation = try await session.run(held) { conn -> Int in
+                var generation = try conn.query("SELECT generation FROM eventline.projections WHERE name = \(projection.name)").first!.decode(0, as: Int.self)
+                // An owner that did not release the lease may have died between a commit and its
+                // cache invalidation: start a new cache generation, which drops every cached row.
+                if caching, held.previousOwner != nil {
+                    generation = try Self.bumpGeneration(projection.name, on: conn)
+                }
+                try conn.transaction { conn in
+                    // Partitions taken at once by several processes create the table once.
+                    try conn.execute("SELECT pg_advisory_xact_lock(eventline.lease_lock_namespace() + 2, hashtext(\(projection.name)))")
+                    let exists = try conn.query("SELECT to_regclass(\(table)) IS NOT NULL").first!.decode(0, as: Bool.self)
+                    if !exists {
+                        try conn.execute(unsafeSQL: try projection.createStatements(table: table))
+                    }
+                    try conn.execute("UPDATE eventline.projections SET key_column = \(projection.keyColumn) WHERE name = \(projection.name) AND key_column <> \(projection.keyColumn)")
+                }
+                return generation
+            }
+            return Lease(held: held, generation: generation, parked: held.state == "parked")
+        }
+    }
+
+    private func unreserve() {
+        if reserved.withLock({ let was = $0; $0 = false; return was }) { share.unreserve() }
     }
 
     /// Starts a new cache generation for `name` and tells servers (NOTIFY `name:generation:G`).
@@ -212,24 +320,34 @@ final class ProjectionRunner: LogConsumer {
             """).first!.decode(0, as: Int.self)
     }
 
+    /// Gives the lease up. Called after a lease was lost or given back as well, so the share
+    /// counts what the process holds: the follower calls it once per lease it took.
     func release() async {
-        let name = projection.name
-        try? await connection.run { conn in
-            _ = try conn.query("SELECT pg_advisory_unlock_all()")
-            try conn.execute("UPDATE eventline.projections SET owner = NULL WHERE name = \(name)")
-        }
+        await session.release(consumer, owner: configuration.ownerName)
+        unreserve()
+    }
+
+    /// Gives a partition back when the process holds more than its share (checked every few
+    /// seconds): the follower releases it, and another process takes it.
+    private func overShare(_ lease: inout Lease) async throws -> Bool {
+        guard projection.partitions > 1, ContinuousClock.now - lease.shareCheckedAt >= PartitionShare.recount else { return false }
+        lease.shareCheckedAt = ContinuousClock.now
+        let share = try await self.share.share { try await session.withSession { conn in
+            try CheckpointStore.processes(application: Self.application, on: conn)
+        } }
+        guard self.share.yield(share: share) else { return false }
+        reserved.withLock { $0 = false }  // given back already: the release that follows does not count it again
+        logger.info("partition handed over: this process holds more than its share", metadata: ["share": "\(share)"])
+        return true
     }
 
     /// Applies the next batch in one transaction, then drops its changed keys from the cache.
     func step(_ lease: inout Lease) async throws -> FollowOutcome {
+        if try await overShare(&lease) { return .released }
         if lease.invalidationLost {
             // Some changed rows may still be cached: a new generation makes them unreachable.
             let name = projection.name
-            let backendPID = lease.backendPID
-            lease.generation = try await connection.run { conn in
-                guard conn.backendPID == backendPID else { throw LogLeaseLost() }
-                return try Self.bumpGeneration(name, on: conn)
-            }
+            lease.generation = try await session.run(lease.held) { conn in try Self.bumpGeneration(name, on: conn) }
             lease.invalidationLost = false
             logger.info("new cache generation after a failed invalidation", metadata: ["projection.generation": "\(lease.generation)"])
         }
@@ -263,7 +381,7 @@ final class ProjectionRunner: LogConsumer {
             lease.checkpoint = committed
             lease.attempts += 1
             metrics.retries.increment()
-            try await recordFailure(position: position, handler: handler, message: message, attempts: lease.attempts)
+            try await recordFailure(position: position, handler: handler, message: message, attempts: lease.attempts, lease: lease)
             guard lease.attempts < configuration.maxAttempts else {
                 logger.error(
                     "projection parked: an event keeps failing",
@@ -308,37 +426,41 @@ final class ProjectionRunner: LogConsumer {
         let table = self.table
         let batchSize = configuration.batchSize
         let reading = self.reading
-        return try await connection.run { conn -> Step in
-            guard conn.backendPID == lease.backendPID else { throw LogLeaseLost() }
-            // The projection's state, its checkpoint and the log head in one round trip.
+        let consumer = self.consumer
+        let partitioner = self.partitioner
+        return try await session.run(lease.held) { conn -> Step in
+            // The partition's state, its checkpoint and the log head in one round trip.
             guard let row = try conn.query("""
-                SELECT p.state, h.position, p.checkpoint FROM eventline.projections p CROSS JOIN eventline.log_head h
-                WHERE p.name = \(projection.name)
-                """).first, try row.decode(0, as: String.self) == "running"
-            else { return .parked }
+                SELECT c.state, h.position, c.checkpoint FROM eventline.checkpoints c CROSS JOIN eventline.log_head h
+                WHERE c.kind = 'projection' AND c.name = \(consumer.name) AND c.partition = \(consumer.partition)
+                """).first
+            else { throw LogLeaseLost() }  // rebuilt with fewer partitions meanwhile
+            guard try row.decode(0, as: String.self) == "running" else { return .parked }
             if lease.parked { return .resumed(checkpoint: try row.decode(2, as: Int.self)) }
             let checkpoint = lease.checkpoint
             let head = try row.decode(1, as: Int.self)
             guard head > checkpoint else { return .caughtUp }
-            let events = try EventStore.readEvents(
+            let page = try EventStore.readEvents(
                 on: conn, after: checkpoint, upTo: head, types: projection.eventTypes, limit: batchSize, reading: reading)
             // Caught up to the head when the page is short: events of other types are done too.
-            let target = events.count < batchSize ? head : events.last!.position
+            let target = page.count < batchSize ? head : page.last!.position
+            // Other partitions' events are theirs: this one moves past them.
+            let events = partitioner.partitions == 1 ? page : page.filter { partitioner.partition(of: $0).map { $0 == consumer.partition } ?? true }
             // The batch continues the trace of the request that wrote its first event, linked
             // to the traces of the others.
             let span = EventTrace.isEnabled && !events.isEmpty
                 ? EventTrace.startSpan("eventline.projection.apply \(projection.name)", ofKind: .consumer, for: events) : nil
             span?.attributes["eventline.batch.events"] = events.count
             defer { span?.end() }
-            return try Self.commit(events, from: checkpoint, to: target, projection: projection, table: table, on: conn)
+            return try Self.commit(events, from: checkpoint, to: target, projection: projection, consumer: consumer, table: table, on: conn)
         }
     }
 
     /// Commits `events` and the checkpoint `to`; on a failing statement, commits the events
     /// before it (checkpoint just before the failing event) and reports it.
     private static func commit(
-        _ events: [RecordedEvent], from checkpoint: Int, to target: Int, projection: any Projection, table: String,
-        on conn: PostgresConnection
+        _ events: [RecordedEvent], from checkpoint: Int, to target: Int, projection: any Projection, consumer: ConsumerID,
+        table: String, on conn: PostgresConnection
     ) throws -> Step {
         var queries: [SQLQuery] = ["BEGIN"]
         /// For each query, the index of the event whose statement it is (nil: BEGIN, checkpoint, COMMIT).
@@ -352,14 +474,15 @@ final class ProjectionRunner: LogConsumer {
                 // like a statement the server refused.
                 for statement in statements { try statement.checkSendable() }
             } catch {
-                return try failure(events, at: index, message: "\(error)", from: checkpoint, projection: projection, table: table, on: conn)
+                return try failure(
+                    events, at: index, message: "\(error)", from: checkpoint, projection: projection, consumer: consumer, table: table, on: conn)
             }
             for statement in statements {
                 queries.append(statement)
                 owners.append(index)
             }
         }
-        queries.append("SELECT eventline.advance_checkpoint(\(projection.name), \(checkpoint), \(target))")
+        queries.append(CheckpointStore.advance(consumer, from: checkpoint, to: target))
         owners.append(nil)
         queries.append("COMMIT")
         owners.append(nil)
@@ -375,7 +498,9 @@ final class ProjectionRunner: LogConsumer {
                     if error.sqlState == SQLState.serializationFailure { throw LogLeaseLost() }  // the checkpoint moved under us
                     throw error
                 }
-                return try failure(events, at: index, message: error.message, from: checkpoint, projection: projection, table: table, on: conn)
+                return try failure(
+                    events, at: index, message: error.message, from: checkpoint, projection: projection, consumer: consumer, table: table,
+                    on: conn)
             }
         }
         return .applied(to: target, keys: Array(Set(keys)).sorted(), events: events.count)
@@ -383,14 +508,15 @@ final class ProjectionRunner: LogConsumer {
 
     /// events[index] failed: commits the events before it, then reports the failure.
     private static func failure(
-        _ events: [RecordedEvent], at index: Int, message: String, from checkpoint: Int, projection: any Projection, table: String,
-        on conn: PostgresConnection
+        _ events: [RecordedEvent], at index: Int, message: String, from checkpoint: Int, projection: any Projection,
+        consumer: ConsumerID, table: String, on conn: PostgresConnection
     ) throws -> Step {
         let failing = events[index]
         var committed = checkpoint
         if failing.position - 1 > checkpoint {
             let prefix = try commit(
-                Array(events[..<index]), from: checkpoint, to: failing.position - 1, projection: projection, table: table, on: conn)
+                Array(events[..<index]), from: checkpoint, to: failing.position - 1, projection: projection, consumer: consumer,
+                table: table, on: conn)
             if case .applied(let to, _, _) = prefix { committed = to }
         }
         return .failed(position: failing.position, handler: failing.type, message: message, checkpoint: committed)
@@ -405,16 +531,8 @@ final class ProjectionRunner: LogConsumer {
         }
     }
 
-    private func recordFailure(position: Int, handler: String, message: String, attempts: Int) async throws {
-        let name = projection.name
-        let park = attempts >= configuration.maxAttempts
-        try await connection.run { conn in
-            try conn.execute("""
-                UPDATE eventline.projections
-                SET error = \(message), error_position = \(position), error_handler = \(handler), failed_attempts = \(attempts),
-                    state = CASE WHEN \(park) THEN 'parked' ELSE state END, updated_at = now()
-                WHERE name = \(name)
-                """)
-        }
+    private func recordFailure(position: Int, handler: String, message: String, attempts: Int, lease: Lease) async throws {
+        try await session.recordFailure(
+            lease.held, position: position, handler: handler, message: message, attempts: attempts, park: attempts >= configuration.maxAttempts)
     }
 }

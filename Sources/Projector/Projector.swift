@@ -44,11 +44,31 @@ public final class Projector: Sendable {
         let listener = Task {
             await head.signalCommits(conninfo: self.configuration.databaseURL, pollInterval: self.configuration.pollInterval)
         }
-        /// The running projections: their definition's fingerprint and their task.
+        /// The running projections: their definition's fingerprint and their task (one runner
+        /// per partition, sharing the process's count of partitions held).
         var running: [String: (fingerprint: String, task: Task<Void, Never>)] = [:]
         func start(_ projection: any Projection) {
-            let runner = ProjectionRunner(projection: projection, configuration: configuration, sink: sink, head: head, logger: logger)
-            running[projection.name] = (Self.fingerprint(projection), Task { await runner.run() })
+            let share = PartitionShare(partitions: projection.partitions)
+            let runners: [ProjectionRunner]
+            do {
+                runners = try (0..<projection.partitions).map { partition in
+                    try ProjectionRunner(
+                        projection: projection, partition: partition, share: share, configuration: configuration, sink: sink, head: head,
+                        logger: logger)
+                }
+            } catch {
+                logger.error("projection cannot run", metadata: ["projection.name": "\(projection.name)", "error": "\(error)"])
+                running[projection.name] = (Self.fingerprint(projection), Task {})
+                return
+            }
+            running[projection.name] = (
+                Self.fingerprint(projection),
+                Task {
+                    await withTaskGroup(of: Void.self) { group in
+                        for runner in runners { group.addTask { await runner.run() } }
+                    }
+                }
+            )
         }
         for projection in projections { start(projection) }
         await withTaskCancellationHandler {
@@ -92,6 +112,7 @@ public final class Projector: Sendable {
     public static func fingerprint(_ projection: any Projection) -> String {
         let types = projection.eventTypes.sorted()
         var text = "\(projection.version)|\(projection.keyColumn)|\(types.joined(separator: ","))|\(projection.source)"
+        text += "|\(projection.partitions)|\(projection.partitionBy)"
         text += "|" + ((try? projection.createStatements(table: "t")) ?? "")
         if let yaml = projection as? YAMLProjection {
             for type in types { text += "|\(type)=\(yaml.handlers[type] ?? "")" }

@@ -1,6 +1,5 @@
 import EventStore
 import Foundation
-import PostgresClient
 
 /// A reactor's state as the registry and PostgreSQL's lock table show it.
 public struct ReactorStatus: Sendable, Equatable {
@@ -29,28 +28,12 @@ public enum ReactorCatalog {
         }
     }
 
-    /// Every registered reactor (or only `name`), with the log head read in the same snapshot.
-    package static func status(on conn: PostgresConnection, name: String? = nil) throws -> [ReactorStatus] {
-        // The head and the held locks are read once, not per reactor: the planner has no
-        // statistics for these small tables, and a per-row subplan over a cross join was
-        // estimated costly enough to be JIT-compiled on every call (~0.2 s).
-        let rows = try conn.query("""
-            SELECT r.name, r.checkpoint, (SELECT position FROM eventline.log_head),
-                   CASE WHEN r.lock_id::oid IN (
-                       SELECT l.objid FROM pg_locks l
-                       WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                         AND l.classid = eventline.reactor_lock_namespace()::oid
-                         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                   ) THEN r.owner END,
-                   r.error, r.error_position, r.failed_attempts
-            FROM eventline.reactors r
-            WHERE \(name)::text IS NULL OR r.name = \(name)::text
-            ORDER BY r.name
-            """)
-        return try rows.rows.map { row in
+    /// The reactors' rows of the checkpoint store (`CheckpointStore.list(.reactor)`) as statuses.
+    public static func status(_ rows: [ConsumerCheckpoint]) -> [ReactorStatus] {
+        rows.map { row in
             ReactorStatus(
-                name: try row.decode(0), checkpoint: try row.decode(1), head: try row.decode(2), owner: try row.decode(3),
-                error: try row.decode(4), errorPosition: try row.decode(5), failedAttempts: try row.decode(6))
+                name: row.consumer.name, checkpoint: row.checkpoint, head: row.head, owner: row.owner, error: row.error,
+                errorPosition: row.errorPosition, failedAttempts: row.failedAttempts)
         }
     }
 }

@@ -2,7 +2,6 @@ import EventStore
 import Foundation
 import Logging
 import Metrics
-import PostgresClient
 import Tracing
 
 /// Runs reactors in this process: each one catches up from its checkpoint, then follows the log,
@@ -83,7 +82,8 @@ final class ReactorWorker: LogConsumer {
     let configuration: ReactorConfiguration
     let logger: Logger
     /// The session that holds the lease and moves the checkpoint.
-    private let connection: DedicatedConnection
+    private let session: LeaseSession
+    private let consumer: ConsumerID
     /// Reported through swift-metrics (the process decides where it goes).
     private let handled: Timer
     private let retries: Counter
@@ -100,53 +100,31 @@ final class ReactorWorker: LogConsumer {
         var logger = logger
         logger[metadataKey: "reactor.name"] = "\(reactor.name)"
         self.logger = logger
-        self.connection = DedicatedConnection(conninfo: store.configuration.databaseURL, name: "eventline-reactor-\(reactor.name)") { conn in
-            try conn.execute(unsafeSQL: "SET application_name = 'eventline-reactor'")
-        }
+        self.consumer = ConsumerID(.reactor, reactor.name)
+        self.session = LeaseSession(
+            databaseURL: store.configuration.databaseURL, application: "eventline-reactor", threadName: "eventline-reactor-\(reactor.name)")
     }
 
     /// The lease as this process holds it: the session it lives in.
     struct Lease: Sendable {
-        var backendPID: Int32
-        var checkpoint: Int
+        var held: HeldLease
+        var checkpoint: Int { get { held.checkpoint } set { held.checkpoint = newValue } }
         /// Failed attempts at the event after the checkpoint.
         var attempts = 0
     }
 
-    func shutdown() { connection.shutdown() }
+    func shutdown() { session.shutdown() }
 
     /// Registers the reactor and takes its lease if it is free.
     func acquire() async throws -> Lease? {
-        let name = reactor.name
-        let owner = configuration.ownerName
-        let lease = try await connection.run { conn -> Lease? in
-            try conn.execute("INSERT INTO eventline.reactors (name) VALUES (\(name)) ON CONFLICT (name) DO NOTHING")
-            guard let row = try conn.query("SELECT lock_id FROM eventline.reactors WHERE name = \(name)").first else {
-                throw ReactorError("reactor \(name) is not registered")
-            }
-            let lockID = try row.decode(0, as: Int.self)
-            let locked = try conn.query(
-                "SELECT pg_try_advisory_lock(eventline.reactor_lock_namespace(), \(Int32(lockID)))"
-            ).first!.decode(0, as: Bool.self)
-            guard locked else { return nil }
-            let checkpoint = try conn.query("""
-                UPDATE eventline.reactors SET owner = \(owner), owner_since = now(), updated_at = now()
-                WHERE name = \(name) RETURNING checkpoint
-                """).first!.decode(0, as: Int.self)
-            return Lease(backendPID: conn.backendPID, checkpoint: checkpoint)
-        }
-        if let lease { logger.info("reactor lease taken", metadata: ["reactor.checkpoint": "\(lease.checkpoint)"]) }
-        return lease
+        guard let held = try await session.acquire(consumer, owner: configuration.ownerName) else { return nil }
+        logger.info("reactor lease taken", metadata: ["reactor.checkpoint": "\(held.checkpoint)"])
+        return Lease(held: held)
     }
 
     /// Gives the lease up (a no-op on a session that does not hold it).
     func release() async {
-        let name = reactor.name
-        let owner = configuration.ownerName
-        try? await connection.run { conn in
-            _ = try conn.query("SELECT pg_advisory_unlock_all()")
-            try conn.execute("UPDATE eventline.reactors SET owner = NULL WHERE name = \(name) AND owner = \(owner)")
-        }
+        await session.release(consumer, owner: configuration.ownerName)
     }
 
     /// Reacts to the next page of events, moving the checkpoint past each one; stops at an event
@@ -222,35 +200,15 @@ final class ReactorWorker: LogConsumer {
     /// Throws `LogLeaseLost` unless the lease session is still the one that took the lease and
     /// answers (a session that answers still holds its advisory locks).
     private func verify(_ lease: Lease) async throws {
-        try await connection.run { conn in
-            guard conn.backendPID == lease.backendPID else { throw LogLeaseLost() }
-            _ = try conn.query("SELECT 1")
-        }
+        try await session.verify(lease.held)
     }
 
     /// Moves the checkpoint on the lease session, only from where this owner left it.
     private func save(from: Int, to: Int, lease: Lease) async throws {
-        let name = reactor.name
-        try await connection.run { conn in
-            guard conn.backendPID == lease.backendPID else { throw LogLeaseLost() }
-            let moved = try conn.execute("""
-                UPDATE eventline.reactors
-                SET checkpoint = \(to), error = NULL, error_position = NULL, failed_attempts = 0, updated_at = now()
-                WHERE name = \(name) AND checkpoint = \(from)
-                """)
-            guard moved == 1 else { throw LogLeaseLost() }
-        }
+        try await session.advance(lease.held, from: from, to: to)
     }
 
     private func recordFailure(position: Int, message: String, attempts: Int, lease: Lease) async throws {
-        let name = reactor.name
-        try await connection.run { conn in
-            guard conn.backendPID == lease.backendPID else { throw LogLeaseLost() }
-            try conn.execute("""
-                UPDATE eventline.reactors
-                SET error = \(message), error_position = \(position), failed_attempts = \(attempts), updated_at = now()
-                WHERE name = \(name)
-                """)
-        }
+        try await session.recordFailure(lease.held, position: position, handler: nil, message: message, attempts: attempts)
     }
 }

@@ -5,7 +5,6 @@ import Logging
 import Metrics
 import NIOCore
 import NIOHTTP1
-import PostgresClient
 import Synchronization
 
 /// How `deliver` runs.
@@ -119,7 +118,8 @@ final class WebhookWorker: LogConsumer {
     let client: HTTPClient
     let configuration: WebhookConfiguration
     let logger: Logger
-    private let connection: DedicatedConnection
+    private let session: LeaseSession
+    private let consumer: ConsumerID
     private let delivered: Counter
     private let failed: Counter
 
@@ -134,34 +134,32 @@ final class WebhookWorker: LogConsumer {
         let dimensions = [("group", group)]
         delivered = Counter(label: "eventline_webhook_events_delivered_total", dimensions: dimensions)
         failed = Counter(label: "eventline_webhook_batches_failed_total", dimensions: dimensions)
-        connection = DedicatedConnection(conninfo: store.configuration.databaseURL, name: "eventline-deliver-\(group)") { conn in
-            try conn.execute(unsafeSQL: "SET application_name = 'eventline-deliver'")
-        }
+        consumer = ConsumerID(.webhook, group)
+        session = LeaseSession(databaseURL: store.configuration.databaseURL, application: "eventline-deliver", threadName: "eventline-deliver-\(group)")
     }
 
-    /// The lease is the session advisory lock on the group's name; it holds nothing else.
-    struct Lease: Sendable {}
+    /// The group's lease in the checkpoint store; it holds nothing else (the group's messages
+    /// are its progress).
+    struct Lease: Sendable {
+        var held: HeldLease
+    }
 
-    func shutdown() { connection.shutdown() }
+    func shutdown() { session.shutdown() }
 
     func acquire() async throws -> Lease? {
-        let group = self.group
-        let locked = try await connection.run { conn in
-            try conn.query("SELECT pg_try_advisory_lock(eventline.webhook_lock_namespace(), hashtext(\(group)))").first!.decode(0, as: Bool.self)
-        }
-        guard locked else { return nil }
+        guard let held = try await session.acquire(consumer, owner: configuration.ownerName) else { return nil }
         logger.info("webhook lease taken")
-        return Lease()
+        return Lease(held: held)
     }
 
     func release() async {
-        try? await connection.run { conn in _ = try conn.query("SELECT pg_advisory_unlock_all()") }
+        await session.release(consumer, owner: configuration.ownerName)
     }
 
     /// Fetches one batch and delivers it; finished when the group is gone or has no webhook any more.
     func step(_ lease: inout Lease) async throws -> FollowOutcome {
         // The lease session still answers (and so still holds the lock).
-        try await connection.run { conn in _ = try conn.query("SELECT 1") }
+        try await session.verify(lease.held)
         guard case .some(.some(let webhook)) = try await store.consumerGroupWebhook(group) else { return finished() }
         let messages: [ConsumerGroupMessage]
         do {

@@ -22,7 +22,8 @@ public struct ReadModelInfo: Sendable, Equatable {
 
 /// One row read with the checkpoint of the snapshot it was read in.
 public struct ReadModelRow: Sendable {
-    /// The projection's checkpoint in the same snapshot: the row reflects every event up to it.
+    /// The projection's checkpoint in the same snapshot (the smallest of its partitions'): the
+    /// row reflects every event up to it.
     public var checkpoint: Int
     public var generation: Int
     /// The row as a JSON object (`to_json`), nil when there is none with that key.
@@ -69,7 +70,7 @@ public enum ReadModelReader {
         let keyType = info.type(of: info.keyColumn) ?? "text"
         let table = ReadModelNames.qualified(info.name)
         let result = try conn.query("""
-            SELECT p.checkpoint, p.generation,
+            SELECT eventline.projection_checkpoint(p.name), p.generation,
                    (SELECT to_json(t)::text FROM \(unsafeSQL: table) t WHERE t.\(identifier: info.keyColumn) = \(key)::text::\(unsafeSQL: keyType))
             FROM eventline.projections p WHERE p.name = \(info.name)
             """)
@@ -85,7 +86,7 @@ public enum ReadModelReader {
         let keyType = info.type(of: info.keyColumn) ?? "text"
         let key = quoteIdentifier(info.keyColumn)
         var query = SQLQuery(unsafeSQL: """
-            SELECT p.checkpoint, p.generation, q.key, q.row
+            SELECT eventline.projection_checkpoint(p.name), p.generation, q.key, q.row
             FROM eventline.projections p
             LEFT JOIN LATERAL (
                 SELECT t.\(key)::text AS key, to_json(t)::text AS row FROM \(ReadModelNames.qualified(info.name)) t WHERE true

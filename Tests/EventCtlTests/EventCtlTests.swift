@@ -217,8 +217,8 @@ struct EventCtlTests {
         _ = try await test.store.append(to: "transfer-1", events: [NewEvent(type: "Noted", data: Data("{}".utf8))])
         try await test.sql { conn in
             try conn.execute(unsafeSQL: """
-                INSERT INTO eventline.reactors (name, owner, error, error_position, failed_attempts)
-                VALUES ('transfers', 'gone:1', 'refund refused', 1, 3)
+                INSERT INTO eventline.checkpoints (kind, name, owner, error, error_position, failed_attempts)
+                VALUES ('reactor', 'transfers', 'gone:1', 'refund refused', 1, 3)
                 """)
         }
         output = try await Self.eventctl(["status"], url: test.url)

@@ -128,7 +128,7 @@ struct FailoverTests {
         }
         try await eventually(timeout: .seconds(60), "account_balances reaches \(head)") {
             guard projector.isRunning else { throw TestFailure("the projector exited: \(projector.output)") }
-            return (try? await cluster.query(leader, "SELECT checkpoint FROM eventline.projections WHERE name = 'account_balances'", database: "eventline")) == String(head)
+            return (try? await cluster.query(leader, "SELECT eventline.projection_checkpoint('account_balances')", database: "eventline")) == String(head)
         }
         let rows = try await cluster.query(leader, "SELECT account_id || '=' || balance FROM read_models.account_balances ORDER BY 1", database: "eventline")
         let balances = Dictionary(uniqueKeysWithValues: rows.split(separator: "\n").map { line in

@@ -66,6 +66,12 @@ struct ReadModelRouteTests {
             #expect(status["head"] as? Int == client.position(of: last))
             #expect(status["key"] as? String == "account_id")
             #expect((status["owner"] as? String)?.isEmpty == false)
+            // A projection in one piece has one partition, by stream, with the same checkpoint.
+            #expect(status["partitionBy"] as? String == "stream")
+            let partitions = status["partitions"] as? [[String: Any]] ?? []
+            #expect(partitions.count == 1 && partitions.first?["partition"] as? Int == 0)
+            #expect(partitions.first?["checkpoint"] as? Int == status["checkpoint"] as? Int)
+            #expect(partitions.first?["owner"] as? String == status["owner"] as? String)
 
             var response = try await client.send(.get, "/v1/read-models/account_balances/a1")
             #expect(response.status == .ok)

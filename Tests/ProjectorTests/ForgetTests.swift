@@ -45,7 +45,7 @@ struct ForgetProjectionTests {
         try await eventually("the projection caught up") { (try? await owners()) == ["1=Ada", "2=Bob"] }
         // A server has cached both rows (as it does when they are read).
         let (generation, checkpoint) = try await test.sql { conn in
-            let row = try conn.query("SELECT generation, checkpoint FROM eventline.projections WHERE name = 'account_balances'").first!
+            let row = try conn.query("SELECT generation, eventline.projection_checkpoint(name) FROM eventline.projections WHERE name = 'account_balances'").first!
             return (try row.decode(0, as: Int.self), try row.decode(1, as: Int.self))
         }
         for key in ["1", "2"] {
@@ -82,7 +82,7 @@ struct ForgetProjectionTests {
         defer { running.cancel() }
         try await eventually("the projection parked") {
             try await test.sql { conn in
-                try conn.query("SELECT state = 'parked' AND error LIKE '%no master key%' FROM eventline.projections WHERE name = 'account_balances'")
+                try conn.query("SELECT state = 'parked' AND error LIKE '%no master key%' FROM eventline.checkpoints WHERE kind = 'projection' AND name = 'account_balances'")
                     .first?.decode(0, as: Bool.self) ?? false
             }
         }

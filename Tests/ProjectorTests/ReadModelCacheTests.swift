@@ -98,7 +98,7 @@ struct ReadModelCacheTests {
             let task = Task { try? await projector.run() }
             try await eventually("\(name) holds the lease and caught up") {
                 try await test.sql { conn in
-                    let row = try conn.query("SELECT owner, checkpoint FROM eventline.projections WHERE name = 'account_balances'").first
+                    let row = try conn.query("SELECT owner, checkpoint FROM eventline.checkpoints WHERE kind = 'projection' AND name = 'account_balances'").first
                     return try row?.decode(0, as: String?.self) == name && row?.decode(1, as: Int.self) ?? 0 >= 1
                 }
             }
@@ -111,7 +111,7 @@ struct ReadModelCacheTests {
         try await runUntilCaughtUp(as: "second:2")
         #expect(try await generation() == first)
         // An owner that died without releasing (its name is still recorded): a new generation.
-        try await test.sql { conn in try conn.execute("UPDATE eventline.projections SET owner = 'gone:1' WHERE name = 'account_balances'") }
+        try await test.sql { conn in try conn.execute("UPDATE eventline.checkpoints SET owner = 'gone:1' WHERE kind = 'projection' AND name = 'account_balances'") }
         try await runUntilCaughtUp(as: "third:3")
         #expect(try await generation() == first + 1)
     }

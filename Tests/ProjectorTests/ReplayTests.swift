@@ -36,7 +36,7 @@ private func digest(_ test: TestStore, _ table: String, key: String) async throw
 private func registry(_ test: TestStore, _ name: String) async throws -> (version: Int, generation: Int, checkpoint: Int) {
     try await test.sql { conn in
         // (0, 0, 0) until a projector or replay registers it.
-        guard let row = try conn.query("SELECT version, generation, checkpoint FROM eventline.projections WHERE name = \(name)").first else {
+        guard let row = try conn.query("SELECT version, generation, eventline.projection_checkpoint(name) FROM eventline.projections WHERE name = \(name)").first else {
             return (0, 0, 0)
         }
         return (try row.decode(0), try row.decode(1), try row.decode(2))

@@ -77,14 +77,14 @@ struct ReactorKillTests {
         let start = ContinuousClock.now
         let pids = processes.filter(\.isRunning).map(\.processIdentifier)
         while ContinuousClock.now < start + .seconds(30) {
-            let owner = try await probe.run { conn in try ReactorCatalog.status(on: conn).first?.owner }
+            let owner = try await probe.run { conn in try ReactorCatalog.status(try CheckpointStore.list(.reactor, on: conn)).first?.owner }
             if let owner, let pid = pids.first(where: { owner.hasSuffix(":\($0)") }) {
                 let process = processes.first { $0.processIdentifier == pid }!
                 if ContinuousClock.now > start + patience { return (process, false) }
                 kill(pid, SIGSTOP)
                 // A commit it had already sent still lands; then the log stands still.
                 try await Task.sleep(for: .milliseconds(2))
-                let (lag, pending) = try await probe.run { conn in (try ReactorCatalog.status(on: conn).first?.lag ?? 0, try Self.halfway(on: conn)) }
+                let (lag, pending) = try await probe.run { conn in (try ReactorCatalog.status(try CheckpointStore.list(.reactor, on: conn)).first?.lag ?? 0, try Self.halfway(on: conn)) }
                 let caught = !pending.subtracting(left).isEmpty
                 if caught || (!wanted && lag > 0) { return (process, caught) }
                 kill(pid, SIGCONT)

@@ -27,7 +27,7 @@ func start(_ runner: ReactorRunner) -> Task<Void, Never> {
 }
 
 func reactorStatus(_ test: TestStore) async throws -> [ReactorStatus] {
-    try await test.sql { conn in try ReactorCatalog.status(on: conn) }
+    try await test.sql { conn in try ReactorCatalog.status(try CheckpointStore.list(.reactor, on: conn)) }
 }
 
 /// Opens `account` with `deposit` in it (0: nothing deposited).

@@ -31,6 +31,8 @@ CREATE TABLE eventline.checkpoints (
     failed_attempts integer     NOT NULL DEFAULT 0,
     owner           text,
     owner_since     timestamptz,
+    -- When the checkpoint last moved (a partition that has lag and has not moved is stalled).
+    advanced_at     timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (kind, name, partition)
@@ -77,7 +79,7 @@ RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE eventline.checkpoints
        SET checkpoint = to_position, failed_attempts = 0, error = NULL, error_position = NULL,
-           error_handler = NULL, updated_at = now()
+           error_handler = NULL, updated_at = now(), advanced_at = now()
      WHERE kind = consumer_kind AND name = consumer_name AND partition = consumer_partition
        AND checkpoint = from_position AND state = 'running';
     IF NOT FOUND THEN

@@ -377,6 +377,15 @@ public final class EventStore: Sendable {
             """), on: conn)
     }
 
+    /// The events at `positions`, in log order, as a consumer reads them (upcast, opened):
+    /// a parked key's held events, applied when the key is retried.
+    package static func readEvents(on conn: PostgresConnection, positions: [Int], reading: EventReading) throws -> [RecordedEvent] {
+        guard !positions.isEmpty else { return [] }
+        return try reading.decode(conn.query("""
+            SELECT \(unsafeSQL: eventColumns) FROM eventline.events WHERE position = ANY(\(positions)) ORDER BY position
+            """), on: conn)
+    }
+
     /// Reads up to `limit` events of `stream` starting at version `from` (default: the first
     /// event forward, the last event backward). A stream with no events gives an empty array.
     public func readStream(
@@ -439,6 +448,14 @@ public final class EventStore: Sendable {
             """
         return try await translatingErrors {
             try await withReadConnection { conn in try self.decodeEvents(conn.query(query), on: conn) }
+        }
+    }
+
+    /// The events at `positions`, in log order (a parked key's held events).
+    public func events(at positions: [Int]) async throws -> [RecordedEvent] {
+        let reading = self.reading
+        return try await translatingErrors {
+            try await withReadConnection { conn in try Self.readEvents(on: conn, positions: positions, reading: reading) }
         }
     }
 

@@ -59,8 +59,9 @@ struct Import: AsyncParsableCommand {
     }
 }
 
-/// Progress on stderr: one line redrawn in place on a terminal (events, rate, ETA when the
-/// end is known), else a plain line every few seconds.
+/// Progress on stderr: on a terminal, one line redrawn in place with a bar (events, rate, time
+/// left when the end is known); otherwise a JSON object per line every few seconds, for logs
+/// and scripts (`{"progress":…,"events":…,"position":…,"target":…,"percent":…,"eventsPerSecond":…,"etaSeconds":…}`).
 final class ProgressLine: Sendable {
     private struct State {
         var started = ContinuousClock.now
@@ -83,24 +84,40 @@ final class ProgressLine: Sendable {
     func update(events: Int, position: Int, target: Int?, note: String? = nil) {
         let now = ContinuousClock.now
         let line = state.withLock { state -> String? in
-            let interval: Duration = terminal ? .milliseconds(200) : .seconds(5)
+            let interval: Duration = terminal ? .milliseconds(200) : .seconds(2)
             if let last = state.lastPrinted, now - last < interval { return nil }
             state.lastPrinted = now
             state.drawn = true
             let elapsed = (now - state.started).inSeconds
             let rate = elapsed > 0 ? Double(events) / elapsed : 0
-            var text = "\(verb) \(events) events (position \(position)"
+            var share: Double? = nil
+            var eta: Int? = nil
             if let target, target > 0 {
-                let share = min(1, Double(position) / Double(target))
-                text += " of \(target), \(Int(share * 100))%"
-                if rate > 0, share < 1, position > 0 {
+                share = min(1, Double(position) / Double(target))
+                if elapsed > 0, position > 0, share! < 1 {
                     // Positions advance at the rate events do, near enough.
-                    let positionRate = Double(position) / elapsed
-                    text += ", ETA \(Int(Double(target - position) / positionRate + 0.5)) s"
+                    eta = Int(Double(target - position) / (Double(position) / elapsed) + 0.5)
                 }
             }
-            text += ", \(Int(rate)) events/s)"
-            if let note { text += " \(note)" }
+            guard terminal else {
+                var fields: [String: JSONValue] = [
+                    "progress": .string(verb.hasSuffix(":") ? String(verb.dropLast()) : verb), "events": .integer(events),
+                    "position": .integer(position), "eventsPerSecond": .integer(Int(rate)),
+                ]
+                if let target { fields["target"] = .integer(target) }
+                if let share { fields["percent"] = .integer(Int(share * 100)) }
+                if let eta { fields["etaSeconds"] = .integer(eta) }
+                if let note { fields["phase"] = .string(note) }
+                return String(decoding: JSONValue.jsonData(fields), as: UTF8.self)
+            }
+            var text = "\(verb) "
+            if let share {
+                let filled = Int(share * 24)
+                text += "[" + String(repeating: "#", count: filled) + String(repeating: "-", count: 24 - filled) + "] \(Int(share * 100))%  "
+            }
+            text += "\(events) events  \(Int(rate)) events/s"
+            if let eta { text += "  \(eta) s left" }
+            if let note { text += "  \(note)" }
             return text
         }
         guard let line else { return }

@@ -14,7 +14,7 @@ struct EventlineCommand: AsyncParsableCommand {
             Exit codes: 0 success, 1 error, 3 version conflict, 64 bad arguments.
             """,
         subcommands: [
-            Serve.self, Project.self, Projections.self, React.self, Replay.self, Migrate.self, Append.self, Read.self, Tail.self,
+            Serve.self, Project.self, Projections.self, React.self, Reactors.self, Replay.self, Migrate.self, Append.self, Read.self, Tail.self,
             Status.self, Keys.self, ConsumerGroups.self, Deliver.self, AnalystRole.self, Export.self, Import.self, Dev.self,
             Forget.self, DeleteStream.self, MasterKeyCommand.self,
         ]

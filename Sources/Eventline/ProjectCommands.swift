@@ -172,7 +172,9 @@ struct ProjectorService: Service {
 
 struct Projections: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List projections, or resume a parked one.", subcommands: [List.self, Resume.self], defaultSubcommand: List.self)
+        abstract: "List projections, resume a paused one, or list, retry or skip their parked keys.",
+        subcommands: [List.self, Resume.self, ParkedList<ProjectionKind>.self, ParkedRetry<ProjectionKind>.self, ParkedSkip<ProjectionKind>.self],
+        defaultSubcommand: List.self)
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Each projection's checkpoint, lag, owner and state.")
@@ -189,7 +191,7 @@ struct Projections: AsyncParsableCommand {
     }
 
     struct Resume: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Resume a parked projection: it retries the event it stopped at.")
+        static let configuration = CommandConfiguration(abstract: "Resume a paused projection (onError: then: pause): it retries the event it stopped at.")
         @OptionGroup var database: DatabaseOptions
         @Argument(help: "The projection's name.") var name: String
 
@@ -223,6 +225,8 @@ enum ProjectionReport {
                 ("eventline_projection_checkpoint", labels, Double(status.checkpoint)),
                 ("eventline_projection_parked", labels, status.state == "parked" ? 1 : 0),
                 ("eventline_projection_failed_attempts", labels, Double(status.failedAttempts)),
+                ("eventline_projection_parked_keys", labels, Double(status.parkedKeys)),
+                ("eventline_projection_stalled", labels, status.stalled ? 1 : 0),
             ] + status.partitions.map { partition in
                 ("eventline_projection_partition_lag_events", labels + [("partition", String(partition.consumer.partition))], Double(partition.lag))
             }
@@ -257,6 +261,8 @@ enum ProjectionReport {
             var line = "  \(status.name)  v\(status.version)  \(status.state)  checkpoint \(status.checkpoint)  lag \(status.lag)"
             line += "  owner \(status.owner ?? "none")"
             if status.failedAttempts > 0 { line += "  failed attempts \(status.failedAttempts)" }
+            if status.parkedKeys > 0 { line += "  parked keys \(status.parkedKeys) (\(CLI.name) projections parked \(status.name))" }
+            if status.stalled { line += "  stalled" }
             Swift.print(line)
             if let error = status.error {
                 Swift.print("    error at position \(status.errorPosition ?? 0) in handler \(status.errorHandler ?? "?"): \(error)")

@@ -83,7 +83,8 @@ enum ReactorReport {
         try await CLI.withConnection(url) { conn in
             let installed = try conn.query("SELECT to_regclass('eventline.checkpoints') IS NOT NULL").first!.decode(0, as: Bool.self)
             guard installed else { throw CLIError("reactors are not installed: run \(CLI.name) migrate") }
-            return ReactorCatalog.status(try CheckpointStore.list(.reactor, on: conn))
+            let rows = try CheckpointStore.list(.reactor, on: conn)
+            return ReactorCatalog.status(rows, parked: try rows.flatMap { try CheckpointStore.parked(.reactor, name: $0.consumer.name, on: conn) })
         }
     }
 
@@ -95,6 +96,8 @@ enum ReactorReport {
                 ("eventline_reactor_lag_events", labels, Double(status.lag)),
                 ("eventline_reactor_checkpoint", labels, Double(status.checkpoint)),
                 ("eventline_reactor_failed_attempts", labels, Double(status.failedAttempts)),
+                ("eventline_reactor_parked_keys", labels, Double(status.parkedKeys)),
+                ("eventline_reactor_stalled", labels, status.stalled ? 1 : 0),
             ]
         }
     }
@@ -107,10 +110,13 @@ enum ReactorReport {
         Swift.print("reactors")
         for status in statuses {
             var line = "  \(status.name)  checkpoint \(status.checkpoint)  lag \(status.lag)  owner \(status.owner ?? "none")"
+            if status.state != "running" { line += "  \(status.state)" }
             if status.failedAttempts > 0 { line += "  failed attempts \(status.failedAttempts)" }
+            if status.parkedKeys > 0 { line += "  parked streams \(status.parkedKeys) (\(CLI.name) reactors parked \(status.name))" }
+            if status.stalled { line += "  stalled" }
             Swift.print(line)
             if let error = status.error {
-                Swift.print("    retrying the event at position \(status.errorPosition ?? 0): \(error)")
+                Swift.print("    \(status.state == "running" ? "retrying" : "paused at") the event at position \(status.errorPosition ?? 0): \(error)")
             }
         }
     }

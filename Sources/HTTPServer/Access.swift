@@ -136,6 +136,8 @@ final class AccessControl: Service, Sendable {
             if method == .put || method == .delete || path.contains("/parked/retry") { return .admin }
             return .read
         }
+        // Skipping a parked key's failing event gives it up (on the record).
+        if method == .post && path.hasSuffix("/parked/skip") { return .admin }
         // Deleting a stream or forgetting a subject cannot be undone.
         if method == .delete && (path.hasPrefix("/v1/streams/") || path.hasPrefix("/v1/subjects/")) { return .admin }
         // Reading by a query is a read, though its body makes it a POST.

@@ -54,6 +54,7 @@ public func buildApplication(
         .register(on: endpoints)
     ConsumerGroupRoutes(store: store, changes: groupChanges).register(on: endpoints)
     ReadModelRoutes(readModels: readModels, configuration: configuration).register(on: endpoints)
+    ParkedRoutes(readModels: readModels).register(on: endpoints)
     endpoints.finish()
     return Application(
         responder: UnknownMethodResponder(base: router.buildResponder()),

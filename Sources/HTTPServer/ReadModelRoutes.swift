@@ -26,7 +26,7 @@ struct ReadModelRoutes: Sendable {
                 "checkpoint": .integer(status.checkpoint), "head": .integer(status.head),
                 "lag": .integer(status.lag), "state": .string(status.state),
                 "owner": status.owner.map(JSONValue.string) ?? .null, "key": .string(status.keyColumn),
-                "partitionBy": .string(status.partitionBy),
+                "partitionBy": .string(status.partitionBy), "parkedKeys": .integer(status.parkedKeys), "stalled": .bool(status.stalled),
                 "partitions": .array(status.partitions.map { partition in
                     var fields: [String: JSONValue] = [
                         "partition": .integer(partition.consumer.partition), "checkpoint": .integer(partition.checkpoint),

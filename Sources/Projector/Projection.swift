@@ -30,11 +30,15 @@ public protocol Projection: Sendable {
     /// name it without its colon (`data.account.id`, `id`, `metadata.tenant`). Choose it so
     /// that every row's events share one key.
     var partitionBy: String { get }
+    /// What an event that keeps failing does (nil: the projector's default: retry, then park
+    /// the event's key, its partition key).
+    var onError: ErrorPolicy? { get }
 }
 
 extension Projection {
     public var partitions: Int { 1 }
     public var partitionBy: String { "stream" }
+    public var onError: ErrorPolicy? { nil }
 }
 
 /// Which partition applies an event: a stable hash (FNV-1a, the same in every process and
@@ -64,8 +68,14 @@ public struct ProjectionPartitioner: Sendable {
     /// which may touch rows of any partition and is idempotent).
     public func partition(of event: RecordedEvent) -> Int? {
         guard partitions > 1 else { return 0 }
+        guard let key = key(of: event) else { return nil }
+        return Self.partition(ofKey: key, partitions: partitions)
+    }
+
+    /// The event's partition key (what is parked when it keeps failing); nil for a forget.
+    public func key(of event: RecordedEvent) -> String? {
         if event.type == EventStore.subjectForgottenType, event.stream == EventStore.forgottenStream { return nil }
-        return Self.partition(ofKey: parameter.value(for: event) ?? "", partitions: partitions)
+        return parameter.value(for: event) ?? ""
     }
 
     /// FNV-1a (64-bit) of the key's UTF-8 bytes, modulo `partitions`.
@@ -113,6 +123,7 @@ public struct YAMLProjection: Projection {
     public let forget: String?
     public let partitions: Int
     public let partitionBy: String
+    public let onError: ErrorPolicy?
     public var eventTypes: [String] {
         (handlers.keys.sorted() + (forget == nil ? [] : [EventStore.subjectForgottenType])).sorted()
     }
@@ -126,7 +137,7 @@ public struct YAMLProjection: Projection {
     /// Checks everything that can be checked without a database: names, parameters, quoting.
     public init(
         name: String, version: Int, key: String, create: String, handlers: [String: String], forget: String? = nil,
-        partitions: Int = 1, partitionBy: String = "stream", source: String
+        partitions: Int = 1, partitionBy: String = "stream", onError: ErrorPolicy? = nil, source: String
     ) throws {
         func fail(_ message: String) -> ProjectionError { ProjectionError(source: source, message) }
         func fail(_ handler: String, _ message: String) -> ProjectionError { ProjectionError(source: source, handler: handler, message) }
@@ -151,6 +162,7 @@ public struct YAMLProjection: Projection {
         }
         self.partitions = partitions
         self.partitionBy = partitionBy
+        self.onError = onError
         let ddl: HandlerSQL
         do {
             ddl = try HandlerSQL(create, table: "t")
@@ -204,6 +216,6 @@ extension YAMLProjection: Equatable {
     public static func == (lhs: YAMLProjection, rhs: YAMLProjection) -> Bool {
         lhs.name == rhs.name && lhs.version == rhs.version && lhs.keyColumn == rhs.keyColumn && lhs.create == rhs.create
             && lhs.handlers == rhs.handlers && lhs.forget == rhs.forget && lhs.partitions == rhs.partitions
-            && lhs.partitionBy == rhs.partitionBy
+            && lhs.partitionBy == rhs.partitionBy && lhs.onError == rhs.onError
     }
 }

@@ -26,9 +26,17 @@ public struct ProjectionStatus: Sendable, Equatable {
     /// How the projection is partitioned, and each partition's checkpoint, lag and owner.
     public var partitionBy: String
     public var partitions: [ConsumerCheckpoint]
+    /// Keys parked (their events held) in any partition.
+    public var parkedKeys: Int
+    /// Behind the head with some partition unmoved for `CheckpointStore.stallAfter`.
+    public var stalled: Bool { partitions.contains(where: \.stalled) }
 
     /// The status of a projection from its registry row and its partitions' rows.
-    init(name: String, version: Int, keyColumn: String, generation: Int, partitionBy: String, head: Int, partitions: [ConsumerCheckpoint]) {
+    init(
+        name: String, version: Int, keyColumn: String, generation: Int, partitionBy: String, head: Int, partitions: [ConsumerCheckpoint],
+        parkedKeys: Int
+    ) {
+        self.parkedKeys = parkedKeys
         self.name = name
         self.version = version
         self.keyColumn = keyColumn
@@ -56,6 +64,9 @@ public enum ProjectionCatalog {
         try conn.transaction(isolation: "REPEATABLE READ READ ONLY") { conn in
             let checkpoints = Dictionary(grouping: try CheckpointStore.list(.projection, name: name, on: conn), by: \.consumer.name)
             let head = try conn.query("SELECT position FROM eventline.log_head").first!.decode(0, as: Int.self)
+            let parked = Dictionary(uniqueKeysWithValues: try conn.query("""
+                SELECT name, count(*) FROM eventline.parked_keys WHERE kind = 'projection' GROUP BY name
+                """).rows.map { (try $0.decode(0, as: String.self), try $0.decode(1, as: Int.self)) })
             return try conn.query("""
                 SELECT name, version, key_column, generation, partition_by FROM eventline.projections
                 WHERE \(name)::text IS NULL OR name = \(name)::text ORDER BY name
@@ -63,7 +74,7 @@ public enum ProjectionCatalog {
                 let name: String = try row.decode(0)
                 return ProjectionStatus(
                     name: name, version: try row.decode(1), keyColumn: try row.decode(2), generation: try row.decode(3),
-                    partitionBy: try row.decode(4), head: head, partitions: checkpoints[name] ?? [])
+                    partitionBy: try row.decode(4), head: head, partitions: checkpoints[name] ?? [], parkedKeys: parked[name] ?? 0)
             }
         }
     }

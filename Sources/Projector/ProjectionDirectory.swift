@@ -1,3 +1,4 @@
+import EventStore
 import Foundation
 import Yams
 
@@ -37,7 +38,7 @@ public enum ProjectionDirectory {
     }
 
     static let fields: Set<String> = [
-        "name", "version", "key", "create", "handlers", "forget", "description", "partitions", "partitionBy",
+        "name", "version", "key", "create", "handlers", "forget", "description", "partitions", "partitionBy", "onError",
     ]
 
     /// A projection from YAML text; `source` names it in errors.
@@ -102,8 +103,37 @@ public enum ProjectionDirectory {
             }
             partitionBy = text.hasPrefix(":") ? String(text.dropFirst()) : text
         }
+        var onError: ErrorPolicy? = nil
+        if let node = values["onError"] { onError = try errorPolicy(node, source: source) }
         return try YAMLProjection(
             name: name, version: version, key: try string("key"), create: try string("create"), handlers: handlers, forget: forget,
-            partitions: partitions, partitionBy: partitionBy, source: source)
+            partitions: partitions, partitionBy: partitionBy, onError: onError, source: source)
+    }
+
+    /// `onError: {retries: N, backoff: 200ms, then: park-key | pause | skip}`; each field optional.
+    public static func errorPolicy(_ node: Node, source: String) throws -> ErrorPolicy {
+        let usage = "onError takes retries (0 to 100), backoff (200ms, 2s, 1m) and then (park-key, pause or skip)"
+        guard let mapping = node.mapping else { throw ProjectionError(source: source, usage) }
+        var policy = ErrorPolicy()
+        for (key, value) in mapping {
+            switch key.string {
+            case "retries":
+                guard let retries = value.int, (0...100).contains(retries) else { throw ProjectionError(source: source, "onError: retries must be an integer from 0 to 100") }
+                policy.retries = retries
+            case "backoff":
+                guard let text = value.scalar?.string, let backoff = ErrorPolicy.duration(text) else {
+                    throw ProjectionError(source: source, "onError: backoff must be a duration such as 200ms, 2s or 1m")
+                }
+                policy.backoff = backoff
+            case "then":
+                guard let text = value.scalar?.string, let then = ErrorPolicy.Then(rawValue: text) else {
+                    throw ProjectionError(source: source, "onError: then must be park-key, pause or skip, not \(value.scalar?.string ?? "that")")
+                }
+                policy.then = then
+            default:
+                throw ProjectionError(source: source, "onError: unknown field \(key.string ?? "?") (\(usage))")
+            }
+        }
+        return policy
     }
 }

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import PostgresClient
 import ReadModels
+import Synchronization
 
 /// How far a replay has got.
 public struct ReplayProgress: Sendable {
@@ -160,6 +161,9 @@ private struct Replay {
             try follow(until: .liveCheckpoint, phase: "building")
             return try compare()
         }
+        // A partitioned projection builds its partitions in parallel, each on a connection and
+        // thread of its own, up to the head as it was; the rest follows in log order.
+        if projection.partitions > 1 { try buildPartitions() }
         try follow(until: .head, phase: "building")
         // The rewrite that makes the table durable is the slow part: done before the swap.
         try conn.execute(unsafeSQL: "ALTER TABLE \(rebuild) SET LOGGED")
@@ -220,6 +224,12 @@ private struct Replay {
 
     /// Runs a batch's statements in one pipeline; any failure rolls the batch back.
     mutating func execute(_ batch: ReplayBatch, inTransaction: Bool) throws {
+        try Self.execute(batch, inTransaction: inTransaction, on: conn)
+        applied += batch.events.count
+        position = batch.reached
+    }
+
+    static func execute(_ batch: ReplayBatch, inTransaction: Bool, on conn: PostgresConnection) throws {
         for (offset, result) in try conn.pipeline(batch.queries).enumerated() {
             guard case .failure(let error) = result else { continue }
             if inTransaction { conn.rollbackQuietly() }
@@ -227,8 +237,80 @@ private struct Replay {
             let event = batch.events[batch.owners[offset]]
             throw ReplayError("event \(event.position) (handler \(event.type)) failed: \(error.message)")
         }
-        applied += batch.events.count
-        position = batch.reached
+    }
+
+    /// Builds every partition from `position` to the head as it is now, in parallel: one
+    /// thread and connection per partition (at most 16 at once), each applying its own events
+    /// in log order. Progress reports the events applied and the slowest partition's position.
+    mutating func buildPartitions() throws {
+        let goal = try head()
+        guard goal > position else { return }
+        let partitioner = try ProjectionPartitioner(projection)
+        let partitions = projection.partitions
+        let start = position
+        struct Shared {
+            var events: [Int]
+            var positions: [Int]
+            var failure: (any Error)?
+            var finished = 0
+            var next = 0
+        }
+        let shared = Mutex(Shared(events: Array(repeating: 0, count: partitions), positions: Array(repeating: start, count: partitions)))
+        let (projection, rebuild, databaseURL, batchSize, reading) = (self.projection, self.rebuild, self.databaseURL, self.batchSize, self.reading)
+        let workers = min(partitions, 16)
+        let done = DispatchSemaphore(value: 0)
+        for _ in 0..<workers {
+            let thread = Thread {
+                defer { done.signal() }
+                do {
+                    let conn = try PostgresConnection(conninfo: databaseURL)
+                    defer { conn.close() }
+                    for setting in ["SET TimeZone = 'UTC'", "SET synchronous_commit = off", "SET jit = off", "SET client_min_messages = warning"] {
+                        try conn.execute(unsafeSQL: setting)
+                    }
+                    // Each worker takes the next partition not yet built until none is left.
+                    while let partition = shared.withLock({ state -> Int? in
+                        guard state.failure == nil, state.next < partitions else { return nil }
+                        defer { state.next += 1 }
+                        return state.next
+                    }) {
+                        var reached = start
+                        while reached < goal {
+                            let batch = try ReplayBatch.read(
+                                projection: projection, table: rebuild, after: reached, upTo: goal, batchSize: batchSize, inTransaction: true,
+                                reading: reading, including: { partitioner.partition(of: $0).map { $0 == partition } ?? true }, on: conn)
+                            try Replay.execute(batch, inTransaction: true, on: conn)
+                            reached = batch.reached
+                            let stop = shared.withLock { state -> Bool in
+                                state.events[partition] += batch.events.count
+                                state.positions[partition] = reached
+                                return state.failure != nil
+                            }
+                            if stop { return }
+                        }
+                    }
+                } catch {
+                    shared.withLock { if $0.failure == nil { $0.failure = error } }
+                }
+            }
+            thread.name = "eventline-replay-partition"
+            thread.start()
+        }
+        var running = workers
+        while running > 0 {
+            if done.wait(timeout: .now() + .milliseconds(200)) == .success {
+                running -= 1
+                continue
+            }
+            let (events, slowest) = shared.withLock { ($0.events.reduce(0, +), $0.positions.min() ?? start) }
+            progress?(ReplayProgress(
+                projection: projection.name, events: applied + events, position: slowest, target: goal,
+                phase: "building \(partitions) partitions in parallel"))
+        }
+        let outcome = shared.withLock { $0 }
+        if let failure = outcome.failure { throw failure }
+        applied += outcome.events.reduce(0, +)  // (a forget, applied by every partition, counts once per partition)
+        position = goal
     }
 
     /// Dry run: under a share lock on the live table (its projector waits), brings the new
@@ -325,6 +407,8 @@ private struct Replay {
             // Every partition starts at the new table's checkpoint: the live projectors' next
             // checkpoint moves fail, and they carry on from here.
             try CheckpointStore.setPartitions(.projection, name: name, partitions: projection.partitions, checkpoint: position, on: conn)
+            // The new table was built from every event: no key of the old one is parked any more.
+            try conn.execute("DELETE FROM eventline.parked_keys WHERE kind = 'projection' AND name = \(name)")
             let generation = try conn.query("""
                 UPDATE eventline.projections
                 SET generation = generation + 1, version = \(projection.version), key_column = \(projection.keyColumn),

@@ -123,6 +123,11 @@ final class ProjectionRunner: LogConsumer {
     /// How events reach the handlers (one keyring for the runner's life).
     private let reading: EventReading
 
+    /// What an event that keeps failing does.
+    var policy: ErrorPolicy {
+        projection.onError ?? ErrorPolicy(retries: max(0, configuration.maxAttempts - 1), backoff: configuration.retryDelay, then: .parkKey)
+    }
+
     /// The application name of projector sessions; fair shares count its processes.
     static let application = "eventline-projector"
 
@@ -132,6 +137,8 @@ final class ProjectionRunner: LogConsumer {
         let batchDuration: Timer
         let retries: Counter
         let parked: Gauge
+        let parkedKeys: Gauge
+        let skipped: Counter
 
         init(projection: String, partition: Int) {
             let dimensions = [("projection", projection), ("partition", String(partition))]
@@ -139,6 +146,8 @@ final class ProjectionRunner: LogConsumer {
             batchDuration = Timer(label: "eventline_projection_batch_seconds", dimensions: dimensions)
             retries = Counter(label: "eventline_projection_retries_total", dimensions: dimensions)
             parked = Gauge(label: "eventline_projection_parked_state", dimensions: dimensions)
+            parkedKeys = Gauge(label: "eventline_projection_parked_keys", dimensions: dimensions)
+            skipped = Counter(label: "eventline_projection_skipped_events_total", dimensions: dimensions)
         }
     }
 
@@ -181,12 +190,14 @@ final class ProjectionRunner: LogConsumer {
         var parked = false
         /// When the fair share was last looked at.
         var shareCheckedAt = ContinuousClock.now
+        /// The partition's parked keys: their events are held, not applied.
+        var parkedKeys: Set<String> = []
     }
 
     /// Follows the log until the task is cancelled.
     func run() async {
         let timing = FollowSchedule.Timing(
-            pollInterval: configuration.pollInterval, standbyInterval: configuration.standbyInterval, retryDelay: configuration.retryDelay)
+            pollInterval: configuration.pollInterval, standbyInterval: configuration.standbyInterval, retryDelay: policy.backoff)
         await LogFollower(consumer: self, wakeups: head, timing: timing, logger: logger).run()
         session.shutdown()
     }
@@ -302,7 +313,9 @@ final class ProjectionRunner: LogConsumer {
                 }
                 return generation
             }
-            return Lease(held: held, generation: generation, parked: held.state == "parked")
+            let parkedKeys = try await session.run(held) { conn in try CheckpointStore.parkedKeys(held.consumer, on: conn) }
+            metrics.parkedKeys.record(parkedKeys.count)
+            return Lease(held: held, generation: generation, parked: held.state == "parked", parkedKeys: parkedKeys)
         }
     }
 
@@ -358,7 +371,8 @@ final class ProjectionRunner: LogConsumer {
         } catch let error as EventStoreError where error.code == .masterKey || error.code == .corruptEvent {
             // An event the projector cannot read (no master key, or not the right one) is a
             // failure of the projection, shown and parked, not a lost connection to retry blindly.
-            step = .failed(position: lease.checkpoint + 1, handler: "(reading)", message: error.message, checkpoint: lease.checkpoint)
+            step = .failed(
+                event: nil, position: lease.checkpoint + 1, handler: "(reading)", message: error.message, checkpoint: lease.checkpoint)
         }
         switch step {
         case .applied(let to, let keys, let events):
@@ -377,23 +391,43 @@ final class ProjectionRunner: LogConsumer {
             return .progressed
         case .caughtUp:
             return .caughtUp
-        case .failed(let position, let handler, let message, let committed):
+        case .failed(let event, let position, let handler, let message, let committed):
             lease.checkpoint = committed
             lease.attempts += 1
             metrics.retries.increment()
-            try await recordFailure(position: position, handler: handler, message: message, attempts: lease.attempts, lease: lease)
-            guard lease.attempts < configuration.maxAttempts else {
-                logger.error(
-                    "projection parked: an event keeps failing",
-                    metadata: ["event.position": "\(position)", "projection.handler": "\(handler)", "error": "\(message)"])
-                metrics.parked.record(1)
-                lease.parked = true
-                return .paused
+            let policy = self.policy
+            let metadata: Logger.Metadata = ["event.position": "\(position)", "projection.handler": "\(handler)", "error": "\(message)"]
+            guard lease.attempts >= policy.attempts else {
+                try await recordFailure(position: position, handler: handler, message: message, attempts: lease.attempts, park: false, lease: lease)
+                logger.warning("event failed; retrying", metadata: metadata.merging(["attempt": "\(lease.attempts)"]) { $1 })
+                return .failed
             }
-            logger.warning(
-                "event failed; retrying",
-                metadata: ["event.position": "\(position)", "projection.handler": "\(handler)", "error": "\(message)", "attempt": "\(lease.attempts)"])
-            return .failed
+            // A failure of one event (not of reading the log) parks or skips its key's event;
+            // anything else, or `pause`, stops the partition.
+            if let event, let key = partitioner.key(of: event), policy.then != .pause {
+                try await settle(event, key: key, message: message, attempts: lease.attempts, parkKey: policy.then == .parkKey, lease: &lease)
+                return .progressed
+            }
+            try await recordFailure(position: position, handler: handler, message: message, attempts: lease.attempts, park: true, lease: lease)
+            logger.error("projection parked: an event keeps failing", metadata: metadata)
+            metrics.parked.record(1)
+            lease.parked = true
+            return .paused
+        case .requests(let keys, let unparked, let events):
+            // Parked keys retried or skipped on request: applied in order, or parked again.
+            lease.parkedKeys.subtract(unparked)
+            metrics.parkedKeys.record(lease.parkedKeys.count)
+            metrics.batchEvents.record(events)
+            if !unparked.isEmpty { logger.notice("parked keys released", metadata: ["keys": "\(unparked.sorted())"]) }
+            if !keys.isEmpty, let sink {
+                do {
+                    try await sink.invalidate(projection: projection.name, generation: lease.generation, keys: keys, position: lease.checkpoint)
+                } catch {
+                    logger.warning("cache invalidation failed", metadata: ["error": "\(error)"])
+                    lease.invalidationLost = true
+                }
+            }
+            return .progressed
         case .parked:
             metrics.parked.record(1)
             lease.parked = true
@@ -411,8 +445,12 @@ final class ProjectionRunner: LogConsumer {
     enum Step: Sendable {
         case applied(to: Int, keys: [String], events: Int)
         case caughtUp
-        /// An event failed; the events before it committed, up to `checkpoint`.
-        case failed(position: Int, handler: String, message: String, checkpoint: Int)
+        /// An event failed (nil: the log could not be read there); the events before it
+        /// committed, up to `checkpoint`.
+        case failed(event: RecordedEvent?, position: Int, handler: String, message: String, checkpoint: Int)
+        /// Parked keys' requests carried out: the read-model keys changed, the keys released,
+        /// and the events applied.
+        case requests(keys: [String], unparked: Set<String>, events: Int)
         case parked
         /// Running again after being parked, from this stored checkpoint.
         case resumed(checkpoint: Int)
@@ -429,13 +467,20 @@ final class ProjectionRunner: LogConsumer {
         let consumer = self.consumer
         let partitioner = self.partitioner
         return try await session.run(lease.held) { conn -> Step in
-            // The partition's state, its checkpoint and the log head in one round trip.
+            // The partition's state, its checkpoint, the log head and whether an operator asked
+            // about a parked key, in one round trip.
             guard let row = try conn.query("""
-                SELECT c.state, h.position, c.checkpoint FROM eventline.checkpoints c CROSS JOIN eventline.log_head h
+                SELECT c.state, h.position, c.checkpoint,
+                       EXISTS (SELECT 1 FROM eventline.parked_keys k
+                               WHERE k.kind = c.kind AND k.name = c.name AND k.partition = c.partition AND k.request IS NOT NULL)
+                FROM eventline.checkpoints c CROSS JOIN eventline.log_head h
                 WHERE c.kind = 'projection' AND c.name = \(consumer.name) AND c.partition = \(consumer.partition)
                 """).first
             else { throw LogLeaseLost() }  // rebuilt with fewer partitions meanwhile
             guard try row.decode(0, as: String.self) == "running" else { return .parked }
+            if try row.decode(3, as: Bool.self) {
+                return try Self.carryOutRequests(consumer, projection: projection, table: table, reading: reading, on: conn)
+            }
             if lease.parked { return .resumed(checkpoint: try row.decode(2, as: Int.self)) }
             let checkpoint = lease.checkpoint
             let head = try row.decode(1, as: Int.self)
@@ -452,20 +497,104 @@ final class ProjectionRunner: LogConsumer {
                 ? EventTrace.startSpan("eventline.projection.apply \(projection.name)", ofKind: .consumer, for: events) : nil
             span?.attributes["eventline.batch.events"] = events.count
             defer { span?.end() }
-            return try Self.commit(events, from: checkpoint, to: target, projection: projection, consumer: consumer, table: table, on: conn)
+            return try Self.commit(
+                events, from: checkpoint, to: target, projection: projection, consumer: consumer, table: table, parked: lease.parkedKeys,
+                partitioner: partitioner, on: conn)
         }
+    }
+
+    /// Parks `key` at `event` (its later events are held) or skips the event (recorded), and
+    /// moves the checkpoint past it, in one transaction on the lease's session.
+    private func settle(_ event: RecordedEvent, key: String, message: String, attempts: Int, parkKey: Bool, lease: inout Lease) async throws {
+        let consumer = self.consumer
+        let from = lease.checkpoint
+        try await session.run(lease.held) { conn in
+            try conn.transaction { conn in
+                let statements = parkKey
+                    ? CheckpointStore.park(consumer, key: key, event: event, error: message, attempts: attempts)
+                    : [CheckpointStore.skip(consumer, key: key, event: event, error: message, by: "policy")]
+                for statement in statements { _ = try conn.query(statement) }
+                do {
+                    _ = try conn.query(CheckpointStore.advance(consumer, from: from, to: event.position))
+                } catch let error as PostgresError where error.sqlState == SQLState.serializationFailure {
+                    throw LogLeaseLost()
+                }
+            }
+        }
+        lease.checkpoint = event.position
+        lease.attempts = 0
+        let metadata: Logger.Metadata = [
+            "event.position": "\(event.position)", "event.type": "\(event.type)", "projection.key": "\(key)", "error": "\(message)",
+        ]
+        if parkKey {
+            lease.parkedKeys.insert(key)
+            metrics.parkedKeys.record(lease.parkedKeys.count)
+            logger.error("key parked: its event keeps failing; its later events wait, other keys go on", metadata: metadata)
+        } else {
+            metrics.skipped.increment()
+            logger.error("event skipped after failing (onError: skip); recorded in eventline.skipped_events", metadata: metadata)
+        }
+    }
+
+    /// Carries out the operators' requests about this partition's parked keys: a skip records
+    /// the key's failing event as skipped; then the key's held events are applied in log order,
+    /// each in a savepoint. A key whose held events all apply is released; one whose event fails
+    /// again stays parked at that event, with the events before it applied.
+    private static func carryOutRequests(
+        _ consumer: ConsumerID, projection: any Projection, table: String, reading: EventReading, on conn: PostgresConnection
+    ) throws -> Step {
+        var changed: [String] = []
+        var unparked: Set<String> = []
+        var applied = 0
+        for (key, request) in try CheckpointStore.requests(consumer, on: conn) {
+            try conn.transaction { conn in
+                var events = try EventStore.readEvents(on: conn, positions: try CheckpointStore.held(consumer, key: key, on: conn), reading: reading)
+                if request == "skip", let first = events.first {
+                    try CheckpointStore.skipFirst(consumer, key: key, event: first, on: conn)
+                    events.removeFirst()
+                }
+                for event in events {
+                    try conn.execute("SAVEPOINT eventline_held")
+                    do {
+                        let statements = try projection.statements(for: event, table: table)
+                        for statement in statements {
+                            try statement.checkSendable()
+                            changed += Self.keys(try conn.query(statement))
+                        }
+                        try conn.execute("RELEASE SAVEPOINT eventline_held")
+                        applied += 1
+                    } catch let error as PostgresError where error.isConnectionError {
+                        throw error
+                    } catch {
+                        try conn.execute("ROLLBACK TO SAVEPOINT eventline_held")
+                        let message = (error as? PostgresError)?.message ?? "\(error)"
+                        try CheckpointStore.repark(consumer, key: key, at: event, error: message, on: conn)
+                        return
+                    }
+                }
+                try CheckpointStore.unpark(consumer, key: key, on: conn)
+                unparked.insert(key)
+            }
+        }
+        return .requests(keys: Array(Set(changed)).sorted(), unparked: unparked, events: applied)
     }
 
     /// Commits `events` and the checkpoint `to`; on a failing statement, commits the events
     /// before it (checkpoint just before the failing event) and reports it.
     private static func commit(
         _ events: [RecordedEvent], from checkpoint: Int, to target: Int, projection: any Projection, consumer: ConsumerID,
-        table: String, on conn: PostgresConnection
+        table: String, parked: Set<String>, partitioner: ProjectionPartitioner, on conn: PostgresConnection
     ) throws -> Step {
         var queries: [SQLQuery] = ["BEGIN"]
-        /// For each query, the index of the event whose statement it is (nil: BEGIN, checkpoint, COMMIT).
+        /// For each query, the index of the event whose statement it is (nil: BEGIN, checkpoint, COMMIT, holds).
         var owners: [Int?] = [nil]
         for (index, event) in events.enumerated() {
+            // A parked key's events wait behind it, in order.
+            if !parked.isEmpty, let key = partitioner.key(of: event), parked.contains(key) {
+                queries.append(CheckpointStore.hold(consumer, key: key, position: event.position))
+                owners.append(nil)
+                continue
+            }
             let statements: [SQLQuery]
             do {
                 statements = try projection.statements(for: event, table: table)
@@ -475,7 +604,8 @@ final class ProjectionRunner: LogConsumer {
                 for statement in statements { try statement.checkSendable() }
             } catch {
                 return try failure(
-                    events, at: index, message: "\(error)", from: checkpoint, projection: projection, consumer: consumer, table: table, on: conn)
+                    events, at: index, message: "\(error)", from: checkpoint, projection: projection, consumer: consumer, table: table,
+                    parked: parked, partitioner: partitioner, on: conn)
             }
             for statement in statements {
                 queries.append(statement)
@@ -500,7 +630,7 @@ final class ProjectionRunner: LogConsumer {
                 }
                 return try failure(
                     events, at: index, message: error.message, from: checkpoint, projection: projection, consumer: consumer, table: table,
-                    on: conn)
+                    parked: parked, partitioner: partitioner, on: conn)
             }
         }
         return .applied(to: target, keys: Array(Set(keys)).sorted(), events: events.count)
@@ -509,17 +639,17 @@ final class ProjectionRunner: LogConsumer {
     /// events[index] failed: commits the events before it, then reports the failure.
     private static func failure(
         _ events: [RecordedEvent], at index: Int, message: String, from checkpoint: Int, projection: any Projection,
-        consumer: ConsumerID, table: String, on conn: PostgresConnection
+        consumer: ConsumerID, table: String, parked: Set<String>, partitioner: ProjectionPartitioner, on conn: PostgresConnection
     ) throws -> Step {
         let failing = events[index]
         var committed = checkpoint
         if failing.position - 1 > checkpoint {
             let prefix = try commit(
                 Array(events[..<index]), from: checkpoint, to: failing.position - 1, projection: projection, consumer: consumer,
-                table: table, on: conn)
+                table: table, parked: parked, partitioner: partitioner, on: conn)
             if case .applied(let to, _, _) = prefix { committed = to }
         }
-        return .failed(position: failing.position, handler: failing.type, message: message, checkpoint: committed)
+        return .failed(event: failing, position: failing.position, handler: failing.type, message: message, checkpoint: committed)
     }
 
     /// The first column of each returned row, as text.
@@ -531,8 +661,7 @@ final class ProjectionRunner: LogConsumer {
         }
     }
 
-    private func recordFailure(position: Int, handler: String, message: String, attempts: Int, lease: Lease) async throws {
-        try await session.recordFailure(
-            lease.held, position: position, handler: handler, message: message, attempts: attempts, park: attempts >= configuration.maxAttempts)
+    private func recordFailure(position: Int, handler: String, message: String, attempts: Int, park: Bool, lease: Lease) async throws {
+        try await session.recordFailure(lease.held, position: position, handler: handler, message: message, attempts: attempts, park: park)
     }
 }

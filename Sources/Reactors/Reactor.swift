@@ -7,7 +7,8 @@ import Foundation
 /// at a time. Its effects are commands on other streams, which cannot commit in one transaction
 /// with its checkpoint, so delivery is **at-least-once**: an event may be handed over again
 /// after a crash, a lost lease or a failed attempt (the runner retries an event that throws, with
-/// backoff, and never skips it). A reactor makes that effectively-once by being idempotent, most
+/// backoff; one that keeps failing parks its stream, per `onError`, and is never skipped unless
+/// the policy or an operator says so, on the record). A reactor makes that effectively-once by being idempotent, most
 /// simply by appending with deterministic event ids (the store recognises a retried append) and
 /// by deciding from the current state of the streams it drives rather than from the event alone.
 public protocol Reactor: Sendable {
@@ -17,6 +18,14 @@ public protocol Reactor: Sendable {
     var filter: EventFilter { get }
     /// Handles one event. Throwing retries the same event later; returning moves past it.
     func react(to event: RecordedEvent) async throws
+    /// What an event that keeps failing does (nil: the runner's `ReactorConfiguration.onError`).
+    /// The key parked is the event's stream. Failures of the store itself (unavailable, an
+    /// unknown commit outcome) never count: they are retried for as long as they last.
+    var onError: ErrorPolicy? { get }
+}
+
+extension Reactor {
+    public var onError: ErrorPolicy? { nil }
 }
 
 /// A reactor that cannot run: a bad or duplicate name.
@@ -33,6 +42,9 @@ public struct ReactorConfiguration: Sendable {
     /// The first retry's delay after an event failed; doubles each attempt up to `maxRetryDelay`.
     public var retryDelay: Duration = .milliseconds(200)
     public var maxRetryDelay: Duration = .seconds(30)
+    /// What an event that keeps failing does when its reactor does not say: retried 10 times
+    /// with backoff (about two minutes), then its stream is parked.
+    public var onError = ErrorPolicy(retries: 10, backoff: .milliseconds(200), then: .parkKey)
     /// How often a standby process tries to take over a reactor owned by another process.
     public var standbyInterval: Duration = .seconds(1)
     /// How often a caught-up reactor looks for new events without being woken by NOTIFY.

@@ -14,6 +14,12 @@ public struct ReactorStatus: Sendable, Equatable {
     public var error: String?
     public var errorPosition: Int?
     public var failedAttempts: Int
+    /// running, or parked (paused by `onError: then: pause`).
+    public var state: String = "running"
+    /// Streams parked (their events held).
+    public var parkedKeys: Int = 0
+    /// Behind the head and unmoved for `CheckpointStore.stallAfter`.
+    public var stalled: Bool = false
 }
 
 /// The reactors registered in a database.
@@ -28,12 +34,14 @@ public enum ReactorCatalog {
         }
     }
 
-    /// The reactors' rows of the checkpoint store (`CheckpointStore.list(.reactor)`) as statuses.
-    public static func status(_ rows: [ConsumerCheckpoint]) -> [ReactorStatus] {
+    /// The reactors' rows of the checkpoint store (`CheckpointStore.list(.reactor)`) as
+    /// statuses, with each one's count of parked streams.
+    public static func status(_ rows: [ConsumerCheckpoint], parked: [ParkedKey] = []) -> [ReactorStatus] {
         rows.map { row in
             ReactorStatus(
                 name: row.consumer.name, checkpoint: row.checkpoint, head: row.head, owner: row.owner, error: row.error,
-                errorPosition: row.errorPosition, failedAttempts: row.failedAttempts)
+                errorPosition: row.errorPosition, failedAttempts: row.failedAttempts, state: row.state,
+                parkedKeys: parked.filter { $0.consumer.name == row.consumer.name }.count, stalled: row.stalled)
         }
     }
 }

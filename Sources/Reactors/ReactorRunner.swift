@@ -88,6 +88,7 @@ final class ReactorWorker: LogConsumer {
     private let handled: Timer
     private let retries: Counter
     private let retrying: Gauge
+    private let parkedKeys: Gauge
 
     init(reactor: any Reactor, store: EventStore, configuration: ReactorConfiguration, logger: Logger) {
         self.reactor = reactor
@@ -95,6 +96,7 @@ final class ReactorWorker: LogConsumer {
         handled = Timer(label: "eventline_reactor_event_seconds", dimensions: dimensions)
         retries = Counter(label: "eventline_reactor_retries_total", dimensions: dimensions)
         retrying = Gauge(label: "eventline_reactor_retrying", dimensions: dimensions)
+        parkedKeys = Gauge(label: "eventline_reactor_parked_keys", dimensions: dimensions)
         self.store = store
         self.configuration = configuration
         var logger = logger
@@ -111,6 +113,8 @@ final class ReactorWorker: LogConsumer {
         var checkpoint: Int { get { held.checkpoint } set { held.checkpoint = newValue } }
         /// Failed attempts at the event after the checkpoint.
         var attempts = 0
+        /// The reactor's parked streams: their events are held, not reacted to.
+        var parkedKeys: Set<String> = []
     }
 
     func shutdown() { session.shutdown() }
@@ -118,8 +122,10 @@ final class ReactorWorker: LogConsumer {
     /// Registers the reactor and takes its lease if it is free.
     func acquire() async throws -> Lease? {
         guard let held = try await session.acquire(consumer, owner: configuration.ownerName) else { return nil }
-        logger.info("reactor lease taken", metadata: ["reactor.checkpoint": "\(held.checkpoint)"])
-        return Lease(held: held)
+        let parked = try await session.parkedKeys(held)
+        parkedKeys.record(parked.count)
+        logger.info("reactor lease taken", metadata: ["reactor.checkpoint": "\(held.checkpoint)", "reactor.parked_keys": "\(parked.count)"])
+        return Lease(held: held, parkedKeys: parked)
     }
 
     /// Gives the lease up (a no-op on a session that does not hold it).
@@ -130,6 +136,12 @@ final class ReactorWorker: LogConsumer {
     /// Reacts to the next page of events, moving the checkpoint past each one; stops at an event
     /// that fails (the follower tries it again after a backoff, never skipping it).
     func step(_ lease: inout Lease) async throws -> FollowOutcome {
+        let (state, requests) = try await session.state(lease.held)
+        guard state == "running" else { return .paused }  // paused (onError: then: pause) until resumed
+        if requests {
+            try await carryOutRequests(&lease)
+            return .progressed
+        }
         let head = try await store.headPosition()
         guard head > lease.checkpoint else { return .caughtUp }
         let events: [RecordedEvent]
@@ -143,18 +155,42 @@ final class ReactorWorker: LogConsumer {
         }
         for event in events {
             try await verify(lease)
+            // A parked stream's events wait behind it, in order.
+            if lease.parkedKeys.contains(event.stream) {
+                try await session.advance(
+                    lease.held, from: lease.checkpoint, to: event.position,
+                    with: [CheckpointStore.hold(consumer, key: event.stream, position: event.position)])
+                lease.checkpoint = event.position
+                continue
+            }
             do {
                 try await react(to: event)
             } catch is CancellationError {
                 throw CancellationError()
             } catch {
-                try await fail(at: event.position, message: "\(error)", lease: &lease)
-                logger.warning(
-                    "event failed; retrying it",
-                    metadata: [
-                        "event.position": "\(event.position)", "event.stream": "\(event.stream)", "event.type": "\(event.type)",
-                        "error": "\(error)", "attempt": "\(lease.attempts)",
-                    ])
+                let metadata: Logger.Metadata = [
+                    "event.position": "\(event.position)", "event.stream": "\(event.stream)", "event.type": "\(event.type)", "error": "\(error)",
+                ]
+                // The database or the store being unavailable is no fault of the event: retried
+                // for as long as it lasts, never parked.
+                let transient = Self.isTransient(error)
+                try await fail(at: event.position, message: "\(error)", lease: &lease, park: !transient && lease.attempts + 1 >= policy.attempts && policy.then == .pause)
+                guard transient || lease.attempts < policy.attempts else {
+                    switch policy.then {
+                    case .pause:
+                        logger.error("reactor paused: an event keeps failing", metadata: metadata)
+                        return .paused
+                    case .parkKey, .skip:
+                        try await settle(event, message: "\(error)", parkKey: policy.then == .parkKey, lease: &lease)
+                        logger.error(
+                            policy.then == .parkKey
+                                ? "stream parked: its event keeps failing; its later events wait, other streams go on"
+                                : "event skipped after failing (onError: skip); recorded in eventline.skipped_events",
+                            metadata: metadata)
+                        continue
+                    }
+                }
+                logger.warning("event failed; retrying it", metadata: metadata.merging(["attempt": "\(lease.attempts)"]) { $1 })
                 return .failed
             }
             if lease.attempts > 0 {
@@ -173,12 +209,76 @@ final class ReactorWorker: LogConsumer {
         return .progressed
     }
 
-    /// Counts one more failed attempt at the event at `position`, and records it.
-    private func fail(at position: Int, message: String, lease: inout Lease) async throws {
+    /// What an event that keeps failing does.
+    var policy: ErrorPolicy { reactor.onError ?? configuration.onError }
+
+    /// Whether `error` says the store or the database could not be reached, rather than that the
+    /// event could not be handled.
+    static func isTransient(_ error: any Error) -> Bool {
+        if let error = error as? EventStoreError {
+            return [.unavailable, .commitOutcomeUnknown, .shutdown, .database].contains(error.code)
+        }
+        return false
+    }
+
+    /// Parks the event's stream at it (its later events are held) or skips it (recorded), and
+    /// moves the checkpoint past it, in one transaction.
+    private func settle(_ event: RecordedEvent, message: String, parkKey: Bool, lease: inout Lease) async throws {
+        let statements = parkKey
+            ? CheckpointStore.park(consumer, key: event.stream, event: event, error: message, attempts: lease.attempts)
+            : [CheckpointStore.skip(consumer, key: event.stream, event: event, error: message, by: "policy")]
+        try await session.advance(lease.held, from: lease.checkpoint, to: event.position, with: statements)
+        lease.checkpoint = event.position
+        lease.attempts = 0
+        retrying.record(0)
+        if parkKey {
+            lease.parkedKeys.insert(event.stream)
+            parkedKeys.record(lease.parkedKeys.count)
+        }
+    }
+
+    /// Carries out operators' requests about parked streams: a skip records the stream's
+    /// failing event as skipped; then the stream's held events are reacted to in order. A stream
+    /// whose held events all go through is released; one whose event fails again stays parked
+    /// there (at-least-once, as always: an event reacted to before a crash is reacted to again).
+    private func carryOutRequests(_ lease: inout Lease) async throws {
+        for (key, request) in try await session.requests(lease.held) {
+            var events = try await store.events(at: try await session.held(lease.held, key: key))
+            if request == "skip", let first = events.first {
+                try await session.skipFirst(lease.held, key: key, event: first)
+                events.removeFirst()
+            }
+            var released = true
+            for event in events {
+                try await verify(lease)
+                do {
+                    try await react(to: event)
+                } catch is CancellationError {
+                    throw CancellationError()
+                } catch {
+                    try await session.repark(lease.held, key: key, at: event, error: "\(error)")
+                    logger.warning("a retried parked stream failed again; it stays parked", metadata: ["event.stream": "\(key)", "error": "\(error)"])
+                    released = false
+                    break
+                }
+                try await session.handled(lease.held, key: key, position: event.position)
+            }
+            if released {
+                try await session.unpark(lease.held, key: key)
+                lease.parkedKeys.remove(key)
+                parkedKeys.record(lease.parkedKeys.count)
+                logger.notice("parked stream released", metadata: ["event.stream": "\(key)"])
+            }
+        }
+    }
+
+    /// Counts one more failed attempt at the event at `position`, and records it (pausing the
+    /// reactor when `park`).
+    private func fail(at position: Int, message: String, lease: inout Lease, park: Bool = false) async throws {
         lease.attempts += 1
         retries.increment()
         retrying.record(1)
-        try await recordFailure(position: position, message: message, attempts: lease.attempts, lease: lease)
+        try await session.recordFailure(lease.held, position: position, handler: nil, message: message, attempts: lease.attempts, park: park)
     }
 
     /// Calls the reactor once for `event`, in the event's trace and as the cause of the commands it issues.
@@ -208,7 +308,4 @@ final class ReactorWorker: LogConsumer {
         try await session.advance(lease.held, from: from, to: to)
     }
 
-    private func recordFailure(position: Int, message: String, attempts: Int, lease: Lease) async throws {
-        try await session.recordFailure(lease.held, position: position, handler: nil, message: message, attempts: attempts)
-    }
 }

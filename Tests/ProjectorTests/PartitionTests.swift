@@ -47,6 +47,17 @@ struct PartitionTests {
             #expect(error?.description.contains(expected) == true, "\(error?.description ?? "")")
             #expect(error?.description.hasPrefix("tallies.yaml") == true)
         }
+        // onError: each field checked; an unknown `then` is refused by name.
+        for (policy, expected) in [("{ then: drop }", "then must be park-key, pause or skip, not drop"), ("{ retries: -1 }", "retries must be"),
+                                   ("{ backoff: soon }", "backoff must be a duration"), ("{ tries: 3 }", "unknown field tries"), ("skip", "onError takes")] {
+            let text = try String(contentsOfFile: Repository.root + "/Tests/ProjectorTests/tallies.yaml", encoding: .utf8) + "onError: \(policy)\n"
+            let error = #expect(throws: ProjectionError.self) { try ProjectionDirectory.parse(text, source: "tallies.yaml") }
+            #expect(error?.description.contains(expected) == true, "\(error?.description ?? "")")
+        }
+        let policy = try ProjectionDirectory.parse(
+            try String(contentsOfFile: Repository.root + "/Tests/ProjectorTests/tallies.yaml", encoding: .utf8)
+                + "onError: { retries: 3, backoff: 2s, then: skip }\n", source: "tallies.yaml").onError
+        #expect(policy == ErrorPolicy(retries: 3, backoff: .seconds(2), then: .skip))
         // FNV-1a, fixed: a change would move keys between partitions of running projections.
         // (FNV-1a 64 of "account-1" is 0xde637fc248681e56; of "", the offset basis 0xcbf29ce484222325.)
         #expect(ProjectionPartitioner.partition(ofKey: "account-1", partitions: 8) == 6)
@@ -151,6 +162,37 @@ struct PartitionTests {
         await store.shutdown()
     }
 
+    @Test("eventctl replay of a projection in 4 partitions builds them in parallel, equals the log, and reports progress as JSON lines when stderr is not a terminal")
+    func parallelReplay() async throws {
+        let test = try await TestStore.make("partreplay")
+        let store = test.store
+        for round in 1...30 {
+            for stream in 1...100 { _ = try await store.append(to: "tally-\(stream)", events: [counted(round)]) }
+        }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-partreplay-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let yaml = try String(contentsOfFile: Repository.root + "/Tests/ProjectorTests/tallies.yaml", encoding: .utf8)
+        try yaml.replacingOccurrences(of: "partitions: 1", with: "partitions: 4").write(toFile: directory + "/tallies.yaml", atomically: true, encoding: .utf8)
+        var environment = ["EVENTLINE_DATABASE_URL": test.url]
+        TestMasterKey.applied(to: &environment)
+        let output = try await runProgram(
+            try Repository.eventctl, ["replay", "tallies", "--projections-dir", directory, "--batch-size", "100"], environment: environment, timeout: 120)
+        #expect(output.status == 0, "\(output.stdout)\(output.stderr)")
+        #expect(output.stdout.contains("tallies: rebuilt from 3000 events"), "\(output.stdout)")
+        let lines = output.stderr.split(separator: "\n").filter { $0.hasPrefix("{") }
+        #expect(!lines.isEmpty, "\(output.stderr)")
+        for line in lines {
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] ?? [:]
+            #expect(object["progress"] as? String == "tallies" && object["events"] is Int && object["target"] is Int, "\(line)")
+        }
+        let status = try #require(try await test.sql { conn in try ProjectionCatalog.status(on: conn, name: "tallies") }.first)
+        #expect(status.partitions.count == 4 && status.checkpoint == 3000)
+        let (expected, actual) = try await talliesMatchLog(test)
+        #expect(actual == expected && actual.count == 100)
+        await store.shutdown()
+    }
+
     @Test("a database at the schema before the one checkpoint store upgrades with every checkpoint, state and error of projections, reactors and webhook groups intact; a projector goes on from its checkpoint")
     func upgradeKeepsCheckpoints() async throws {
         let database = try await TestDatabase.create("migckpt")
@@ -224,7 +266,7 @@ struct PartitionTests {
 
 @Suite("Partitioned projections: processes SIGKILLed under load", .serialized)
 struct PartitionKillTests {
-    @Test("4 project processes share 8 partitions while 16 appenders write; 2 are SIGKILLed; the others take their partitions, and every stream is applied once, in order")
+    @Test("4 project processes share 8 partitions while 16 appenders write to 1,000 streams; 2 are SIGKILLed; the others take their partitions, and every stream is applied once, in order")
     func killedPartitionOwners() async throws {
         let test = try await TestStore.make("partkill")
         let store = test.store
@@ -252,15 +294,17 @@ struct PartitionKillTests {
         @Sendable func partitions() async throws -> [ConsumerCheckpoint] {
             try await test.sql { conn in try CheckpointStore.list(.projection, name: "tallies", on: conn) }
         }
-        // 16 appenders, each to streams of its own (so each stream's versions follow one writer).
+        // 16 appenders over 1,000 streams, each stream written by one appender (stream s by
+        // appender s mod 16), so that each stream's versions follow one writer.
         let writers = Task {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for writer in 0..<16 {
                     group.addTask {
+                        let streams = Array(stride(from: writer, to: 1000, by: 16))
                         var round = 0
                         while !Task.isCancelled {
+                            _ = try await store.append(to: "tally-\(streams[round % streams.count])", events: [counted(round + 1)])
                             round += 1
-                            _ = try await store.append(to: "tally-w\(writer)s\(round % 5)", events: [counted(round)])
                         }
                     }
                 }
@@ -289,13 +333,16 @@ struct PartitionKillTests {
         }
         #expect(killed == 2)
         let written = try await store.headPosition()
-        try await Task.sleep(for: .seconds(1))
+        // Every one of the 1,000 streams written at least once (and more, after the kills).
+        try await eventually(timeout: .seconds(120), "2,000 events written") { try await store.headPosition() >= max(2000, written + 200) }
         writers.cancel()
         _ = await writers.result
         let head = try await store.headPosition()
         #expect(head > written, "the appenders wrote on after the kills")
         // The two survivors took the dead ones' partitions and caught up.
         let survivors = Set(processes.map { ":\($0.processIdentifier)" })
+        let stopped = ContinuousClock.now
+        defer { print("partition kill test: \(head) events over 1,000 streams, 2 of 4 projectors SIGKILLed, the survivors at the head \(ContinuousClock.now - stopped) after the appenders stopped") }
         try await eventually(timeout: .seconds(90), "the survivors hold every partition at the head") {
             let rows = try await partitions()
             return rows.count == 8 && rows.allSatisfy { row in
@@ -309,7 +356,7 @@ struct PartitionKillTests {
         #expect(status.stdout.contains("8 partitions by stream"), "\(status.stdout)\(status.stderr)")
         for partition in 0..<8 { #expect(status.stdout.contains("#\(partition)  running  checkpoint \(head)  lag 0  owner "), "\(status.stdout)") }
         let (expected, actual) = try await talliesMatchLog(test)
-        #expect(expected.count == 80)
+        #expect(expected.count == 1000)
         #expect(actual == expected, "every stream once and in order")
         for process in processes where process.isRunning { kill(process.processIdentifier, SIGKILL) }
         await store.shutdown()

@@ -27,7 +27,10 @@ func start(_ runner: ReactorRunner) -> Task<Void, Never> {
 }
 
 func reactorStatus(_ test: TestStore) async throws -> [ReactorStatus] {
-    try await test.sql { conn in try ReactorCatalog.status(try CheckpointStore.list(.reactor, on: conn)) }
+    try await test.sql { conn in
+        let rows = try CheckpointStore.list(.reactor, on: conn)
+        return ReactorCatalog.status(rows, parked: try rows.flatMap { try CheckpointStore.parked(.reactor, name: $0.consumer.name, on: conn) })
+    }
 }
 
 /// Opens `account` with `deposit` in it (0: nothing deposited).

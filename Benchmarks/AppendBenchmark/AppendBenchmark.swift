@@ -18,7 +18,8 @@ struct AppendBenchmark {
         var history = 1_000_000
         /// Whether to run the append and HTTP rounds (1), only the appends with and without
         /// personal data against pgbench (2), only multi-stream and conditional appends
-        /// against plain ones and pgbench (3), or none (0).
+        /// against plain ones and pgbench (3), only live projections in 1 and 4 partitions
+        /// against pgbench (4), or none (0).
         var append = 1
         /// Whether to run the replication rounds (a primary and two standbys) after the rest.
         var replication = 1
@@ -36,7 +37,7 @@ struct AppendBenchmark {
                 case "--history": history = value
                 case "--append": append = value
                 case "--replication": replication = value
-                default: throw BenchError("unknown option \(flag) (use --seconds N, --clients N, --rounds N, --history EVENTS, --append 0|1|2|3, --replication 0|1)")
+                default: throw BenchError("unknown option \(flag) (use --seconds N, --clients N, --rounds N, --history EVENTS, --append 0|1|2|3|4, --replication 0|1)")
                 }
             }
         }
@@ -120,6 +121,24 @@ struct AppendBenchmark {
             BoundaryBenchmark.print(pgbench: a, plain: plain, rows: boundaries.rows, options: options)
             return
         }
+        if options.append == 4 {
+            // Projections only: pgbench (the raw reference of the same run) and (o).
+            var a: [Sample] = []
+            var projections: [Int: [ProjectionBenchmark.Result]] = [:]
+            for round in 1...options.rounds {
+                log("round \(round) of \(options.rounds)")
+                a.append(try await runPgbench(server: server, clients: options.clients, seconds: options.seconds))
+                for partitions in [1, 4] {
+                    log("(o) a projection in \(partitions) partition(s) applied live while 16 appenders write, \(options.seconds) s…")
+                    projections[partitions, default: []].append(
+                        try await ProjectionBenchmark.run(url: url, partitions: partitions, appenders: 16, seconds: options.seconds))
+                }
+            }
+            print("")
+            print("(a) pgbench, 1 INSERT per transaction, \(options.clients) clients: \(format(median(a.map(\.eventsPerSecond)), "%.0f")) tps (median of \(options.rounds) rounds).")
+            ProjectionBenchmark.print(projections)
+            return
+        }
         log("preparing 10,000 accounts, one of 10,000 events and one of 10…")
         try await HTTPBenchmark.prepare(url: url)
         let port = try freePort()
@@ -134,6 +153,7 @@ struct AppendBenchmark {
         var mPlain: [Sample] = [], mPersonal: [Sample] = []
         var boundaries = BoundaryRows()
         var scaling: [Int: (pgbench: [Sample], eventline: [Sample])] = [:]
+        var projections: [Int: [ProjectionBenchmark.Result]] = [:]
         for round in 1...options.rounds {
             log("round \(round) of \(options.rounds)")
             a.append(try await runPgbench(server: server, clients: options.clients, seconds: options.seconds))
@@ -179,6 +199,11 @@ struct AppendBenchmark {
             let consumed = try await ConsumerGroupBenchmark.run(url: url, port: port, consumers: 4, appenders: 16, seconds: options.seconds)
             l.append(Sample(eventsPerSecond: consumed.acknowledgedPerSecond, p50: consumed.p50, p99: consumed.p99))
             lAppends.append(Sample(eventsPerSecond: consumed.appendedPerSecond))
+            for partitions in [1, 4] {
+                log("(o) a projection in \(partitions) partition(s) applied live while 16 appenders write, \(options.seconds) s…")
+                projections[partitions, default: []].append(
+                    try await ProjectionBenchmark.run(url: url, partitions: partitions, appenders: 16, seconds: options.seconds))
+            }
         }
         serverTask.cancel()
         _ = try? await serverTask.value
@@ -251,6 +276,7 @@ struct AppendBenchmark {
                 format: "(l‴) the same with maxPerStream 100 (a run of one stream per consumer): %d fetches, p50 %.2f ms, max %.2f ms per fetch.",
                 backlog.count, AppendBenchmark.percentile(sorted, 0.5) ?? 0, sorted.last ?? 0))
         }
+        ProjectionBenchmark.print(projections)
         fflush(nil)
         if options.replication > 0 { try await ReplicationBenchmark.run(options) }
     }

@@ -30,6 +30,17 @@ enum HistoryBenchmark {
             let applied = try await handled(source, name: name)
             rows.append(Row(name: "replay \(name)", events: applied, seconds: seconds, peakMegabytes: peak, target: "≥ 50,000 events/s"))
         }
+        // The same replay of account_balances in 2 and 4 partitions, built in parallel.
+        for partitions in [2, 4] {
+            let directory = try partitionedProjections(partitions)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            AppendBenchmark.log("history: eventctl replay account_balances in \(partitions) partitions…")
+            let (seconds, peak) = try measure(eventctl, ["replay", "account_balances", "--projections-dir", directory], url: source)
+            let applied = try await handled(source, name: "account_balances")
+            rows.append(Row(
+                name: "replay account_balances, \(partitions) partitions in parallel", events: applied, seconds: seconds, peakMegabytes: peak,
+                target: "faster than 1 partition"))
+        }
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-bench-\(getpid()).lz4").path
         defer { try? FileManager.default.removeItem(atPath: file) }
         AppendBenchmark.log("history: eventctl export…")
@@ -104,6 +115,15 @@ enum HistoryBenchmark {
         return try await connection.run { conn in
             try conn.query("SELECT count(*) FROM eventline.events WHERE type = ANY(\(projection))").first!.decode(0, as: Int.self)
         }
+    }
+
+    /// A projections directory holding account_balances declared in `partitions` partitions.
+    static func partitionedProjections(_ partitions: Int) throws -> String {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-bench-parts-\(getpid())-\(partitions)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let yaml = try String(contentsOfFile: try projectionsDirectory() + "/account_balances.yaml", encoding: .utf8)
+        try (yaml + "partitions: \(partitions)\n").write(toFile: directory + "/account_balances.yaml", atomically: true, encoding: .utf8)
+        return directory
     }
 
     static func projectionsDirectory() throws -> String {

@@ -170,7 +170,7 @@ enum ReplicationBenchmark {
         for _ in 0..<1200 {
             let caughtUp = try await connection.run { conn in
                 try conn.query("""
-                    SELECT coalesce((SELECT checkpoint FROM eventline.projections WHERE name = 'account_balances'), -1) >= position
+                    SELECT coalesce((SELECT min(checkpoint) FROM eventline.checkpoints WHERE kind = 'projection' AND name = 'account_balances'), -1) >= position
                     FROM eventline.log_head
                     """).first?.decode(0, as: Bool.self) ?? false
             }

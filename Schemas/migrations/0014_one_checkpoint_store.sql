@@ -41,14 +41,15 @@ CREATE TABLE eventline.checkpoints (
 CREATE FUNCTION eventline.lease_lock_namespace() RETURNS integer
 LANGUAGE sql IMMUTABLE AS $$ SELECT 1165380700 $$;
 
+-- (updated_at: the last time the old row changed, the nearest there is to its last move.)
 INSERT INTO eventline.checkpoints
-    (kind, name, checkpoint, state, error, error_position, error_handler, failed_attempts, owner, owner_since, created_at, updated_at)
-SELECT 'projection', name, checkpoint, state, error, error_position, error_handler, failed_attempts, owner, owner_since, created_at, updated_at
+    (kind, name, checkpoint, state, error, error_position, error_handler, failed_attempts, owner, owner_since, advanced_at, created_at, updated_at)
+SELECT 'projection', name, checkpoint, state, error, error_position, error_handler, failed_attempts, owner, owner_since, updated_at, created_at, updated_at
 FROM eventline.projections;
 
 INSERT INTO eventline.checkpoints
-    (kind, name, checkpoint, error, error_position, failed_attempts, owner, owner_since, created_at, updated_at)
-SELECT 'reactor', name, checkpoint, error, error_position, failed_attempts, owner, owner_since, created_at, updated_at
+    (kind, name, checkpoint, error, error_position, failed_attempts, owner, owner_since, advanced_at, created_at, updated_at)
+SELECT 'reactor', name, checkpoint, error, error_position, failed_attempts, owner, owner_since, updated_at, created_at, updated_at
 FROM eventline.reactors;
 
 INSERT INTO eventline.checkpoints (kind, name)

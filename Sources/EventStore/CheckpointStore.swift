@@ -138,13 +138,30 @@ public enum CheckpointStore {
             """)
     }
 
-    /// How many processes run consumers under the application name `application` (each opens
-    /// its sessions as `application pid@host`): what a process's fair share of partitions is
-    /// counted against. A process that dies leaves with its sessions.
-    public static func processes(application: String, on conn: PostgresConnection) throws -> Int {
+    /// Releases every lease lock the session holds (and nothing else it holds, such as its
+    /// group membership), without a warning for a lock it does not hold.
+    /// (One row: whether it released any.)
+    static let unlockLeases: SQLQuery = """
+        SELECT bool_or(pg_advisory_unlock(eventline.lease_lock_namespace(), l.objid::bigint::integer)) FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.granted AND l.objsubid = 2
+          AND l.classid = eventline.lease_lock_namespace()::oid
+        """
+
+    /// The advisory key of `group`'s membership (a shared lock each of its sessions holds).
+    static func joinGroup(_ group: String) -> SQLQuery {
+        "SELECT pg_advisory_lock_shared(eventline.lease_lock_namespace() + 3, hashtext(\(group)) & 2147483647)"
+    }
+
+    /// How many processes have sessions in `group` (each names its sessions `application
+    /// pid@host`): what a process's fair share of a projection's partitions is counted
+    /// against. A process that dies leaves with its sessions.
+    public static func processes(group: String, on conn: PostgresConnection) throws -> Int {
         try conn.query("""
-            SELECT count(DISTINCT application_name) FROM pg_stat_activity
-            WHERE datname = current_database() AND starts_with(application_name, \(application + " "))
+            SELECT count(DISTINCT a.application_name) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+              AND l.classid = (eventline.lease_lock_namespace() + 3)::oid
+              AND l.objid = (hashtext(\(group)) & 2147483647)::bigint::oid
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
             """).first!.decode(0, as: Int.self)
     }
 }
@@ -169,14 +186,17 @@ public final class LeaseSession: Sendable {
     private let connection: DedicatedConnection
 
     /// A session to `databaseURL` (opened on first use) named `application` in
-    /// pg_stat_activity; `setup` runs after every (re)connect.
+    /// pg_stat_activity; `setup` runs after every (re)connect. With `group`, the session also
+    /// counts its process as one running that group (a projection: fair shares of its
+    /// partitions count such processes, `CheckpointStore.processes(group:)`).
     public init(
-        databaseURL: String, application: String, threadName: String,
+        databaseURL: String, application: String, threadName: String, group: String? = nil,
         setup: (@Sendable (PostgresConnection) throws -> Void)? = nil
     ) {
         let name = String("\(application) \(getpid())@\(ProcessInfo.processInfo.hostName)".utf8.prefix(63)) ?? application
         connection = DedicatedConnection(conninfo: databaseURL, name: threadName) { conn in
             try conn.execute("SELECT set_config('application_name', \(name), false)")
+            if let group { _ = try conn.query(CheckpointStore.joinGroup(group)) }
             try setup?(conn)
         }
     }
@@ -197,24 +217,30 @@ public final class LeaseSession: Sendable {
             let lockID = try row.decode(0, as: Int.self)
             guard try conn.query("SELECT pg_try_advisory_lock(eventline.lease_lock_namespace(), \(Int32(lockID)))").first!.decode(0, as: Bool.self)
             else { return nil }
-            let taken = try conn.query("""
+            guard let taken = try conn.query("""
                 UPDATE eventline.checkpoints c SET owner = \(owner), owner_since = now(), updated_at = now()
                 FROM eventline.checkpoints old
                 WHERE c.kind = old.kind AND c.name = old.name AND c.partition = old.partition
                   AND c.kind = \(consumer.kind.rawValue) AND c.name = \(consumer.name) AND c.partition = \(consumer.partition)
                 RETURNING c.checkpoint, c.state, c.failed_attempts, old.owner
-                """).first!
+                """).first
+            else {
+                // The row went between the look-up and the lock (a rebuild to fewer partitions).
+                _ = try conn.query(CheckpointStore.unlockLeases)
+                return nil
+            }
             return HeldLease(
                 consumer: consumer, backendPID: conn.backendPID, checkpoint: try taken.decode(0), state: try taken.decode(1),
                 failedAttempts: try taken.decode(2), previousOwner: try taken.decode(3))
         }
     }
 
-    /// Gives every lease of this session up and clears `consumer`'s owner (if it is `owner`);
-    /// never fails (a session that is gone has given its leases up already).
+    /// Gives every lease of this session up and, when it held one, clears `consumer`'s owner
+    /// (if it is `owner`: another process may hold the lease by now); never fails (a session
+    /// that is gone has given its leases up already).
     public func release(_ consumer: ConsumerID, owner: String) async {
         try? await connection.run { conn in
-            _ = try conn.query("SELECT pg_advisory_unlock_all()")
+            guard try conn.query(CheckpointStore.unlockLeases).first?.decode(0, as: Bool?.self) == true else { return }
             try conn.execute("""
                 UPDATE eventline.checkpoints SET owner = NULL
                 WHERE kind = \(consumer.kind.rawValue) AND name = \(consumer.name) AND partition = \(consumer.partition)
@@ -330,9 +356,11 @@ public final class LeaseSession: Sendable {
         }
     }
 
-    /// Keeps `key` parked at `event`, which failed again.
-    public func repark(_ lease: HeldLease, key: String, at event: RecordedEvent, error: String) async throws {
-        try await run(lease) { conn in try conn.transaction { conn in try CheckpointStore.repark(lease.consumer, key: key, at: event, error: error, on: conn) } }
+    /// Keeps `key` parked at `event`, which failed again (clearing the request `handled`).
+    public func repark(_ lease: HeldLease, key: String, at event: RecordedEvent, error: String, handled: String) async throws {
+        try await run(lease) { conn in
+            try conn.transaction { conn in try CheckpointStore.repark(lease.consumer, key: key, at: event, error: error, handled: handled, on: conn) }
+        }
     }
 
     /// Releases `key`: every event it held went through.
@@ -539,7 +567,10 @@ extension CheckpointStore {
     }
 
     /// Keeps `key` parked at `event` (a retry failed on it): the events before it were applied.
-    public static func repark(_ consumer: ConsumerID, key: String, at event: RecordedEvent, error: String, on conn: PostgresConnection) throws {
+    /// The request carried out (`handled`) is cleared; one an operator made meanwhile stays.
+    public static func repark(
+        _ consumer: ConsumerID, key: String, at event: RecordedEvent, error: String, handled: String, on conn: PostgresConnection
+    ) throws {
         try conn.execute("""
             DELETE FROM eventline.parked_events
             WHERE kind = \(consumer.kind.rawValue) AND name = \(consumer.name) AND key = \(key) AND position < \(event.position)
@@ -548,7 +579,8 @@ extension CheckpointStore {
             UPDATE eventline.parked_keys
             SET position = \(event.position), event_type = \(event.type), error = \(error),
                 attempts = CASE WHEN position = \(event.position) THEN attempts + 1 ELSE 1 END,
-                request = NULL, requested_at = NULL, updated_at = now()
+                request = CASE WHEN request = \(handled) THEN NULL ELSE request END,
+                requested_at = CASE WHEN request = \(handled) THEN NULL ELSE requested_at END, updated_at = now()
             WHERE kind = \(consumer.kind.rawValue) AND name = \(consumer.name) AND key = \(key)
             """)
     }

@@ -103,8 +103,8 @@ enum ReactorKind: ConsumerKind { static var kind: ConsumerID.Kind { .reactor } }
 /// `eventctl reactors`: the reactors' status, and their parked keys.
 struct Reactors: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List reactors, and list, retry or skip their parked keys.",
-        subcommands: [List.self, ParkedList<ReactorKind>.self, ParkedRetry<ReactorKind>.self, ParkedSkip<ReactorKind>.self],
+        abstract: "List reactors, resume a paused one, and list, retry or skip their parked keys.",
+        subcommands: [List.self, Resume.self, ParkedList<ReactorKind>.self, ParkedRetry<ReactorKind>.self, ParkedSkip<ReactorKind>.self],
         defaultSubcommand: List.self)
 
     struct List: AsyncParsableCommand {
@@ -113,6 +113,23 @@ struct Reactors: AsyncParsableCommand {
 
         func run() async throws {
             try await CLI.run { ReactorReport.print(try await ReactorReport.fetch(try database.databaseURL)) }
+        }
+    }
+}
+
+extension Reactors {
+    struct Resume: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Resume a paused reactor (onError: then: pause): it retries the event it stopped at.")
+        @OptionGroup var database: DatabaseOptions
+        @Argument(help: "The reactor's name.") var name: String
+
+        func run() async throws {
+            try await CLI.run {
+                let name = self.name
+                let found = try await database.withConnection { conn in try CheckpointStore.resume(.reactor, name: name, on: conn) }
+                guard found > 0 else { throw CLIError("no reactor named \(name)") }
+                print("resumed \(name)")
+            }
         }
     }
 }

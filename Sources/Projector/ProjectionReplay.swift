@@ -330,7 +330,10 @@ private struct Replay {
                 """).rows.map { (try $0.decode(0, as: Int.self), try $0.decode(1, as: Int.self)) }
             let reached = Dictionary(uniqueKeysWithValues: partitions)
             let checkpoint = partitions.map(\.1).max() ?? 0
-            let partitioner = try ProjectionPartitioner(projection)
+            // The live table's partitions are those it was built with.
+            let built = try conn.query("SELECT partitions, partition_by FROM eventline.projections WHERE name = \(name)").first
+            let partitioner = try built.map { try ProjectionPartitioner(partitions: try $0.decode(0), by: try $0.decode(1)) }
+                ?? ProjectionPartitioner(projection)
             while position < checkpoint {
                 try applyBatch(upTo: checkpoint, inTransaction: false) { event in
                     guard let partition = partitioner.partition(of: event) else { return true }

@@ -171,7 +171,7 @@ final class ProjectionRunner: LogConsumer {
         self.reading = configuration.reading
         self.session = LeaseSession(
             databaseURL: configuration.databaseURL, application: Self.application,
-            threadName: "eventline-projection-\(projection.name)-\(partition)"
+            threadName: "eventline-projection-\(projection.name)-\(partition)", group: projection.partitions > 1 ? projection.name : nil
         ) { conn in
             try conn.execute(unsafeSQL: "SET TimeZone = 'UTC'")
         }
@@ -192,6 +192,8 @@ final class ProjectionRunner: LogConsumer {
         var shareCheckedAt = ContinuousClock.now
         /// The partition's parked keys: their events are held, not applied.
         var parkedKeys: Set<String> = []
+        /// The position of the event the attempts are at.
+        var failing: Int? = nil
     }
 
     /// Follows the log until the task is cancelled.
@@ -220,6 +222,13 @@ final class ProjectionRunner: LogConsumer {
             ]
             if let problem = pause.problem {
                 reportOnce(problem, metadata: metadata)
+                return nil
+            }
+            guard pause.declared > pause.stored else {
+                // Another process built a newer definition: rebuilding this older one would undo it.
+                reportOnce(
+                    "projection \(projection.name) is built at version \(pause.stored), newer than this process's \(pause.declared): standing by (update its projections)",
+                    metadata: metadata)
                 return nil
             }
             guard configuration.rebuildOnVersionChange, consumer.partition == 0 else {
@@ -281,11 +290,7 @@ final class ProjectionRunner: LogConsumer {
             }
         }
         var share = Int.max
-        if projection.partitions > 1 {
-            share = try await self.share.share { try await session.withSession { conn in
-                try CheckpointStore.processes(application: Self.application, on: conn)
-            } }
-        }
+        if projection.partitions > 1 { share = try await self.share.share(count: processes) }
         if !reserved.withLock({ $0 }) {
             guard self.share.reserve(share: share) else { return nil }
             reserved.withLock { $0 = true }
@@ -340,14 +345,18 @@ final class ProjectionRunner: LogConsumer {
         unreserve()
     }
 
+    /// How many processes run this projection's partitions (this one included).
+    private func processes() async throws -> Int {
+        let name = projection.name
+        return try await session.withSession { conn in try CheckpointStore.processes(group: name, on: conn) }
+    }
+
     /// Gives a partition back when the process holds more than its share (checked every few
     /// seconds): the follower releases it, and another process takes it.
     private func overShare(_ lease: inout Lease) async throws -> Bool {
         guard projection.partitions > 1, ContinuousClock.now - lease.shareCheckedAt >= PartitionShare.recount else { return false }
         lease.shareCheckedAt = ContinuousClock.now
-        let share = try await self.share.share { try await session.withSession { conn in
-            try CheckpointStore.processes(application: Self.application, on: conn)
-        } }
+        let share = try await self.share.share(count: processes)
         guard self.share.yield(share: share) else { return false }
         reserved.withLock { $0 = false }  // given back already: the release that follows does not count it again
         logger.info("partition handed over: this process holds more than its share", metadata: ["share": "\(share)"])
@@ -393,6 +402,9 @@ final class ProjectionRunner: LogConsumer {
             return .caughtUp
         case .failed(let event, let position, let handler, let message, let committed):
             lease.checkpoint = committed
+            // Attempts count at one event: another event failing starts again from one.
+            if lease.failing != position { lease.attempts = 0 }
+            lease.failing = position
             lease.attempts += 1
             metrics.retries.increment()
             let policy = self.policy
@@ -419,14 +431,10 @@ final class ProjectionRunner: LogConsumer {
             metrics.parkedKeys.record(lease.parkedKeys.count)
             metrics.batchEvents.record(events)
             if !unparked.isEmpty { logger.notice("parked keys released", metadata: ["keys": "\(unparked.sorted())"]) }
-            if !keys.isEmpty, let sink {
-                do {
-                    try await sink.invalidate(projection: projection.name, generation: lease.generation, keys: keys, position: lease.checkpoint)
-                } catch {
-                    logger.warning("cache invalidation failed", metadata: ["error": "\(error)"])
-                    lease.invalidationLost = true
-                }
-            }
+            // Rows changed without the checkpoint moving: a read at the current checkpoint may
+            // already be on its way to the cache with a row from before. A new generation
+            // (at the next step) makes every such entry unreachable.
+            if !keys.isEmpty, sink != nil { lease.invalidationLost = true }
             return .progressed
         case .parked:
             metrics.parked.record(1)
@@ -469,14 +477,19 @@ final class ProjectionRunner: LogConsumer {
         return try await session.run(lease.held) { conn -> Step in
             // The partition's state, its checkpoint, the log head and whether an operator asked
             // about a parked key, in one round trip.
+            // A rebuild may have swapped in another definition (version, partitions) meanwhile:
+            // this runner's then is not the built one, and it must not apply a single event.
             guard let row = try conn.query("""
                 SELECT c.state, h.position, c.checkpoint,
                        EXISTS (SELECT 1 FROM eventline.parked_keys k
                                WHERE k.kind = c.kind AND k.name = c.name AND k.partition = c.partition AND k.request IS NOT NULL)
-                FROM eventline.checkpoints c CROSS JOIN eventline.log_head h
+                FROM eventline.checkpoints c
+                JOIN eventline.projections p ON p.name = c.name
+                     AND p.version = \(projection.version) AND p.partitions = \(projection.partitions) AND p.partition_by = \(projection.partitionBy)
+                CROSS JOIN eventline.log_head h
                 WHERE c.kind = 'projection' AND c.name = \(consumer.name) AND c.partition = \(consumer.partition)
                 """).first
-            else { throw LogLeaseLost() }  // rebuilt with fewer partitions meanwhile
+            else { throw LogLeaseLost() }  // rebuilt with another definition meanwhile: take the lease again, which says why
             guard try row.decode(0, as: String.self) == "running" else { return .parked }
             if try row.decode(3, as: Bool.self) {
                 return try Self.carryOutRequests(consumer, projection: projection, table: table, reading: reading, on: conn)
@@ -568,7 +581,7 @@ final class ProjectionRunner: LogConsumer {
                     } catch {
                         try conn.execute("ROLLBACK TO SAVEPOINT eventline_held")
                         let message = (error as? PostgresError)?.message ?? "\(error)"
-                        try CheckpointStore.repark(consumer, key: key, at: event, error: message, on: conn)
+                        try CheckpointStore.repark(consumer, key: key, at: event, error: message, handled: request, on: conn)
                         return
                     }
                 }
@@ -647,7 +660,11 @@ final class ProjectionRunner: LogConsumer {
             let prefix = try commit(
                 Array(events[..<index]), from: checkpoint, to: failing.position - 1, projection: projection, consumer: consumer,
                 table: table, parked: parked, partitioner: partitioner, on: conn)
-            if case .applied(let to, _, _) = prefix { committed = to }
+            switch prefix {
+            case .applied(let to, _, _): committed = to
+            case .failed: return prefix  // an earlier event of the batch failed this time: it is the one reported
+            default: break
+            }
         }
         return .failed(event: failing, position: failing.position, handler: failing.type, message: message, checkpoint: committed)
     }

@@ -112,7 +112,7 @@ public final class Projector: Sendable {
     public static func fingerprint(_ projection: any Projection) -> String {
         let types = projection.eventTypes.sorted()
         var text = "\(projection.version)|\(projection.keyColumn)|\(types.joined(separator: ","))|\(projection.source)"
-        text += "|\(projection.partitions)|\(projection.partitionBy)"
+        text += "|\(projection.partitions)|\(projection.partitionBy)|\(projection.onError.map(String.init(describing:)) ?? "default")"
         text += "|" + ((try? projection.createStatements(table: "t")) ?? "")
         if let yaml = projection as? YAMLProjection {
             for type in types { text += "|\(type)=\(yaml.handlers[type] ?? "")" }

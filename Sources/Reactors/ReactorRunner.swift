@@ -115,6 +115,8 @@ final class ReactorWorker: LogConsumer {
         var attempts = 0
         /// The reactor's parked streams: their events are held, not reacted to.
         var parkedKeys: Set<String> = []
+        /// Paused when last looked at.
+        var paused = false
     }
 
     func shutdown() { session.shutdown() }
@@ -137,7 +139,15 @@ final class ReactorWorker: LogConsumer {
     /// that fails (the follower tries it again after a backoff, never skipping it).
     func step(_ lease: inout Lease) async throws -> FollowOutcome {
         let (state, requests) = try await session.state(lease.held)
-        guard state == "running" else { return .paused }  // paused (onError: then: pause) until resumed
+        guard state == "running" else {
+            lease.paused = true  // (onError: then: pause) until resumed
+            return .paused
+        }
+        if lease.paused {
+            // Resumed: the event it stopped at gets its retries again.
+            lease.paused = false
+            lease.attempts = 0
+        }
         if requests {
             try await carryOutRequests(&lease)
             return .progressed
@@ -179,6 +189,7 @@ final class ReactorWorker: LogConsumer {
                     switch policy.then {
                     case .pause:
                         logger.error("reactor paused: an event keeps failing", metadata: metadata)
+                        lease.paused = true
                         return .paused
                     case .parkKey, .skip:
                         try await settle(event, message: "\(error)", parkKey: policy.then == .parkKey, lease: &lease)
@@ -256,7 +267,7 @@ final class ReactorWorker: LogConsumer {
                 } catch is CancellationError {
                     throw CancellationError()
                 } catch {
-                    try await session.repark(lease.held, key: key, at: event, error: "\(error)")
+                    try await session.repark(lease.held, key: key, at: event, error: "\(error)", handled: request)
                     logger.warning("a retried parked stream failed again; it stays parked", metadata: ["event.stream": "\(key)", "error": "\(error)"])
                     released = false
                     break

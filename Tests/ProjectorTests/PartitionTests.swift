@@ -16,6 +16,17 @@ func tallies(partitions: Int, version: Int = 1, partitionBy: String? = nil) thro
     return try ProjectionDirectory.parse(text, source: "tallies.yaml")
 }
 
+/// A projections directory of its own holding `tallies` in `partitions` partitions (for
+/// eventctl processes); the caller removes it.
+func talliesDirectory(partitions: Int) throws -> String {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-tallies-\(UUID().uuidString.prefix(8))").path
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    let yaml = try String(contentsOfFile: Repository.root + "/Tests/ProjectorTests/tallies.yaml", encoding: .utf8)
+    try yaml.replacingOccurrences(of: "partitions: 1", with: "partitions: \(partitions)").write(
+        toFile: directory + "/tallies.yaml", atomically: true, encoding: .utf8)
+    return directory
+}
+
 private func counted(_ n: Int) -> NewEvent {
     NewEvent(type: "Counted", data: Data(#"{"n":\#(n)}"#.utf8))
 }
@@ -162,6 +173,46 @@ struct PartitionTests {
         await store.shutdown()
     }
 
+    @Test("a projector still running the old definition applies nothing once a rebuild swaps in a new version with 4 partitions; the new definition's runners take over, each event once")
+    func fencedAfterSwap() async throws {
+        let test = try await TestStore.make("partfence")
+        let store = test.store
+        // A counter with no guard against duplicates: an event applied twice shows in `events`.
+        func unguarded(partitions: Int, version: Int) throws -> YAMLProjection {
+            var text = try String(contentsOfFile: Repository.root + "/Tests/ProjectorTests/tallies.yaml", encoding: .utf8)
+            text = text.replacingOccurrences(of: "    WHERE t.last_version = excluded.last_version - 1\n", with: "")
+                .replacingOccurrences(of: "partitions: 1", with: "partitions: \(partitions)").replacingOccurrences(of: "version: 1", with: "version: \(version)")
+            return try ProjectionDirectory.parse(text, source: "tallies.yaml")
+        }
+        for stream in 1...20 { _ = try await store.append(to: "tally-\(stream)", events: [counted(1)]) }
+        let old = Task { try? await Projector(projections: [try unguarded(partitions: 1, version: 1)], configuration: configuration(test)).run() }
+        defer { old.cancel() }
+        let built = try await store.headPosition()
+        try await eventually("the old definition caught up") {
+            try await test.sql { conn in try ProjectionCatalog.status(on: conn, name: "tallies") }.first?.checkpoint == built
+        }
+        // A rebuild of version 2 in 4 partitions swaps in while the old projector runs on.
+        _ = try await ProjectionReplay.run(try unguarded(partitions: 4, version: 2), databaseURL: test.url)
+        let new = Task { try? await Projector(projections: [try unguarded(partitions: 4, version: 2)], configuration: configuration(test)).run() }
+        defer { new.cancel() }
+        for round in 2...6 {
+            for stream in 1...20 { _ = try await store.append(to: "tally-\(stream)", events: [counted(round)]) }
+        }
+        let head = try await store.headPosition()
+        try await eventually("the new definition's 4 partitions at the head") {
+            let status = try await test.sql { conn in try ProjectionCatalog.status(on: conn, name: "tallies") }.first
+            return status?.checkpoint == head && status?.partitions.count == 4 && status?.partitions.allSatisfy { $0.owner != nil } == true
+        }
+        try await Task.sleep(for: .milliseconds(500))  // time for a stale runner to do harm, if it could
+        let (expected, actual) = try await talliesMatchLog(test)
+        #expect(actual.mapValues { Array($0.prefix(2)) } == expected.mapValues { Array($0.prefix(2)) }, "each event applied once")
+        old.cancel()
+        new.cancel()
+        await old.value
+        await new.value
+        await store.shutdown()
+    }
+
     @Test("eventctl replay of a projection in 4 partitions builds them in parallel, equals the log, and reports progress as JSON lines when stderr is not a terminal")
     func parallelReplay() async throws {
         let test = try await TestStore.make("partreplay")
@@ -169,11 +220,8 @@ struct PartitionTests {
         for round in 1...30 {
             for stream in 1...100 { _ = try await store.append(to: "tally-\(stream)", events: [counted(round)]) }
         }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-partreplay-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try talliesDirectory(partitions: 4)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let yaml = try String(contentsOfFile: Repository.root + "/Tests/ProjectorTests/tallies.yaml", encoding: .utf8)
-        try yaml.replacingOccurrences(of: "partitions: 1", with: "partitions: 4").write(toFile: directory + "/tallies.yaml", atomically: true, encoding: .utf8)
         var environment = ["EVENTLINE_DATABASE_URL": test.url]
         TestMasterKey.applied(to: &environment)
         let output = try await runProgram(
@@ -270,12 +318,8 @@ struct PartitionKillTests {
     func killedPartitionOwners() async throws {
         let test = try await TestStore.make("partkill")
         let store = test.store
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("eventline-partkill-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try talliesDirectory(partitions: 8)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let yaml = try String(contentsOfFile: Repository.root + "/Tests/ProjectorTests/tallies.yaml", encoding: .utf8)
-        try yaml.replacingOccurrences(of: "partitions: 1", with: "partitions: 8").write(
-            toFile: directory + "/tallies.yaml", atomically: true, encoding: .utf8)
         func start() throws -> Process {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: try Repository.eventctl)

@@ -132,11 +132,12 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
-        // Reactors (process managers): log consumers that issue commands, with checkpoints and leases.
+        // Reactors (process managers): log consumers that issue commands. Their leases and
+        // checkpoints are the EventStore's checkpoint store: no database client of their own.
         .target(
             name: "Reactors",
             dependencies: [
-                "EventStore", "PostgresClient", .product(name: "Logging", package: "swift-log"),
+                "EventStore", .product(name: "Logging", package: "swift-log"),
                 // Webhooks: a kept HTTP client (already in the graph through swift-otel's OTLP/HTTP exporter).
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

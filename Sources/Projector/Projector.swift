@@ -1,7 +1,6 @@
 import EventStore
 import Foundation
 import Logging
-import PostgresClient
 
 /// Runs projections in this process: each one catches up from its checkpoint in batches, then
 /// follows the log, woken by the log writer's NOTIFY. One process owns each projection at a

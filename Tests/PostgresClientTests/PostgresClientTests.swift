@@ -196,10 +196,23 @@ struct PostgresClientTests {
         // Hold the only connection of a small pool; the next caller times out.
         let small = PostgresConnectionPool(.init(conninfo: database.url, size: 1, acquireTimeout: .milliseconds(200)))
         defer { small.close() }
+        // The holder keeps it until the test is done (at most 30 s): a fixed hold could end
+        // before a loaded machine gets to the second caller.
         let holding = Gauge()
-        let holder = Task { try await small.withConnection { conn in holding.enter(); _ = try conn.query("SELECT pg_sleep(2)") } }
+        let done = Gauge()
+        let holder = Task {
+            try await small.withConnection { conn in
+                holding.enter()
+                var rounds = 0
+                repeat {
+                    _ = try conn.query("SELECT pg_sleep(0.05)")
+                    rounds += 1
+                } while done.peak == 0 && rounds < 600
+            }
+        }
         try await eventually("the holder has the connection") { holding.peak == 1 }
         let error = await #expect(throws: PostgresError.self) { try await small.withConnection { _ in 1 } }
+        done.enter()
         #expect(error?.code == .poolTimeout)
         #expect(small.statistics.waiting == 0)
         try await holder.value

@@ -122,14 +122,14 @@ struct AppendBenchmark {
             return
         }
         if options.append == 4 {
-            // Projections only: pgbench (the raw reference of the same run) and (o).
+            // Projections only: pgbench (the raw reference of the same run) and (p).
             var a: [Sample] = []
             var projections: [Int: [ProjectionBenchmark.Result]] = [:]
             for round in 1...options.rounds {
                 log("round \(round) of \(options.rounds)")
                 a.append(try await runPgbench(server: server, clients: options.clients, seconds: options.seconds))
                 for partitions in [1, 4] {
-                    log("(o) a projection in \(partitions) partition(s) applied live while 16 appenders write, \(options.seconds) s…")
+                    log("(p) a projection in \(partitions) partition(s) applied live while 16 appenders write, \(options.seconds) s…")
                     projections[partitions, default: []].append(
                         try await ProjectionBenchmark.run(url: url, partitions: partitions, appenders: 16, seconds: options.seconds))
                 }
@@ -200,7 +200,7 @@ struct AppendBenchmark {
             l.append(Sample(eventsPerSecond: consumed.acknowledgedPerSecond, p50: consumed.p50, p99: consumed.p99))
             lAppends.append(Sample(eventsPerSecond: consumed.appendedPerSecond))
             for partitions in [1, 4] {
-                log("(o) a projection in \(partitions) partition(s) applied live while 16 appenders write, \(options.seconds) s…")
+                log("(p) a projection in \(partitions) partition(s) applied live while 16 appenders write, \(options.seconds) s…")
                 projections[partitions, default: []].append(
                     try await ProjectionBenchmark.run(url: url, partitions: partitions, appenders: 16, seconds: options.seconds))
             }

@@ -5,7 +5,7 @@ import PostgresClient
 import Projector
 import Synchronization
 
-/// (o) A projection applied live while 16 appenders write to 1,000 streams, in 1 and in 4
+/// (p) A projection applied live while 16 appenders write to 1,000 streams, in 1 and in 4
 /// partitions (one projector process, so 4 partitions apply on 4 sessions in parallel): the
 /// events applied per second, and the lag from an append's acknowledgement to the projection's
 /// checkpoint passing it (what a read with `atLeast` waits).
@@ -110,7 +110,7 @@ enum ProjectionBenchmark {
 
     static func print(_ results: [Int: [Result]]) {
         Swift.print("")
-        Swift.print("(o) a projection applied live while 16 appenders write to 1,000 streams (one projector process; medians over the rounds):")
+        Swift.print("(p) a projection applied live while 16 appenders write to 1,000 streams (one projector process; medians over the rounds):")
         Swift.print("")
         Swift.print("| partitions | appended events/s | applied events/s | applied / appended | lag p50 ms | lag p99 ms |")
         Swift.print("|---:|---:|---:|---:|---:|---:|")

@@ -466,6 +466,13 @@ extension CheckpointStore {
         }
     }
 
+    /// How many keys each consumer of `kind` has parked (consumers with none are absent).
+    public static func parkedCounts(_ kind: ConsumerID.Kind, on conn: PostgresConnection) throws -> [String: Int] {
+        Dictionary(uniqueKeysWithValues: try conn.query("""
+            SELECT name, count(*) FROM eventline.parked_keys WHERE kind = \(kind.rawValue) GROUP BY name
+            """).rows.map { (try $0.decode(0, as: String.self), try $0.decode(1, as: Int.self)) })
+    }
+
     /// The events `name` skipped, in log order.
     public static func skipped(_ kind: ConsumerID.Kind, name: String, on conn: PostgresConnection) throws -> [SkippedEvent] {
         try conn.query("""

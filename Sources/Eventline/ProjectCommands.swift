@@ -210,7 +210,7 @@ struct Projections: AsyncParsableCommand {
 enum ProjectionReport {
     static func fetch(_ url: String) async throws -> [ProjectionStatus] {
         try await CLI.withConnection(url) { conn in
-            let installed = try conn.query("SELECT to_regclass('eventline.checkpoints') IS NOT NULL").first!.decode(0, as: Bool.self)
+            let installed = try conn.query("SELECT to_regclass('eventline.parked_keys') IS NOT NULL").first!.decode(0, as: Bool.self)
             guard installed else { throw CLIError("projections are not installed: run \(CLI.name) migrate") }
             return try ProjectionCatalog.status(on: conn)
         }

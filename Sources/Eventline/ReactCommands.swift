@@ -81,10 +81,10 @@ struct ReactorService: Service {
 enum ReactorReport {
     static func fetch(_ url: String) async throws -> [ReactorStatus] {
         try await CLI.withConnection(url) { conn in
-            let installed = try conn.query("SELECT to_regclass('eventline.checkpoints') IS NOT NULL").first!.decode(0, as: Bool.self)
+            let installed = try conn.query("SELECT to_regclass('eventline.parked_keys') IS NOT NULL").first!.decode(0, as: Bool.self)
             guard installed else { throw CLIError("reactors are not installed: run \(CLI.name) migrate") }
             let rows = try CheckpointStore.list(.reactor, on: conn)
-            return ReactorCatalog.status(rows, parked: try rows.flatMap { try CheckpointStore.parked(.reactor, name: $0.consumer.name, on: conn) })
+            return ReactorCatalog.status(rows, parked: try CheckpointStore.parkedCounts(.reactor, on: conn))
         }
     }
 

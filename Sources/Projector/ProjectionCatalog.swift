@@ -64,9 +64,7 @@ public enum ProjectionCatalog {
         try conn.transaction(isolation: "REPEATABLE READ READ ONLY") { conn in
             let checkpoints = Dictionary(grouping: try CheckpointStore.list(.projection, name: name, on: conn), by: \.consumer.name)
             let head = try conn.query("SELECT position FROM eventline.log_head").first!.decode(0, as: Int.self)
-            let parked = Dictionary(uniqueKeysWithValues: try conn.query("""
-                SELECT name, count(*) FROM eventline.parked_keys WHERE kind = 'projection' GROUP BY name
-                """).rows.map { (try $0.decode(0, as: String.self), try $0.decode(1, as: Int.self)) })
+            let parked = try CheckpointStore.parkedCounts(.projection, on: conn)
             return try conn.query("""
                 SELECT name, version, key_column, generation, partition_by FROM eventline.projections
                 WHERE \(name)::text IS NULL OR name = \(name)::text ORDER BY name

@@ -35,13 +35,13 @@ public enum ReactorCatalog {
     }
 
     /// The reactors' rows of the checkpoint store (`CheckpointStore.list(.reactor)`) as
-    /// statuses, with each one's count of parked streams.
-    public static func status(_ rows: [ConsumerCheckpoint], parked: [ParkedKey] = []) -> [ReactorStatus] {
+    /// statuses, with each one's count of parked streams (`CheckpointStore.parkedCounts`).
+    public static func status(_ rows: [ConsumerCheckpoint], parked: [String: Int] = [:]) -> [ReactorStatus] {
         rows.map { row in
             ReactorStatus(
                 name: row.consumer.name, checkpoint: row.checkpoint, head: row.head, owner: row.owner, error: row.error,
                 errorPosition: row.errorPosition, failedAttempts: row.failedAttempts, state: row.state,
-                parkedKeys: parked.filter { $0.consumer.name == row.consumer.name }.count, stalled: row.stalled)
+                parkedKeys: parked[row.consumer.name] ?? 0, stalled: row.stalled)
         }
     }
 }

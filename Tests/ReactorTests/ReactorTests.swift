@@ -29,7 +29,7 @@ func start(_ runner: ReactorRunner) -> Task<Void, Never> {
 func reactorStatus(_ test: TestStore) async throws -> [ReactorStatus] {
     try await test.sql { conn in
         let rows = try CheckpointStore.list(.reactor, on: conn)
-        return ReactorCatalog.status(rows, parked: try rows.flatMap { try CheckpointStore.parked(.reactor, name: $0.consumer.name, on: conn) })
+        return ReactorCatalog.status(rows, parked: try CheckpointStore.parkedCounts(.reactor, on: conn))
     }
 }
 

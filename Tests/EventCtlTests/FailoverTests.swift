@@ -63,8 +63,11 @@ struct FailoverTests {
         #expect(ready.status == 200 && ready.body.contains("\"connected\":1"), "\(ready.body)")
 
         // A consumer group over the accounts, drained by a consumer that records what it acked.
+        // An ack lost to a failover holds its stream until the ack timeout: 5 s (not the default
+        // 30 s, which with two kills could outlast the wait below), and enough attempts that a
+        // delivery is never parked by the kills.
         let group = try await LoopbackHTTP.request(
-            "PUT", host: "127.0.0.1", port: ports[0], "/v1/consumer-groups/ledger", body: #"{"categories":["account"]}"#)
+            "PUT", host: "127.0.0.1", port: ports[0], "/v1/consumer-groups/ledger", body: #"{"categories":["account"],"ackTimeout":5,"maxDeliveries":100}"#)
         #expect([200, 201].contains(group.status), "\(group.body)")
         let consumed = ConsumedPositions()
         let consumer = Task { await consumed.consume(group: "ledger", ports: ports) }
